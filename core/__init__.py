@@ -1,0 +1,1 @@
+"""The math and the model: schedules, diffusion, parameterizations, losses, U-Net, samplers."""

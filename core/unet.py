@@ -1,0 +1,142 @@
+"""The DDPM U-Net (Ho et al. 2020, App. B; PixelCNN++ backbone) with a selectable norm layer.
+
+Feature maps are (B, C, H, W). The norm types, by what one mean/variance is taken over:
+- "group":    each example, each group of channels, over (C/G, H, W)  (GroupNorm, G = gcd(groups, C));
+- "batch":    each channel, over (B, H, W); running statistics are used in eval mode (BatchNorm2d);
+- "layer":    each example, over all of (C, H, W), with a per-channel affine (GroupNorm with G = 1);
+- "instance": each example, each channel, over (H, W), with a per-channel affine (InstanceNorm2d).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.registry import lookup
+
+NORMS = {
+    "group": lambda c, groups: nn.GroupNorm(math.gcd(groups, c), c),
+    "batch": lambda c, groups: nn.BatchNorm2d(c),
+    "layer": lambda c, groups: nn.GroupNorm(1, c),
+    "instance": lambda c, groups: nn.InstanceNorm2d(c, affine=True),
+}
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10000.0):
+    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, Sec. 3.5): (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class ResBlock(nn.Module):
+    """norm -> SiLU -> conv, + time-embedding bias, norm -> SiLU -> dropout -> conv, + (1x1) shortcut."""
+
+    def __init__(self, c_in, c_out, t_dim, dropout, norm):
+        super().__init__()
+        self.norm1, self.conv1 = norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.t_proj = nn.Linear(t_dim, c_out)
+        self.norm2, self.drop = norm(c_out), nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.t_proj(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions, with a residual connection."""
+
+    def __init__(self, c, heads, norm):
+        super().__init__()
+        if c % heads:
+            raise ValueError(f"attention channels {c} are not divisible by heads={heads}")
+        self.heads, self.norm = heads, norm(c)
+        self.qkv, self.proj = nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
+
+    def forward(self, x, emb=None):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
+        h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))  # (B, C, H, W)
+
+
+class UNet(nn.Module):
+    """forward(x, t): x (B, channels, H, W), t LongTensor (B,) -> (B, out_channels, H, W).
+
+    Sides not divisible by 2^(levels-1) are zero-padded up, and the output is cropped back.
+    """
+
+    def __init__(self, channels=1, base=32, mults=(1, 2, 2), res_blocks=2, attention=(), heads=1,
+                 dropout=0.0, norm="group", groups=32, out_channels=None, resolution=28):
+        super().__init__()
+        make_norm = lookup(NORMS, norm, "norm")
+        norm_fn = lambda c: make_norm(c, groups)  # noqa: E731
+        self.factor = 2 ** (len(mults) - 1)
+        self.base, t_dim = base, 4 * base
+        self.t_mlp = nn.Sequential(nn.Linear(base, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
+        self.conv_in = nn.Conv2d(channels, base, 3, padding=1)
+
+        res = -(-resolution // self.factor) * self.factor  # padded side
+        self.down, skips, c = nn.ModuleList(), [base], base
+        for level, mult in enumerate(mults):
+            for _ in range(res_blocks):
+                self.down.append(self._block(c, base * mult, t_dim, dropout, norm_fn, res in attention, heads))
+                c = base * mult
+                skips.append(c)
+            if level < len(mults) - 1:
+                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+                res //= 2
+        self.mid = nn.ModuleList([ResBlock(c, c, t_dim, dropout, norm_fn), Attention(c, heads, norm_fn),
+                                  ResBlock(c, c, t_dim, dropout, norm_fn)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(mults))):
+            for _ in range(res_blocks + 1):
+                self.up.append(self._block(c + skips.pop(), base * mult, t_dim, dropout, norm_fn,
+                                           res in attention, heads))
+                c = base * mult
+            if level > 0:
+                self.up.append(nn.ConvTranspose2d(c, c, 4, stride=2, padding=1))
+                res *= 2
+        self.norm_out = norm_fn(c)
+        self.conv_out = nn.Conv2d(c, out_channels or channels, 3, padding=1)
+
+    @staticmethod
+    def _block(c_in, c_out, t_dim, dropout, norm_fn, attend, heads):
+        layers = [ResBlock(c_in, c_out, t_dim, dropout, norm_fn)]
+        if attend:
+            layers.append(Attention(c_out, heads, norm_fn))
+        return nn.ModuleList(layers)
+
+    def forward(self, x, t):
+        H, W = x.shape[-2:]
+        f = self.factor
+        x = F.pad(x, (0, -W % f, 0, -H % f))
+        emb = self.t_mlp(timestep_embedding(t, self.base))
+        h = self.conv_in(x)
+        hs = [h]
+        for layer in self.down:
+            h = _apply(layer, h, emb)
+            hs.append(h)
+        for layer in self.mid:
+            h = layer(h, emb)
+        for layer in self.up:
+            if isinstance(layer, nn.ModuleList):
+                h = _apply(layer, torch.cat([h, hs.pop()], dim=1), emb)
+            else:
+                h = layer(h)
+        return self.conv_out(F.silu(self.norm_out(h)))[..., :H, :W]
+
+
+def _apply(layer, h, emb):
+    if isinstance(layer, nn.ModuleList):
+        for block in layer:
+            h = block(h, emb)
+        return h
+    return layer(h)  # a strided conv

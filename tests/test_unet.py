@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from core.unet import UNet
+
+NORMS = ["group", "batch", "layer", "instance"]
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("size", [28, 32])
+@pytest.mark.parametrize("train", [True, False])
+def test_output_has_input_shape(norm, size, train):
+    torch.manual_seed(0)
+    net = UNet(channels=3, base=16, mults=(1, 2, 2), res_blocks=1, attention=(16, 14), heads=2, norm=norm,
+               resolution=size, dropout=0.1).train(train)
+    x, t = torch.randn(3, 3, size, size), torch.randint(0, 1000, (3,))
+    y = net(x, t)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    y.sum().backward() if train else None
+
+
+def test_learned_variance_doubles_output_channels_and_odd_sides_are_cropped():
+    net = UNet(channels=1, base=8, mults=(1, 2, 2, 2), res_blocks=1, out_channels=2, resolution=28)
+    assert net(torch.randn(2, 1, 28, 28), torch.tensor([0, 999])).shape == (2, 2, 28, 28)
+    assert net(torch.randn(2, 1, 27, 30), torch.tensor([0, 999])).shape == (2, 2, 27, 30)
+
+
+def test_batchnorm_uses_batch_stats_in_train_and_running_stats_in_eval():
+    torch.manual_seed(0)
+    net = UNet(channels=1, base=8, mults=(1, 2), res_blocks=1, norm="batch", resolution=8)
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([1, 2, 3, 4])
+    other = torch.cat([x[:1], 5 * torch.randn(3, 1, 8, 8)])
+    net.train()
+    assert not torch.allclose(net(x, t)[:1], net(other, t)[:1])  # depends on the rest of the batch
+    net.eval()
+    assert torch.allclose(net(x, t)[:1], net(other, t)[:1], atol=1e-6)  # does not
+    assert torch.allclose(net(x[:1], t[:1]), net(x, t)[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["group", "layer", "instance"])
+def test_per_example_norms_do_not_mix_the_batch(norm):
+    torch.manual_seed(0)
+    net = UNet(channels=1, base=8, mults=(1, 2), res_blocks=1, norm=norm, resolution=8).train()
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([1, 2, 3, 4])
+    assert torch.allclose(net(x, t)[:1], net(x[:1], t[:1]), atol=1e-5)
+
+
+def test_layer_norm_normalises_over_channels_and_space():
+    from core.unet import NORMS as REG
+    layer = REG["layer"](6, 32)
+    y = layer(torch.randn(2, 6, 5, 5) * 3 + 1)
+    assert torch.allclose(y.flatten(1).mean(1), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(y.flatten(1).var(1, unbiased=False), torch.ones(2), atol=1e-3)
+
+
+def test_unknown_norm_lists_the_choices():
+    with pytest.raises(ValueError, match=r"unknown norm 'rms'.*'group', 'batch', 'layer', 'instance'"):
+        UNet(norm="rms")
