@@ -1,0 +1,214 @@
+"""The `ablate` command line."""
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import click
+
+from ablations.runner import DONE, is_complete, read_status, run_dir, run_one
+from ablations.spec import SpecError, load_spec
+
+RUNS_ROOT = os.environ.get("ABLATE_RUNS_ROOT", "runs")
+
+
+def _load(spec_path, scale):
+    try:
+        return load_spec(spec_path, scale)
+    except SpecError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _print_runs(spec, runs_root, with_status):
+    axes = list(spec.axes)
+    header = ["run_id", *axes, "seed"] + (["status", "step", "reason"] if with_status else [])
+    rows = []
+    for run in spec.runs:
+        row = [run.run_id, *(run.axes[a] for a in axes), str(run.config.seed)]
+        if with_status:
+            st = read_status(run_dir(spec, run, runs_root))
+            state = st["state"]
+            if state == DONE and not is_complete(spec, run, runs_root):
+                state = "needs-eval"  # trained, but the spec asks for sampler settings not yet evaluated
+            row += [state, str(st.get("step", "")), st.get("reason", "")]
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for r in [header, *rows]:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main():
+    """Declarative DDPM ablations: spec -> runs -> FID / NLL / throughput rows.
+
+    \b
+    Examples:
+      ablate run ablations/demo.toml                 # the README's main job
+      ablate run ablations/schedule.toml --scale smoke
+      ablate run ablations/norm.toml --dry-run       # list the expanded runs and their ids
+      ablate list ablations/sampler.toml --scale cpu # runs and their status
+    """
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--scale", help="Which scale of the spec to run (smoke, cpu, paper, ...). Default: the spec's.")
+@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False),
+              help="Where run folders go: RUNS_ROOT/<spec>/<run_id>/. Env: ABLATE_RUNS_ROOT.")
+@click.option("--dry-run", is_flag=True, help="List the expanded runs with their ids, and nothing else.")
+@click.option("--only", "only", multiple=True, metavar="RUN_ID", help="Run only these run ids (repeatable).")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--download", is_flag=True, help="Let torchvision download missing datasets (needs network).")
+@click.option("--device", help="torch device; default: cuda when present, else cpu.")
+@click.option("--workers", default=1, show_default=True, help="Local worker processes (each gets cores/N threads).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device, workers, no_progress):
+    """Train and evaluate every run of SPEC locally; complete runs are skipped.
+
+    \b
+    Examples:
+      ablate run ablations/demo.toml
+      ablate run ablations/loss.toml --scale smoke --runs-root /tmp/runs
+      ablate run ablations/norm.toml --only 3f2a9c01de
+    """
+    spec = _load(spec_path, scale)
+    runs = [r for r in spec.runs if not only or r.run_id in only]
+    unknown = set(only) - {r.run_id for r in spec.runs}
+    if unknown:
+        raise click.ClickException(f"{spec_path}: unknown run ids {sorted(unknown)}; see `ablate run {spec_path} --dry-run`")
+    if dry_run:
+        _print_runs(spec, runs_root, with_status=False)
+        return
+    todo = [r for r in runs if not is_complete(spec, r, runs_root)]
+    click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to run "
+               f"-> {os.path.join(runs_root, spec.name)}")
+    kw = dict(data_root=data_root, download=download, device=device, progress=not no_progress)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                                 initargs=(workers,)) as pool:
+            states = list(pool.map(_run_in_worker, [(spec_path, scale, r.run_id, runs_root, kw) for r in todo]))
+    else:
+        states = [run_one(spec, r, runs_root, **kw) for r in todo]
+    failed = [r.run_id for r, s in zip(todo, states) if s != DONE]
+    _print_runs(spec, runs_root, with_status=True)
+    if failed:
+        click.echo(f"{len(failed)} run(s) did not finish: {', '.join(failed)}", err=True)
+        sys.exit(1)
+
+
+@main.command(name="list")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
+@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+def list_runs(spec_path, scale, runs_root):
+    """Show the runs of SPEC and their status (pending, running, done, needs-eval, failed).
+
+    \b
+    Example:
+      ablate list ablations/demo.toml
+    """
+    _print_runs(_load(spec_path, scale), runs_root, with_status=True)
+
+
+def _worker_init(workers):
+    import torch
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _run_in_worker(args):
+    spec_path, scale, run_id, runs_root, kw = args
+    spec = load_spec(spec_path, scale)
+    run = next(r for r in spec.runs if r.run_id == run_id)
+    return run_one(spec, run, runs_root, **{**kw, "progress": False})
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
+@click.option("--partition", "-p", help="sbatch --partition.")
+@click.option("--gpus-per-node", default=0, show_default=True, help="sbatch --gpus-per-node; >1 trains with DDP.")
+@click.option("--nodes", default=1, show_default=True, help="sbatch --nodes; >1 trains with DDP.")
+@click.option("--tasks-per-node", type=int, help="sbatch --ntasks-per-node. Default: max(gpus-per-node, 1).")
+@click.option("--cpus-per-task", type=int, help="sbatch --cpus-per-task.")
+@click.option("--mem", "mem_gb", type=float, help="Memory per node in GB (sbatch --mem).")
+@click.option("--time", "time_min", default=60, show_default=True, help="Minutes per job (sbatch --time).")
+@click.option("--array-parallelism", type=int, help="Array tasks running at once (sbatch --array=...%K).")
+@click.option("--account", help="sbatch --account.")
+@click.option("--qos", help="sbatch --qos.")
+@click.option("--constraint", help="sbatch --constraint.")
+@click.option("--max-requeues", default=3, show_default=True, help="Requeues on timeout/preemption before failing.")
+@click.option("--signal-delay", "signal_delay_s", default=90, show_default=True,
+              help="Seconds before the time limit that the checkpoint signal (USR2) is sent.")
+@click.option("--cluster", type=click.Choice(["slurm", "local", "debug"]),
+              help="submitit executor; default: slurm when sbatch is found, else local.")
+@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+@click.option("--data-root", type=click.Path(file_okay=False), help="Dataset folder as seen from the nodes.")
+@click.option("--dry-run", is_flag=True, help="Print the sbatch parameters and the runs; submit nothing.")
+def submit(spec_path, scale, runs_root, data_root, dry_run, **params):
+    """Submit every incomplete run of SPEC to SLURM as one job array, and return at once.
+
+    \b
+    Examples:
+      ablate submit ablations/schedule.toml --scale paper -p gpu --gpus-per-node 1 --time 1440
+      ablate submit ablations/norm.toml --scale smoke -p debug --cpus-per-task 1 --dry-run
+    """
+    from slurm.dispatch import executor_for, pending_runs
+    from slurm.dispatch import submit as do_submit
+    spec = _load(spec_path, scale)
+    todo = pending_runs(spec, runs_root)
+    if dry_run:
+        ex = executor_for(spec, runs_root, **params)
+        click.echo(f"executor: {ex.cluster}")
+        for k, v in sorted(ex._executor.parameters.items()):  # the values that become #SBATCH lines
+            click.echo(f"  {k} = {v}")
+        click.echo(f"{len(todo)} of {len(spec.runs)} runs would be submitted:")
+        for r in todo:
+            click.echo(f"  {r.run_id}  {r.axes}  seed {r.config.seed}")
+        return
+    if not todo:
+        click.echo(f"0 jobs submitted: all {len(spec.runs)} runs of {spec.name} are complete or running.")
+        return
+    jobs = do_submit(spec, runs_root, data_root=data_root, **params)
+    array = jobs[0].job_id.split("_")[0]
+    click.echo(f"submitted {len(jobs)} jobs as array {array}: " + " ".join(j.job_id for j in jobs))
+    click.echo(f"logs: {jobs[0].paths.folder}  (follow with `ablate status {spec_path}`)")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
+@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+def status(spec_path, scale, runs_root):
+    """Each run's state (pending, running, requeued, done, failed, ...) from run folders and squeue.
+
+    \b
+    Example:
+      ablate status ablations/schedule.toml --scale paper
+    """
+    from slurm.dispatch import status_table
+    table = status_table(_load(spec_path, scale), runs_root)
+    cols = [c for c in table[0] if c != "log"] + ["log"] if table else []
+    widths = {c: max(len(c), *(len(str(r[c])) for r in table)) for c in cols}
+    click.echo("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
+    for r in table:
+        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
+@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+def cancel(spec_path, scale, runs_root):
+    """scancel every job of SPEC that SLURM still knows.
+
+    \b
+    Example:
+      ablate cancel ablations/schedule.toml --scale paper
+    """
+    from slurm.dispatch import cancel as do_cancel
+    ids = do_cancel(_load(spec_path, scale), runs_root)
+    click.echo(f"cancelled {len(ids)} jobs" + (f": {' '.join(ids)}" if ids else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Run configuration: plain values with documented defaults. A spec sets any of them."""
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model. Its hash is the run id."""
+
+    dataset: str = "fashion_mnist"  # "fashion_mnist" | "cifar10"
+    schedule: str = "linear"  # "linear" | "cosine"
+    T: int = 1000  # diffusion steps
+    prediction: str = "eps"  # "eps" | "x0" | "v"
+    variance: str = "fixed_small"  # "fixed_small" | "fixed_large" | "learned_range"
+    loss: str = "simple"  # "simple" | "hybrid" | "vlb"
+    vlb_weight: float = 0.001  # lambda in hybrid = mse + lambda * T * vb
+    norm: str = "group"  # "group" | "batch" | "layer" | "instance"
+    base: int = 32  # U-Net base channels
+    mults: tuple = (1, 2, 2)  # channel multiplier per level
+    res_blocks: int = 2  # residual blocks per level
+    attention: tuple = ()  # resolutions (feature-map sides) with self-attention
+    heads: int = 1  # attention heads
+    dropout: float = 0.0
+    groups: int = 32  # GroupNorm groups (gcd with the channel count is used)
+    optimizer: str = "adamw"  # "adam" | "adamw"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: int = 0  # linear lr warm-up steps
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema: float = 0.999  # EMA decay of weights (buffers are copied)
+    batch: int = 128
+    steps: int = 1000  # optimizer steps (ignored when epochs > 0)
+    epochs: int = 0  # if > 0: steps = epochs * (train images // batch)
+    checkpoint_every: int = 500  # steps between checkpoints (plus one at the end)
+    bf16: bool = False  # bf16 autocast (GPU runs)
+    compile: bool = False  # torch.compile the model (GPU runs)
+    seed: int = 0
+
+    def run_id(self) -> str:
+        """A short stable hash of the fully resolved config."""
+        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How every trained model of a spec is evaluated, without retraining."""
+
+    samplers: tuple = field(default_factory=lambda: ({"sampler": "ddim", "steps": 50, "eta": 0.0},))
+    fid_samples: int = 1000  # generated images per sampler setting
+    fid_extractor: str = "fmnist-classifier"  # "fmnist-classifier" | "inception-v3-compat"
+    fid_reference: str = "train"  # dataset split the reference statistics come from
+    fid_reference_n: int = 0  # reference images; 0 = the whole split
+    inception_weights: str = ""  # path to torch-fidelity's Inception weights, for offline nodes
+    clip_x0: bool = True  # clip predicted x0 to [-1, 1] while sampling
+    sample_batch: int = 500  # images per sampling batch
+    sample_seed: int = 0  # seed of x_T and sampler noise; shared by all settings (paired comparison)
+    nll_images: int = 256  # test images for bits/dim
+    nll_timesteps: int = 16  # K stratified timesteps; 0 = exact sum over all T
+    grid_images: int = 64  # images in each sample-grid PNG
+
+
+TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
+EVAL_FIELDS = {f.name: f for f in fields(EvalConfig) if f.name != "samplers"}

@@ -1,0 +1,120 @@
+"""FID (Heusel et al. 2017) through torch-fidelity, with the feature extractor always named in results.
+
+- "fmnist-classifier": the project's Fashion-MNIST classifier (core/classifier.py), penultimate layer.
+- "inception-v3-compat": torch-fidelity's standard Inception-v3 (2048-d pool features), used only when
+  its weights are present; a missing file is an error, never a silent switch to another extractor.
+
+Reference statistics for (dataset, split, n, extractor, its weights, resolution) are computed once
+and cached under `cache_root`, keyed by a hash of those fields.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import torch_fidelity
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from core import classifier
+from core.data import load, to_model
+from core.registry import lookup
+
+
+class FMNISTFeatures(FeatureExtractorBase):
+    """torch-fidelity wrapper of the Fashion-MNIST classifier: uint8 (N, 1 or 3, 28, 28) -> features."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        self.net = classifier.load_classifier(feature_extractor_weights_path or classifier.DEFAULT_WEIGHTS)
+
+    @staticmethod
+    def get_provided_features_list():
+        return "penultimate", "logits"
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return {"isc": "logits"}.get(metric, "penultimate")
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+
+    def forward(self, x):
+        if x.shape[1] == 3:
+            x = x.float().mean(1, keepdim=True).round().to(torch.uint8)
+        h = self.net.features(to_model(x))
+        out = {"penultimate": h, "logits": self.net.head(h)}
+        return tuple(out[f] for f in self.features_list)
+
+
+if "fmnist-classifier" not in FEATURE_EXTRACTORS_REGISTRY:
+    torch_fidelity.register_feature_extractor("fmnist-classifier", FMNISTFeatures)
+
+INCEPTION_FILE = URL_INCEPTION_V3.rsplit("/", 1)[1]
+EXTRACTORS = {"fmnist-classifier": "penultimate", "inception-v3-compat": "2048"}  # name -> FID layer
+
+
+class InceptionWeightsMissing(FileNotFoundError):
+    pass
+
+
+def inception_weights(path=None) -> Path:
+    """The Inception weights file: `path`, or torch-fidelity's download location if it is already there."""
+    candidate = Path(path) if path else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if not candidate.exists():
+        raise InceptionWeightsMissing(
+            f"Inception weights for 'inception-v3-compat' not found at {candidate}. Without network they cannot "
+            f"be downloaded: copy {INCEPTION_FILE} (from {URL_INCEPTION_V3}) there, or pass its path with the "
+            "`inception_weights` key of the spec's [eval] block (`--inception-weights` for `ablate bench`).")
+    return candidate
+
+
+class Images(torch.utils.data.Dataset):
+    """uint8 images (N, C, H, W) for torch-fidelity; grayscale is repeated to RGB for Inception.
+    Counts reads, so a test can tell whether the reference set was touched."""
+
+    def __init__(self, images, rgb=False):
+        self.images, self.rgb, self.reads = images, rgb, 0
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        x = self.images[i]
+        return x.expand(3, *x.shape[1:]) if self.rgb and x.shape[0] == 1 else x
+
+
+def reference_key(dataset, split, n, extractor, weights, resolution) -> str:
+    ident = classifier.FMNIST_CLASSIFIER_SHA256 if extractor == "fmnist-classifier" else weights.name
+    blob = json.dumps([dataset, split, n, extractor, ident, resolution])
+    return f"ref-{dataset}-{split}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def fid(samples_uint8, *, dataset: str, extractor: str, cache_root, split: str = "train", data_root=None,
+        reference_n: int | None = None, weights_path=None, batch_size: int = 256) -> dict:
+    """FID between generated uint8 images (N, C, H, W) and `dataset`'s `split` (its first `reference_n`
+    images, or all). Returns fid, extractor, n, reference, reference_key and reference_cached."""
+    layer = lookup(EXTRACTORS, extractor, "fid_extractor")
+    inception = extractor == "inception-v3-compat"
+    weights = inception_weights(weights_path) if inception else None
+    ref = load(dataset, split, data_root)[0]
+    ref = ref[:reference_n] if reference_n else ref
+    key = reference_key(dataset, split, len(ref), extractor, weights, tuple(ref.shape[-2:]))
+    cache_root = Path(cache_root)
+    cached = (cache_root / f"{key}-{extractor}-stat-fid-{layer}.pt").exists()
+    reference = Images(ref, rgb=inception)
+    metrics = torch_fidelity.calculate_metrics(
+        input1=Images(samples_uint8, rgb=inception), input2=reference, input2_cache_name=key, cache=True,
+        cache_root=str(cache_root), fid=True, feature_extractor=extractor, feature_layer_fid=layer,
+        feature_extractor_weights_path=str(weights) if weights else None, batch_size=batch_size,
+        cuda=torch.cuda.is_available(), verbose=False, save_cpu_ram=True)
+    return {"fid": float(metrics["frechet_inception_distance"]), "extractor": extractor, "n": len(samples_uint8),
+            "reference": f"{dataset}:{split}:{len(ref)}", "reference_key": key, "reference_cached": cached,
+            "reference_reads": reference.reads}

@@ -1,0 +1,173 @@
+"""The training loop (Ho et al. 2020, Alg. 1): t ~ U{0..T-1}, eps ~ N(0, I), minimise the chosen loss.
+
+Determinism: the data order of epoch e is a permutation seeded by (seed, e), and dropout is
+reseeded from (seed, step, rank) every step, so neither needs state; t and eps come from one
+generator whose state is checkpointed with the model, EMA, optimizer and lr schedule. A run resumed
+from any checkpoint therefore ends bitwise identical to an uninterrupted one on the same machine.
+
+With several tasks (torch.distributed), every task draws the whole global batch's t and eps and
+trains on its slice of the batch; DDP averages the gradients.
+"""
+import copy
+import math
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from core.data import SHAPES, to_model
+from core.diffusion import out_channels, q_sample
+from core.io import save_torch
+from core.losses import loss_terms
+from core.parallel import all_mean, any_true, is_main, rank, world
+from core.schedules import make_schedule
+from core.unet import UNet
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+KEEP_CHECKPOINTS = 2
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step, value):
+        super().__init__(f"non-finite loss {value} at step {step}")
+        self.step = step
+
+
+def build_model(cfg) -> UNet:
+    C, H, _ = SHAPES[cfg.dataset]
+    return UNet(channels=C, base=cfg.base, mults=cfg.mults, res_blocks=cfg.res_blocks, attention=cfg.attention,
+                heads=cfg.heads, dropout=cfg.dropout, norm=cfg.norm, groups=cfg.groups,
+                out_channels=out_channels(C, cfg.variance), resolution=H)
+
+
+def total_steps(cfg, n_train: int) -> int:
+    return cfg.epochs * (n_train // cfg.batch) if cfg.epochs > 0 else cfg.steps
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def checkpoints(run_dir) -> list[Path]:
+    """Checkpoint files of a run, oldest first."""
+    return sorted(Path(run_dir).glob("ckpt-*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+
+
+def ema_update(ema, model, decay: float):
+    """theta_ema <- decay theta_ema + (1 - decay) theta; buffers (BatchNorm statistics) are copied."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+        for b_ema, b in zip(ema.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=True, should_stop=None):
+    """Train (or resume) the run in `run_dir` on uint8 `images` (N, C, H, W). Returns a dict with the
+    model, its EMA, the steps done, and the wall seconds and images/s of the steps run in this call.
+
+    `on_log(step, mean_loss)` is called every ~1% of training. `stop_at` ends the call after that step
+    (tests use it to interrupt); `should_stop()` is polled each step and, when true, checkpoints and
+    returns early (the SLURM timeout/preemption path).
+    """
+    device = torch.device(device)
+    run_dir = Path(run_dir)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0  # noqa: E731
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, warm)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    step, total = 0, total_steps(cfg, len(images))
+
+    found = checkpoints(run_dir)
+    if found:
+        state = torch.load(found[-1], map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        lr_sched.load_state_dict(state["lr_sched"])
+        gen.set_state(state["gen"])
+        step = state["step"]
+
+    def save():
+        if not is_main():
+            return
+        save_torch(run_dir / f"ckpt-{step:08d}.pt", {
+            "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+            "lr_sched": lr_sched.state_dict(), "gen": gen.get_state()})
+        for old in checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
+            old.unlink()
+
+    schedule = make_schedule(cfg.schedule, cfg.T)
+    tasks, me = world(), rank()
+    if cfg.batch % tasks:
+        raise ValueError(f"batch {cfg.batch} is not divisible by the {tasks} tasks")
+    local = slice(me * cfg.batch // tasks, (me + 1) * cfg.batch // tasks)
+    forward = torch.nn.parallel.DistributedDataParallel(model) if tasks > 1 else model
+    forward = torch.compile(forward) if cfg.compile else forward
+    per_epoch = len(images) // cfg.batch
+    if per_epoch < 1:
+        raise ValueError(f"batch {cfg.batch} is larger than the {len(images)} training images")
+    log_every = max(1, total // 100)
+    order_epoch, order = -1, None
+    loss_sum, loss_n, start_step = 0.0, 0, step
+    bar = _progress(total, step, progress and is_main())
+    model.train()
+    t0 = time.perf_counter()
+    while step < total:
+        epoch, k = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(cfg.seed, epoch, len(images))
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + me)  # dropout
+        x0 = to_model(images[order[k * cfg.batch:(k + 1) * cfg.batch][local]]).to(device)  # (B/tasks, C, H, W)
+        t = torch.randint(0, cfg.T, (cfg.batch,), generator=gen, device=device)[local]
+        noise = torch.randn((cfg.batch, *x0.shape[1:]), generator=gen, device=device)[local]
+        xt = q_sample(schedule, x0, t, noise)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = forward(xt, t)
+        terms = loss_terms(schedule, out.float(), x0, xt, t, noise, prediction=cfg.prediction,
+                           variance=cfg.variance, loss=cfg.loss, vlb_weight=cfg.vlb_weight)
+        loss = terms["loss"].mean()
+        value = all_mean(loss.detach()).item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(step, value)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        lr_sched.step()
+        ema_update(ema, model, cfg.ema)
+        step += 1
+        loss_sum, loss_n = loss_sum + value, loss_n + 1
+        if step % log_every == 0 or step == total:
+            if on_log and is_main():
+                on_log(step, loss_sum / loss_n)
+            loss_sum, loss_n = 0.0, 0
+        if step % cfg.checkpoint_every == 0 or step == total:
+            save()
+        if bar is not None:
+            rate = (step - start_step) * cfg.batch / (time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}", refresh=False)
+        if stop_at is not None and step >= stop_at:
+            break
+        if should_stop is not None and any_true(should_stop(), device):
+            if step % cfg.checkpoint_every and step != total:
+                save()
+            break
+    wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    done = step - start_step
+    return {"model": model, "ema": ema, "step": step, "total": total, "wall_s": wall,
+            "img_per_s": done * cfg.batch / wall if done else float("nan")}
+
+
+def _progress(total, initial, enabled):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0)

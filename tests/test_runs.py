@@ -1,0 +1,114 @@
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ablations.cli import main
+from ablations.config import TrainConfig
+from ablations.runner import read_status, run_dir
+from ablations.spec import load_spec
+from core import data
+from core.io import read_jsonl
+from core.training import checkpoints, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = TrainConfig(T=100, base=8, mults=(1, 2), res_blocks=1, batch=8, steps=7, checkpoint_every=2, lr=1e-3,
+                   warmup=3, dropout=0.1, norm="batch", ema=0.9)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return data.load("fashion_mnist", "train")[0][:512]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The norm question's smoke grid, run end to end through the CLI."""
+    runs = tmp_path_factory.mktemp("runs")
+    spec_path = str(ROOT / "ablations" / "norm.toml")
+    result = CliRunner().invoke(main, ["run", spec_path, "--scale", "smoke", "--runs-root", str(runs),
+                                       "--no-progress"])
+    return load_spec(spec_path, "smoke"), runs, result
+
+
+def test_smoke_grid_produces_finite_rows(smoke):
+    spec, runs, result = smoke
+    assert result.exit_code == 0, result.output
+    for run in spec.runs:
+        folder = run_dir(spec, run, runs)
+        assert read_status(folder)["state"] == "done"
+        rows, bad = read_jsonl(folder / "metrics.jsonl")
+        assert bad == 0
+        by = {}
+        for r in rows:
+            by.setdefault(r["metric"], []).append(r)
+        for metric in ("fid", "nll_bpd", "train_img_per_s", "sample_img_per_s", "nfe_per_s", "peak_mem_mb",
+                       "train_loss", "train_wall_s", "sample_wall_s"):
+            assert metric in by, metric
+            assert all(math.isfinite(r["value"]) for r in by[metric])
+        assert len(by["fid"]) == len(spec.eval.samplers)
+        fid = by["fid"][0]
+        assert fid["extractor"] == "fmnist-classifier" and fid["n"] == spec.eval.fid_samples and fid["value"] > 0
+        assert fid["norm"] == run.config.norm and fid["run_id"] == run.run_id and fid["ablation"] == "norm-smoke"
+        for col in ("seed", "schedule", "prediction", "loss", "sampler", "steps", "eta", "device", "torch",
+                    "commit", "timestamp", "protocol"):
+            assert col in fid
+        assert "stratified" in by["nll_bpd"][0]["protocol"] and by["nll_bpd"][0]["n"] == spec.eval.nll_images
+        assert json.loads((folder / "config.json").read_text())["run_id"] == run.run_id
+        assert len(checkpoints(folder)) == 2 and (folder / "log.txt").exists()
+        assert list(folder.glob("samples-*.png"))
+
+
+def test_rerun_skips_complete_runs(smoke):
+    spec, runs, _ = smoke
+    before = {r.run_id: (run_dir(spec, r, runs) / "metrics.jsonl").read_text() for r in spec.runs}
+    result = CliRunner().invoke(main, ["run", str(spec.path), "--scale", "smoke", "--runs-root", str(runs)])
+    assert result.exit_code == 0 and f"{len(spec.runs)} complete, 0 to run" in result.output
+    assert before == {r.run_id: (run_dir(spec, r, runs) / "metrics.jsonl").read_text() for r in spec.runs}
+    listing = CliRunner().invoke(main, ["list", str(spec.path), "--scale", "smoke", "--runs-root", str(runs)])
+    assert listing.output.count(" done") == len(spec.runs)
+
+
+def _state(result):
+    return {k: v.clone() for part in ("model", "ema") for k, v in
+            ((f"{part}.{n}", t) for n, t in result[part].state_dict().items())}
+
+
+def test_resume_is_bitwise_identical(tmp_path, images):
+    full = train(TINY, tmp_path / "a", images, device="cpu", progress=False)
+    first = train(TINY, tmp_path / "b", images, device="cpu", progress=False, stop_at=3)  # last checkpoint: 2
+    assert first["step"] == 3 and [p.name for p in checkpoints(tmp_path / "b")] == ["ckpt-00000002.pt"]
+    resumed = train(TINY, tmp_path / "b", images, device="cpu", progress=False)
+    assert resumed["step"] == full["step"] == 7
+    a, b = _state(full), _state(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = train(replace(TINY, seed=1), tmp_path / "c", images, device="cpu", progress=False)
+    assert not torch.equal(other["model"].conv_in.weight, full["model"].conv_in.weight)
+    assert [p.name for p in checkpoints(tmp_path / "a")] == ["ckpt-00000006.pt", "ckpt-00000007.pt"]
+
+
+def test_non_finite_loss_fails_the_run_and_the_grid_goes_on(tmp_path):
+    text = (ROOT / "ablations" / "norm.toml").read_text().replace(
+        'norm = ["group", "batch", "layer", "instance"]', "lr = [1e30, 1e-3]").replace(
+        "[base]\n", "[base]\ngrad_clip = 0.0\n", 1)
+    spec_path = tmp_path / "blowup.toml"
+    spec_path.write_text(text)
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["run", str(spec_path), "--scale", "smoke", "--runs-root", str(runs),
+                                       "--no-progress"])
+    assert result.exit_code == 1
+    spec = load_spec(spec_path, "smoke")
+    bad, good = (read_status(run_dir(spec, r, runs)) for r in spec.runs)
+    assert bad["state"] == "failed" and "non-finite loss" in bad["reason"] and bad["step"] >= 1
+    assert good["state"] == "done"
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FMNIST", tmp_path / "nowhere")
+    monkeypatch.delenv("DDPM_DATA_ROOT", raising=False)
+    with pytest.raises(data.DatasetMissing, match=r"(?s)Looked for:.*nowhere.*dataset-fashion-mnist.*--data-root"):
+        data.load("fashion_mnist", "train", root=tmp_path / "empty")

@@ -1,0 +1,121 @@
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ablations.cli import main
+from ablations.spec import SpecError, load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD = """
+name = "t"
+seeds = [0]
+[base]
+T = 100
+steps = 2
+base = 8
+mults = [1, 2]
+res_blocks = 1
+batch = 4
+[grid]
+schedule = ["linear", "cosine"]
+[[eval.sampler]]
+sampler = "ddim"
+steps = [5, 10]
+eta = [0.0, 1.0]
+"""
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "spec.toml"
+    p.write_text(text)
+    return p
+
+
+def test_good_spec_expands_the_grid_with_stable_ids(tmp_path):
+    spec = load_spec(_write(tmp_path, GOOD))
+    assert [r.axes for r in spec.runs] == [{"schedule": "linear"}, {"schedule": "cosine"}]
+    assert len({r.run_id for r in spec.runs}) == 2
+    assert [r.run_id for r in spec.runs] == [r.run_id for r in load_spec(_write(tmp_path, GOOD)).runs]
+    assert [(s["steps"], s["eta"]) for s in spec.eval.samplers] == [(5, 0.0), (5, 1.0), (10, 0.0), (10, 1.0)]
+    assert spec.runs[0].config.T == 100 and spec.runs[0].config.mults == (1, 2)
+
+
+def test_table_valued_axis_sets_fields_together(tmp_path):
+    text = GOOD.replace('schedule = ["linear", "cosine"]', 'loss = [{loss = "simple", variance = "fixed_small"},'
+                        ' {loss = "hybrid", variance = "learned_range"}]')
+    spec = load_spec(_write(tmp_path, text))
+    assert [(r.axes["loss"], r.config.variance) for r in spec.runs] == [("simple", "fixed_small"),
+                                                                         ("hybrid", "learned_range")]
+
+
+BAD = [
+    ("unknown key", ("[base]\n", "[base]\nlr_rate = 0.1\n"), r"key 'base.lr_rate': unknown key 'lr_rate'; valid keys: .*lr"),
+    ("unknown top key", ('name = "t"', 'name = "t"\ngirds = 1'), r"key 'girds': unknown key 'girds'; valid keys: .*grid"),
+    ("wrong type", ("steps = 2", 'steps = "two"'), r"key 'base.steps': expected int, got str 'two'"),
+    ("wrong list type", ("mults = [1, 2]", 'mults = [1, "2"]'), r"key 'base.mults': expected a list of integers"),
+    ("unknown schedule", ('"linear", "cosine"]', '"linear", "quadratic"]'),
+     r"key 'grid.schedule\[1\]': unknown schedule 'quadratic'; valid choices: 'linear', 'cosine'"),
+    ("unknown prediction", ("[base]\n", '[base]\nprediction = "score"\n'),
+     r"key 'base.prediction': unknown prediction 'score'; valid choices: 'eps', 'x0', 'v'"),
+    ("unknown loss", ("[base]\n", '[base]\nloss = "l1"\n'),
+     r"key 'base.loss': unknown loss 'l1'; valid choices: 'simple', 'hybrid', 'vlb'"),
+    ("unknown norm", ('schedule = ["linear", "cosine"]', 'norm = ["group", "rms"]'),
+     r"key 'grid.norm\[1\]': unknown norm 'rms'; valid choices: 'group', 'batch', 'layer', 'instance'"),
+    ("unknown sampler", ('sampler = "ddim"', 'sampler = "euler"'),
+     r"key 'eval.sampler\[0\].sampler': unknown sampler 'euler'; valid choices: 'ddpm', 'ddim'"),
+    ("steps > T", ("steps = [5, 10]", "steps = [5, 101]"),
+     r"key 'eval.sampler.steps': steps 101 > T=100 .*valid choices: 1..100"),
+    ("empty axis", ('schedule = ["linear", "cosine"]', "schedule = []"), r"key 'grid.schedule': empty grid axis"),
+    ("duplicate runs", ('"linear", "cosine"]', '"linear", "linear"]'), r"key 'grid': duplicate runs"),
+    ("learned_range without hybrid", ("[base]\n", '[base]\nvariance = "learned_range"\n'),
+     r"variance 'learned_range' needs loss 'hybrid' or 'vlb', got loss 'simple'"),
+    ("bad eta", ("eta = [0.0, 1.0]", "eta = [0.0, 2.0]"), r"key 'eval.sampler\[0\].eta': eta 2.0 is invalid"),
+    ("duplicate seeds", ("seeds = [0]", "seeds = [0, 0]"), r"key 'seeds': must be a non-empty list of distinct"),
+]
+
+
+@pytest.mark.parametrize("case, edit, message", BAD, ids=[b[0] for b in BAD])
+def test_malformed_spec_is_rejected_before_any_run_starts(tmp_path, case, edit, message):
+    old, new = edit
+    assert old in GOOD
+    path = _write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(SpecError, match=message) as e:
+        load_spec(path)
+    assert str(e.value).startswith(f"{path}: key ")
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["run", str(path), "--runs-root", str(runs)])
+    assert result.exit_code != 0 and str(path) in result.output
+    assert not runs.exists()  # nothing was started or written
+
+
+def test_unknown_scale_lists_the_choices():
+    with pytest.raises(SpecError, match=r"unknown scale 'huge'; valid choices: 'smoke', 'cpu', 'paper'"):
+        load_spec(ROOT / "ablations" / "norm.toml", "huge")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "ablations").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_spec_and_scale_is_valid(path):
+    import tomllib
+    scales = tomllib.loads(path.read_text()).get("scale", {}) or {None: None}
+    for scale in scales:
+        spec = load_spec(path, scale)
+        assert spec.runs and spec.eval.samplers
+
+
+def test_dry_run_lists_runs_and_nothing_else(tmp_path):
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["run", str(ROOT / "ablations" / "norm.toml"), "--scale", "smoke",
+                                       "--dry-run", "--runs-root", str(runs)])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(ROOT / "ablations" / "norm.toml", "smoke")
+    lines = result.output.strip().splitlines()
+    assert lines[0].split() == ["run_id", "norm", "seed"]
+    assert [line.split()[:2] for line in lines[1:]] == [[r.run_id, r.axes["norm"]] for r in spec.runs]
+    assert not runs.exists()
+
+
+def test_help_is_complete_with_examples():
+    out = CliRunner().invoke(main, ["run", "--help"]).output
+    for flag in ("--scale", "--runs-root", "--dry-run", "--only", "--data-root", "--workers", "Examples"):
+        assert flag in out
