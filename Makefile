@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test demo bench clean
+.PHONY: setup data cluster test demo bench clean
 
 setup: $(STAMP)
 
@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $@
 
 # Real Fashion-MNIST, offline: Debian's dataset-fashion-mnist package (idx files under $(FMNIST)).
@@ -22,8 +22,26 @@ data:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "Fashion-MNIST not found in $(FMNIST); install dataset-fashion-mnist or pass --data-root"; fi
 
-test: setup data
+# A real single-node SLURM cluster for the dispatch tests. In CI it must come up; elsewhere the
+# SLURM tests skip with the reason when it cannot (not root, no apt-get).
+cluster:
+	@bash slurm/local_cluster.sh up || { [ -z "$$CI" ] || exit 1; echo "SLURM cluster not started; its tests will skip"; }
+
+test: setup data cluster
 	$(PY) -m pytest tests
+
+# The main job: train and evaluate the demo grid, then its table, figures and report in results/demo/.
+demo: setup data
+	$(VENV)/bin/ablate run ablations/demo.toml
+	$(VENV)/bin/ablate collect ablations/demo.toml
+	$(VENV)/bin/ablate plot ablations/demo.toml
+	$(VENV)/bin/ablate report ablations/demo.toml
+
+# Micro-benchmarks (not part of the tests): JSON, tidy table, ratios and a plot under results/bench/.
+bench: setup data
+	mkdir -p results/bench
+	$(PY) -m pytest bench --benchmark-json=results/bench/bench.json
+	$(VENV)/bin/ablate bench results/bench/bench.json --out results/bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

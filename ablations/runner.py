@@ -21,7 +21,7 @@ from ablations.spec import AXES, Run, Spec
 from core import data as datasets
 from core.evaluation import generate, nll, peak_memory_mb
 from core.io import append_jsonl, atomic_write, read_jsonl, write_json
-from core.parallel import is_main
+from core.parallel import is_main, world
 from core.schedules import make_schedule
 from core.training import NonFiniteLoss, build_model, checkpoints, train
 
@@ -126,7 +126,7 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         images = _images(cfg.dataset, "train", data_root, download)
         if main:
             _drop_rows_after(rows_path, _ckpt_step(folder))
-        log(f"run {run.run_id} {run.axes} seed {cfg.seed}: training on {device}")
+        log(f"run {run.run_id} {run.axes} seed {cfg.seed}: training on {device} x{world()} tasks")
         result = train(cfg, folder, images, device=device, progress=progress, stop_at=stop_at,
                        should_stop=should_stop,
                        on_log=lambda step, loss: emit("train_loss", loss, step=step, n=cfg.batch))

@@ -1,0 +1,196 @@
+"""Dispatch a spec's grid to SLURM through submitit: one job array, non-blocking, idempotent.
+
+The submitted callable, `RunJob`, runs `ablations.runner.run_one` (the same code as `ablate run`).
+It implements submitit's checkpoint protocol: on the timeout or preemption signal, `checkpoint()`
+asks the training loop to stop at the next step boundary, waits for it to save a checkpoint, and
+returns a new submission of itself, which submitit requeues. The requeued job resumes from that
+checkpoint, so it ends bitwise identical to an uninterrupted run.
+"""
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import submitit
+
+from ablations.runner import DONE, FAILED, RUNNING, is_complete, read_status, run_dir, run_one, write_status
+from ablations.spec import Spec, load_spec
+from core.io import append_jsonl, read_jsonl
+from slurm import claim
+
+SUBMISSIONS = "submissions.jsonl"
+
+
+class RunJob:
+    """Callable submitted per array task: `RunJob(...)(run_id)`."""
+
+    def __init__(self, spec_path, scale, runs_root, data_root=None, max_requeues=3, device=None):
+        self.args = dict(spec_path=str(spec_path), scale=scale, runs_root=str(runs_root), data_root=data_root,
+                         max_requeues=max_requeues, device=device)
+        self.__dict__.update(self.args)
+
+    def __getstate__(self):
+        return self.args  # no thread or event: those live only in the running job
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    def __call__(self, run_id: str) -> str:
+        import torch
+
+        from slurm.distributed import init_from_slurm, is_main
+        if os.environ.get("SLURM_CPUS_PER_TASK"):
+            torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+        spec = load_spec(self.spec_path, self.scale)
+        run = next(r for r in spec.runs if r.run_id == run_id)
+        folder = run_dir(spec, run, self.runs_root)
+        init_from_slurm()
+        if is_main():
+            ok, holder = claim.acquire(folder)
+            if not ok:
+                return f"skipped: run {run_id} is claimed by {holder}"
+            _note_start(folder)
+        self._stop, result = threading.Event(), []
+        worker = threading.Thread(target=lambda: result.append(run_one(
+            spec, run, self.runs_root, data_root=self.data_root, device=self.device, progress=False,
+            should_stop=self._stop.is_set)), daemon=True)
+        self._worker = worker
+        worker.start()
+        while worker.is_alive():
+            worker.join(timeout=0.5)  # short waits keep the main thread free to handle signals
+        state = result[0] if result else FAILED
+        if is_main() and state in (DONE, FAILED):
+            claim.release(folder)
+        return state
+
+    def checkpoint(self, run_id: str):
+        """submitit calls this on the timeout/preemption signal, on global rank 0."""
+        spec = load_spec(self.spec_path, self.scale)
+        folder = run_dir(spec, next(r for r in spec.runs if r.run_id == run_id), self.runs_root)
+        if getattr(self, "_worker", None) is not None:
+            self._stop.set()
+            self._worker.join()  # the loop saves a checkpoint at the next step boundary, then returns
+        status = read_status(folder)
+        if status["state"] != RUNNING:
+            return None  # done or failed: nothing to resume
+        requeues = status.get("requeues", 0) + 1
+        if requeues > self.max_requeues:
+            write_status(folder, FAILED, step=status.get("step"), requeues=requeues - 1,
+                         reason=f"stopped by the scheduler more than max_requeues={self.max_requeues} times")
+            claim.release(folder)
+            return None
+        write_status(folder, RUNNING, step=status.get("step"), requeues=requeues)
+        return submitit.helpers.DelayedSubmission(RunJob(**self.args), run_id)
+
+
+def _note_start(folder):
+    """Count restarts that SLURM did on its own (e.g. `scontrol requeue`, node failure)."""
+    status = read_status(folder)
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    if restarts > status.get("restarts", 0):
+        write_status(folder, RUNNING, step=status.get("step"), restarts=restarts)
+
+
+def executor_for(spec: Spec, runs_root, *, cluster=None, partition=None, nodes=1, gpus_per_node=0,
+                 tasks_per_node=None, cpus_per_task=None, mem_gb=None, time_min=60, array_parallelism=None,
+                 account=None, qos=None, constraint=None, max_requeues=3, signal_delay_s=90):
+    """A submitit executor; parameter -> sbatch option mapping is in the README."""
+    folder = Path(runs_root) / spec.name / "_slurm" / "%j"
+    ex = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=max_requeues)
+    params = dict(name=f"ablate-{spec.name}", timeout_min=time_min, nodes=nodes,
+                  tasks_per_node=tasks_per_node or max(gpus_per_node, 1))
+    if cpus_per_task:
+        params["cpus_per_task"] = cpus_per_task
+    if gpus_per_node:
+        params["gpus_per_node"] = gpus_per_node
+    if mem_gb:
+        params["mem_gb"] = mem_gb
+    slurm = dict(slurm_partition=partition, slurm_account=account, slurm_qos=qos, slurm_constraint=constraint,
+                 slurm_array_parallelism=array_parallelism, slurm_signal_delay_s=signal_delay_s)
+    params.update({k: v for k, v in slurm.items() if v is not None})
+    ex.update_parameters(**params)
+    return ex
+
+
+def pending_runs(spec: Spec, runs_root) -> list:
+    """Runs that are neither complete nor held by a live job."""
+    todo = []
+    for run in spec.runs:
+        folder = run_dir(spec, run, runs_root)
+        if is_complete(spec, run, runs_root):
+            continue
+        held = claim.read(folder)
+        if held is not None and claim.alive(held):
+            continue
+        todo.append(run)
+    return todo
+
+
+def submit(spec: Spec, runs_root, *, data_root=None, device=None, max_requeues=3, **params) -> list:
+    """Submit the pending runs as one job array; returns the submitit jobs (empty when nothing is pending)."""
+    todo = pending_runs(spec, runs_root)
+    if not todo:
+        return []
+    ex = executor_for(spec, runs_root, max_requeues=max_requeues, **params)
+    job = RunJob(spec.path, spec.scale, runs_root, data_root=data_root, max_requeues=max_requeues, device=device)
+    jobs = ex.map_array(job, [r.run_id for r in todo])
+    record = [{"job_id": j.job_id, "run_id": r.run_id, "submitted": time.time(), "cluster": ex.cluster,
+               "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr)} for j, r in zip(jobs, todo)]
+    (Path(runs_root) / spec.name).mkdir(parents=True, exist_ok=True)
+    append_jsonl(Path(runs_root) / spec.name / SUBMISSIONS, record)
+    return jobs
+
+
+def submissions(spec: Spec, runs_root) -> dict:
+    """run_id -> its latest submission record."""
+    rows, _ = read_jsonl(Path(runs_root) / spec.name / SUBMISSIONS)
+    return {r["run_id"]: r for r in rows}
+
+
+def queue_states(job_ids) -> dict:
+    """job id -> SLURM state, for jobs squeue still knows."""
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+
+
+def status_table(spec: Spec, runs_root) -> list[dict]:
+    """One row per run: state, requeues, step, reason, job id and the log path."""
+    subs = submissions(spec, runs_root)
+    queue = queue_states([s["job_id"] for s in subs.values()])
+    table = []
+    for run in spec.runs:
+        folder = run_dir(spec, run, runs_root)
+        st, sub = read_status(folder), subs.get(run.run_id, {})
+        q = queue.get(sub.get("job_id", ""))
+        requeues = st.get("requeues", 0) + st.get("restarts", 0)
+        state = st["state"]
+        if state == DONE and not is_complete(spec, run, runs_root):
+            state = "needs-eval"
+        elif state == "pending" and q is None:
+            state = "pending" if not sub else "lost"  # submitted but neither queued nor started
+        elif state == RUNNING:
+            if q == "PENDING" or q == "REQUEUED":
+                state = "requeued"
+            elif q is None and sub:
+                state = "interrupted"  # its job is gone without finishing: resubmit to resume
+        table.append({"run_id": run.run_id, **run.axes, "seed": run.config.seed, "state": state,
+                      "requeues": requeues, "step": st.get("step", ""), "job": sub.get("job_id", ""),
+                      "queue": q or "", "reason": st.get("reason", ""), "log": sub.get("stderr", "")})
+    return table
+
+
+def cancel(spec: Spec, runs_root) -> list[str]:
+    """scancel every job of the spec that SLURM still knows; returns their ids."""
+    subs = submissions(spec, runs_root)
+    alive = sorted(queue_states([s["job_id"] for s in subs.values()]))
+    if alive:
+        subprocess.run(["scancel", *alive], check=True)
+    return alive

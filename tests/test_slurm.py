@@ -1,0 +1,181 @@
+"""Dispatch tests against a real single-node SLURM cluster (slurm/local_cluster.sh).
+
+In CI they must run: a cluster that cannot be started fails them. Elsewhere they skip, with the
+reason, when the cluster cannot be started (not root, no apt-get).
+"""
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ablations.cli import main
+from ablations.runner import read_status, run_dir
+from ablations.spec import load_spec
+from core.io import read_jsonl
+from core.training import checkpoints, train
+from core import data
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = """
+name = "{name}"
+seeds = [0]
+[base]
+T = 100
+base = 8
+mults = [1, 2]
+res_blocks = 1
+batch = 16
+steps = {steps}
+checkpoint_every = {every}
+[grid]
+norm = {norms}
+[eval]
+fid_samples = 32
+fid_reference_n = 1000
+sample_batch = 32
+nll_images = 8
+nll_timesteps = 2
+grid_images = 16
+[[eval.sampler]]
+sampler = "ddim"
+steps = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    r = subprocess.run(["bash", str(ROOT / "slurm" / "local_cluster.sh"), "up"], capture_output=True, text=True,
+                       timeout=900)
+    if r.returncode != 0:
+        reason = (r.stderr.strip().splitlines() or ["unknown error"])[-1]
+        if os.environ.get("CI"):
+            pytest.fail(f"the local SLURM cluster must start in CI: {reason}")
+        pytest.skip(f"no local SLURM cluster: {reason}")
+
+
+def _spec(tmp_path, name, norms='["group", "layer"]', steps=3, every=2, extra=""):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(SMOKE.format(name=name, norms=norms, steps=steps, every=every).replace("[grid]", extra + "[grid]"))
+    return path
+
+
+def _ablate(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def _wait(spec, runs, predicate, timeout=600):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        states = [read_status(run_dir(spec, r, runs)) for r in spec.runs]
+        if predicate(states):
+            return states
+        time.sleep(2)
+    pytest.fail(f"timed out after {timeout}s: {states}\n" + _ablate("status", spec.path, "--runs-root", runs).output)
+
+
+def _finished(states):
+    return all(s["state"] in ("done", "failed") for s in states)
+
+
+def _weights(folder):
+    state = torch.load(checkpoints(folder)[-1], weights_only=False)
+    return {f"{part}.{k}": v for part in ("model", "ema") for k, v in state[part].items()}
+
+
+def _reference(spec, run, tmp_path):
+    """The same run trained locally without interruption, with the job's thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        images = data.load(run.config.dataset, "train")[0]
+        out = tmp_path / "reference" / run.run_id
+        train(run.config, out, images, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return _weights(out)
+
+
+def test_array_submission_failures_status_and_idempotent_resubmit(cluster, tmp_path):
+    norms = '["group", "layer", { norm = "group", lr = 1e30, grad_clip = 0.0 }]'
+    path = _spec(tmp_path, "array", norms=norms)
+    spec, runs = load_spec(path), tmp_path / "runs"
+    out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--time", "10",
+                  "--runs-root", runs)
+    assert out.exit_code == 0 and "submitted 3 jobs as array" in out.output, out.output
+    status = _ablate("status", path, "--runs-root", runs).output
+    assert all(r.run_id in status for r in spec.runs)
+    states = _wait(spec, runs, _finished)
+    good, good2, bad = states
+    assert good["state"] == good2["state"] == "done"
+    assert bad["state"] == "failed" and "non-finite loss" in bad["reason"]
+    for run in spec.runs[:2]:
+        rows, _ = read_jsonl(run_dir(spec, run, runs) / "metrics.jsonl")
+        assert {"fid", "nll_bpd", "train_img_per_s", "sample_img_per_s"} <= {r["metric"] for r in rows}
+    table = _ablate("status", path, "--runs-root", runs).output
+    assert table.count(" done ") == 2 and table.count(" failed ") == 1 and "non-finite loss" in table
+    again = _ablate("submit", path, "--partition", "debug", "--runs-root", runs, "--cpus-per-task", "1")
+    assert "0 jobs submitted" in again.output or "submitted 1 jobs" in again.output
+    # the failed run is resubmitted (it is not complete); the finished ones never are
+    assert "submitted 2" not in again.output and "submitted 3" not in again.output
+
+
+def test_complete_grid_submits_zero_jobs(cluster, tmp_path):
+    path = _spec(tmp_path, "zero", norms='["group"]')
+    spec, runs = load_spec(path), tmp_path / "runs"
+    _ablate("run", path, "--runs-root", runs, "--no-progress")
+    out = _ablate("submit", path, "--partition", "debug", "--runs-root", runs)
+    assert out.exit_code == 0 and "0 jobs submitted: all 1 runs of zero are complete" in out.output
+    assert not (runs / spec.name / "submissions.jsonl").exists()
+
+
+def test_scontrol_requeue_resumes_bitwise_identical(cluster, tmp_path):
+    path = _spec(tmp_path, "requeue", norms='["group"]', steps=1500, every=50)
+    spec, runs = load_spec(path), tmp_path / "runs"
+    out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--runs-root", runs)
+    job = out.output.split("jobs as array ")[1].split(":")[0] + "_0"
+    folder = run_dir(spec, spec.runs[0], runs)
+    _wait(spec, runs, lambda s: checkpoints(folder) and 100 <= int(checkpoints(folder)[-1].stem[5:]) < 1000)
+    interrupted_at = int(checkpoints(folder)[-1].stem[5:])
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    states = _wait(spec, runs, _finished)
+    assert states[0]["state"] == "done" and states[0].get("restarts", 0) >= 1, states
+    log = (folder / "log.txt").read_text()
+    assert log.count("training on") >= 2, log
+    ref = _reference(spec, spec.runs[0], tmp_path)
+    got = _weights(folder)
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    print(f"requeued at checkpoint step {interrupted_at}; restarts={states[0]['restarts']}")
+
+
+def test_timeout_signal_checkpoints_requeues_and_resumes_bitwise_identical(cluster, tmp_path):
+    path = _spec(tmp_path, "timeout", norms='["layer"]', steps=3000, every=1000)
+    spec, runs = load_spec(path), tmp_path / "runs"
+    out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--time", "2",
+                  "--signal-delay", "60", "--max-requeues", "6", "--runs-root", runs)
+    assert out.exit_code == 0, out.output
+    states = _wait(spec, runs, _finished, timeout=900)
+    assert states[0]["state"] == "done" and states[0].get("requeues", 0) >= 1, states
+    ref = _reference(spec, spec.runs[0], tmp_path)
+    got = _weights(run_dir(spec, spec.runs[0], runs))
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    print(f"timeout requeues: {states[0]['requeues']}")
+
+
+def test_two_task_gloo_run_trains_and_writes_rows(cluster, tmp_path):
+    path = _spec(tmp_path, "ddp", norms='["group"]', steps=4, every=2)
+    spec, runs = load_spec(path), tmp_path / "runs"
+    out = _ablate("submit", path, "--partition", "debug", "--tasks-per-node", "2", "--cpus-per-task", "1",
+                  "--runs-root", runs)
+    assert out.exit_code == 0, out.output
+    states = _wait(spec, runs, _finished)
+    assert states[0]["state"] == "done", states
+    rows, _ = read_jsonl(run_dir(spec, spec.runs[0], runs) / "metrics.jsonl")
+    fids = [r for r in rows if r["metric"] == "fid"]
+    assert len(fids) == 1 and fids[0]["n"] == 32  # samples gathered from both tasks
+    assert "x2 tasks" in (run_dir(spec, spec.runs[0], runs) / "log.txt").read_text()
