@@ -210,5 +210,81 @@ def cancel(spec_path, scale, runs_root):
     click.echo(f"cancelled {len(ids)} jobs" + (f": {' '.join(ids)}" if ids else ""))
 
 
+RESULTS_ROOT = os.environ.get("ABLATE_RESULTS_ROOT", "results")
+
+
+def _results_dir(target, scale, results_root) -> str:
+    """A results folder: given directly, or results_root/<spec name> for a spec file."""
+    if os.path.isdir(target):
+        return target
+    return os.path.join(results_root, _load(target, scale).name)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
+@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+@click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False))
+def collect(spec_path, scale, runs_root, results_root):
+    """Gather every run's rows into results/<spec>/rows.csv (tidy, long) and summary.csv.
+
+    \b
+    Example:
+      ablate collect ablations/demo.toml && ablate plot ablations/demo.toml && ablate report ablations/demo.toml
+    """
+    from results.table import collect as do_collect
+    spec = _load(spec_path, scale)
+    out = os.path.join(results_root, spec.name)
+    c = do_collect(spec, runs_root, out)
+    click.echo(f"{out}/rows.csv: {c['rows']} rows from {c['runs']} runs ({c['failed']} failed); "
+               f"{c['skipped']} half-written lines skipped")
+
+
+@main.command()
+@click.argument("target", metavar="SPEC|RESULTS_DIR", type=click.Path(exists=True))
+@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
+@click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False))
+def plot(target, scale, results_root):
+    """Figures (PNG and PDF) from rows.csv alone: FID vs steps, bars, loss curves, throughput, samples.
+
+    \b
+    Example:
+      ablate plot ablations/demo.toml
+    """
+    from results.plots import plot_all
+    for p in plot_all(_results_dir(target, scale, results_root)):
+        click.echo(p)
+
+
+@main.command()
+@click.argument("target", metavar="SPEC|RESULTS_DIR", type=click.Path(exists=True))
+@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
+@click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False))
+def report(target, scale, results_root):
+    """results/<spec>/report.md: tables, figures and the protocol, from rows.csv and summary.csv.
+
+    \b
+    Example:
+      ablate report ablations/demo.toml
+    """
+    from results.report import write_report
+    click.echo(write_report(_results_dir(target, scale, results_root)))
+
+
+@main.command()
+@click.argument("json_path", metavar="BENCH_JSON", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default=os.path.join(RESULTS_ROOT, "bench"), show_default=True, type=click.Path(file_okay=False))
+def bench(json_path, out):
+    """Turn `pytest bench --benchmark-json=FILE` output into bench.csv, ratios.csv and a plot.
+
+    \b
+    Example:
+      pytest bench --benchmark-json=results/bench/bench.json && ablate bench results/bench/bench.json
+    """
+    from results.bench import write_bench
+    for p in write_bench(json_path, out):
+        click.echo(p)
+
+
 if __name__ == "__main__":
     main()

@@ -25,16 +25,6 @@ def images():
     return data.load("fashion_mnist", "train")[0][:512]
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """The norm question's smoke grid, run end to end through the CLI."""
-    runs = tmp_path_factory.mktemp("runs")
-    spec_path = str(ROOT / "ablations" / "norm.toml")
-    result = CliRunner().invoke(main, ["run", spec_path, "--scale", "smoke", "--runs-root", str(runs),
-                                       "--no-progress"])
-    return load_spec(spec_path, "smoke"), runs, result
-
-
 def test_smoke_grid_produces_finite_rows(smoke):
     spec, runs, result = smoke
     assert result.exit_code == 0, result.output

@@ -1,0 +1,45 @@
+"""Training-step throughput and its fraction of the machine's practical roofline (a fp32 matmul)."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from core.diffusion import q_sample
+from core.losses import loss_terms
+from core.schedules import make_schedule
+from core.unet import UNet
+
+N, BATCH = 2048, 128
+
+
+def test_matmul_roofline(benchmark):
+    a, b = torch.randn(N, N), torch.randn(N, N)
+    benchmark.extra_info["flop"] = 2 * N**3
+    benchmark(torch.mm, a, b)
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_train_step(benchmark, memory_format):
+    """One optimizer step of the demo's U-Net on a batch of 128 28x28 images (L_simple, eps)."""
+    torch.manual_seed(0)
+    fmt = getattr(torch, f"{memory_format}_format")
+    model = UNet(channels=1, base=32, mults=(1, 2, 2), res_blocks=1, groups=8, resolution=28).to(memory_format=fmt)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    schedule = make_schedule("linear", 1000)
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.rand(BATCH, 1, 28, 28, generator=g) * 2 - 1).contiguous(memory_format=fmt)
+
+    def step():
+        t = torch.randint(0, 1000, (BATCH,), generator=g)
+        noise = torch.randn(x0.shape, generator=g).contiguous(memory_format=fmt)
+        xt = q_sample(schedule, x0, t, noise)
+        loss = loss_terms(schedule, model(xt, t), x0, xt, t, noise, prediction="eps", variance="fixed_small",
+                          loss="simple")["loss"].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    benchmark.name = f"test_train_step[{memory_format}]"
+    benchmark.extra_info.update(flop=counter.get_total_flops(), batch=BATCH)
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1)

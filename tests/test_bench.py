@@ -1,0 +1,13 @@
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_files_import_and_run_one_quick_round():
+    """Every benchmark runs once (pytest-benchmark disabled), short loops only, so bench/ cannot rot."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "bench", "--benchmark-disable", "-q", "-p", "no:cacheprovider",
+                        "-k", "not 50 and not 100"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout
