@@ -169,8 +169,11 @@ def submit(spec_path, scale, runs_root, data_root, dry_run, **params):
         click.echo(f"0 jobs submitted: all {len(spec.runs)} runs of {spec.name} are complete or running.")
         return
     jobs = do_submit(spec, runs_root, data_root=data_root, **params)
-    array = jobs[0].job_id.split("_")[0]
-    click.echo(f"submitted {len(jobs)} jobs as array {array}: " + " ".join(j.job_id for j in jobs))
+    ids = " ".join(j.job_id for j in jobs)
+    if len(jobs) == 1:  # submitit sends a single task as a plain job, not an array
+        click.echo(f"submitted 1 job: {ids}")
+    else:
+        click.echo(f"submitted {len(jobs)} jobs as array {jobs[0].job_id.split('_')[0]}: {ids}")
     click.echo(f"logs: {jobs[0].paths.folder}  (follow with `ablate status {spec_path}`)")
 
 

@@ -21,7 +21,7 @@ def test_matmul_roofline(benchmark):
 def test_train_step(benchmark, memory_format):
     """One optimizer step of the demo's U-Net on a batch of 128 28x28 images (L_simple, eps)."""
     torch.manual_seed(0)
-    fmt = getattr(torch, f"{memory_format}_format")
+    fmt = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}[memory_format]
     model = UNet(channels=1, base=32, mults=(1, 2, 2), res_blocks=1, groups=8, resolution=28).to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     schedule = make_schedule("linear", 1000)

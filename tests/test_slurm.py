@@ -108,8 +108,9 @@ def test_array_submission_failures_status_and_idempotent_resubmit(cluster, tmp_p
     out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--time", "10",
                   "--runs-root", runs)
     assert out.exit_code == 0 and "submitted 3 jobs as array" in out.output, out.output
-    status = _ablate("status", path, "--runs-root", runs).output
-    assert all(r.run_id in status for r in spec.runs)
+    status = _ablate("status", path, "--runs-root", runs).output.splitlines()[1:]
+    assert len(status) == 3 and all(r.run_id in line for r, line in zip(spec.runs, status))
+    assert all(line.split()[3] in ("pending", "running") for line in status), status  # run_id norm seed STATE
     states = _wait(spec, runs, _finished)
     good, good2, bad = states
     assert good["state"] == good2["state"] == "done"
@@ -120,9 +121,11 @@ def test_array_submission_failures_status_and_idempotent_resubmit(cluster, tmp_p
     table = _ablate("status", path, "--runs-root", runs).output
     assert table.count(" done ") == 2 and table.count(" failed ") == 1 and "non-finite loss" in table
     again = _ablate("submit", path, "--partition", "debug", "--runs-root", runs, "--cpus-per-task", "1")
-    assert "0 jobs submitted" in again.output or "submitted 1 jobs" in again.output
-    # the failed run is resubmitted (it is not complete); the finished ones never are
-    assert "submitted 2" not in again.output and "submitted 3" not in again.output
+    # only the failed run is resubmitted (it is not complete); the finished ones never are
+    assert "submitted 1 job:" in again.output, again.output
+    assert _ablate("status", path, "--runs-root", runs).output.count(" done ") == 2
+    cancelled = _ablate("cancel", path, "--runs-root", runs).output
+    assert cancelled.startswith("cancelled 1 jobs"), cancelled
 
 
 def test_complete_grid_submits_zero_jobs(cluster, tmp_path):
@@ -138,13 +141,17 @@ def test_scontrol_requeue_resumes_bitwise_identical(cluster, tmp_path):
     path = _spec(tmp_path, "requeue", norms='["group"]', steps=1500, every=50)
     spec, runs = load_spec(path), tmp_path / "runs"
     out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--runs-root", runs)
-    job = out.output.split("jobs as array ")[1].split(":")[0] + "_0"
+    job = out.output.split("submitted 1 job: ")[1].split()[0]
     folder = run_dir(spec, spec.runs[0], runs)
     _wait(spec, runs, lambda s: checkpoints(folder) and 100 <= int(checkpoints(folder)[-1].stem[5:]) < 1000)
     interrupted_at = int(checkpoints(folder)[-1].stem[5:])
     subprocess.run(["scontrol", "requeue", job], check=True)
+    during = _ablate("status", path, "--runs-root", runs).output.splitlines()[1].split()
+    assert during[3] in ("requeued", "running"), during
     states = _wait(spec, runs, _finished)
     assert states[0]["state"] == "done" and states[0].get("restarts", 0) >= 1, states
+    after = _ablate("status", path, "--runs-root", runs).output.splitlines()[1].split()
+    assert after[3] == "done" and int(after[4]) >= 1, after  # state, requeues
     log = (folder / "log.txt").read_text()
     assert log.count("training on") >= 2, log
     ref = _reference(spec, spec.runs[0], tmp_path)
@@ -154,7 +161,7 @@ def test_scontrol_requeue_resumes_bitwise_identical(cluster, tmp_path):
 
 
 def test_timeout_signal_checkpoints_requeues_and_resumes_bitwise_identical(cluster, tmp_path):
-    path = _spec(tmp_path, "timeout", norms='["layer"]', steps=3000, every=1000)
+    path = _spec(tmp_path, "timeout", norms='["layer"]', steps=1300, every=1000)
     spec, runs = load_spec(path), tmp_path / "runs"
     out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--time", "2",
                   "--signal-delay", "60", "--max-requeues", "6", "--runs-root", runs)
@@ -179,3 +186,15 @@ def test_two_task_gloo_run_trains_and_writes_rows(cluster, tmp_path):
     fids = [r for r in rows if r["metric"] == "fid"]
     assert len(fids) == 1 and fids[0]["n"] == 32  # samples gathered from both tasks
     assert "x2 tasks" in (run_dir(spec, spec.runs[0], runs) / "log.txt").read_text()
+
+
+def test_debug_executor_runs_the_same_code_as_ablate_run(tmp_path):
+    """submitit's debug executor (in-process, no cluster) trains the same weights as `ablate run`."""
+    from slurm.dispatch import submit
+    path = _spec(tmp_path, "debug", norms='["group"]')
+    spec = load_spec(path)
+    _ablate("run", path, "--runs-root", tmp_path / "local", "--no-progress")
+    jobs = submit(spec, tmp_path / "debug", cluster="debug", time_min=5)
+    assert [j.result() for j in jobs] == ["done"]
+    local, debug = (_weights(run_dir(spec, spec.runs[0], tmp_path / r)) for r in ("local", "debug"))
+    assert local.keys() == debug.keys() and all(torch.equal(local[k], debug[k]) for k in local)
