@@ -16,6 +16,11 @@ def _fmt(v):
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _fmt_int(v) -> str:
+    """1000.0 -> "1000": pandas reads integer columns with gaps as floats."""
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
 def _cell(mean, ci, n):
     return f"{mean:.3g}" + (f" ± {ci:.2g}" if ci == ci else "") + f" (n={n})"
 
@@ -33,7 +38,7 @@ def pivot(summary: pd.DataFrame, metric: str, axis: str, by_setting: bool) -> pd
 
 def protocol(rows: pd.DataFrame) -> list[str]:
     fid, nll = rows[rows["metric"] == "fid"], rows[rows["metric"] == "nll_bpd"]
-    vals = lambda d, c: ", ".join(sorted({str(v) for v in d[c].dropna()})) or "-"  # noqa: E731
+    vals = lambda d, c: ", ".join(sorted({_fmt_int(v) for v in d[c].dropna()})) or "-"  # noqa: E731
     return [
         f"- FID extractor: {vals(fid, 'extractor')}; generated images per setting (n): {vals(fid, 'n')}",
         f"- FID reference and sample seed: {vals(fid, 'protocol')}",

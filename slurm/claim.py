@@ -20,6 +20,9 @@ def holder() -> dict:
     return {"job": job or os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "pid": os.getpid()}
 
 
+ALIVE = ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "CONFIGURING", "COMPLETING")  # squeue's %T states
+
+
 def job_alive(job_id: str) -> bool:
     """Whether SLURM still knows the job as pending, running, requeued or suspended."""
     try:
@@ -27,7 +30,7 @@ def job_alive(job_id: str) -> bool:
                              timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return True  # cannot tell: be safe and treat it as alive
-    return any(s in out for s in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "CONFIGURING", "COMPLETING"))
+    return any(s in out for s in ALIVE)
 
 
 def alive(h: dict) -> bool:

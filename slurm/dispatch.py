@@ -174,23 +174,33 @@ def status_table(spec: Spec, runs_root) -> list[dict]:
         state = st["state"]
         if state == DONE and not is_complete(spec, run, runs_root):
             state = "needs-eval"
-        elif state == "pending" and q is None:
+        elif state == "pending" and q not in claim.ALIVE:
             state = "pending" if not sub else "lost"  # submitted but neither queued nor started
         elif state == RUNNING:
             if q == "PENDING" or q == "REQUEUED":
                 state = "requeued"
-            elif q is None and sub:
+            elif q not in claim.ALIVE and sub:
                 state = "interrupted"  # its job is gone without finishing: resubmit to resume
+                st.setdefault("reason", f"job ended without finishing: {_last_line(sub.get('stderr'))}")
         table.append({"run_id": run.run_id, **run.axes, "seed": run.config.seed, "state": state,
                       "requeues": requeues, "step": st.get("step", ""), "job": sub.get("job_id", ""),
                       "queue": q or "", "reason": st.get("reason", ""), "log": sub.get("stderr", "")})
     return table
 
 
+def _last_line(path) -> str:
+    """The last non-empty line of a job's log (e.g. slurmstepd's oom-kill or node-failure message)."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+    except (OSError, TypeError):
+        return "no log"
+    return lines[-1][-200:] if lines else "empty log"
+
+
 def cancel(spec: Spec, runs_root) -> list[str]:
     """scancel every job of the spec that SLURM still knows; returns their ids."""
     subs = submissions(spec, runs_root)
-    alive = sorted(queue_states([s["job_id"] for s in subs.values()]))
+    alive = sorted(j for j, q in queue_states([s["job_id"] for s in subs.values()]).items() if q in claim.ALIVE)
     if alive:
         subprocess.run(["scancel", *alive], check=True)
     return alive

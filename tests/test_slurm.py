@@ -88,8 +88,13 @@ def _weights(folder):
     return {f"{part}.{k}": v for part in ("model", "ema") for k, v in state[part].items()}
 
 
+_REFERENCES = {}
+
+
 def _reference(spec, run, tmp_path):
-    """The same run trained locally without interruption, with the job's thread count."""
+    """The same run trained locally without interruption, with the job's thread count (once per run id)."""
+    if run.run_id in _REFERENCES:
+        return _REFERENCES[run.run_id]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -98,7 +103,8 @@ def _reference(spec, run, tmp_path):
         train(run.config, out, images, device="cpu", progress=False)
     finally:
         torch.set_num_threads(threads)
-    return _weights(out)
+    _REFERENCES[run.run_id] = _weights(out)
+    return _REFERENCES[run.run_id]
 
 
 def test_array_submission_failures_status_and_idempotent_resubmit(cluster, tmp_path):
@@ -158,6 +164,30 @@ def test_scontrol_requeue_resumes_bitwise_identical(cluster, tmp_path):
     got = _weights(folder)
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
     print(f"requeued at checkpoint step {interrupted_at}; restarts={states[0]['restarts']}")
+
+
+def test_cancelled_job_shows_interrupted_and_a_resubmission_resumes_bitwise_identical(cluster, tmp_path):
+    """A job killed from outside (scancel, like a node failure) cannot write its status: `ablate status`
+    reports it interrupted with its log's last line; resubmitting takes over the stale claim and resumes."""
+    path = _spec(tmp_path, "cancel", norms='["group"]', steps=1500, every=50)
+    spec, runs = load_spec(path), tmp_path / "runs"
+    _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--runs-root", runs)
+    folder = run_dir(spec, spec.runs[0], runs)
+    _wait(spec, runs, lambda s: checkpoints(folder) and 100 <= int(checkpoints(folder)[-1].stem[5:]) < 1000)
+    assert _ablate("cancel", path, "--runs-root", runs).output.startswith("cancelled 1 jobs")
+    t0 = time.time()
+    while "interrupted" not in (table := _ablate("status", path, "--runs-root", runs).output):
+        assert time.time() - t0 < 120, table
+        time.sleep(2)
+    assert "CANCELLED" in table, table
+    assert (folder / "claim.json").exists()  # left behind by the killed job
+    again = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--runs-root", runs)
+    assert "submitted 1 job:" in again.output, again.output
+    states = _wait(spec, runs, _finished)
+    assert states[0]["state"] == "done", states
+    assert (folder / "log.txt").read_text().count("training on") == 2
+    ref, got = _reference(spec, spec.runs[0], tmp_path), _weights(folder)
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
 
 
 def test_timeout_signal_checkpoints_requeues_and_resumes_bitwise_identical(cluster, tmp_path):
