@@ -62,17 +62,22 @@ def ratios(benchmarks: dict) -> dict:
             out[f"(a) {sampler} {model} S={steps}: loop / (S x forward)"] = ours / (int(steps) * fwd)
         if diff:
             out[f"(b) {sampler} {model} S={steps}: ours / diffusers"] = ours / diff
-    matmul = benchmarks.get("test_matmul_roofline")
+    rate = lambda b: b["extra_info"]["flop"] / b["stats"]["median"] if b else None  # noqa: E731
+    matmul, conv = rate(benchmarks.get("test_matmul_roofline")), rate(benchmarks.get("test_conv_roofline"))
     for fmt in ("contiguous", "channels_last"):
         step = benchmarks.get(f"test_train_step[{fmt}]")
-        if step and matmul:
-            achieved = step["extra_info"]["flop"] / step["stats"]["median"]
-            peak = matmul["extra_info"]["flop"] / matmul["stats"]["median"]
-            out[f"train step ({fmt}) FLOP/s / fp32 matmul FLOP/s"] = achieved / peak
-            out[f"train step ({fmt}) GFLOP/s"] = achieved / 1e9
-            out[f"train step ({fmt}) images/s"] = step["extra_info"]["batch"] / step["stats"]["median"]
+        if not step:
+            continue
+        out[f"train step ({fmt}) GFLOP/s"] = rate(step) / 1e9
+        out[f"train step ({fmt}) images/s"] = step["extra_info"]["batch"] / step["stats"]["median"]
+        if matmul:
+            out[f"train step ({fmt}) FLOP/s / fp32 matmul FLOP/s"] = rate(step) / matmul
+        if conv:
+            out[f"train step ({fmt}) FLOP/s / fp32 1x1-conv FLOP/s"] = rate(step) / conv
     if matmul:
-        out["fp32 matmul GFLOP/s"] = matmul["extra_info"]["flop"] / matmul["stats"]["median"] / 1e9
+        out["fp32 matmul GFLOP/s"] = matmul / 1e9
+    if conv:
+        out["fp32 1x1-conv GFLOP/s"] = conv / 1e9
     fid = [benchmarks.get(f"test_fid[{c}]") for c in ("cold", "cached")]
     if all(fid):
         out["FID: cold reference / cached reference (time)"] = fid[0]["stats"]["median"] / fid[1]["stats"]["median"]

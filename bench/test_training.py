@@ -17,6 +17,15 @@ def test_matmul_roofline(benchmark):
     benchmark(torch.mm, a, b)
 
 
+def test_conv_roofline(benchmark):
+    """The same GEMM work as a 1x1 convolution: on CPUs where oneDNN's convolutions outrun the BLAS
+    behind torch.mm, this is the higher practical roofline."""
+    x, w = torch.randn(16, 1024, 32, 32).contiguous(memory_format=torch.channels_last), torch.randn(1024, 1024, 1, 1)
+    benchmark.extra_info["flop"] = 2 * 16 * 32 * 32 * 1024 * 1024
+    with torch.no_grad():
+        benchmark(torch.nn.functional.conv2d, x, w)
+
+
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
 def test_train_step(benchmark, memory_format):
     """One optimizer step of the demo's U-Net on a batch of 128 28x28 images (L_simple, eps)."""

@@ -12,8 +12,8 @@ from core.schedules import Schedule
 
 
 class Coefs(NamedTuple):
-    """Schedule values at some t: 0-dim float64 tensors for an int t, or (B, 1, ..., 1) tensors
-    in the data's dtype for a per-example LongTensor t."""
+    """Schedule values at some t: 0-dim float64 tensors for an int t, (B, 1, ..., 1) tensors in the
+    data's dtype for a per-example LongTensor t, or Python floats (`step_coefs`, for samplers)."""
 
     a: torch.Tensor  # sqrt(alpha_bar_t)
     b: torch.Tensor  # sqrt(1 - alpha_bar_t)
@@ -50,8 +50,9 @@ def coefs(schedule: Schedule, t, like: torch.Tensor | None = None) -> Coefs:
 
 
 def step_coefs(schedule: Schedule) -> list[Coefs]:
-    """Per-index scalar coefficients for every position of `schedule`, computed once per sampling call."""
-    table = _table(schedule)
+    """Per-index coefficients for every position of `schedule` as Python floats (float64), computed
+    once per sampling call, so a sampler step does no tensor work on scalars."""
+    table = [col.tolist() for col in _table(schedule)]
     return [Coefs(*(col[i] for col in table)) for i in range(schedule.T)]
 
 

@@ -5,6 +5,8 @@ Both run on the schedule respaced to those steps (Improved DDPM, Sec. 4): alpha_
 betas are recomputed from it, and alpha_bar_prev = 1 at the last step. The model is always
 called with the original timestep indices. All randomness comes from `generator`.
 """
+import math
+
 import torch
 
 from core.diffusion import Coefs, p_from_coefs, split_output, step_coefs
@@ -20,13 +22,13 @@ def ddim_mean_variance(c: Coefs, model_output, xt, *, prediction: str, variance:
     pred = lookup(PREDICTIONS, prediction, "prediction")
     out, _ = split_output(model_output, xt, variance)
     x0 = pred.to_x0(xt, out, c)
-    if clip_x0:
-        x0 = x0.clamp(-1, 1)
-        eps = PREDICTIONS["x0"].to_eps(xt, x0, c)
-    else:
-        eps = pred.to_eps(xt, out, c)
     var = eta**2 * (c.b_prev / c.b) ** 2 * (1 - (c.a / c.a_prev) ** 2)
-    return c.a_prev * x0 + (c.b_prev**2 - var).clamp(min=0).sqrt() * eps, var, x0
+    d = _sqrt(c.b_prev**2 - var)  # the coefficient of eps
+    if clip_x0:
+        # eps is re-derived from the clipped x0, eps = (x_t - a x0) / b, so the mean is linear in (x0, x_t)
+        x0 = x0.clamp(-1, 1)
+        return (c.a_prev - d * c.a / c.b) * x0 + (d / c.b) * xt, var, x0
+    return c.a_prev * x0 + d * pred.to_eps(xt, out, c), var, x0
 
 
 def ddpm(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
@@ -35,7 +37,7 @@ def ddpm(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callb
         p = p_from_coefs(c, model(x, t), x, prediction=prediction, variance=variance, clip_x0=clip_x0)
         x = p["mean"]
         if i < len(plan) - 1:
-            x = x + (0.5 * p["log_variance"]).exp() * _noise(x, generator)
+            x = x + _exp(0.5 * p["log_variance"]) * _noise(x, generator)
         if callback is not None:
             callback(i, t, x, p["x0"])
     return x
@@ -47,13 +49,22 @@ def ddim(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callb
         x, var, x0 = ddim_mean_variance(c, model(x, t), x, prediction=prediction, variance=variance,
                                         eta=eta, clip_x0=clip_x0)
         if eta > 0 and i < len(plan) - 1:
-            x = x + var.sqrt() * _noise(x, generator)
+            x = x + _sqrt(var) * _noise(x, generator)
         if callback is not None:
             callback(i, t, x, x0)
     return x
 
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
+
+
+def _sqrt(v):
+    """sqrt(max(v, 0)) of a float coefficient or a coefficient tensor."""
+    return v.clamp(min=0).sqrt() if torch.is_tensor(v) else math.sqrt(max(v, 0.0))
+
+
+def _exp(v):
+    return v.exp() if torch.is_tensor(v) else math.exp(v)
 
 
 def _noise(x, generator):

@@ -110,3 +110,19 @@ def test_bad_sampler_arguments():
         sample(m, s, (1, 1, 2, 2), sampler="ddim", steps=10, x_T=torch.zeros(1, 1, 2, 3), **kw)
     with pytest.raises(ValueError, match=r"unknown prediction 'noise'"):
         sample(m, s, (1, 1, 2, 2), sampler="ddim", steps=10, prediction="noise", variance="fixed_small")
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_clipped_ddim_mean_uses_the_eps_implied_by_the_clipped_x0(prediction):
+    """With clip_x0, Eq. 12 takes eps = (x_t - a x0_clipped) / b (as guided-diffusion does)."""
+    s = make_schedule("linear", 1000)
+    g = torch.Generator().manual_seed(1)
+    t = torch.tensor([3, 400, 999])
+    xt = 3 * torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64)
+    out = 3 * torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64)
+    c = coefs(s, t, like=xt)
+    mean, var, x0 = ddim_mean_variance(c, out, xt, prediction=prediction, variance="fixed_small", eta=0.5,
+                                       clip_x0=True)
+    assert x0.abs().max() <= 1 and (x0.abs() == 1).any()
+    eps = (xt - c.a * x0) / c.b
+    assert torch.allclose(mean, c.a_prev * x0 + (c.b_prev**2 - var).sqrt() * eps, atol=1e-12)
