@@ -86,7 +86,8 @@ class RunJob:
 
 
 def _note_start(folder):
-    """Count restarts that SLURM did on its own (e.g. `scontrol requeue`, node failure)."""
+    """Record SLURM_RESTART_COUNT: every requeue of the job, ours (checkpoint) or SLURM's own
+    (`scontrol requeue`, node failure)."""
     status = read_status(folder)
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     if restarts > status.get("restarts", 0):
@@ -170,7 +171,7 @@ def status_table(spec: Spec, runs_root) -> list[dict]:
         folder = run_dir(spec, run, runs_root)
         st, sub = read_status(folder), subs.get(run.run_id, {})
         q = queue.get(sub.get("job_id", ""))
-        requeues = st.get("requeues", 0) + st.get("restarts", 0)
+        requeues = max(st.get("requeues", 0), st.get("restarts", 0))  # restarts include our requeues
         state = st["state"]
         if state == DONE and not is_complete(spec, run, runs_root):
             state = "needs-eval"

@@ -191,13 +191,15 @@ def test_cancelled_job_shows_interrupted_and_a_resubmission_resumes_bitwise_iden
 
 
 def test_timeout_signal_checkpoints_requeues_and_resumes_bitwise_identical(cluster, tmp_path):
-    path = _spec(tmp_path, "timeout", norms='["layer"]', steps=1300, every=1000)
+    path = _spec(tmp_path, "timeout", norms='["layer"]', steps=3000, every=1000)
     spec, runs = load_spec(path), tmp_path / "runs"
     out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--time", "2",
                   "--signal-delay", "60", "--max-requeues", "6", "--runs-root", runs)
     assert out.exit_code == 0, out.output
-    states = _wait(spec, runs, _finished, timeout=900)
+    states = _wait(spec, runs, _finished, timeout=1500)
     assert states[0]["state"] == "done" and states[0].get("requeues", 0) >= 1, states
+    after = _ablate("status", path, "--runs-root", runs).output.splitlines()[1].split()
+    assert after[3] == "done" and int(after[4]) == states[0]["requeues"], after  # not counted twice
     ref = _reference(spec, spec.runs[0], tmp_path)
     got = _weights(run_dir(spec, spec.runs[0], runs))
     assert all(torch.equal(ref[k], got[k]) for k in ref)
