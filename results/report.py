@@ -58,7 +58,7 @@ def write_report(out_dir) -> Path:
     parts = [f"# {name}", "", f"Axis: `{axis}`. Cells are mean ± 95% CI half-width over seeds (Student's t), "
              "with n the number of seeds. Regenerate with `ablate report`.", "", "## Protocol", "",
              *protocol(rows), "", "## Runs", "",
-             markdown(runs[["run_id", axis, "seed", "status", "reason"]].fillna("")), ""]
+             markdown(runs[["run_id", axis, "seed", "status", "reason"]].astype(object).fillna("")), ""]
     for title, metric, by in (("FID by sampler setting", "fid", True), ("Bits/dim", "nll_bpd", False),
                               ("Training images/s", "train_img_per_s", False),
                               ("Sampling images/s", "sample_img_per_s", True)):
