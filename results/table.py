@@ -75,7 +75,3 @@ def summarize(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     out = g.agg(mean="mean", std="std", n="count").reset_index()
     out["ci95"] = [ci95(s, n) for s, n in zip(out["std"], out["n"])]
     return out
-
-
-def read_rows(path) -> pd.DataFrame:
-    return pd.read_csv(path)
