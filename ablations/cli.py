@@ -6,7 +6,9 @@ from multiprocessing import get_context
 
 import click
 
-from ablations.runner import DONE, is_complete, read_status, run_dir, run_one
+from ablations import runner
+from ablations.layout import DONE
+from ablations.schema import AXES
 from ablations.spec import SpecError, load_spec
 
 RUNS_ROOT = os.environ.get("ABLATE_RUNS_ROOT", "runs")
@@ -19,22 +21,25 @@ def _load(spec_path, scale):
         raise click.ClickException(str(e)) from None
 
 
-def _print_runs(spec, runs_root, with_status):
-    axes = list(spec.axes)
-    header = ["run_id", *axes, "seed"] + (["status", "step", "reason"] if with_status else [])
-    rows = []
-    for run in spec.runs:
-        row = [run.run_id, *(run.axes[a] for a in axes), str(run.config.seed)]
-        if with_status:
-            st = read_status(run_dir(spec, run, runs_root))
-            state = st["state"]
-            if state == DONE and not is_complete(spec, run, runs_root):
-                state = "needs-eval"  # trained, but the spec asks for sampler settings not yet evaluated
-            row += [state, str(st.get("step", "")), st.get("reason", "")]
-        rows.append(row)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for r in [header, *rows]:
-        click.echo("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+def _migrate(runs_root):
+    from ablations.migrate import migrate
+    if os.path.isdir(runs_root):
+        migrate(runs_root, echo=click.echo)
+
+
+def _print_table(rows: list[dict], last=()):
+    """Aligned columns; `last` columns go at the end (long paths)."""
+    if not rows:
+        return
+    cols = [c for c in rows[0] if c not in last] + [c for c in last if c in rows[0]]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    for r in [dict(zip(cols, cols)), *rows]:
+        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
+
+
+def _expanded(spec, runs):
+    """The --dry-run listing: run ids, axis values and seeds, without looking at any folder."""
+    return [{"run_id": r.run_id, **r.axes, "seed": r.config.seed} for r in runs]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -77,20 +82,22 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
     if unknown:
         raise click.ClickException(f"{spec_path}: unknown run ids {sorted(unknown)}; see `ablate run {spec_path} --dry-run`")
     if dry_run:
-        _print_runs(spec, runs_root, with_status=False)
+        _print_table(_expanded(spec, runs))
         return
-    todo = [r for r in runs if not is_complete(spec, r, runs_root)]
-    click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to run "
-               f"-> {os.path.join(runs_root, spec.name)}")
+    _migrate(runs_root)
+    todo = [r for r in runs if not runner.is_complete(spec, r, runs_root)]
+    click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to run -> {runs_root}")
     kw = dict(data_root=data_root, download=download, device=device, progress=not no_progress)
-    if workers > 1:
+    if workers > 1:  # every worker walks the whole list; claims give each run to one of them
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
                                  initargs=(workers,)) as pool:
-            states = list(pool.map(_run_in_worker, [(spec_path, scale, r.run_id, runs_root, kw) for r in todo]))
+            states = {}
+            for part in pool.map(_run_in_worker, [(spec_path, scale, [r.run_id for r in todo], runs_root, kw)] * workers):
+                states.update(part)
     else:
-        states = [run_one(spec, r, runs_root, **kw) for r in todo]
-    failed = [r.run_id for r, s in zip(todo, states) if s != DONE]
-    _print_runs(spec, runs_root, with_status=True)
+        states = runner.run_all(spec, todo, runs_root, echo=click.echo, **kw)
+    failed = [r.run_id for r in todo if states.get(r.run_id) != DONE]
+    _print_table(runner.table(spec, runs_root))
     if failed:
         click.echo(f"{len(failed)} run(s) did not finish: {', '.join(failed)}", err=True)
         sys.exit(1)
@@ -107,7 +114,9 @@ def list_runs(spec_path, scale, runs_root):
     Example:
       ablate list ablations/demo.toml
     """
-    _print_runs(_load(spec_path, scale), runs_root, with_status=True)
+    spec = _load(spec_path, scale)
+    _migrate(runs_root)
+    _print_table(runner.table(spec, runs_root))
 
 
 def _worker_init(workers):
@@ -116,10 +125,10 @@ def _worker_init(workers):
 
 
 def _run_in_worker(args):
-    spec_path, scale, run_id, runs_root, kw = args
+    spec_path, scale, run_ids, runs_root, kw = args
     spec = load_spec(spec_path, scale)
-    run = next(r for r in spec.runs if r.run_id == run_id)
-    return run_one(spec, run, runs_root, **{**kw, "progress": False})
+    runs = [r for r in spec.runs if r.run_id in run_ids]
+    return runner.run_all(spec, runs, runs_root, echo=lambda msg: None, **{**kw, "progress": False})
 
 
 @main.command()
@@ -155,11 +164,12 @@ def submit(spec_path, scale, runs_root, data_root, dry_run, **params):
     from slurm.dispatch import executor_for, pending_runs
     from slurm.dispatch import submit as do_submit
     spec = _load(spec_path, scale)
+    _migrate(runs_root)
     todo = pending_runs(spec, runs_root)
     if dry_run:
-        ex = executor_for(spec, runs_root, **params)
+        ex, given = executor_for(spec, runs_root, **params)
         click.echo(f"executor: {ex.cluster}")
-        for k, v in sorted(ex._executor.parameters.items()):  # the values that become #SBATCH lines
+        for k, v in sorted(given.items()):  # the values that become #SBATCH lines
             click.echo(f"  {k} = {v}")
         click.echo(f"{len(todo)} of {len(spec.runs)} runs would be submitted:")
         for r in todo:
@@ -189,12 +199,9 @@ def status(spec_path, scale, runs_root):
       ablate status ablations/schedule.toml --scale paper
     """
     from slurm.dispatch import status_table
-    table = status_table(_load(spec_path, scale), runs_root)
-    cols = [c for c in table[0] if c != "log"] + ["log"] if table else []
-    widths = {c: max(len(c), *(len(str(r[c])) for r in table)) for c in cols}
-    click.echo("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
-    for r in table:
-        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
+    spec = _load(spec_path, scale)
+    _migrate(runs_root)
+    _print_table(status_table(spec, runs_root), last=("log",))
 
 
 @main.command()
@@ -214,6 +221,18 @@ def cancel(spec_path, scale, runs_root):
 
 
 RESULTS_ROOT = os.environ.get("ABLATE_RESULTS_ROOT", "results")
+
+
+def _describe(spec, runs_root) -> list[dict]:
+    """What results/ needs to know of each run, as plain values: its folder, the spec and scale, the
+    seed and the axis values (the grid's labels, then the standard axes from the config)."""
+    from ablations.layout import run_folder
+    out = []
+    for r in spec.runs:
+        axes = {**r.axes, **{a: getattr(r.config, a) for a in AXES if a not in r.axes}}
+        out.append({"folder": str(run_folder(runs_root, r.run_id)), "run_id": r.run_id, "ablation": spec.name,
+                    "scale": spec.scale, "seed": r.config.seed, **axes})
+    return out
 
 
 def _results_dir(target, scale, results_root) -> str:
@@ -237,8 +256,9 @@ def collect(spec_path, scale, runs_root, results_root):
     """
     from results.table import collect as do_collect
     spec = _load(spec_path, scale)
+    _migrate(runs_root)
     out = os.path.join(results_root, spec.name)
-    c = do_collect(spec, runs_root, out)
+    c = do_collect(_describe(spec, runs_root), out, axes=[*spec.axes, *(a for a in AXES if a not in spec.axes)])
     click.echo(f"{out}/rows.csv: {c['rows']} rows from {c['runs']} runs ({c['failed']} failed); "
                f"{c['skipped']} half-written lines skipped")
 

@@ -2,6 +2,16 @@
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
+
+
+class Setting(NamedTuple):
+    """One sampler setting: an `[[eval.setting]]` entry after its lists are expanded."""
+
+    sampler: str  # "ddpm" | "ddim"
+    steps: int  # sampling steps S
+    eta: float  # DDIM's eta; 0 for ddpm
+    clip_x0: bool  # clip the predicted x0 to [-1, 1]
 
 
 @dataclass(frozen=True)
@@ -16,7 +26,7 @@ class TrainConfig:
     loss: str = "simple"  # "simple" | "hybrid" | "vlb"
     vlb_weight: float = 0.001  # lambda in hybrid = mse + lambda * T * vb
     norm: str = "group"  # "group" | "batch" | "layer" | "instance"
-    base: int = 32  # U-Net base channels
+    model_channels: int = 32  # U-Net width of the first level
     mults: tuple = (1, 2, 2)  # channel multiplier per level
     res_blocks: int = 2  # residual blocks per level
     attention: tuple = ()  # resolutions (feature-map sides) with self-attention
@@ -28,10 +38,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: int = 0  # linear lr warm-up steps
     grad_clip: float = 1.0  # max global grad norm; 0 disables
-    ema: float = 0.999  # EMA decay of weights (buffers are copied)
+    ema_decay: float = 0.999  # EMA decay of weights (buffers are copied)
     batch: int = 128
-    steps: int = 1000  # optimizer steps (ignored when epochs > 0)
-    epochs: int = 0  # if > 0: steps = epochs * (train images // batch)
+    train_steps: int = 1000  # optimizer steps (ignored when epochs > 0)
+    epochs: int = 0  # if > 0: train_steps = epochs * (train images // batch)
     checkpoint_every: int = 500  # steps between checkpoints (plus one at the end)
     bf16: bool = False  # bf16 autocast (GPU runs)
     compile: bool = False  # torch.compile the model (GPU runs)
@@ -47,7 +57,7 @@ class TrainConfig:
 class EvalConfig:
     """How every trained model of a spec is evaluated, without retraining."""
 
-    samplers: tuple = field(default_factory=lambda: ({"sampler": "ddim", "steps": 50, "eta": 0.0},))
+    settings: tuple = field(default_factory=lambda: (Setting("ddim", 50, 0.0, True),))  # [[eval.setting]]
     fid_samples: int = 1000  # generated images per sampler setting
     fid_extractor: str = "fmnist-classifier"  # "fmnist-classifier" | "inception-v3-compat"
     fid_reference: str = "train"  # dataset split the reference statistics come from
@@ -55,11 +65,12 @@ class EvalConfig:
     inception_weights: str = ""  # path to torch-fidelity's Inception weights, for offline nodes
     clip_x0: bool = True  # clip predicted x0 to [-1, 1] while sampling
     sample_batch: int = 500  # images per sampling batch
-    sample_seed: int = 0  # seed of x_T and sampler noise; shared by all settings (paired comparison)
+    sample_seed: int = 0  # seed of x_T and sampler noise, per image; shared by all settings (paired)
     nll_images: int = 256  # test images for bits/dim
-    nll_timesteps: int = 16  # K stratified timesteps; 0 = exact sum over all T
+    nll_strata: int = 16  # K: one timestep per stratum, per image; 0 = exact sum over all T
     grid_images: int = 64  # images in each sample-grid PNG
 
 
 TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
-EVAL_FIELDS = {f.name: f for f in fields(EvalConfig) if f.name != "samplers"}
+EVAL_FIELDS = {f.name: f for f in fields(EvalConfig) if f.name != "settings"}
+SETTING_KEYS = set(Setting._fields)

@@ -1,14 +1,13 @@
-"""One run end to end: config.json -> train (or resume) -> evaluate -> rows in metrics.jsonl.
+"""One run end to end: config.json -> train (or resume) -> evaluate -> rows in rows.jsonl.
 
-A run folder `runs/<spec>/<run_id>/` holds config.json (written first), status.json, checkpoints,
-metrics.jsonl (one JSON row per number), samples-*.png and log.txt. The same code serves
-`ablate run`, submitted SLURM jobs and submitit's debug executor.
+A run is stored once, in `<runs root>/<run_id>/` (ablations/layout.py), whichever specs name it. A
+spec is a view over run ids plus its eval settings: evaluating a trained run for another spec adds
+only that spec's missing rows. The same code serves `ablate run`, SLURM jobs and submitit's debug
+executor; both local and SLURM runs hold the run's claim while they train or evaluate it.
 """
 import functools
 import json
-import os
 import platform
-import socket
 import subprocess
 import time
 import traceback
@@ -17,56 +16,67 @@ from pathlib import Path
 
 import torch
 
-from ablations.spec import AXES, Run, Spec
-from core import data as datasets
-from core.evaluation import generate, nll, peak_memory_mb
-from core.io import append_jsonl, atomic_write, read_jsonl, write_json
-from core.parallel import is_main, world
+from ablations import claim
+from ablations import data as datasets
+from ablations.evaluation import generate, nll, peak_memory_mb
+from ablations.io import append_jsonl, atomic_write, read_jsonl, write_json
+from ablations.layout import (CONFIG, DONE, FAILED, INTERRUPTED, LOG, NEEDS_EVAL, ROWS, RUNNING,
+                              fid_cache, last_step, pid_alive, read_status, run_folder, sample_grid_name,
+                              write_status)
+from ablations.parallel import is_main, world
+from ablations.schema import key, row
+from ablations.spec import Run, Spec
+from ablations.training import NonFiniteLoss, train
 from core.schedules import make_schedule
-from core.training import NonFiniteLoss, build_model, checkpoints, train
-
-DONE, FAILED, RUNNING = "done", "failed", "running"
 
 
-def run_dir(spec: Spec, run: Run, runs_root) -> Path:
-    return Path(runs_root) / spec.name / run.run_id
+def reference(dataset: str, split: str, n: int) -> str:
+    """The `reference` column: the real images a number is computed against."""
+    return f"{dataset}:{split}:{n or datasets.SIZES[dataset][split]}"
 
 
-def read_status(folder) -> dict:
-    try:
-        return json.loads((Path(folder) / "status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {"state": "pending"}
+def wanted(spec: Spec, run: Run) -> dict:
+    """{eval row key: setting or "nll"} of the rows this spec needs from this run (FID and NLL rows)."""
+    cfg, ev = run.config, spec.eval
+    fid_ref = reference(cfg.dataset, ev.fid_reference, ev.fid_reference_n)
+    out = {key(row(run.run_id, "fid", 0, phase="eval", **s._asdict(), n=ev.fid_samples, extractor=ev.fid_extractor,
+                   reference=fid_ref, sample_seed=ev.sample_seed)): s for s in ev.settings}
+    nll_key = key(row(run.run_id, "nll_bpd", 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
+                      reference=reference(cfg.dataset, "test", ev.nll_images), strata=ev.nll_strata or cfg.T))
+    return {**out, nll_key: "nll"}
 
 
-COUNTERS = ("requeues", "restarts")  # kept across status updates
+def missing(spec: Spec, run: Run, folder) -> list:
+    """The sampler settings (and "nll") whose rows this spec needs and the run does not have yet."""
+    have = {key(r) for r in read_jsonl(Path(folder) / ROWS)[0]}
+    return [what for k, what in wanted(spec, run).items() if k not in have]
 
 
-def write_status(folder, state, **extra):
-    old = read_status(folder)
-    extra = {**{k: old[k] for k in COUNTERS if k in old}, **extra}
-    write_json(Path(folder) / "status.json", {"state": state, "updated": time.time(), "host": socket.gethostname(),
-                                             "pid": os.getpid(), **extra})
+def state(spec: Spec, run: Run, runs_root) -> dict:
+    """The run's status, with `state` one of pending, running, interrupted, done, needs-eval, failed."""
+    folder = run_folder(runs_root, run.run_id)
+    st = read_status(folder)
+    if st["state"] == RUNNING:
+        holder = claim.read(folder)
+        if not pid_alive(st) and not (holder and claim.alive(holder)):
+            st = {**st, "state": INTERRUPTED}
+    elif st["state"] == DONE and missing(spec, run, folder):
+        st = {**st, "state": NEEDS_EVAL}
+    return st
 
 
-def setting_key(s) -> tuple:
-    return (s["sampler"], int(s["steps"]), float(s["eta"]))
-
-
-def missing_evals(spec: Spec, folder) -> tuple[list, bool]:
-    """(sampler settings without an FID row, whether the NLL row is missing)."""
-    rows, _ = read_jsonl(Path(folder) / "metrics.jsonl")
-    have = {setting_key(r) for r in rows if r["metric"] == "fid"}
-    return ([s for s in spec.eval.samplers if setting_key(s) not in have],
-            not any(r["metric"] == "nll_bpd" for r in rows))
+def table(spec: Spec, runs_root) -> list[dict]:
+    """One row per run of the spec: run_id, its axis values, seed, state, step, reason."""
+    out = []
+    for run in spec.runs:
+        st = state(spec, run, runs_root)
+        out.append({"run_id": run.run_id, **run.axes, "seed": run.config.seed, "state": st["state"],
+                    "step": st.get("step", ""), "reason": st.get("reason", "")})
+    return out
 
 
 def is_complete(spec: Spec, run: Run, runs_root) -> bool:
-    folder = run_dir(spec, run, runs_root)
-    if read_status(folder)["state"] != DONE:
-        return False
-    settings, need_nll = missing_evals(spec, folder)
-    return not settings and not need_nll
+    return state(spec, run, runs_root)["state"] == DONE
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,53 +101,79 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def run_all(spec: Spec, runs, runs_root, *, poll_s: float = 2.0, echo=print, **kw) -> dict:
+    """Run every incomplete run under its claim. A run claimed by another live process (a second
+    `ablate run`, a SLURM job) is skipped and revisited until it is complete or its claim is free, so
+    overlapping grids train each run once; a run that another process failed meanwhile is not retried.
+    Returns {run_id: final state}."""
+    todo, states, waiting, started = list(runs), {}, False, time.time()
+    while todo:
+        progressed = False
+        for run in list(todo):
+            folder = run_folder(runs_root, run.run_id)
+            st = state(spec, run, runs_root)
+            if st["state"] == DONE or (st["state"] == FAILED and st.get("updated", 0) >= started):
+                states[run.run_id] = st["state"]  # done, or failed by another process since we started
+                todo.remove(run)
+                continue
+            ok, holder = claim.acquire(folder)
+            if not ok:
+                continue
+            try:
+                states[run.run_id] = run_one(spec, run, runs_root, **kw)
+            finally:
+                claim.release(folder)
+            todo.remove(run)
+            progressed = True
+        if todo and not progressed:
+            if not waiting:
+                echo(f"waiting for {len(todo)} run(s) held by another process: "
+                     + ", ".join(r.run_id for r in todo))
+            waiting = True
+            time.sleep(poll_s)
+    return states
+
+
 def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, device=None, progress=True,
             stop_at=None, should_stop=None) -> str:
     """Train and evaluate one run unless it is complete. Returns its final state. Failures (a
     non-finite loss, an exception) are recorded in status.json and returned, never raised."""
     device = device or default_device()
-    folder = run_dir(spec, run, runs_root)
+    folder = run_folder(runs_root, run.run_id)
     main = is_main()  # with several tasks, only rank 0 writes
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"run_id": run.run_id, "spec": spec.name, "scale": spec.scale, "axes": run.axes,
-              "train": asdict(run.config), "eval": asdict(spec.eval)}
-    if main and not (folder / "config.json").exists():
-        write_json(folder / "config.json", config)
+    if main and not (folder / CONFIG).exists():
+        write_json(folder / CONFIG, {"run_id": run.run_id, "train": asdict(run.config)})
     if is_complete(spec, run, runs_root):
         return DONE
     log = _logger(folder, progress) if main else (lambda msg: None)
     status = write_status if main else (lambda *a, **k: None)
     cfg = run.config
-    base_row = {"ablation": spec.name, "scale": spec.scale, "run_id": run.run_id, "seed": cfg.seed,
-                **{a: getattr(cfg, a) for a in AXES}, **{a: _plain(getattr(cfg, a)) for a in spec.axes},
-                "device": str(device), "torch": torch.__version__, "commit": git_commit(),
-                "host": platform.node()}
-    rows_path = folder / "metrics.jsonl"
+    provenance = {"device": str(device), "torch": torch.__version__, "commit": git_commit(), "host": platform.node()}
 
-    def emit(metric, value, **cols):
-        if not main:
-            return
-        append_jsonl(rows_path, [{**base_row, "sampler": None, "steps": None, "eta": None, "n": None,
-                                  "extractor": None, "step": None, "protocol": None, **cols,
-                                  "metric": metric, "value": value, "timestamp": time.time()}])
+    def emit(rows):
+        if main and rows:
+            stamp = time.time()
+            append_jsonl(folder / ROWS, [{**r, **provenance, "timestamp": stamp} for r in rows])
 
     try:
-        status(folder, RUNNING, step=_ckpt_step(folder))
+        status(folder, RUNNING, step=last_step(folder))
         images = _images(cfg.dataset, "train", data_root, download)
         if main:
-            _drop_rows_after(rows_path, _ckpt_step(folder))
+            _drop_rows_after(folder / ROWS, last_step(folder))
         log(f"run {run.run_id} {run.axes} seed {cfg.seed}: training on {device} x{world()} tasks")
         result = train(cfg, folder, images, device=device, progress=progress, stop_at=stop_at,
-                       should_stop=should_stop,
-                       on_log=lambda step, loss: emit("train_loss", loss, step=step, n=cfg.batch))
+                       should_stop=should_stop, on_log=lambda step, loss: emit(
+                           [row(run.run_id, "train_loss", loss, phase="train", train_step=step, n=cfg.batch)]))
+        timed = _add_training_time(folder, result) if main else {}
         if result["step"] < result["total"]:
             status(folder, RUNNING, step=result["step"], total=result["total"])
             log(f"stopped at step {result['step']}/{result['total']}; resume to continue")
             return RUNNING
-        if result["wall_s"] > 0 and result["img_per_s"] == result["img_per_s"]:
-            emit("train_img_per_s", result["img_per_s"], step=result["step"], n=cfg.batch)
-            emit("train_wall_s", result["wall_s"], step=result["step"])
-            emit("peak_mem_mb", peak_memory_mb(device), protocol="train")
+        if result["wall_s"] > 0 and timed:
+            emit([row(run.run_id, m, v, phase="train", train_step=result["step"], n=cfg.batch) for m, v in (
+                ("train_img_per_s", timed["train_steps_timed"] * cfg.batch / timed["train_wall_s"]),
+                ("train_wall_s", timed["train_wall_s"]), ("peak_mem_mb", peak_memory_mb(device)))])
         evaluate(spec, run, folder, result["ema"], emit, log, device=device, data_root=data_root,
                  download=download, runs_root=runs_root)
         status(folder, DONE, step=result["step"], total=result["total"])
@@ -147,82 +183,79 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         status(folder, FAILED, reason=str(e), step=e.step)
         log(f"run {run.run_id} failed: {e}")
     except Exception as e:  # noqa: BLE001 - a failed run is data; the grid goes on
-        status(folder, FAILED, reason=f"{type(e).__name__}: {e}", step=_ckpt_step(folder))
+        status(folder, FAILED, reason=f"{type(e).__name__}: {e}", step=last_step(folder))
         log(f"run {run.run_id} failed:\n{traceback.format_exc()}")
     return FAILED
 
 
 def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, runs_root):
-    """FID, sampling throughput and a sample grid per missing sampler setting; NLL if missing."""
-    from core.fidelity import fid
+    """The rows this spec needs and the run lacks: per sampler setting FID, throughput and a sample
+    grid, written in one append; the NLL rows, in one append."""
+    from ablations.fidelity import fid
     cfg, ev = run.config, spec.eval
     schedule = make_schedule(cfg.schedule, cfg.T)
     ema.eval()
-    settings, need_nll = missing_evals(spec, folder)
-    for s in settings:
+    todo = missing(spec, run, folder)  # every task computes it before any task writes
+    for s in (s for s in todo if s != "nll"):
         images, seconds = generate(ema, schedule, cfg, s, ev.fid_samples, batch=ev.sample_batch,
-                                   seed=ev.sample_seed, device=device, clip_x0=ev.clip_x0)
+                                   seed=ev.sample_seed, device=device)
         if not is_main():
             continue
-        cols = {**s, "n": ev.fid_samples, "protocol": f"sample_seed={ev.sample_seed}"}
-        _save_grid(folder / f"samples-{s['sampler']}-{s['steps']}-{s['eta']:g}.png", images[:ev.grid_images])
+        atomic_write(folder / sample_grid_name(*s), lambda tmp: _save_grid(tmp, images[:ev.grid_images]))
         t0 = time.perf_counter()
         r = fid(images, dataset=cfg.dataset, extractor=ev.fid_extractor, split=ev.fid_reference,
-                cache_root=Path(runs_root) / ".cache" / "fid", data_root=data_root,
-                reference_n=ev.fid_reference_n or None, weights_path=ev.inception_weights or None)
-        emit("sample_img_per_s", ev.fid_samples / seconds, **cols)
-        emit("nfe_per_s", ev.fid_samples * s["steps"] / seconds, **cols)
-        emit("sample_wall_s", seconds, **cols)
-        emit("fid_wall_s", time.perf_counter() - t0, **cols, extractor=r["extractor"])
-        emit("fid", r["fid"], **{**cols, "extractor": r["extractor"],
-                                  "protocol": f"reference={r['reference']} sample_seed={ev.sample_seed}"})
-        log(f"  {s['sampler']}-{s['steps']} eta={s['eta']:g}: FID {r['fid']:.2f} ({r['extractor']}, "
+                cache_root=fid_cache(runs_root), data_root=data_root, reference_n=ev.fid_reference_n or None,
+                weights_path=ev.inception_weights or None)
+        cols = dict(phase="eval", **s._asdict(), n=ev.fid_samples, sample_seed=ev.sample_seed)
+        ref = dict(extractor=r["extractor"], reference=r["reference"])
+        emit([row(run.run_id, m, v, **cols, **extra) for m, v, extra in (
+            ("sample_img_per_s", ev.fid_samples / seconds, {}),
+            ("nfe_per_s", ev.fid_samples * s.steps / seconds, {}),
+            ("sample_wall_s", seconds, {}),
+            ("peak_mem_mb", peak_memory_mb(device), {}),
+            ("fid_wall_s", time.perf_counter() - t0, ref),
+            ("fid", r["fid"], ref))])  # fid last: its presence marks the setting done
+        log(f"  {s.sampler}-{s.steps} eta={s.eta:g}: FID {r['fid']:.2f} ({r['extractor']}, "
             f"n={ev.fid_samples}), {ev.fid_samples / seconds:.1f} img/s")
-    if need_nll:
+    if "nll" in todo:
         test = _images(cfg.dataset, "test", data_root, download)[:ev.nll_images]
-        r = nll(ema, schedule, cfg, test, timesteps=ev.nll_timesteps, seed=ev.sample_seed, device=device)
-        protocol = f"{r['method']} timesteps={r['timesteps']} split=test"
-        emit("nll_bpd", r["bpd"], n=len(test), protocol=protocol)
-        emit("nll_wall_s", r["seconds"], n=len(test), protocol=protocol)
-        log(f"  NLL {r['bpd']:.3f} bits/dim ({protocol}, n={len(test)})")
-    emit("peak_mem_mb", peak_memory_mb(device), protocol="eval")
+        r = nll(ema, schedule, cfg, test, strata=ev.nll_strata, seed=ev.sample_seed, device=device)
+        cols = dict(phase="eval", n=len(test), sample_seed=ev.sample_seed, strata=r["strata"],
+                    reference=reference(cfg.dataset, "test", len(test)))
+        emit([row(run.run_id, "nll_wall_s", r["seconds"], **cols), row(run.run_id, "nll_bpd", r["bpd"], **cols)])
+        log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")
 
 
-def load_ema(run: Run, folder, device):
-    """The EMA model from a run's latest checkpoint."""
-    model = build_model(run.config).to(device)
-    model.load_state_dict(torch.load(checkpoints(folder)[-1], map_location=device, weights_only=False)["ema"])
-    return model.eval()
+def _add_training_time(folder, result) -> dict:
+    """Add this segment's wall time and steps to the run's totals (kept in status.json)."""
+    st = read_status(folder)
+    done = result["step"] - result["start_step"]
+    totals = {"train_wall_s": st.get("train_wall_s", 0.0) + result["wall_s"],
+              "train_steps_timed": st.get("train_steps_timed", 0) + done}
+    write_status(folder, st["state"], **{k: st[k] for k in ("step", "total") if k in st}, **totals)
+    return totals
 
 
 def _save_grid(path, images_uint8):
     from torchvision.utils import save_image
-    atomic_write(path, lambda tmp: save_image(images_uint8.float() / 255, tmp, nrow=8, format="png"))
-
-
-def _ckpt_step(folder) -> int:
-    found = checkpoints(folder)
-    return int(found[-1].stem.split("-")[1]) if found else 0
+    save_image(images_uint8.float() / 255, path, nrow=8, format="png")
 
 
 def _drop_rows_after(rows_path, step):
     """On resume, forget training rows logged after the checkpoint we resume from."""
     rows, bad = read_jsonl(rows_path)
-    keep = [r for r in rows if r.get("step") is None or r["step"] <= step or r["metric"] != "train_loss"]
+    keep = [r for r in rows if r["metric"] != "train_loss" or (r.get("train_step") or 0) <= step]
     if len(keep) != len(rows) or bad:
-        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
-        atomic_write(rows_path, lambda tmp: Path(tmp).write_text(lines))
-
-
-def _plain(v):
-    return list(v) if isinstance(v, tuple) else v
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
+        atomic_write(rows_path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _logger(folder, echo):
     def log(msg):
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        with open(folder / "log.txt", "a") as f:
+        with open(folder / LOG, "a") as f:
             f.write(line + "\n")
         if echo:
             print(line, flush=True)
     return log
+

@@ -1,35 +1,39 @@
-"""Ablation specs: TOML -> validated list of runs. Everything is checked before anything runs.
+"""Ablation specs: TOML -> validated runs and eval settings. Everything is checked before anything runs.
 
-A spec holds `name`, optional `description`, `seeds`, a `base` run config, a `grid` of axes to cross,
-an `eval` block of sampler settings (`[[eval.sampler]]` tables with `sampler`, `steps`, `eta`, each a
-value or a list), and optional `scale.<name>` tables that override `base`, `eval` and `seeds`.
-A grid axis is a list of values of the config field it names, or a list of tables that set several
-fields together (e.g. `loss = [{loss = "simple", variance = "fixed_small"}, ...]`).
+A spec holds `name`, optional `description`, `seeds`, a `base` run config, an optional `grid` of axes
+to cross, an `eval` block with `[[eval.setting]]` tables (`sampler`, `steps`, `eta`, `clip_x0`; each
+a value or a list), an optional `default_scale`, and optional `scale.<name>` tables.
+
+Scales (smoke, cpu, paper) are defined once in `ablations/scales.toml`. A spec run at a scale takes,
+field by field, the last of: the config defaults, the spec's `base`/`eval`/`seeds`, the shared scale,
+the spec's own `scale.<name>` table (which may override anything). A grid axis is a list of values of the config field it names,
+or a list of tables that set several fields together (e.g. `loss = [{loss = "simple", ...}, ...]`).
 """
 import itertools
+import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ablations.config import EVAL_FIELDS, TRAIN_FIELDS, EvalConfig, TrainConfig
-from core.data import DATASETS
+from ablations.config import EVAL_FIELDS, SETTING_KEYS, TRAIN_FIELDS, EvalConfig, Setting, TrainConfig
+from ablations.data import DATASETS
+from ablations.training import OPTIMIZERS, build_model
 from core.diffusion import LEARNED, VARIANCES
 from core.losses import LOSSES
 from core.parameterizations import PREDICTIONS
 from core.registry import lookup
 from core.samplers import SAMPLERS
 from core.schedules import SCHEDULES, make_schedule
-from core.training import OPTIMIZERS, build_model
 from core.unet import NORMS
 
+SCALES = Path(__file__).resolve().parent / "scales.toml"
 CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "prediction": PREDICTIONS, "variance": VARIANCES,
            "loss": LOSSES, "norm": NORMS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS}
-AXES = ("schedule", "prediction", "loss", "variance", "norm")  # always reported in rows
 TOP_KEYS = {"name", "description", "seeds", "base", "grid", "eval", "scale", "default_scale"}
 SCALE_KEYS = {"base", "eval", "seeds"}
-SAMPLER_KEYS = {"sampler", "steps", "eta"}
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class SpecError(ValueError):
@@ -48,65 +52,99 @@ class Run:
 
 @dataclass(frozen=True)
 class Spec:
-    name: str  # "<name>" or "<name>-<scale>": the runs folder and results folder
+    name: str  # "<name>" or "<name>-<scale>": the results folder
     path: Path
     scale: str | None
-    axes: tuple
+    axes: tuple  # grid axes; empty when the spec compares eval settings on one config
     runs: tuple
     eval: EvalConfig
 
 
-def load_spec(path, scale: str | None = None) -> Spec:
+def _errors(path):
+    return lambda key, msg: SpecError(f"{path}: key '{key}': {msg}")
+
+
+def _read(path) -> dict:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start}); a spec is a TOML text file") from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML: {e}") from None
-    err = lambda key, msg: SpecError(f"{path}: key '{key}': {msg}")  # noqa: E731
+
+
+def load_scales(path=SCALES) -> dict:
+    """{scale: {"base": {...}, "eval": {...}, "seeds": [...]}} from the shared scale file, validated."""
+    raw, err = _read(path), _errors(path)
+    out = {}
+    for scale, table in raw.items():
+        _typed(table, dict, scale, err)
+        _known(table, SCALE_KEYS, f"{scale}.", err)
+        out[scale] = _scale_block(table, scale, path, err)
+    return out
+
+
+def _scale_block(table, prefix, path, err) -> dict:
+    """A validated {base, eval, seeds} block; each value remembers the file and key it came from."""
+    p = f"{prefix}." if prefix else ""
+    base = _section(table.get("base", {}), f"{p}base", err)
+    ev = _typed(table.get("eval", {}), dict, f"{p}eval", err)
+    _known(ev, set(EVAL_FIELDS) | {"setting"}, f"{p}eval.", err)
+    block = {"base": {k: (v, path, f"{p}base.{k}") for k, v in base.items()},
+             "eval": {k: (v, path, f"{p}eval.{k}") for k, v in ev.items()}}
+    if "seeds" in table:
+        block["seeds"] = (_seeds(table["seeds"], f"{p}seeds", err), path, f"{p}seeds")
+    return block
+
+
+def load_spec(path, scale: str | None = None, scales_path=SCALES) -> Spec:
+    path = Path(path)
+    raw, err = _read(path), _errors(path)
     _known(raw, TOP_KEYS, "", err)
     name = _typed(raw.get("name"), str, "name", err)
-    scales = raw.get("scale", {})
-    _typed(scales, dict, "scale", err)
+    if not NAME.fullmatch(name):
+        raise err("name", f"{name!r} is not a plain name: use letters, digits, '-', '_' and '.', "
+                          "not starting with '.', with no path separators")
+    own = _typed(raw.get("scale", {}), dict, "scale", err)
+    shared = load_scales(scales_path) if scales_path else {}
     scale = scale or raw.get("default_scale")
-    if scales and scale is None:
-        raise err("default_scale", f"spec has scales {sorted(scales)}; pick one with --scale")
-    if scale is not None and scale not in scales:
-        raise err("scale", f"unknown scale {scale!r}; valid choices: {', '.join(map(repr, scales)) or 'none'}")
-    over = scales.get(scale, {}) if scale else {}
-    _known(over, SCALE_KEYS, f"scale.{scale}.", err)
+    valid = [*shared, *(s for s in own if s not in shared)]
+    if scale is not None and scale not in valid:
+        key = "default_scale" if scale == raw.get("default_scale") else "scale"
+        raise err(key, f"unknown scale {scale!r}; valid choices: {', '.join(map(repr, valid)) or 'none'}")
 
-    base = {**_section(raw.get("base", {}), "base", err), **_section(over.get("base", {}), f"scale.{scale}.base", err)}
-    seeds = over.get("seeds", raw.get("seeds", [base.get("seed", 0)]))
-    _typed(seeds, list, "seeds", err)
-    if not seeds or len(set(seeds)) != len(seeds) or not all(type(s) is int for s in seeds):
-        raise err("seeds", f"must be a non-empty list of distinct integers, got {seeds!r}")
-    grid = raw.get("grid", {})
-    _typed(grid, dict, "grid", err)
+    # lowest precedence first: the spec, the shared scale, the spec's own table for that scale
+    layers = [_scale_block({k: raw[k] for k in SCALE_KEYS if k in raw}, "", path, err)]
+    if scale in shared:
+        layers.append(shared[scale])
+    if scale in own:
+        _typed(own[scale], dict, f"scale.{scale}", err)
+        _known(own[scale], SCALE_KEYS, f"scale.{scale}.", err)
+        layers.append(_scale_block(own[scale], f"scale.{scale}", path, err))
+    base = {k: v for layer in layers for k, v in layer["base"].items()}
+    evals = {k: v for layer in layers for k, v in layer["eval"].items()}
+    seeds = next((layer["seeds"] for layer in reversed(layers) if "seeds" in layer), ([0], path, "seeds"))
+
+    grid = _typed(raw.get("grid", {}), dict, "grid", err)
     points = [_axis(axis, values, err) for axis, values in grid.items()]
-
     runs, seen = [], {}
     for combo in itertools.product(*points):
         values, labels = dict(base), {}
         for axis, (label, sets) in zip(grid, combo):
             values.update(sets)
             labels[axis] = label
-        for seed in seeds:
-            cfg = _resolve({**values, "seed": seed}, "grid" if grid else "base", err)
+        for seed in seeds[0]:
+            cfg = _resolve({**values, "seed": (seed, *seeds[1:])})
             run = Run(cfg, labels)
             if run.run_id in seen:
                 raise err("grid", f"duplicate runs: {seen[run.run_id]} and {labels} (seed {seed}) resolve to the "
                                   f"same config (run {run.run_id})")
             seen[run.run_id] = f"{labels} (seed {seed})"
             runs.append(run)
-
-    ev = _eval({**raw.get("eval", {}), **over.get("eval", {})}, err)
-    for run in runs:
-        for s in ev.samplers:
-            if s["steps"] > run.config.T:
-                raise err("eval.sampler.steps", f"steps {s['steps']} > T={run.config.T} of run {run.run_id}; "
-                                                f"valid choices: 1..{run.config.T}")
+    ev = _eval(evals, runs)
     return Spec(name if scale is None else f"{name}-{scale}", path, scale, tuple(grid), tuple(runs), ev)
 
 
@@ -121,6 +159,13 @@ def _typed(value, kind, key, err):
     if not ok:
         raise err(key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _seeds(seeds, key, err):
+    _typed(seeds, list, key, err)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(type(s) is int and s >= 0 for s in seeds):
+        raise err(key, f"must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+    return seeds
 
 
 def _check_value(key, field_name, value, default, err):
@@ -142,12 +187,14 @@ def _check_value(key, field_name, value, default, err):
 
 def _section(table, prefix, err):
     _typed(table, dict, prefix, err)
+    if "seed" in table:
+        raise err(f"{prefix}.seed", "set seeds with the top-level `seeds` list (or a scale's), not per config")
     _known(table, TRAIN_FIELDS, prefix + ".", err)
     return {k: _check_value(f"{prefix}.{k}", k, v, TRAIN_FIELDS[k].default, err) for k, v in table.items()}
 
 
 def _axis(axis, values, err):
-    """[(label, {field: value})] for one grid axis."""
+    """[(label, {field: (value, file, key)})] for one grid axis."""
     key = f"grid.{axis}"
     if axis == "seed":
         raise err(key, "use the top-level `seeds` list instead of a seed axis")
@@ -158,70 +205,94 @@ def _axis(axis, values, err):
     for i, v in enumerate(values):
         if isinstance(v, dict):
             sets = _section(v, f"{key}[{i}]", err)
-            out.append((str(sets.get(axis, "+".join(f"{k}={x}" for k, x in sets.items()))), sets))
+            label = str(sets.get(axis, "+".join(f"{k}={x}" for k, x in sets.items())))
         else:
             if axis not in TRAIN_FIELDS:
-                raise err(key, f"unknown key {axis!r}; valid keys: {', '.join(sorted(TRAIN_FIELDS))}")
-            value = _check_value(f"{key}[{i}]", axis, v, TRAIN_FIELDS[axis].default, err)
-            out.append((str(value), {axis: value}))
+                raise err(key, f"unknown key {axis!r}; valid keys: {', '.join(sorted(TRAIN_FIELDS))} "
+                               "(or give a list of tables to name an axis that sets several fields)")
+            sets = {axis: _check_value(f"{key}[{i}]", axis, v, TRAIN_FIELDS[axis].default, err)}
+            label = str(sets[axis])
+        out.append((label, {k: (x, err, f"{key}[{i}].{k}" if isinstance(v, dict) else f"{key}[{i}]")
+                            for k, x in sets.items()}))
     return out
 
 
-def _resolve(values, key, err) -> TrainConfig:
-    cfg = TrainConfig(**values)
+def _resolve(values) -> TrainConfig:
+    """A TrainConfig from {field: (value, file or error factory, key)}; cross-field errors name the key
+    that set the offending field, in the file that set it."""
+    cfg = TrainConfig(**{k: v[0] for k, v in values.items()})
+
+    def err(field, msg):
+        _, where, key = values.get(field, (None, None, None))
+        if where is None:
+            return SpecError(f"default of '{field}': {msg}")
+        make = where if callable(where) else _errors(where)
+        return make(key, msg)
+
     if cfg.variance in LEARNED and cfg.loss == "simple":
-        raise err(key, f"variance {cfg.variance!r} needs loss 'hybrid' or 'vlb', got loss 'simple'; "
-                       "valid choices for that variance: 'hybrid', 'vlb'")
-    for name in ("batch", "T", "res_blocks", "heads", "base", "checkpoint_every"):
+        raise err("variance", f"variance {cfg.variance!r} needs loss 'hybrid' or 'vlb', got loss 'simple'; "
+                              "valid choices for that variance: 'hybrid', 'vlb'")
+    for name in ("batch", "T", "res_blocks", "heads", "model_channels", "checkpoint_every", "groups"):
         if getattr(cfg, name) < 1:
-            raise err(f"{key}.{name}", f"must be >= 1, got {getattr(cfg, name)!r}")
-    if cfg.steps < 1 and cfg.epochs < 1:
-        raise err(f"{key}.steps", f"must be >= 1 (or set epochs), got {cfg.steps!r}")
-    if not 0.0 <= cfg.ema < 1.0:
-        raise err(f"{key}.ema", f"must lie in [0, 1), got {cfg.ema!r}")
+            raise err(name, f"must be >= 1, got {getattr(cfg, name)!r}")
+    if cfg.train_steps < 1 and cfg.epochs < 1:
+        raise err("train_steps", f"must be >= 1 (or set epochs), got {cfg.train_steps!r}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise err("ema_decay", f"must lie in [0, 1), got {cfg.ema_decay!r}")
     try:
         make_schedule(cfg.schedule, cfg.T)
         with torch.device("meta"):
             build_model(cfg)
     except ValueError as e:
-        raise err(key, str(e)) from None
+        raise err("model_channels" if "channels" in str(e) else "schedule", str(e)) from None
     return cfg
 
 
-def _eval(table, err) -> EvalConfig:
-    _typed(table, dict, "eval", err)
-    _known(table, set(EVAL_FIELDS) | {"sampler"}, "eval.", err)
-    values = {k: _check_value(f"eval.{k}", k, v, EVAL_FIELDS[k].default, err)
-              for k, v in table.items() if k != "sampler"}
-    from core.fidelity import EXTRACTORS
-    if "fid_extractor" in values:
+def _eval(values, runs) -> EvalConfig:
+    """EvalConfig from {field: (value, file, key)}; `setting` expands into the Setting list."""
+    checked = {}
+    for k, (v, path, key) in values.items():
+        if k != "setting":
+            checked[k] = _check_value(key, k, v, EVAL_FIELDS[k].default, _errors(path))
+    from ablations.fidelity import EXTRACTORS
+    if "fid_extractor" in checked:
+        _, path, key = values["fid_extractor"]
         try:
-            lookup(EXTRACTORS, values["fid_extractor"], "fid_extractor")
+            lookup(EXTRACTORS, checked["fid_extractor"], "fid_extractor")
         except ValueError as e:
-            raise err("eval.fid_extractor", str(e)) from None
+            raise _errors(path)(key, str(e)) from None
+    ev = EvalConfig(**checked)
+    if "setting" not in values:
+        return ev
+    tables, path, key = values["setting"]
+    err = _errors(path)
+    _typed(tables, list, key, err)
     settings = []
-    for i, s in enumerate(table.get("sampler", [])):
-        key = f"eval.sampler[{i}]"
-        _typed(s, dict, key, err)
-        _known(s, SAMPLER_KEYS, key + ".", err)
-        name = _check_value(f"{key}.sampler", "sampler", s.get("sampler"), "", err)
-        steps = s.get("steps", [50])
-        etas = s.get("eta", [0.0])
-        steps, etas = (steps if isinstance(steps, list) else [steps]), (etas if isinstance(etas, list) else [etas])
-        for axis, vals, kind in (("steps", steps, int), ("eta", etas, float)):
-            if not vals:
-                raise err(f"{key}.{axis}", "empty list; give at least one value")
-            for v in vals:
-                _typed(float(v) if kind is float and type(v) is int else v, kind, f"{key}.{axis}", err)
-        for st in steps:
-            if st < 1:
-                raise err(f"{key}.steps", f"steps must be >= 1, got {st}")
-        for eta in etas:
+    for i, s in enumerate(tables):
+        where = f"{key}[{i}]"
+        _typed(s, dict, where, err)
+        _known(s, SETTING_KEYS, where + ".", err)
+        name = _check_value(f"{where}.sampler", "sampler", s.get("sampler"), "", err)
+        lists = {k: s.get(k, d) for k, d in (("steps", [50]), ("eta", [0.0]), ("clip_x0", [ev.clip_x0]))}
+        lists = {k: v if isinstance(v, list) else [v] for k, v in lists.items()}
+        for axis, kind in (("steps", int), ("eta", float), ("clip_x0", bool)):
+            if not lists[axis]:
+                raise err(f"{where}.{axis}", "empty list; give at least one value")
+            lists[axis] = [_typed(float(v) if kind is float and type(v) is int else v, kind, f"{where}.{axis}", err)
+                           for v in lists[axis]]
+        for st in lists["steps"]:
+            bad = [r for r in runs if not 1 <= st <= r.config.T]
+            if bad:
+                raise err(f"{where}.steps", f"steps {st} is outside 1..T={bad[0].config.T} of run {bad[0].run_id}; "
+                                            f"valid choices: 1..{bad[0].config.T}")
+        for eta in lists["eta"]:
             if not 0.0 <= eta <= 1.0 or (name == "ddpm" and eta != 0):
-                raise err(f"{key}.eta", f"eta {eta!r} is invalid for sampler {name!r}; valid choices: "
-                                        + ("0 (ddpm has no eta)" if name == "ddpm" else "a number in [0, 1]"))
-        settings += [{"sampler": name, "steps": st, "eta": float(eta)} for st in steps for eta in etas]
-    keys = [tuple(s.values()) for s in settings]
-    if len(set(keys)) != len(keys):
-        raise err("eval.sampler", f"duplicate sampler settings in {keys}")
-    return replace(EvalConfig(**values), samplers=tuple(settings)) if settings else EvalConfig(**values)
+                raise err(f"{where}.eta", f"eta {eta!r} is invalid for sampler {name!r}; valid choices: "
+                                          + ("0 (ddpm has no eta)" if name == "ddpm" else "a number in [0, 1]"))
+        settings += [Setting(name, st, eta, clip) for st in lists["steps"] for eta in lists["eta"]
+                     for clip in lists["clip_x0"]]
+    if len(set(settings)) != len(settings):
+        raise err(key, f"duplicate sampler settings in {[tuple(s) for s in settings]}")
+    if not settings:
+        raise err(key, "no sampler settings; give at least one [[eval.setting]] table")
+    return replace(ev, settings=tuple(settings))

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from core.classifier import load_classifier
-from core.data import load, to_model
-from core.fidelity import fid
+from ablations.classifier import load_classifier
+from ablations.data import load, to_model
+from ablations.fidelity import fid
 
 N = 2000
 

@@ -67,10 +67,11 @@ def q_posterior(schedule: Schedule, x0, xt, t):
     """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x0)  (Eqs. 6-7)."""
     _check_same_shape(x0=x0, xt=xt)
     c = coefs(schedule, t, like=xt)
-    return _posterior_mean(c, x0, xt), c.var_small.expand_as(xt), c.log_var_small.expand_as(xt)
+    return posterior_mean(c, x0, xt), c.var_small.expand_as(xt), c.log_var_small.expand_as(xt)
 
 
-def _posterior_mean(c: Coefs, x0, xt):
+def posterior_mean(c: Coefs, x0, xt):
+    """The mean of q(x_{t-1} | x_t, x0) from gathered coefficients (Ho et al. Eq. 7)."""
     return c.mean_x0 * x0 + c.mean_xt * xt
 
 
@@ -120,7 +121,7 @@ def p_from_coefs(c: Coefs, model_output, xt, *, prediction: str, variance: str, 
     x0 = pred.to_x0(xt, out, c)
     if clip_x0:
         x0 = x0.clamp(-1, 1)
-    return {"mean": _posterior_mean(c, x0, xt), "log_variance": var_fn(c, v), "x0": x0, "out": out}
+    return {"mean": posterior_mean(c, x0, xt), "log_variance": var_fn(c, v), "x0": x0, "out": out}
 
 
 def p_mean_variance(schedule: Schedule, model_output, xt, t, *, prediction: str, variance: str,

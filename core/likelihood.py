@@ -4,7 +4,7 @@ import math
 import torch
 
 from core.diffusion import coefs, q_sample
-from core.distributions import normal_kl
+from core.distributions import normal_kl, rand, randn
 from core.losses import mean_flat, vb_from_coefs
 from core.schedules import Schedule
 
@@ -16,35 +16,37 @@ def prior_bpd(schedule: Schedule, x0):
     return mean_flat(kl) / math.log(2.0)
 
 
-def strata(T: int, K: int) -> list[tuple[int, int]]:
-    """K contiguous, near-equal [lo, hi) blocks covering 0..T-1."""
-    if not isinstance(K, int) or not 1 <= K <= T:
-        raise ValueError(f"the number of NLL timesteps must be an integer in [1, T={T}], got {K!r}")
+def stratify(T: int, K: int) -> list[tuple[int, int]]:
+    """K contiguous, near-equal [lo, hi) blocks covering 0..T-1; K = 0 means T blocks of one step."""
+    if not isinstance(K, int) or not 0 <= K <= T:
+        raise ValueError(f"NLL strata must be an integer in [0, T={T}] (0 = exact), got {K!r}")
+    K = K or T
     edges = [round(k * T / K) for k in range(K + 1)]
     return list(zip(edges[:-1], edges[1:]))
 
 
 @torch.no_grad()
-def nll_bpd(model, schedule: Schedule, x0, *, prediction: str, variance: str, timesteps: int | None = None,
-            generator: torch.Generator | None = None):
+def nll_bpd(model, schedule: Schedule, x0, *, prediction: str, variance: str, strata: int = 0,
+            generator=None):
     """Bits/dim per example of the model's variational bound.
 
-    `timesteps=None` sums L_t exactly over all T steps (T model calls). `timesteps=K` draws one t
-    uniformly from each of K strata and weights it by the stratum's size: an unbiased estimate
-    of the same sum with K model calls. Returns `bpd`, `prior`, `vb` (tensors of shape (B,)),
-    `method` ("exact" or "stratified") and `timesteps` (model calls per example).
+    `strata=0` sums L_t exactly over all T steps (T model calls). `strata=K` draws one t uniformly
+    from each of K strata and weights it by the stratum's size: an unbiased estimate of the same sum
+    with K model calls. `generator` is one torch.Generator or one per example. Returns `bpd`,
+    `prior`, `vb` (tensors of shape (B,)), `method` ("exact" or "stratified") and `strata` (model
+    calls per example).
     """
     B, T = x0.shape[0], schedule.T
-    blocks = [(t, t + 1) for t in range(T)] if timesteps is None else strata(T, timesteps)
+    blocks = stratify(T, strata)
     vb_sum = torch.zeros(B, dtype=torch.float64, device=x0.device)
     for lo, hi in blocks:
-        u = torch.rand(B, generator=generator, device=x0.device)
+        u = rand((B,), generator, device=x0.device)
         t = (lo + (u * (hi - lo)).long()).clamp(max=hi - 1)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
         xt = q_sample(schedule, x0, t, noise)
         vb = vb_from_coefs(coefs(schedule, t, like=x0), model(xt, t), x0, xt, t,
                            prediction=prediction, variance=variance)
         vb_sum += (hi - lo) * vb.double()
     prior = prior_bpd(schedule, x0).double()
     return {"bpd": prior + vb_sum, "prior": prior, "vb": vb_sum,
-            "method": "exact" if timesteps is None else "stratified", "timesteps": len(blocks)}
+            "method": "exact" if len(blocks) == T else "stratified", "strata": len(blocks)}

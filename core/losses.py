@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from core.diffusion import LEARNED, Coefs, coefs, p_from_coefs, split_output, _posterior_mean
+from core.diffusion import LEARNED, Coefs, coefs, p_from_coefs, posterior_mean, split_output
 from core.distributions import discretized_gaussian_log_likelihood, normal_kl
 from core.parameterizations import PREDICTIONS
 from core.registry import lookup
@@ -25,7 +25,7 @@ def vb_from_coefs(c: Coefs, model_output, x0, xt, t, *, prediction: str, varianc
     KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, the discretized decoder NLL at t = 0."""
     p = p_from_coefs(c, model_output, xt, prediction=prediction, variance=variance)
     log_var = p["log_variance"]
-    kl = mean_flat(normal_kl(_posterior_mean(c, x0, xt), c.log_var_small, p["mean"], log_var))
+    kl = mean_flat(normal_kl(posterior_mean(c, x0, xt), c.log_var_small, p["mean"], log_var))
     nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * log_var))
     return torch.where(t == 0, nll, kl) / math.log(2.0)
 

@@ -3,13 +3,15 @@ S <= T steps on the DDIM sub-sequence t_i = i * (T // S), visited from high to l
 
 Both run on the schedule respaced to those steps (Improved DDPM, Sec. 4): alpha_bar is kept, the
 betas are recomputed from it, and alpha_bar_prev = 1 at the last step. The model is always
-called with the original timestep indices. All randomness comes from `generator`.
+called with the original timestep indices. All randomness comes from `generator`: one
+torch.Generator, or one per image (then every image is independent of the batch it is sampled in).
 """
 import math
 
 import torch
 
 from core.diffusion import Coefs, p_from_coefs, split_output, step_coefs
+from core.distributions import randn
 from core.parameterizations import PREDICTIONS
 from core.registry import lookup
 from core.schedules import Schedule, respace, spaced_timesteps
@@ -68,7 +70,7 @@ def _exp(v):
 
 
 def _noise(x, generator):
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
 def plan(schedule: Schedule, steps: int, batch: int, device) -> list[tuple[torch.Tensor, Coefs]]:
@@ -87,7 +89,8 @@ def sample(model, schedule: Schedule, shape, *, sampler: str, steps: int, eta: f
     """Draw samples of `shape` (B, C, H, W); returns the final x0.
 
     `model(x, t)` takes t as a LongTensor of original indices. `x_T` defaults to N(0, I) drawn from
-    `generator`, which must live on the sampling device. `callback(i, t, x, x0)` runs after step i.
+    `generator` (a torch.Generator, or a list of B of them, one per image), which must live on the
+    sampling device. `callback(i, t, x, x0)` runs after step i.
     """
     loop = lookup(SAMPLERS, sampler, "sampler")
     lookup(PREDICTIONS, prediction, "prediction")
@@ -98,8 +101,9 @@ def sample(model, schedule: Schedule, shape, *, sampler: str, steps: int, eta: f
     if device is None:
         device = x_T.device if x_T is not None else next(iter(model.parameters())).device
     device = torch.device(device)
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"generator is on {generator.device}, but sampling runs on {device}")
+    gens = [generator] if isinstance(generator, torch.Generator) else list(generator or [])
+    if any(g.device.type != device.type for g in gens):
+        raise ValueError(f"generator is on {gens[0].device}, but sampling runs on {device}")
     x = _noise(torch.empty(shape, device=device), generator) if x_T is None else x_T.to(device)
     if tuple(x.shape) != tuple(shape):
         raise ValueError(f"shape mismatch: x_T has shape {tuple(x.shape)}, expected {tuple(shape)}")

@@ -69,12 +69,15 @@ class Attention(nn.Module):
 class UNet(nn.Module):
     """forward(x, t): x (B, channels, H, W), t LongTensor (B,) -> (B, out_channels, H, W).
 
-    Sides not divisible by 2^(levels-1) are zero-padded up, and the output is cropped back.
+    `model_channels` is the width of the first level (improved-diffusion's name); `base` is its
+    older alias. Sides not divisible by 2^(levels-1) are zero-padded up, and the output is cropped
+    back. `attention` lists feature-map sides (of the padded input) that get self-attention.
     """
 
     def __init__(self, channels=1, base=32, mults=(1, 2, 2), res_blocks=2, attention=(), heads=1,
-                 dropout=0.0, norm="group", groups=32, out_channels=None, resolution=28):
+                 dropout=0.0, norm="group", groups=32, out_channels=None, resolution=28, model_channels=None):
         super().__init__()
+        base = model_channels or base
         make_norm = lookup(NORMS, norm, "norm")
         norm_fn = lambda c: make_norm(c, groups)  # noqa: E731
         self.factor = 2 ** (len(mults) - 1)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from results.plots import _save
+from results.plots import save_figure
 
 
 def bench_table(json_path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -38,6 +38,6 @@ def write_bench(json_path, out_dir) -> list[Path]:
         g = sns.catplot(data=loops, kind="bar", x="steps", y="median_s", hue="impl", col="model", row="sampler",
                         sharey=False, height=2.8, aspect=1.3)
         g.set(ylabel="seconds per loop (median)")
-        paths += _save(g.figure, out_dir, "sampler_loops")
+        paths += save_figure(g.figure, out_dir, "sampler_loops")
         plt.close("all")
     return paths

@@ -1,4 +1,7 @@
-"""Figures from rows.csv alone (this module never imports model code): PNG and PDF in the results folder."""
+"""Figures from rows.csv alone (this module never imports torch or model code): PNG and PDF.
+
+Every legend names a sampler setting with `ablations.schema.label`, e.g. "DDIM η=0 · 10 steps".
+"""
 from pathlib import Path
 
 import matplotlib
@@ -8,23 +11,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-NOT_AXES = {"ablation", "scale", "run_id", "seed", "sampler", "steps", "eta", "metric", "value", "n", "extractor",
-            "protocol", "step", "device", "torch", "commit", "host", "timestamp", "status", "reason"}
+from ablations.layout import sample_grid_name  # noqa: E402
+from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS, label  # noqa: E402
+
+NOT_AXES = {*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS}
 
 
 def axes_of(rows: pd.DataFrame) -> list[str]:
-    """The ablation axes that vary in this table, in column order (at least one, for labelling)."""
-    axes = [c for c in rows.columns if c not in NOT_AXES]
-    varying = [a for a in axes if rows[a].nunique(dropna=True) > 1]
-    return varying or axes[:1]
+    """The ablation axes that vary in this table, in column order; empty when the table compares
+    sampler settings on one config."""
+    return [c for c in rows.columns if c not in NOT_AXES and rows[c].nunique(dropna=True) > 1]
 
 
-def setting(rows: pd.DataFrame) -> pd.Series:
-    """One legend word per sampler setting: "ddpm", "ddim eta=0", ..."""
-    return rows["sampler"].where(rows["sampler"] != "ddim", "ddim eta=" + rows["eta"].map("{:g}".format))
+def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
+    """Adds `setting` (the sampler setting without steps) and `setting_steps` (with steps)."""
+    clip = rows["clip_x0"] if "clip_x0" in rows else True
+    d = rows.assign(clip_x0=clip)
+    return d.assign(
+        setting=[label(s, eta=e, clip_x0=c) for s, e, c in zip(d["sampler"], d["eta"], d["clip_x0"])],
+        setting_steps=[label(s, st, e, c) for s, st, e, c in zip(d["sampler"], d["steps"], d["eta"], d["clip_x0"])])
 
 
-def _save(fig, out_dir, name) -> list[Path]:
+def save_figure(fig, out_dir, name) -> list[Path]:
+    """Write `name`.png and `name`.pdf atomically; close the figure."""
     paths = [Path(out_dir) / f"{name}.{ext}" for ext in ("png", "pdf")]
     for p in paths:
         tmp = p.with_name(f".{p.name}.tmp")
@@ -35,27 +44,30 @@ def _save(fig, out_dir, name) -> list[Path]:
 
 
 def fid_vs_steps(rows, axis, out_dir):
-    d = rows[rows["metric"] == "fid"].assign(setting=lambda x: setting(x))
+    d = with_labels(rows[rows["metric"] == "fid"])
     if d.empty:
         return []
     g = sns.relplot(data=d, kind="line", x="steps", y="value", hue="setting", col=axis, marker="o",
                     errorbar=("ci", 95), height=3.2, aspect=1.2, facet_kws={"sharey": True})
     g.set(xscale="log", ylabel=f"FID ({d['extractor'].iloc[0]}, n={int(d['n'].iloc[0])})", xlabel="sampling steps")
-    return _save(g.figure, out_dir, "fid_vs_steps")
+    return save_figure(g.figure, out_dir, "fid_vs_steps")
 
 
 def bars(rows, axis, out_dir):
-    fid = rows[rows["metric"] == "fid"].assign(setting=lambda x: setting(x) + "-" + x["steps"].astype("Int64").astype(str))
+    fid = with_labels(rows[rows["metric"] == "fid"])
     nll = rows[rows["metric"] == "nll_bpd"]
     panels = [(d, m) for d, m in ((fid, "FID"), (nll, "bits/dim")) if not d.empty]
     if not panels:
         return []
     fig, axs = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.4), squeeze=False)
-    for ax, (d, label) in zip(axs[0], panels):
-        sns.barplot(data=d, x=axis, y="value", hue="setting" if label == "FID" else None, errorbar=("ci", 95),
-                    ax=ax)
-        ax.set(ylabel=label, xlabel=axis)
-    return _save(fig, out_dir, "bars")
+    for ax, (d, name) in zip(axs[0], panels):
+        by_setting = name == "FID"
+        x = axis or ("setting_steps" if by_setting else "ablation")
+        hue = "setting_steps" if by_setting and axis else None
+        sns.barplot(data=d, x=x, y="value", hue=hue, errorbar=("ci", 95), ax=ax)
+        ax.set(ylabel=name, xlabel=axis or "")
+        ax.tick_params(axis="x", rotation=20)
+    return save_figure(fig, out_dir, "bars")
 
 
 def loss_curves(rows, axis, out_dir):
@@ -63,48 +75,52 @@ def loss_curves(rows, axis, out_dir):
     if d.empty:
         return []
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    sns.lineplot(data=d, x="step", y="value", hue=axis, errorbar=("ci", 95), ax=ax)
-    ax.set(yscale="log", ylabel="training loss", xlabel="step")
-    return _save(fig, out_dir, "loss")
+    sns.lineplot(data=d, x="train_step", y="value", hue=axis, errorbar=("ci", 95), ax=ax)
+    ax.set(yscale="log", ylabel="training loss", xlabel="training step")
+    return save_figure(fig, out_dir, "loss")
 
 
 def throughput(rows, axis, out_dir):
     train = rows[rows["metric"] == "train_img_per_s"]
-    samp = rows[rows["metric"] == "sample_img_per_s"].assign(setting=lambda x: setting(x) + "-" + x["steps"].astype("Int64").astype(str))
+    samp = with_labels(rows[rows["metric"] == "sample_img_per_s"])
     if train.empty and samp.empty:
         return []
     fig, axs = plt.subplots(1, 2, figsize=(11, 3.4))
     if not train.empty:
-        sns.barplot(data=train, x=axis, y="value", errorbar=("ci", 95), ax=axs[0])
-    axs[0].set(ylabel="train images/s", xlabel=axis)
+        sns.barplot(data=train, x=axis or "ablation", y="value", errorbar=("ci", 95), ax=axs[0])
+    axs[0].set(ylabel="train images/s", xlabel=axis or "")
     if not samp.empty:
-        sns.barplot(data=samp, x="setting", y="value", hue=axis, errorbar=("ci", 95), ax=axs[1])
-    axs[1].set(ylabel="sampled images/s", xlabel="sampler-steps", yscale="log")
+        sns.barplot(data=samp, x="setting_steps", y="value", hue=axis, errorbar=("ci", 95), ax=axs[1])
+    axs[1].set(ylabel="sampled images/s", xlabel="sampler setting", yscale="log")
     axs[1].tick_params(axis="x", rotation=45)
-    return _save(fig, out_dir, "throughput")
+    return save_figure(fig, out_dir, "throughput")
 
 
 def sample_grids(rows, axis, out_dir):
-    """The copied sample grids (samples/<run_id>-<sampler>-<steps>-<eta>.png), one panel each."""
-    files = sorted((Path(out_dir) / "samples").glob("*.png"))
-    if not files:
+    """The copied sample grids (samples/<run_id>-samples-<setting>.png), one panel per FID row."""
+    d = with_labels(rows[rows["metric"] == "fid"]).drop_duplicates(["run_id", "setting_steps"])
+    panels = []
+    for r in d.itertuples(index=False):
+        f = Path(out_dir) / "samples" / f"{r.run_id}-{sample_grid_name(r.sampler, r.steps, r.eta, r.clip_x0)}"
+        if f.exists():
+            who = f"{axis}={getattr(r, axis)} · seed {r.seed}" if axis else f"seed {r.seed}"
+            panels.append((f, f"{who}\n{r.setting_steps}"))
+    if not panels:
         return []
-    label = rows.drop_duplicates("run_id").set_index("run_id")
-    cols = min(4, len(files))
-    fig, axs = plt.subplots(-(-len(files) // cols), cols, figsize=(3 * cols, 3.3 * -(-len(files) // cols)),
-                            squeeze=False)
+    cols = min(4, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axs = plt.subplots(rows_n, cols, figsize=(3 * cols, 3.3 * rows_n), squeeze=False)
     for ax in axs.flat:
         ax.axis("off")
-    for ax, f in zip(axs.flat, files):
-        run_id, sampler, steps, eta = f.stem.split("-", 3)
-        who = f"{axis}={label.loc[run_id, axis]} s{label.loc[run_id, 'seed']}" if run_id in label.index else run_id
+    for ax, (f, title) in zip(axs.flat, panels):
         ax.imshow(plt.imread(f), cmap="gray")
-        ax.set_title(f"{who}\n{sampler}-{steps}" + (f" eta={eta}" if sampler == "ddim" else ""), fontsize=8)
-    return _save(fig, out_dir, "samples")
+        ax.set_title(title, fontsize=8)
+    return save_figure(fig, out_dir, "samples")
 
 
 def plot_all(out_dir) -> list[Path]:
     rows = pd.read_csv(Path(out_dir) / "rows.csv")
-    axis = axes_of(rows)[0]
+    axes = axes_of(rows)
+    axis = axes[0] if axes else None
     sns.set_theme(style="whitegrid", context="paper")
     return [p for fn in (fid_vs_steps, bars, loss_curves, throughput, sample_grids) for p in fn(rows, axis, out_dir)]

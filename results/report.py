@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from results.plots import axes_of, setting
+from results.plots import axes_of, with_labels
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -22,18 +22,20 @@ def _fmt_int(v) -> str:
 
 
 def _cell(mean, ci, n):
-    return f"{mean:.3g}" + (f" ± {ci:.2g}" if ci == ci else "") + f" (n={n})"
+    return f"{mean:.3g}" + (f" ± {ci:.2g}" if ci == ci else "") + f" ({n} seed{'s' if n != 1 else ''})"
 
 
-def pivot(summary: pd.DataFrame, metric: str, axis: str, by_setting: bool) -> pd.DataFrame:
+def pivot(summary: pd.DataFrame, metric: str, axis: str | None, by_setting: bool) -> pd.DataFrame:
     d = summary[summary["metric"] == metric].copy()
     if d.empty:
         return d
-    d["cell"] = [_cell(m, c, n) for m, c, n in zip(d["mean"], d["ci95"], d["n"])]
+    d["cell"] = [_cell(m, c, n) for m, c, n in zip(d["mean"], d["ci95"], d["seeds"])]
     if not by_setting:
-        return d[[axis, "cell"]].rename(columns={"cell": metric})
-    d["setting"] = setting(d) + "-" + d["steps"].astype("Int64").astype(str)
-    return d.pivot_table(index=axis, columns="setting", values="cell", aggfunc="first").reset_index()
+        return d[[axis or "ablation", "cell"]].rename(columns={"cell": metric})
+    d = with_labels(d)
+    if axis is None:
+        return d[["setting_steps", "cell"]].rename(columns={"setting_steps": "sampler setting", "cell": metric})
+    return d.pivot_table(index=axis, columns="setting_steps", values="cell", aggfunc="first").reset_index()
 
 
 def protocol(rows: pd.DataFrame) -> list[str]:
@@ -41,8 +43,10 @@ def protocol(rows: pd.DataFrame) -> list[str]:
     vals = lambda d, c: ", ".join(sorted({_fmt_int(v) for v in d[c].dropna()})) or "-"  # noqa: E731
     return [
         f"- FID extractor: {vals(fid, 'extractor')}; generated images per setting (n): {vals(fid, 'n')}",
-        f"- FID reference and sample seed: {vals(fid, 'protocol')}",
-        f"- NLL: {vals(nll, 'protocol')}; test images: {vals(nll, 'n')}",
+        f"- FID reference: {vals(fid, 'reference')}; sample seed (x_T and noise, per image): "
+        f"{vals(fid, 'sample_seed')}; x0 clipped: {vals(fid, 'clip_x0')}",
+        f"- NLL: {vals(nll, 'reference')}; stratified timesteps per image (exact when equal to T): "
+        f"{vals(nll, 'strata')}",
         f"- seeds: {vals(rows, 'seed')}; runs: {rows['run_id'].nunique()}",
         f"- device: {vals(rows, 'device')}; torch: {vals(rows, 'torch')}; host: {vals(rows, 'host')}",
         f"- commit: {vals(rows, 'commit')}",
@@ -52,13 +56,17 @@ def protocol(rows: pd.DataFrame) -> list[str]:
 def write_report(out_dir) -> Path:
     out_dir = Path(out_dir)
     rows, summary = pd.read_csv(out_dir / "rows.csv"), pd.read_csv(out_dir / "summary.csv")
-    axis = axes_of(rows)[0]
+    axes = axes_of(rows)
+    axis = axes[0] if axes else None
     name = rows["ablation"].iloc[0]
     runs = rows.drop_duplicates("run_id")
-    parts = [f"# {name}", "", f"Axis: `{axis}`. Cells are mean ± 95% CI half-width over seeds (Student's t), "
-             "with n the number of seeds. Regenerate with `ablate report`.", "", "## Protocol", "",
+    what = (f"Axis: `{axis}`." if axis else
+            "No grid axis: the spec compares sampler settings on one training config (one model per seed).")
+    parts = [f"# {name}", "", f"{what} Cells are mean ± 95% CI half-width over seeds (Student's t), "
+             "with the number of seeds in brackets. Regenerate with `ablate report`.", "", "## Protocol", "",
              *protocol(rows), "", "## Runs", "",
-             markdown(runs[["run_id", axis, "seed", "status", "reason"]].astype(object).fillna("")), ""]
+             markdown(runs[["run_id", *([axis] if axis else []), "seed", "status", "reason"]]
+                      .astype(object).fillna("")), ""]
     for title, metric, by in (("FID by sampler setting", "fid", True), ("Bits/dim", "nll_bpd", False),
                               ("Training images/s", "train_img_per_s", False),
                               ("Sampling images/s", "sample_img_per_s", True)):

@@ -1,8 +1,10 @@
 """Run rows -> one tidy long table per ablation (rows.csv) and its per-cell summary (summary.csv).
 
-rows.csv has one row per run x metric x sampler setting (and per logged step for train_loss), with
-every run's status and failure reason; failed runs are never dropped. summary.csv has the mean, std,
-95% CI half-width (Student's t) and n over seeds for each grid cell.
+This package reads files only: it never imports torch or model code. `ablate collect` hands it each
+run as plain values (its folder, the spec, scale, seed and axis values), and the columns come from
+ablations/schema.py. rows.csv has one row per run x number, with every run's status and failure
+reason; failed runs are never dropped. summary.csv has the mean, std, 95% CI half-width (Student's
+t) and n over seeds for each cell, a cell being every column that distinguishes a number.
 """
 import math
 import shutil
@@ -10,15 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.runner import read_status, run_dir
-from ablations.spec import AXES, Spec
-from core.io import atomic_write, read_jsonl
+from ablations.io import atomic_write, read_jsonl
+from ablations.layout import ROWS, read_status, sample_grid_name
+from ablations.schema import PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING, SPEC_COLUMNS, STATUS_COLUMNS
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom; 1.96 (the normal's) beyond.
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
         2.045, 2.042]
-SETTING = ["sampler", "steps", "eta"]
 
 
 def ci95(std: float, n: int) -> float:
@@ -27,51 +28,55 @@ def ci95(std: float, n: int) -> float:
     return (T975[n - 2] if n - 1 <= len(T975) else 1.96) * std / math.sqrt(n)
 
 
-def axis_columns(spec: Spec) -> list[str]:
-    """The ablation axes as table columns: the spec's grid axes first, then the other standard ones."""
-    return list(spec.axes) + [a for a in AXES if a not in spec.axes]
-
-
 def write_csv(df: pd.DataFrame, path):
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
-def collect(spec: Spec, runs_root, out_dir) -> dict:
-    """Gather every run's rows into out_dir/rows.csv and summary.csv; copy sample grids to out_dir/samples/.
-    Returns counts: runs, rows, skipped (half-written lines), failed."""
+def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
+    """Gather the rows of `runs` (dicts with folder, run_id, ablation, scale, seed and the `axes`) into
+    out_dir/rows.csv and summary.csv, and copy their sample grids to out_dir/samples/. Returns counts:
+    runs, rows, skipped (lines that are not rows), duplicates (exact repeats, dropped), failed."""
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     rows, skipped, failed = [], 0, 0
-    for run in spec.runs:
-        folder = run_dir(spec, run, runs_root)
+    for run in runs:
+        folder = Path(run["folder"])
         status = read_status(folder)
-        got, bad = read_jsonl(folder / "metrics.jsonl")
+        got, bad = read_jsonl(folder / ROWS)
         skipped += bad
         failed += status["state"] == "failed"
+        attached = {c: run[c] for c in (*SPEC_COLUMNS, *axes)}
+        extra = {"status": status["state"], "reason": status.get("reason", "")}
         if not got:  # never produced a number: still a row, with its status
-            got = [{"ablation": spec.name, "scale": spec.scale, "run_id": run.run_id, "seed": run.config.seed,
-                    **{a: getattr(run.config, a) for a in axis_columns(spec)}, "metric": "status",
-                    "value": float("nan")}]
+            got = [{"run_id": run["run_id"], "metric": "status", "value": float("nan")}]
         for r in got:
-            rows.append({**r, "status": status["state"], "reason": status.get("reason", "")})
-        for png in folder.glob("samples-*.png"):
-            shutil.copyfile(png, out_dir / "samples" / f"{run.run_id}-{png.name.removeprefix('samples-')}")
-    lead = ["ablation", "scale", "run_id", "seed", *axis_columns(spec), *SETTING, "metric", "value", "n", "extractor",
-            "protocol", "step", "status", "reason"]
-    table = pd.DataFrame(rows)
-    table = table[[c for c in lead if c in table] + [c for c in table if c not in lead]]
-    for col in axis_columns(spec):
-        table[col] = table[col].map(lambda v: "-".join(map(str, v)) if isinstance(v, list) else v)
+            rows.append({**{c: r.get(c) for c in RUN_COLUMNS}, **attached, "run_id": run["run_id"], **extra})
+            if r.get("metric") == "fid":
+                grid = folder / sample_grid_name(*(r[c] for c in SETTING))
+                if grid.exists():
+                    shutil.copyfile(grid, out_dir / "samples" / f"{run['run_id']}-{grid.name}")
+    order = ["run_id", *SPEC_COLUMNS, *axes, "metric", "value", "phase", "train_step", *SETTING, *PROTOCOL,
+             *STATUS_COLUMNS, *PROVENANCE]
+    table = pd.DataFrame(rows, columns=order)
+    for col in axes:
+        table[col] = table[col].map(lambda v: "-".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+    before = len(table)
+    table = table.drop_duplicates(subset=[c for c in order if c != "timestamp"], ignore_index=True)
     write_csv(table, out_dir / "rows.csv")
-    write_csv(summarize(table, axis_columns(spec)), out_dir / "summary.csv")
-    return {"runs": len(spec.runs), "rows": len(table), "skipped": skipped, "failed": failed}
+    write_csv(summarize(table, axes), out_dir / "summary.csv")
+    return {"runs": len(runs), "rows": len(table), "skipped": skipped, "duplicates": before - len(table),
+            "failed": failed}
+
+
+def cell_columns(axes: list[str]) -> list[str]:
+    """The columns that distinguish a number: everything but the seed, the run and provenance."""
+    return ["ablation", "scale", *axes, "metric", "phase", *SETTING, *PROTOCOL]
 
 
 def summarize(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """Mean, std, 95% CI and n over seeds per (axes, sampler setting, metric, extractor) cell."""
-    done = table[(table["metric"] != "train_loss") & table["value"].notna()]
-    keys = ["ablation", *axes, *SETTING, "metric", "extractor"]
-    g = done.groupby(keys, dropna=False)["value"]
-    out = g.agg(mean="mean", std="std", n="count").reset_index()
-    out["ci95"] = [ci95(s, n) for s, n in zip(out["std"], out["n"])]
+    """Mean, std, 95% CI and `seeds` (how many values: one per training seed) per cell (cell_columns)."""
+    done = table[(table["metric"] != "train_loss") & (table["metric"] != "status") & table["value"].notna()]
+    g = done.groupby(cell_columns(axes), dropna=False)["value"]
+    out = g.agg(mean="mean", std="std", seeds="count").reset_index()
+    out["ci95"] = [ci95(s, n) for s, n in zip(out["std"], out["seeds"])]
     return out

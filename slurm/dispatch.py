@@ -6,7 +6,6 @@ asks the training loop to stop at the next step boundary, waits for it to save a
 returns a new submission of itself, which submitit requeues. The requeued job resumes from that
 checkpoint, so it ends bitwise identical to an uninterrupted run.
 """
-import json
 import os
 import subprocess
 import threading
@@ -15,10 +14,10 @@ from pathlib import Path
 
 import submitit
 
-from ablations.runner import DONE, FAILED, RUNNING, is_complete, read_status, run_dir, run_one, write_status
+from ablations import claim, runner
+from ablations.io import append_jsonl, read_jsonl
+from ablations.layout import DONE, FAILED, RUNNING, read_status, run_folder, spec_folder, write_status
 from ablations.spec import Spec, load_spec
-from core.io import append_jsonl, read_jsonl
-from slurm import claim
 
 SUBMISSIONS = "submissions.jsonl"
 
@@ -40,12 +39,13 @@ class RunJob:
     def __call__(self, run_id: str) -> str:
         import torch
 
-        from slurm.distributed import init_from_slurm, is_main
+        from ablations.parallel import is_main
+        from slurm.distributed import init_from_slurm
         if os.environ.get("SLURM_CPUS_PER_TASK"):
             torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
         spec = load_spec(self.spec_path, self.scale)
         run = next(r for r in spec.runs if r.run_id == run_id)
-        folder = run_dir(spec, run, self.runs_root)
+        folder = run_folder(self.runs_root, run_id)
         init_from_slurm()
         if is_main():
             ok, holder = claim.acquire(folder)
@@ -53,7 +53,7 @@ class RunJob:
                 return f"skipped: run {run_id} is claimed by {holder}"
             _note_start(folder)
         self._stop, result = threading.Event(), []
-        worker = threading.Thread(target=lambda: result.append(run_one(
+        worker = threading.Thread(target=lambda: result.append(runner.run_one(
             spec, run, self.runs_root, data_root=self.data_root, device=self.device, progress=False,
             should_stop=self._stop.is_set)), daemon=True)
         self._worker = worker
@@ -67,8 +67,7 @@ class RunJob:
 
     def checkpoint(self, run_id: str):
         """submitit calls this on the timeout/preemption signal, on global rank 0."""
-        spec = load_spec(self.spec_path, self.scale)
-        folder = run_dir(spec, next(r for r in spec.runs if r.run_id == run_id), self.runs_root)
+        folder = run_folder(self.runs_root, run_id)
         if getattr(self, "_worker", None) is not None:
             self._stop.set()
             self._worker.join()  # the loop saves a checkpoint at the next step boundary, then returns
@@ -97,8 +96,8 @@ def _note_start(folder):
 def executor_for(spec: Spec, runs_root, *, cluster=None, partition=None, nodes=1, gpus_per_node=0,
                  tasks_per_node=None, cpus_per_task=None, mem_gb=None, time_min=60, array_parallelism=None,
                  account=None, qos=None, constraint=None, max_requeues=3, signal_delay_s=90):
-    """A submitit executor; parameter -> sbatch option mapping is in the README."""
-    folder = Path(runs_root) / spec.name / "_slurm" / "%j"
+    """(a submitit executor, the parameters given to it); the sbatch option mapping is in the README."""
+    folder = spec_folder(runs_root, spec.name) / "%j"
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=max_requeues)
     params = dict(name=f"ablate-{spec.name}", timeout_min=time_min, nodes=nodes,
                   tasks_per_node=tasks_per_node or max(gpus_per_node, 1))
@@ -112,17 +111,16 @@ def executor_for(spec: Spec, runs_root, *, cluster=None, partition=None, nodes=1
                  slurm_array_parallelism=array_parallelism, slurm_signal_delay_s=signal_delay_s)
     params.update({k: v for k, v in slurm.items() if v is not None})
     ex.update_parameters(**params)
-    return ex
+    return ex, params
 
 
 def pending_runs(spec: Spec, runs_root) -> list:
     """Runs that are neither complete nor held by a live job."""
     todo = []
     for run in spec.runs:
-        folder = run_dir(spec, run, runs_root)
-        if is_complete(spec, run, runs_root):
+        if runner.is_complete(spec, run, runs_root):
             continue
-        held = claim.read(folder)
+        held = claim.read(run_folder(runs_root, run.run_id))
         if held is not None and claim.alive(held):
             continue
         todo.append(run)
@@ -134,20 +132,20 @@ def submit(spec: Spec, runs_root, *, data_root=None, device=None, max_requeues=3
     todo = pending_runs(spec, runs_root)
     if not todo:
         return []
-    ex = executor_for(spec, runs_root, max_requeues=max_requeues, **params)
+    ex, _ = executor_for(spec, runs_root, max_requeues=max_requeues, **params)
     job = RunJob(spec.path, spec.scale, runs_root, data_root=data_root, max_requeues=max_requeues, device=device)
     jobs = ex.map_array(job, [r.run_id for r in todo])
     record = [{"job_id": j.job_id, "run_id": r.run_id, "submitted": time.time(), "cluster": ex.cluster,
                "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr)} for j, r in zip(jobs, todo)]
-    (Path(runs_root) / spec.name).mkdir(parents=True, exist_ok=True)
-    append_jsonl(Path(runs_root) / spec.name / SUBMISSIONS, record)
+    spec_folder(runs_root, spec.name).mkdir(parents=True, exist_ok=True)
+    append_jsonl(spec_folder(runs_root, spec.name) / SUBMISSIONS, record)
     return jobs
 
 
 def submissions(spec: Spec, runs_root) -> dict:
     """run_id -> its latest submission record."""
-    rows, _ = read_jsonl(Path(runs_root) / spec.name / SUBMISSIONS)
-    return {r["run_id"]: r for r in rows}
+    records, _ = read_jsonl(spec_folder(runs_root, spec.name) / SUBMISSIONS, required=("run_id", "job_id"))
+    return {r["run_id"]: r for r in records}
 
 
 def queue_states(job_ids) -> dict:
@@ -163,30 +161,25 @@ def queue_states(job_ids) -> dict:
 
 
 def status_table(spec: Spec, runs_root) -> list[dict]:
-    """One row per run: state, requeues, step, reason, job id and the log path."""
+    """`ablate list`'s table (runner.table) with the SLURM columns: requeues, job, queue state, log."""
     subs = submissions(spec, runs_root)
     queue = queue_states([s["job_id"] for s in subs.values()])
-    table = []
-    for run in spec.runs:
-        folder = run_dir(spec, run, runs_root)
-        st, sub = read_status(folder), subs.get(run.run_id, {})
+    out = []
+    for run, base in zip(spec.runs, runner.table(spec, runs_root)):
+        st, sub = read_status(run_folder(runs_root, run.run_id)), subs.get(run.run_id, {})
         q = queue.get(sub.get("job_id", ""))
+        state = base["state"]
+        if state == "pending" and sub and q not in claim.ALIVE:
+            state = "lost"  # submitted but neither queued nor started
+        elif state in (RUNNING, "interrupted") and q in ("PENDING", "REQUEUED"):
+            state = "requeued"
+        elif state in (RUNNING, "interrupted") and sub and q not in claim.ALIVE:
+            state = "interrupted"  # its job is gone without finishing: resubmit to resume
+            base["reason"] = base["reason"] or f"job ended without finishing: {_last_line(sub.get('stderr'))}"
         requeues = max(st.get("requeues", 0), st.get("restarts", 0))  # restarts include our requeues
-        state = st["state"]
-        if state == DONE and not is_complete(spec, run, runs_root):
-            state = "needs-eval"
-        elif state == "pending" and q not in claim.ALIVE:
-            state = "pending" if not sub else "lost"  # submitted but neither queued nor started
-        elif state == RUNNING:
-            if q == "PENDING" or q == "REQUEUED":
-                state = "requeued"
-            elif q not in claim.ALIVE and sub:
-                state = "interrupted"  # its job is gone without finishing: resubmit to resume
-                st.setdefault("reason", f"job ended without finishing: {_last_line(sub.get('stderr'))}")
-        table.append({"run_id": run.run_id, **run.axes, "seed": run.config.seed, "state": state,
-                      "requeues": requeues, "step": st.get("step", ""), "job": sub.get("job_id", ""),
-                      "queue": q or "", "reason": st.get("reason", ""), "log": sub.get("stderr", "")})
-    return table
+        out.append({**base, "state": state, "requeues": requeues, "job": sub.get("job_id", ""), "queue": q or "",
+                    "log": sub.get("stderr", "")})
+    return out
 
 
 def _last_line(path) -> str:

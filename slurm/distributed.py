@@ -10,7 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from core.parallel import is_main, rank, world  # noqa: F401  (re-exported for the job code)
+
 
 
 def init_from_slurm():

@@ -88,9 +88,9 @@ def test_stratified_nll_with_K_equal_T_is_the_exact_sum():
     x0, *_ = _batch(s, B=3)
     exact = nll_bpd(_toy_model, s, x0, prediction="eps", variance="fixed_large",
                     generator=torch.Generator().manual_seed(1))
-    strat = nll_bpd(_toy_model, s, x0, prediction="eps", variance="fixed_large", timesteps=20,
+    strat = nll_bpd(_toy_model, s, x0, prediction="eps", variance="fixed_large", strata=20,
                     generator=torch.Generator().manual_seed(1))
-    assert exact["method"] == "exact" and strat["method"] == "stratified"
+    assert exact["method"] == strat["method"] == "exact" and exact["strata"] == strat["strata"] == 20
     assert torch.equal(exact["bpd"], strat["bpd"])
     assert torch.allclose(exact["bpd"], exact["prior"] + exact["vb"])
 
@@ -100,7 +100,7 @@ def test_stratified_nll_is_unbiased():
     x0 = torch.full((20_000, 1, 2, 2), 0.25, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     exact = nll_bpd(_toy_model, s, x0, prediction="eps", variance="fixed_small", generator=g)["bpd"]
-    strat = nll_bpd(_toy_model, s, x0, prediction="eps", variance="fixed_small", timesteps=3, generator=g)["bpd"]
+    strat = nll_bpd(_toy_model, s, x0, prediction="eps", variance="fixed_small", strata=3, generator=g)["bpd"]
     se = (exact.var() / len(exact) + strat.var() / len(strat)).sqrt().item()
     assert abs(exact.mean().item() - strat.mean().item()) < 4 * se
     assert strat.var() > exact.var()  # the estimate is cheaper, not free

@@ -4,7 +4,7 @@ import pandas as pd
 from click.testing import CliRunner
 
 from ablations.cli import main
-from ablations.runner import run_dir
+from ablations.layout import run_folder
 from results.table import ci95
 
 FIGURES = ["fid_vs_steps", "bars", "loss", "throughput", "samples"]
@@ -29,7 +29,7 @@ def test_collect_plot_report_from_the_table_alone(smoke, tmp_path):
     assert (rows["status"] == "done").all()
     summary = pd.read_csv(folder / "summary.csv")
     fid = summary[summary["metric"] == "fid"]
-    assert len(fid) == len(spec.runs) * len(spec.eval.samplers) and (fid["n"] == 1).all()
+    assert len(fid) == len(spec.runs) * len(spec.eval.settings) and (fid["seeds"] == 1).all()
     shutil.rmtree(copy)  # the plots and the report must need nothing but the table
     _ablate("plot", spec.path, "--scale", "smoke", "--results-root", tmp_path / "res")
     _ablate("report", folder)
@@ -37,7 +37,7 @@ def test_collect_plot_report_from_the_table_alone(smoke, tmp_path):
         assert (folder / f"{f}.png").stat().st_size > 1000 and (folder / f"{f}.pdf").exists()
     report = (folder / "report.md").read_text()
     for text in ("## Protocol", "fmnist-classifier", "## FID by sampler setting", "## Bits/dim", "![bars](bars.png)",
-                 "stratified"):
+                 "stratified timesteps per image (exact when equal to T): 4", "DDIM η=0 · 50 steps"):
         assert text in report
     for r in spec.runs:
         assert r.run_id in report
@@ -47,11 +47,11 @@ def test_failed_runs_and_half_written_rows_are_kept_and_counted(smoke, tmp_path)
     spec, runs, _ = smoke
     copy = tmp_path / "runs"
     shutil.copytree(runs, copy)
-    first, second = (run_dir(spec, r, copy) for r in spec.runs[:2])
-    with open(first / "metrics.jsonl", "a") as f:
+    first, second = (run_folder(copy, r.run_id) for r in spec.runs[:2])
+    with open(first / "rows.jsonl", "a") as f:
         f.write('{"metric": "fid", "value": 1')  # a writer interrupted mid-line
     (second / "status.json").write_text('{"state": "failed", "reason": "CUDA out of memory", "step": 2}')
-    (second / "metrics.jsonl").unlink()
+    (second / "rows.jsonl").unlink()
     out = _ablate("collect", spec.path, "--scale", "smoke", "--runs-root", copy, "--results-root", tmp_path / "res")
     assert "1 half-written lines skipped" in out and "(1 failed)" in out
     rows = pd.read_csv(tmp_path / "res" / spec.name / "rows.csv")

@@ -9,15 +9,17 @@ from click.testing import CliRunner
 
 from ablations.cli import main
 from ablations.config import TrainConfig
-from ablations.runner import read_status, run_dir
+from ablations.layout import read_status, run_folder
+from ablations.schema import RUN_COLUMNS
 from ablations.spec import load_spec
-from core import data
-from core.io import read_jsonl
-from core.training import checkpoints, train
+from ablations import data
+from ablations.io import read_jsonl
+from ablations.layout import checkpoints
+from ablations.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = TrainConfig(T=100, base=8, mults=(1, 2), res_blocks=1, batch=8, steps=7, checkpoint_every=2, lr=1e-3,
-                   warmup=3, dropout=0.1, norm="batch", ema=0.9)
+TINY = TrainConfig(T=100, model_channels=8, mults=(1, 2), res_blocks=1, batch=8, train_steps=7, checkpoint_every=2, lr=1e-3,
+                   warmup=3, dropout=0.1, norm="batch", ema_decay=0.9)
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +31,9 @@ def test_smoke_grid_produces_finite_rows(smoke):
     spec, runs, result = smoke
     assert result.exit_code == 0, result.output
     for run in spec.runs:
-        folder = run_dir(spec, run, runs)
+        folder = run_folder(runs, run.run_id)
         assert read_status(folder)["state"] == "done"
-        rows, bad = read_jsonl(folder / "metrics.jsonl")
+        rows, bad = read_jsonl(folder / "rows.jsonl")
         assert bad == 0
         by = {}
         for r in rows:
@@ -40,14 +42,13 @@ def test_smoke_grid_produces_finite_rows(smoke):
                        "train_loss", "train_wall_s", "sample_wall_s"):
             assert metric in by, metric
             assert all(math.isfinite(r["value"]) for r in by[metric])
-        assert len(by["fid"]) == len(spec.eval.samplers)
+        assert len(by["fid"]) == len(spec.eval.settings)
         fid = by["fid"][0]
         assert fid["extractor"] == "fmnist-classifier" and fid["n"] == spec.eval.fid_samples and fid["value"] > 0
-        assert fid["norm"] == run.config.norm and fid["run_id"] == run.run_id and fid["ablation"] == "norm-smoke"
-        for col in ("seed", "schedule", "prediction", "loss", "sampler", "steps", "eta", "device", "torch",
-                    "commit", "timestamp", "protocol"):
-            assert col in fid
-        assert "stratified" in by["nll_bpd"][0]["protocol"] and by["nll_bpd"][0]["n"] == spec.eval.nll_images
+        assert fid["run_id"] == run.run_id and fid["reference"] == "fashion_mnist:train:2000"
+        assert set(fid) == set(RUN_COLUMNS)  # rows describe the run; spec, scale and axes come at collect
+        nll = by["nll_bpd"][0]
+        assert nll["strata"] == spec.eval.nll_strata and nll["n"] == spec.eval.nll_images
         assert json.loads((folder / "config.json").read_text())["run_id"] == run.run_id
         assert len(checkpoints(folder)) == 2 and (folder / "log.txt").exists()
         assert list(folder.glob("samples-*.png"))
@@ -55,10 +56,10 @@ def test_smoke_grid_produces_finite_rows(smoke):
 
 def test_rerun_skips_complete_runs(smoke):
     spec, runs, _ = smoke
-    before = {r.run_id: (run_dir(spec, r, runs) / "metrics.jsonl").read_text() for r in spec.runs}
+    before = {r.run_id: (run_folder(runs, r.run_id) / "rows.jsonl").read_text() for r in spec.runs}
     result = CliRunner().invoke(main, ["run", str(spec.path), "--scale", "smoke", "--runs-root", str(runs)])
     assert result.exit_code == 0 and f"{len(spec.runs)} complete, 0 to run" in result.output
-    assert before == {r.run_id: (run_dir(spec, r, runs) / "metrics.jsonl").read_text() for r in spec.runs}
+    assert before == {r.run_id: (run_folder(runs, r.run_id) / "rows.jsonl").read_text() for r in spec.runs}
     listing = CliRunner().invoke(main, ["list", str(spec.path), "--scale", "smoke", "--runs-root", str(runs)])
     assert listing.output.count(" done") == len(spec.runs)
 
@@ -92,7 +93,7 @@ def test_non_finite_loss_fails_the_run_and_the_grid_goes_on(tmp_path):
                                        "--no-progress"])
     assert result.exit_code == 1
     spec = load_spec(spec_path, "smoke")
-    bad, good = (read_status(run_dir(spec, r, runs)) for r in spec.runs)
+    bad, good = (read_status(run_folder(runs, r.run_id)) for r in spec.runs)
     assert bad["state"] == "failed" and "non-finite loss" in bad["reason"] and bad["step"] >= 1
     assert good["state"] == "done"
 

@@ -13,11 +13,12 @@ import torch
 from click.testing import CliRunner
 
 from ablations.cli import main
-from ablations.runner import read_status, run_dir
+from ablations.layout import read_status, run_folder
 from ablations.spec import load_spec
-from core.io import read_jsonl
-from core.training import checkpoints, train
-from core import data
+from ablations.io import read_jsonl
+from ablations.layout import checkpoints
+from ablations.training import train
+from ablations import data
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = """
@@ -25,11 +26,11 @@ name = "{name}"
 seeds = [0]
 [base]
 T = 100
-base = 8
+model_channels = 8
 mults = [1, 2]
 res_blocks = 1
 batch = 16
-steps = {steps}
+train_steps = {steps}
 checkpoint_every = {every}
 [grid]
 norm = {norms}
@@ -38,9 +39,9 @@ fid_samples = 32
 fid_reference_n = 1000
 sample_batch = 32
 nll_images = 8
-nll_timesteps = 2
+nll_strata = 2
 grid_images = 16
-[[eval.sampler]]
+[[eval.setting]]
 sampler = "ddim"
 steps = 5
 """
@@ -72,7 +73,7 @@ def _ablate(*args):
 def _wait(spec, runs, predicate, timeout=600):
     t0 = time.time()
     while time.time() - t0 < timeout:
-        states = [read_status(run_dir(spec, r, runs)) for r in spec.runs]
+        states = [read_status(run_folder(runs, r.run_id)) for r in spec.runs]
         if predicate(states):
             return states
         time.sleep(2)
@@ -122,7 +123,7 @@ def test_array_submission_failures_status_and_idempotent_resubmit(cluster, tmp_p
     assert good["state"] == good2["state"] == "done"
     assert bad["state"] == "failed" and "non-finite loss" in bad["reason"]
     for run in spec.runs[:2]:
-        rows, _ = read_jsonl(run_dir(spec, run, runs) / "metrics.jsonl")
+        rows, _ = read_jsonl(run_folder(runs, run.run_id) / "rows.jsonl")
         assert {"fid", "nll_bpd", "train_img_per_s", "sample_img_per_s"} <= {r["metric"] for r in rows}
     table = _ablate("status", path, "--runs-root", runs).output
     assert table.count(" done ") == 2 and table.count(" failed ") == 1 and "non-finite loss" in table
@@ -148,7 +149,7 @@ def test_scontrol_requeue_resumes_bitwise_identical(cluster, tmp_path):
     spec, runs = load_spec(path), tmp_path / "runs"
     out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--runs-root", runs)
     job = out.output.split("submitted 1 job: ")[1].split()[0]
-    folder = run_dir(spec, spec.runs[0], runs)
+    folder = run_folder(runs, spec.runs[0].run_id)
     _wait(spec, runs, lambda s: checkpoints(folder) and 100 <= int(checkpoints(folder)[-1].stem[5:]) < 1000)
     interrupted_at = int(checkpoints(folder)[-1].stem[5:])
     subprocess.run(["scontrol", "requeue", job], check=True)
@@ -172,7 +173,7 @@ def test_cancelled_job_shows_interrupted_and_a_resubmission_resumes_bitwise_iden
     path = _spec(tmp_path, "cancel", norms='["group"]', steps=1500, every=50)
     spec, runs = load_spec(path), tmp_path / "runs"
     _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--runs-root", runs)
-    folder = run_dir(spec, spec.runs[0], runs)
+    folder = run_folder(runs, spec.runs[0].run_id)
     _wait(spec, runs, lambda s: checkpoints(folder) and 100 <= int(checkpoints(folder)[-1].stem[5:]) < 1000)
     assert _ablate("cancel", path, "--runs-root", runs).output.startswith("cancelled 1 jobs")
     t0 = time.time()
@@ -201,7 +202,7 @@ def test_timeout_signal_checkpoints_requeues_and_resumes_bitwise_identical(clust
     after = _ablate("status", path, "--runs-root", runs).output.splitlines()[1].split()
     assert after[3] == "done" and int(after[4]) == states[0]["requeues"], after  # not counted twice
     ref = _reference(spec, spec.runs[0], tmp_path)
-    got = _weights(run_dir(spec, spec.runs[0], runs))
+    got = _weights(run_folder(runs, spec.runs[0].run_id))
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     print(f"timeout requeues: {states[0]['requeues']}")
 
@@ -214,10 +215,10 @@ def test_two_task_gloo_run_trains_and_writes_rows(cluster, tmp_path):
     assert out.exit_code == 0, out.output
     states = _wait(spec, runs, _finished)
     assert states[0]["state"] == "done", states
-    rows, _ = read_jsonl(run_dir(spec, spec.runs[0], runs) / "metrics.jsonl")
+    rows, _ = read_jsonl(run_folder(runs, spec.runs[0].run_id) / "rows.jsonl")
     fids = [r for r in rows if r["metric"] == "fid"]
     assert len(fids) == 1 and fids[0]["n"] == 32  # samples gathered from both tasks
-    assert "x2 tasks" in (run_dir(spec, spec.runs[0], runs) / "log.txt").read_text()
+    assert "x2 tasks" in (run_folder(runs, spec.runs[0].run_id) / "log.txt").read_text()
 
 
 def test_debug_executor_runs_the_same_code_as_ablate_run(tmp_path):
@@ -228,5 +229,5 @@ def test_debug_executor_runs_the_same_code_as_ablate_run(tmp_path):
     _ablate("run", path, "--runs-root", tmp_path / "local", "--no-progress")
     jobs = submit(spec, tmp_path / "debug", cluster="debug", time_min=5)
     assert [j.result() for j in jobs] == ["done"]
-    local, debug = (_weights(run_dir(spec, spec.runs[0], tmp_path / r)) for r in ("local", "debug"))
+    local, debug = (_weights(run_folder(tmp_path / r, spec.runs[0].run_id)) for r in ("local", "debug"))
     assert local.keys() == debug.keys() and all(torch.equal(local[k], debug[k]) for k in local)

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from ablations.cli import main
-from ablations.spec import SpecError, load_spec
+from ablations.spec import SpecError, load_scales, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = """
@@ -12,14 +12,14 @@ name = "t"
 seeds = [0]
 [base]
 T = 100
-steps = 2
-base = 8
+train_steps = 2
+model_channels = 8
 mults = [1, 2]
 res_blocks = 1
 batch = 4
 [grid]
 schedule = ["linear", "cosine"]
-[[eval.sampler]]
+[[eval.setting]]
 sampler = "ddim"
 steps = [5, 10]
 eta = [0.0, 1.0]
@@ -37,7 +37,7 @@ def test_good_spec_expands_the_grid_with_stable_ids(tmp_path):
     assert [r.axes for r in spec.runs] == [{"schedule": "linear"}, {"schedule": "cosine"}]
     assert len({r.run_id for r in spec.runs}) == 2
     assert [r.run_id for r in spec.runs] == [r.run_id for r in load_spec(_write(tmp_path, GOOD)).runs]
-    assert [(s["steps"], s["eta"]) for s in spec.eval.samplers] == [(5, 0.0), (5, 1.0), (10, 0.0), (10, 1.0)]
+    assert [(s.steps, s.eta) for s in spec.eval.settings] == [(5, 0.0), (5, 1.0), (10, 0.0), (10, 1.0)]
     assert spec.runs[0].config.T == 100 and spec.runs[0].config.mults == (1, 2)
 
 
@@ -52,7 +52,7 @@ def test_table_valued_axis_sets_fields_together(tmp_path):
 BAD = [
     ("unknown key", ("[base]\n", "[base]\nlr_rate = 0.1\n"), r"key 'base.lr_rate': unknown key 'lr_rate'; valid keys: .*lr"),
     ("unknown top key", ('name = "t"', 'name = "t"\ngirds = 1'), r"key 'girds': unknown key 'girds'; valid keys: .*grid"),
-    ("wrong type", ("steps = 2", 'steps = "two"'), r"key 'base.steps': expected int, got str 'two'"),
+    ("wrong type", ("train_steps = 2", 'train_steps = "two"'), r"key 'base.train_steps': expected int, got str 'two'"),
     ("wrong list type", ("mults = [1, 2]", 'mults = [1, "2"]'), r"key 'base.mults': expected a list of integers"),
     ("unknown schedule", ('"linear", "cosine"]', '"linear", "quadratic"]'),
      r"key 'grid.schedule\[1\]': unknown schedule 'quadratic'; valid choices: 'linear', 'cosine'"),
@@ -63,14 +63,14 @@ BAD = [
     ("unknown norm", ('schedule = ["linear", "cosine"]', 'norm = ["group", "rms"]'),
      r"key 'grid.norm\[1\]': unknown norm 'rms'; valid choices: 'group', 'batch', 'layer', 'instance'"),
     ("unknown sampler", ('sampler = "ddim"', 'sampler = "euler"'),
-     r"key 'eval.sampler\[0\].sampler': unknown sampler 'euler'; valid choices: 'ddpm', 'ddim'"),
+     r"key 'eval.setting\[0\].sampler': unknown sampler 'euler'; valid choices: 'ddpm', 'ddim'"),
     ("steps > T", ("steps = [5, 10]", "steps = [5, 101]"),
-     r"key 'eval.sampler.steps': steps 101 > T=100 .*valid choices: 1..100"),
+     r"key 'eval.setting\[0\].steps': steps 101 is outside 1..T=100 .*valid choices: 1..100"),
     ("empty axis", ('schedule = ["linear", "cosine"]', "schedule = []"), r"key 'grid.schedule': empty grid axis"),
     ("duplicate runs", ('"linear", "cosine"]', '"linear", "linear"]'), r"key 'grid': duplicate runs"),
     ("learned_range without hybrid", ("[base]\n", '[base]\nvariance = "learned_range"\n'),
      r"variance 'learned_range' needs loss 'hybrid' or 'vlb', got loss 'simple'"),
-    ("bad eta", ("eta = [0.0, 1.0]", "eta = [0.0, 2.0]"), r"key 'eval.sampler\[0\].eta': eta 2.0 is invalid"),
+    ("bad eta", ("eta = [0.0, 1.0]", "eta = [0.0, 2.0]"), r"key 'eval.setting\[0\].eta': eta 2.0 is invalid"),
     ("duplicate seeds", ("seeds = [0]", "seeds = [0, 0]"), r"key 'seeds': must be a non-empty list of distinct"),
 ]
 
@@ -94,13 +94,53 @@ def test_unknown_scale_lists_the_choices():
         load_spec(ROOT / "ablations" / "norm.toml", "huge")
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "ablations").glob("*.toml")), ids=lambda p: p.stem)
+SPECS = sorted(p for p in (ROOT / "ablations").glob("*.toml") if p.name != "scales.toml")
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_every_shipped_spec_and_scale_is_valid(path):
-    import tomllib
-    scales = tomllib.loads(path.read_text()).get("scale", {}) or {None: None}
+    scales = [None] if path.stem == "demo" else list(load_scales())
     for scale in scales:
         spec = load_spec(path, scale)
-        assert spec.runs and spec.eval.samplers
+        assert spec.runs and spec.eval.settings
+
+
+def test_specs_hold_only_their_question_and_share_the_baseline_run():
+    """The scale blocks live in scales.toml only; the baseline config is one run id in every question."""
+    baselines = set()
+    for path in SPECS:
+        assert "[scale." not in path.read_text() or path.stem == "sampler", path  # sampler adds paper settings
+        if path.stem != "demo":
+            spec = load_spec(path, "cpu")
+            baselines |= {r.run_id for r in spec.runs if (r.config.schedule, r.config.prediction, r.config.loss,
+                          r.config.norm, r.config.seed) == ("linear", "eps", "simple", "group", 0)}
+    assert len(baselines) == 1
+
+
+def test_scale_file_values_are_inherited_and_a_spec_overrides_them(tmp_path):
+    spec = load_spec(ROOT / "ablations" / "norm.toml", "smoke")
+    assert spec.runs[0].config.train_steps == load_scales()["smoke"]["base"]["train_steps"][0]
+    text = GOOD + "[scale.smoke.base]\ntrain_steps = 5\n"
+    assert load_spec(_write(tmp_path, text), "smoke").runs[0].config.train_steps == 5
+
+
+@pytest.mark.parametrize("bad, message", [
+    ('[smoke.base]\nT = "x"\n', r"scales.toml: key 'smoke.base.T': expected int, got str 'x'"),
+    ('[smoke]\nsedes = [0]\n', r"scales.toml: key 'smoke.sedes': unknown key 'sedes'; valid keys: base, eval, seeds"),
+    ('[smoke.eval]\nfid_samplez = 3\n', r"scales.toml: key 'smoke.eval.fid_samplez': unknown key"),
+    ('[smoke.base]\nnorm = "rms"\n', r"scales.toml: key 'smoke.base.norm': unknown norm 'rms'; valid choices: 'group'"),
+])
+def test_malformed_scale_file_is_rejected_like_a_spec(tmp_path, bad, message):
+    scales = tmp_path / "scales.toml"
+    scales.write_text(bad)
+    with pytest.raises(SpecError, match=message):
+        load_spec(ROOT / "ablations" / "norm.toml", "smoke", scales_path=scales)
+
+
+def test_a_spec_without_a_grid_compares_eval_settings_on_one_config():
+    spec = load_spec(ROOT / "ablations" / "demo.toml")
+    assert spec.axes == () and len(spec.runs) == 1 and spec.runs[0].axes == {}
+    assert {s.sampler for s in spec.eval.settings} == {"ddpm", "ddim"}
 
 
 def test_dry_run_lists_runs_and_nothing_else(tmp_path):

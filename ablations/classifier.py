@@ -5,7 +5,7 @@ Retraining reproduces every tensor bitwise (two runs compared); the file's bytes
 differ per save because torch.save writes a unique serialization id into the archive.
 
 Registered with torch-fidelity as the feature extractor "fmnist-classifier" (FID layer
-"penultimate"). `python -m core.classifier` retrains it deterministically from the training split and
+"penultimate"). `python -m ablations.classifier` retrains it deterministically from the training split and
 prints its test accuracy and the sha256 of the weights; the committed weights are checked against
 FMNIST_CLASSIFIER_SHA256 before they are loaded.
 """
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.data import load, to_model
+from ablations.data import load, to_model
+from ablations.seeds import derive
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "fmnist_classifier.pt"
 FMNIST_CLASSIFIER_SHA256 = "c0bc0a627fffdb772811b0da5337456d09955ba851336915a8bdcbe7ca13399c"
@@ -55,12 +56,12 @@ def load_classifier(path=DEFAULT_WEIGHTS, expected_sha256: str | None = FMNIST_C
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Fashion-MNIST classifier weights not found at {path}; "
-                                "retrain them with `python -m core.classifier`")
+                                "retrain them with `python -m ablations.classifier`")
     actual = sha256(path)
     if expected_sha256 is not None and actual != expected_sha256:
         raise ValueError(f"sha256 mismatch for {path}: expected {expected_sha256}, got {actual}. "
                          "The file was modified or replaced; restore it from git or retrain with "
-                         "`python -m core.classifier` and update FMNIST_CLASSIFIER_SHA256.")
+                         "`python -m ablations.classifier` and update FMNIST_CLASSIFIER_SHA256.")
     net = Classifier()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval()
@@ -84,7 +85,7 @@ def train(epochs=4, seed=0, batch=128, lr=1e-3, data_root=None) -> tuple[Classif
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * (len(x) // batch))
     for epoch in range(epochs):
         net.train()
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(derive("data_order", seed, epoch)))
         for k in range(len(x) // batch):
             idx = order[k * batch:(k + 1) * batch]
             loss = F.cross_entropy(net(to_model(x[idx])), y[idx])
@@ -97,7 +98,7 @@ def train(epochs=4, seed=0, batch=128, lr=1e-3, data_root=None) -> tuple[Classif
 
 
 def main():
-    from core.io import save_torch
+    from ablations.checkpoint import save_torch
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="where to write the weights")
     p.add_argument("--epochs", type=int, default=4)

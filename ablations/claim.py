@@ -10,7 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-CLAIM = "claim.json"
+from ablations.layout import CLAIM, pid_alive
 
 
 def holder() -> dict:
@@ -34,17 +34,9 @@ def job_alive(job_id: str) -> bool:
 
 
 def alive(h: dict) -> bool:
-    if h.get("job"):
-        return job_alive(h["job"])
-    if h.get("host") != socket.gethostname():
-        return True  # another machine's process: we cannot check it
-    try:
-        os.kill(h["pid"], 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    """Whether the holder is alive: its SLURM job is known to squeue, or its pid lives on this host
+    (a process on another host cannot be checked and counts as alive)."""
+    return job_alive(h["job"]) if h.get("job") else pid_alive(h)
 
 
 def read(folder) -> dict | None:

@@ -75,6 +75,7 @@ def cifar10(split: str, root=None, download: bool = False):
 
 DATASETS = {"fashion_mnist": fashion_mnist, "cifar10": cifar10}
 SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+SIZES = {"fashion_mnist": {"train": 60000, "test": 10000}, "cifar10": {"train": 50000, "test": 10000}}
 
 
 def load(name: str, split: str, root=None, download: bool = False):

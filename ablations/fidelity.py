@@ -1,6 +1,6 @@
 """FID (Heusel et al. 2017) through torch-fidelity, with the feature extractor always named in results.
 
-- "fmnist-classifier": the project's Fashion-MNIST classifier (core/classifier.py), penultimate layer.
+- "fmnist-classifier": the project's Fashion-MNIST classifier (ablations/classifier.py), penultimate layer.
 - "inception-v3-compat": torch-fidelity's standard Inception-v3 (2048-d pool features), used only when
   its weights are present; a missing file is an error, never a silent switch to another extractor.
 
@@ -17,8 +17,8 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from core import classifier
-from core.data import load, to_model
+from ablations import classifier
+from ablations.data import load, to_model
 from core.registry import lookup
 
 
@@ -76,17 +76,15 @@ def inception_weights(path=None) -> Path:
 
 
 class Images(torch.utils.data.Dataset):
-    """uint8 images (N, C, H, W) for torch-fidelity; grayscale is repeated to RGB for Inception.
-    Counts reads, so a test can tell whether the reference set was touched."""
+    """uint8 images (N, C, H, W) for torch-fidelity; grayscale is repeated to RGB for Inception."""
 
     def __init__(self, images, rgb=False):
-        self.images, self.rgb, self.reads = images, rgb, 0
+        self.images, self.rgb = images, rgb
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        self.reads += 1
         x = self.images[i]
         return x.expand(3, *x.shape[1:]) if self.rgb and x.shape[0] == 1 else x
 
@@ -109,12 +107,10 @@ def fid(samples_uint8, *, dataset: str, extractor: str, cache_root, split: str =
     key = reference_key(dataset, split, len(ref), extractor, weights, tuple(ref.shape[-2:]))
     cache_root = Path(cache_root)
     cached = (cache_root / f"{key}-{extractor}-stat-fid-{layer}.pt").exists()
-    reference = Images(ref, rgb=inception)
     metrics = torch_fidelity.calculate_metrics(
-        input1=Images(samples_uint8, rgb=inception), input2=reference, input2_cache_name=key, cache=True,
+        input1=Images(samples_uint8, rgb=inception), input2=Images(ref, rgb=inception), input2_cache_name=key, cache=True,
         cache_root=str(cache_root), fid=True, feature_extractor=extractor, feature_layer_fid=layer,
         feature_extractor_weights_path=str(weights) if weights else None, batch_size=batch_size,
         cuda=torch.cuda.is_available(), verbose=False, save_cpu_ram=True)
     return {"fid": float(metrics["frechet_inception_distance"]), "extractor": extractor, "n": len(samples_uint8),
-            "reference": f"{dataset}:{split}:{len(ref)}", "reference_key": key, "reference_cached": cached,
-            "reference_reads": reference.reads}
+            "reference": f"{dataset}:{split}:{len(ref)}", "reference_key": key, "reference_cached": cached}

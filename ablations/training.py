@@ -2,7 +2,8 @@
 
 Determinism: the data order of epoch e is a permutation seeded by (seed, e), and dropout is
 reseeded from (seed, step, rank) every step, so neither needs state; t and eps come from one
-generator whose state is checkpointed with the model, EMA, optimizer and lr schedule. A run resumed
+generator whose state is checkpointed with the model, EMA, optimizer and lr schedule (every seed
+comes from ablations/seeds.py). A run resumed
 from any checkpoint therefore ends bitwise identical to an uninterrupted one on the same machine.
 
 With several tasks (torch.distributed), every task draws the whole global batch's t and eps and
@@ -10,22 +11,21 @@ trains on its slice of the batch; DDP averages the gradients.
 """
 import copy
 import math
-import re
 import time
 from pathlib import Path
 
 import torch
 
-from core.data import SHAPES, to_model
+from ablations.checkpoint import load_latest, save_checkpoint
+from ablations.data import SHAPES, to_model
+from ablations.parallel import all_mean, any_true, is_main, rank, world
+from ablations.seeds import derive
 from core.diffusion import out_channels, q_sample
-from core.io import save_torch
 from core.losses import loss_terms
-from core.parallel import all_mean, any_true, is_main, rank, world
 from core.schedules import make_schedule
 from core.unet import UNet
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-KEEP_CHECKPOINTS = 2
 
 
 class NonFiniteLoss(RuntimeError):
@@ -36,22 +36,17 @@ class NonFiniteLoss(RuntimeError):
 
 def build_model(cfg) -> UNet:
     C, H, _ = SHAPES[cfg.dataset]
-    return UNet(channels=C, base=cfg.base, mults=cfg.mults, res_blocks=cfg.res_blocks, attention=cfg.attention,
+    return UNet(channels=C, model_channels=cfg.model_channels, mults=cfg.mults, res_blocks=cfg.res_blocks, attention=cfg.attention,
                 heads=cfg.heads, dropout=cfg.dropout, norm=cfg.norm, groups=cfg.groups,
                 out_channels=out_channels(C, cfg.variance), resolution=H)
 
 
 def total_steps(cfg, n_train: int) -> int:
-    return cfg.epochs * (n_train // cfg.batch) if cfg.epochs > 0 else cfg.steps
+    return cfg.epochs * (n_train // cfg.batch) if cfg.epochs > 0 else cfg.train_steps
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def checkpoints(run_dir) -> list[Path]:
-    """Checkpoint files of a run, oldest first."""
-    return sorted(Path(run_dir).glob("ckpt-*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derive("data_order", seed, epoch)))
 
 
 def ema_update(ema, model, decay: float):
@@ -72,18 +67,17 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     """
     device = torch.device(device)
     run_dir = Path(run_dir)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(derive("init", cfg.seed))
     model = build_model(cfg).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0  # noqa: E731
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, warm)
-    gen = torch.Generator(device).manual_seed(cfg.seed)
+    gen = torch.Generator(device).manual_seed(derive("train_noise", cfg.seed))
     step, total = 0, total_steps(cfg, len(images))
 
-    found = checkpoints(run_dir)
-    if found:
-        state = torch.load(found[-1], map_location=device, weights_only=False)
+    state = load_latest(run_dir, device)
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -94,11 +88,9 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     def save():
         if not is_main():
             return
-        save_torch(run_dir / f"ckpt-{step:08d}.pt", {
+        save_checkpoint(run_dir, step, {
             "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
             "lr_sched": lr_sched.state_dict(), "gen": gen.get_state()})
-        for old in checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
-            old.unlink()
 
     schedule = make_schedule(cfg.schedule, cfg.T)
     tasks, me = world(), rank()
@@ -120,7 +112,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         epoch, k = divmod(step, per_epoch)
         if epoch != order_epoch:
             order_epoch, order = epoch, epoch_order(cfg.seed, epoch, len(images))
-        torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + me)  # dropout
+        torch.manual_seed(derive("dropout", cfg.seed, step, me))
         x0 = to_model(images[order[k * cfg.batch:(k + 1) * cfg.batch][local]]).to(device)  # (B/tasks, C, H, W)
         t = torch.randint(0, cfg.T, (cfg.batch,), generator=gen, device=device)[local]
         noise = torch.randn((cfg.batch, *x0.shape[1:]), generator=gen, device=device)[local]
@@ -139,7 +131,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         lr_sched.step()
-        ema_update(ema, model, cfg.ema)
+        ema_update(ema, model, cfg.ema_decay)
         step += 1
         loss_sum, loss_n = loss_sum + value, loss_n + 1
         if step % log_every == 0 or step == total:
@@ -162,7 +154,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     if bar is not None:
         bar.close()
     done = step - start_step
-    return {"model": model, "ema": ema, "step": step, "total": total, "wall_s": wall,
+    return {"model": model, "ema": ema, "step": step, "start_step": start_step, "total": total, "wall_s": wall,
             "img_per_s": done * cfg.batch / wall if done else float("nan")}
 
 

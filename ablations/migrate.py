@@ -1,0 +1,83 @@
+"""Move a runs root from the first layout (`<root>/<spec>/<run_id>/`) to the run store
+(`<root>/<run_id>/`), without retraining. No torch.
+
+Per old run folder: the config's renamed fields (base, ema, steps) get their new names, which gives
+the new run id; the folder is renamed to it (or, when another spec's folder already holds that
+config, its rows are merged in and the rest is kept under `_migrated/`). Training rows are rewritten
+in the current row schema. Eval rows are set aside in `migrated/metrics.jsonl`: they were sampled
+with per-batch seeds, so they are not paired with new rows, and the run shows `needs-eval` until it
+is evaluated again (sampling and FID only; the checkpoint is reused).
+"""
+import shutil
+from pathlib import Path
+
+from ablations.config import TRAIN_FIELDS, TrainConfig
+from ablations.io import append_jsonl, read_json, read_jsonl, write_json
+from ablations.layout import CONFIG, ROWS, RUN_ID, run_folder, spec_folder
+from ablations.schema import row
+
+RENAMED = {"base": "model_channels", "ema": "ema_decay", "steps": "train_steps"}
+TRAIN_METRICS = {"train_loss", "train_img_per_s", "train_wall_s"}
+
+
+def old_run_folders(root) -> list[Path]:
+    root = Path(root)
+    return sorted(p.parent for p in root.glob("*/*/metrics.jsonl")
+                  if not p.parent.parent.name.startswith(("_", ".")) and RUN_ID.fullmatch(p.parent.name)
+                  and (p.parent / CONFIG).exists())
+
+
+def migrate(root, echo=print) -> int:
+    """Migrate every old-layout run under `root`; returns how many were moved."""
+    root, moved = Path(root), 0
+    for old in old_run_folders(root):
+        spec_dir = old.parent
+        cfg = read_json(old / CONFIG, {})
+        train = {RENAMED.get(k, k): v for k, v in cfg.get("train", {}).items()}
+        train = {k: tuple(v) if isinstance(v, list) else v for k, v in train.items() if k in TRAIN_FIELDS}
+        new_id = TrainConfig(**train).run_id()
+        target = run_folder(root, new_id)
+        rows, _ = read_jsonl(old / "metrics.jsonl")
+        kept = [_train_row(new_id, r) for r in rows if r.get("metric") in TRAIN_METRICS
+                or (r.get("metric") == "peak_mem_mb" and r.get("protocol") == "train")]
+        if target.exists():
+            echo(f"migrate: {old} is the same config as {target}; keeping {target}, the old folder goes to _migrated/")
+            shutil.move(str(old), str(root / "_migrated" / spec_dir.name / old.name))
+        else:
+            old.rename(target)
+            aside = target / "migrated"
+            aside.mkdir()
+            (target / "metrics.jsonl").rename(aside / "metrics.jsonl")
+            for png in target.glob("samples-*.png"):
+                png.rename(aside / png.name)
+            write_json(target / CONFIG, {"run_id": new_id, "train": {k: list(v) if isinstance(v, tuple) else v
+                                                                     for k, v in train.items()}})
+            if kept:
+                append_jsonl(target / ROWS, kept)
+            echo(f"migrate: {old} -> {target}")
+        moved += 1
+        _move_dispatch(root, spec_dir)
+    return moved
+
+
+def _train_row(run_id, r) -> dict:
+    cols = {k: r.get(k) for k in ("device", "torch", "commit", "host", "timestamp")}
+    return row(run_id, r["metric"], r["value"], phase="train", train_step=r.get("step"), n=r.get("n"), **cols)
+
+
+def _move_dispatch(root, spec_dir):
+    """submissions.jsonl and _slurm/ of an old spec folder go to <root>/_slurm/<spec>/."""
+    dest = spec_folder(root, spec_dir.name)
+    for name in ("submissions.jsonl", "_slurm"):
+        src = spec_dir / name
+        if src.exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            if name == "_slurm":
+                for job in src.iterdir():
+                    shutil.move(str(job), str(dest / job.name))
+                src.rmdir()
+            else:
+                src.rename(dest / name)
+    if spec_dir.exists() and not any(spec_dir.iterdir()):
+        spec_dir.rmdir()
+

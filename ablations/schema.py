@@ -1,0 +1,81 @@
+"""The row schema: every number the suite produces is one row with these columns. No torch.
+
+A run folder's rows.jsonl holds RUN_COLUMNS; `ablate collect` attaches SPEC_COLUMNS (the spec, its
+scale and the run's axis values) and the run's status. The columns are used by the runner (which
+writes them), the table (which groups by them), the plots and the report (which label by them).
+"""
+AXES = ("schedule", "prediction", "loss", "variance", "norm")  # always in a table, grid axis or not
+
+COLUMNS = {
+    # run identity (in every row)
+    "run_id": "hash of the run's training config; its folder is <runs root>/<run_id>/",
+    # what the number is
+    "metric": "what was measured (METRICS)",
+    "value": "the number",
+    "phase": "train or eval: the part of the run that produced it",
+    "train_step": "optimizer steps done when it was measured (train rows)",
+    # the sampler setting (eval rows)
+    "sampler": "ddpm | ddim",
+    "steps": "sampling steps S (model evaluations per image for ddpm and ddim)",
+    "eta": "DDIM's eta (0 for ddpm)",
+    "clip_x0": "whether the predicted x0 was clipped to [-1, 1] while sampling",
+    # the evaluation protocol (eval rows)
+    "n": "images the number is computed over (generated images for FID; test images for NLL; batch for train)",
+    "extractor": "FID feature extractor",
+    "reference": "the real images compared against: dataset:split:count",
+    "sample_seed": "seed of x_T and the sampler noise (per image), or of the NLL timesteps and noise",
+    "strata": "NLL: timesteps per image, one per stratum; equal to T when exact",
+    # provenance
+    "device": "torch device", "torch": "torch version", "commit": "git commit of the code (+dirty)",
+    "host": "machine", "timestamp": "unix time the row was written",
+}
+SETTING = ("sampler", "steps", "eta", "clip_x0")
+PROTOCOL = ("n", "extractor", "reference", "sample_seed", "strata")
+PROVENANCE = ("device", "torch", "commit", "host", "timestamp")
+RUN_COLUMNS = tuple(COLUMNS)
+# An eval row is identified by these (with run_id); a row with the same key is never written twice.
+EVAL_KEY = ("metric", "phase", *SETTING, *PROTOCOL)
+SPEC_COLUMNS = ("ablation", "scale", "seed")  # + the axes; attached by `ablate collect`
+STATUS_COLUMNS = ("status", "reason")
+
+METRICS = {
+    "train_loss": "mean training loss over the steps since the previous row",
+    "train_img_per_s": "training images/s, summed over all segments of a resumed run",
+    "train_wall_s": "training wall seconds, summed over all segments",
+    "peak_mem_mb": "peak GPU memory allocated, or the process's peak RSS on CPU (MB), per phase",
+    "fid": "Frechet distance in the extractor's feature space",
+    "sample_img_per_s": "generated images/s", "nfe_per_s": "image-model evaluations/s",
+    "sample_wall_s": "seconds to generate the n images", "fid_wall_s": "seconds for the FID pass",
+    "nll_bpd": "negative log-likelihood bound, bits/dim", "nll_wall_s": "seconds for the NLL pass",
+}
+
+
+def row(run_id: str, metric: str, value, **cols) -> dict:
+    """A complete row: every column present (None where it does not apply)."""
+    unknown = set(cols) - set(COLUMNS)
+    if unknown or metric not in METRICS:
+        raise ValueError(f"not a row column: {sorted(unknown)}" if unknown else f"unknown metric {metric!r}")
+    return {**dict.fromkeys(RUN_COLUMNS), **cols, "run_id": run_id, "metric": metric, "value": value}
+
+
+def key(r: dict) -> tuple:
+    """The identity of an eval row within its run."""
+    return tuple(_norm(r.get(c)) for c in EVAL_KEY)
+
+
+def _norm(v):
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    return float(v) if v == v else None  # ints and floats compare equal after a CSV round trip
+
+
+def label(sampler, steps=None, eta=None, clip_x0=True) -> str:
+    """The one legend word for a sampler setting, e.g. "DDIM η=0 · 10 steps" or "DDPM · 100 steps"."""
+    text = str(sampler).upper()
+    if sampler == "ddim" and eta is not None and eta == eta:
+        text += f" η={float(eta):g}"
+    if clip_x0 is False or clip_x0 == "False":
+        text += " · no clip"
+    if steps is not None and steps == steps:
+        text += f" · {int(steps)} steps"
+    return text
