@@ -1,10 +1,12 @@
-"""Checkpoint files: written atomically, read back newest first. Names come from ablations/layout.py."""
+"""Checkpoint files: written atomically and durably, read back newest first, a torn one set aside.
+Names come from ablations/layout.py."""
 import torch
 
 from ablations.io import atomic_write
 from ablations.layout import checkpoint_name, checkpoints
 
 KEEP = 2  # checkpoints kept per run
+KEYS = ("step", "model", "ema", "opt", "lr_sched", "gen")
 
 
 def save_torch(path, obj):
@@ -18,7 +20,21 @@ def save_checkpoint(folder, step: int, state: dict):
         old.unlink()
 
 
-def load_latest(folder, device):
-    """The newest checkpoint's state dict, or None when the run has none."""
+def load_latest(folder, device, log=None):
+    """The newest readable checkpoint's state, or None when the run has none. An unreadable one (a file
+    torn by a crash, a disk error) is renamed to <name>.torn, kept for inspection, and the one before
+    it is used; both are named in the log."""
     found = checkpoints(folder)
-    return torch.load(found[-1], map_location=device, weights_only=False) if found else None
+    for newest in reversed(found):
+        try:
+            state = torch.load(newest, map_location=device, weights_only=False)
+            if not isinstance(state, dict) or not all(k in state for k in KEYS):
+                raise ValueError("not a checkpoint of this pipeline")
+            return state
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is handled the same way
+            torn = newest.with_name(newest.name + ".torn")
+            newest.rename(torn)
+            older = [p for p in found if p != newest and p.exists()]
+            (log or print)(f"checkpoint {newest.name} is unreadable ({type(e).__name__}: {e}); set aside as "
+                           f"{torn.name}; " + (f"resuming from {older[-1].name}" if older else "starting over"))
+    return None

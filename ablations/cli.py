@@ -1,6 +1,8 @@
 """The `ablate` command line."""
 import os
+import signal
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
@@ -80,24 +82,30 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
     runs = [r for r in spec.runs if not only or r.run_id in only]
     unknown = set(only) - {r.run_id for r in spec.runs}
     if unknown:
-        raise click.ClickException(f"{spec_path}: unknown run ids {sorted(unknown)}; see `ablate run {spec_path} --dry-run`")
+        raise click.ClickException(f"{spec_path}: unknown run ids {sorted(unknown)}; "
+                                   f"see `ablate run {spec_path} --dry-run`")
     if dry_run:
         _print_table(_expanded(spec, runs))
         return
     _migrate(runs_root)
     todo = [r for r in runs if not runner.is_complete(spec, r, runs_root)]
     click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to run -> {runs_root}")
+    stop = _stop_on_signals()
     kw = dict(data_root=data_root, download=download, device=device, progress=not no_progress)
     if workers > 1:  # every worker walks the whole list; claims give each run to one of them
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
                                  initargs=(workers,)) as pool:
             states = {}
-            for part in pool.map(_run_in_worker, [(spec_path, scale, [r.run_id for r in todo], runs_root, kw)] * workers):
+            job = (spec_path, scale, [r.run_id for r in todo], runs_root, kw)
+            for part in pool.map(_run_in_worker, [job] * workers):
                 states.update(part)
     else:
-        states = runner.run_all(spec, todo, runs_root, echo=click.echo, **kw)
+        states = runner.run_all(spec, todo, runs_root, echo=click.echo, should_stop=stop.is_set, **kw)
     failed = [r.run_id for r in todo if states.get(r.run_id) != DONE]
     _print_table(runner.table(spec, runs_root))
+    if stop.is_set():
+        click.echo("interrupted: every run stopped at a step boundary with a checkpoint; re-run to resume", err=True)
+        sys.exit(130)
     if failed:
         click.echo(f"{len(failed)} run(s) did not finish: {', '.join(failed)}", err=True)
         sys.exit(1)
@@ -119,7 +127,29 @@ def list_runs(spec_path, scale, runs_root):
     _print_table(runner.table(spec, runs_root))
 
 
+def _stop_on_signals() -> threading.Event:
+    """Ctrl-C or SIGTERM: runs stop at the next step boundary, save a checkpoint and are marked
+    interrupted; a second signal stops at once (still marking the run)."""
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo(f"\n{signal.Signals(signum).name}: stopping at the next step boundary (again to stop now)",
+                   err=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return stop
+
+
+_WORKER_STOP = threading.Event()
+
+
 def _worker_init(workers):
+    global _WORKER_STOP
+    _WORKER_STOP = _stop_on_signals()  # Ctrl-C reaches every process of the terminal's group
     import torch
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
@@ -128,7 +158,8 @@ def _run_in_worker(args):
     spec_path, scale, run_ids, runs_root, kw = args
     spec = load_spec(spec_path, scale)
     runs = [r for r in spec.runs if r.run_id in run_ids]
-    return runner.run_all(spec, runs, runs_root, echo=lambda msg: None, **{**kw, "progress": False})
+    return runner.run_all(spec, runs, runs_root, echo=lambda msg: None, should_stop=_WORKER_STOP.is_set,
+                          **{**kw, "progress": False})
 
 
 @main.command()
@@ -260,7 +291,8 @@ def collect(spec_path, scale, runs_root, results_root):
     out = os.path.join(results_root, spec.name)
     c = do_collect(_describe(spec, runs_root), out, axes=[*spec.axes, *(a for a in AXES if a not in spec.axes)])
     click.echo(f"{out}/rows.csv: {c['rows']} rows from {c['runs']} runs ({c['failed']} failed); "
-               f"{c['skipped']} half-written lines skipped")
+               f"{c['skipped']} lines that are not rows skipped (half-written or malformed); "
+               f"{c['duplicates']} duplicate rows dropped")
 
 
 @main.command()
@@ -292,6 +324,21 @@ def report(target, scale, results_root):
     """
     from results.report import write_report
     click.echo(write_report(_results_dir(target, scale, results_root)))
+
+
+@main.command(name="results")
+@click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False))
+def results_cmd(results_root):
+    """Redraw every summary, figure and report under RESULTS_ROOT, and its README.md index, from the
+    committed rows.csv files alone (no models, no runs folder).
+
+    \b
+    Example:
+      ablate results
+    """
+    from results.index import regenerate
+    paths = regenerate(results_root)
+    click.echo(f"{len(paths)} files regenerated; index: {paths[-1]}")
 
 
 @main.command()

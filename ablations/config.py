@@ -8,10 +8,11 @@ from typing import NamedTuple
 class Setting(NamedTuple):
     """One sampler setting: an `[[eval.setting]]` entry after its lists are expanded."""
 
-    sampler: str  # "ddpm" | "ddim"
+    sampler: str  # "ddpm" | "ddim" | "dpmpp_2m" | "heun"
     steps: int  # sampling steps S
-    eta: float  # DDIM's eta; 0 for ddpm
+    eta: float  # DDIM's eta; 0 for the others
     clip_x0: bool  # clip the predicted x0 to [-1, 1]
+    spacing: str = "leading"  # "leading" | "trailing" | "linspace": which S of the T timesteps are kept
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class TrainConfig:
 
     dataset: str = "fashion_mnist"  # "fashion_mnist" | "cifar10"
     schedule: str = "linear"  # "linear" | "cosine"
+    zero_terminal_snr: bool = False  # rescale alpha_bar so alpha_bar[T-1] = 0 (Lin et al. 2023, Alg. 1)
     T: int = 1000  # diffusion steps
     prediction: str = "eps"  # "eps" | "x0" | "v"
     variance: str = "fixed_small"  # "fixed_small" | "fixed_large" | "learned_range"
@@ -40,6 +42,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ema_decay: float = 0.999  # EMA decay of weights (buffers are copied)
     batch: int = 128
+    flip: bool = False  # random horizontal flips of training images (Ho et al. 2020, App. B)
     train_steps: int = 1000  # optimizer steps (ignored when epochs > 0)
     epochs: int = 0  # if > 0: train_steps = epochs * (train images // batch)
     checkpoint_every: int = 500  # steps between checkpoints (plus one at the end)
@@ -74,3 +77,33 @@ class EvalConfig:
 TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
 EVAL_FIELDS = {f.name: f for f in fields(EvalConfig) if f.name != "settings"}
 SETTING_KEYS = set(Setting._fields)
+
+# Valid values, checked (with the key as the user wrote it) before anything runs: field -> (test, text).
+RANGES = {
+    "T": (lambda v: v >= 2, "an integer >= 2"),
+    "vlb_weight": (lambda v: v >= 0, "a number >= 0"),
+    "model_channels": (lambda v: v >= 1, "an integer >= 1"),
+    "mults": (lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of integers >= 1"),
+    "res_blocks": (lambda v: v >= 1, "an integer >= 1"),
+    "attention": (lambda v: all(x >= 1 for x in v), "a list of feature-map sides >= 1"),
+    "heads": (lambda v: v >= 1, "an integer >= 1"),
+    "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "groups": (lambda v: v >= 1, "an integer >= 1"),
+    "lr": (lambda v: v > 0, "a number > 0"),
+    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "warmup": (lambda v: v >= 0, "an integer >= 0"),
+    "grad_clip": (lambda v: v >= 0, "a number >= 0 (0 disables)"),
+    "ema_decay": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "batch": (lambda v: v >= 1, "an integer >= 1"),
+    "train_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "epochs": (lambda v: v >= 0, "an integer >= 0 (0: use train_steps)"),
+    "checkpoint_every": (lambda v: v >= 1, "an integer >= 1"),
+    "fid_samples": (lambda v: v >= 2, "an integer >= 2"),
+    "fid_reference": (lambda v: v in ("train", "test"), "'train' or 'test'"),
+    "fid_reference_n": (lambda v: v >= 0, "an integer >= 0 (0: the whole split)"),
+    "sample_batch": (lambda v: v >= 1, "an integer >= 1"),
+    "sample_seed": (lambda v: v >= 0, "an integer >= 0"),
+    "nll_images": (lambda v: v >= 1, "an integer >= 1"),
+    "nll_strata": (lambda v: v >= 0, "an integer >= 0 (0: exact, all T)"),
+    "grid_images": (lambda v: v >= 1, "an integer >= 1"),
+}

@@ -28,13 +28,14 @@ def generators(purpose: str, seed: int, lo: int, hi: int, device) -> list[torch.
 
 def generate(model, schedule, cfg, setting, n: int, *, batch: int, seed: int, device, progress=None):
     """n uint8 images (n, C, H, W) from `setting` (a Setting). Image i starts from the same x_T in every
-    setting. Returns (images, seconds); every task gets all n images."""
+    setting. Returns (images, seconds); every task gets all n images. `progress(k)` is called after
+    each batch of k images."""
     device = torch.device(device)
     C, H, W = SHAPES[cfg.dataset]
     mine, t0 = [], time.perf_counter()
     for lo, hi in batches(n, batch):
         x = sample(model, schedule, (hi - lo, C, H, W), sampler=setting.sampler, steps=setting.steps,
-                   eta=setting.eta, prediction=cfg.prediction, variance=cfg.variance,
+                   eta=setting.eta, spacing=setting.spacing, prediction=cfg.prediction, variance=cfg.variance,
                    generator=generators("image", seed, lo, hi, device), clip_x0=setting.clip_x0, device=device)
         mine.append((lo, to_uint8(x).cpu()))
         if progress:
@@ -46,8 +47,9 @@ def generate(model, schedule, cfg, setting, n: int, *, batch: int, seed: int, de
     return torch.cat([x for _, x in parts]), max(gather_objects(seconds))
 
 
-def nll(model, schedule, cfg, images_uint8, *, strata: int, seed: int, device, batch: int = 256):
-    """Mean bits/dim over test images; `strata` = 0 means the exact sum over all T."""
+def nll(model, schedule, cfg, images_uint8, *, strata: int, seed: int, device, batch: int = 256, progress=None):
+    """Mean bits/dim over test images; `strata` = 0 means the exact sum over all T. `progress(k)` is
+    called after each batch of k images."""
     device = torch.device(device)
     total, t0 = 0.0, time.perf_counter()
     for lo, hi in batches(len(images_uint8), batch):
@@ -55,6 +57,8 @@ def nll(model, schedule, cfg, images_uint8, *, strata: int, seed: int, device, b
         r = nll_bpd(model, schedule, x0, prediction=cfg.prediction, variance=cfg.variance, strata=strata,
                     generator=generators("nll", seed, lo, hi, device))
         total += r["bpd"].sum().item()
+        if progress:
+            progress(hi - lo)
     total = sum(gather_objects(total))
     return {"bpd": total / len(images_uint8), "strata": strata or schedule.T, "seconds": time.perf_counter() - t0}
 

@@ -25,7 +25,7 @@ PENDING, RUNNING, INTERRUPTED, DONE, FAILED = "pending", "running", "interrupted
 NEEDS_EVAL = "needs-eval"  # trained, but the spec asks for rows not yet written
 RUN_ID = re.compile(r"[0-9a-f]{10}")
 CHECKPOINT = re.compile(r"ckpt-(\d{8})\.pt")
-COUNTERS = ("requeues", "restarts", "train_wall_s", "train_steps_timed")  # kept across status updates
+COUNTERS = ("requeues", "restarts")  # kept across status updates
 
 
 def run_folder(root, run_id: str) -> Path:
@@ -64,13 +64,19 @@ def checkpoints(folder) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
+def orphans(folder) -> list[Path]:
+    """Temporary files left by writes that were killed before their rename (ablations/io.py names them)."""
+    return sorted(Path(folder).glob(".*.tmp"))
+
+
 def last_step(folder) -> int:
     found = checkpoints(folder)
     return checkpoint_step(found[-1]) if found else 0
 
 
-def sample_grid_name(sampler: str, steps: int, eta: float, clip_x0: bool) -> str:
-    return f"samples-{sampler}-{int(steps)}-eta{float(eta):g}" + ("" if clip_x0 else "-noclip") + ".png"
+def sample_grid_name(sampler: str, steps: int, eta: float, clip_x0: bool, spacing: str = "leading") -> str:
+    spaced = "" if spacing in (None, "leading") or spacing != spacing else f"-{spacing}"
+    return f"samples-{sampler}-{int(steps)}-eta{float(eta):g}" + ("" if clip_x0 else "-noclip") + spaced + ".png"
 
 
 def read_status(folder) -> dict:

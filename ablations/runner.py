@@ -5,6 +5,7 @@ spec is a view over run ids plus its eval settings: evaluating a trained run for
 only that spec's missing rows. The same code serves `ablate run`, SLURM jobs and submitit's debug
 executor; both local and SLURM runs hold the run's claim while they train or evaluate it.
 """
+import contextlib
 import functools
 import json
 import platform
@@ -20,13 +21,29 @@ from ablations import claim
 from ablations import data as datasets
 from ablations.evaluation import generate, nll, peak_memory_mb
 from ablations.io import append_jsonl, atomic_write, read_jsonl, write_json
-from ablations.layout import (CONFIG, DONE, FAILED, INTERRUPTED, LOG, NEEDS_EVAL, ROWS, RUNNING,
-                              fid_cache, last_step, pid_alive, read_status, run_folder, sample_grid_name,
-                              write_status)
-from ablations.parallel import is_main, world
-from ablations.schema import key, row
+from ablations.layout import (
+    CONFIG,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    LOG,
+    NEEDS_EVAL,
+    ROWS,
+    RUNNING,
+    fid_cache,
+    last_step,
+    orphans,
+    pid_alive,
+    read_status,
+    run_folder,
+    sample_grid_name,
+    write_status,
+)
+from ablations.parallel import any_true, is_main, world
+from ablations.schema import key, label, row
 from ablations.spec import Run, Spec
-from ablations.training import NonFiniteLoss, train
+from ablations.training import NonFiniteLoss, total_steps, train
+from core.samplers import nfe
 from core.schedules import make_schedule
 
 
@@ -97,6 +114,19 @@ def _images(name, split, root, download):
     return datasets.load(name, split, root, download)[0]
 
 
+@functools.lru_cache(maxsize=None)
+def machine(device) -> str:
+    """What the numbers ran on: the GPU's name, or the CPU model and the threads torch uses."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -107,9 +137,12 @@ def run_all(spec: Spec, runs, runs_root, *, poll_s: float = 2.0, echo=print, **k
     overlapping grids train each run once; a run that another process failed meanwhile is not retried.
     Returns {run_id: final state}."""
     todo, states, waiting, started = list(runs), {}, False, time.time()
-    while todo:
+    should_stop = kw.get("should_stop") or (lambda: False)
+    while todo and not should_stop():
         progressed = False
         for run in list(todo):
+            if should_stop():
+                break
             folder = run_folder(runs_root, run.run_id)
             st = state(spec, run, runs_root)
             if st["state"] == DONE or (st["state"] == FAILED and st.get("updated", 0) >= started):
@@ -134,10 +167,18 @@ def run_all(spec: Spec, runs, runs_root, *, poll_s: float = 2.0, echo=print, **k
     return states
 
 
+class Interrupted(Exception):
+    pass
+
+
 def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, device=None, progress=True,
             stop_at=None, should_stop=None) -> str:
     """Train and evaluate one run unless it is complete. Returns its final state. Failures (a
-    non-finite loss, an exception) are recorded in status.json and returned, never raised."""
+    non-finite loss, an exception) are recorded in status.json and returned, never raised.
+
+    `should_stop()` (Ctrl-C, SIGTERM, SLURM's checkpoint signal) is polled at every training step and
+    between sampler settings: training then saves a checkpoint, and the run is marked `interrupted`
+    with the step reached. A KeyboardInterrupt (a second Ctrl-C) marks it too, then propagates."""
     device = device or default_device()
     folder = run_folder(runs_root, run.run_id)
     main = is_main()  # with several tasks, only rank 0 writes
@@ -149,36 +190,50 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
     log = _logger(folder, progress) if main else (lambda msg: None)
     status = write_status if main else (lambda *a, **k: None)
     cfg = run.config
-    provenance = {"device": str(device), "torch": torch.__version__, "commit": git_commit(), "host": platform.node()}
+    provenance = {"device": str(device), "torch": torch.__version__, "commit": git_commit(), "host": platform.node(),
+                  "cpu": machine(device)}
 
     def emit(rows):
         if main and rows:
             stamp = time.time()
             append_jsonl(folder / ROWS, [{**r, **provenance, "timestamp": stamp} for r in rows])
 
+    if main:
+        for tmp in orphans(folder):
+            tmp.unlink(missing_ok=True)
     try:
         status(folder, RUNNING, step=last_step(folder))
         images = _images(cfg.dataset, "train", data_root, download)
         if main:
             _drop_rows_after(folder / ROWS, last_step(folder))
-        log(f"run {run.run_id} {run.axes} seed {cfg.seed}: training on {device} x{world()} tasks")
+        if last_step(folder) < total_steps(cfg, len(images)):
+            log(f"run {run.run_id} {run.axes} seed {cfg.seed}: training on {device} x{world()} tasks")
+        else:
+            log(f"run {run.run_id}: trained; evaluating {len(missing(spec, run, folder))} missing row group(s)")
         result = train(cfg, folder, images, device=device, progress=progress, stop_at=stop_at,
-                       should_stop=should_stop, on_log=lambda step, loss: emit(
+                       should_stop=should_stop, log=log, on_log=lambda step, loss: emit(
                            [row(run.run_id, "train_loss", loss, phase="train", train_step=step, n=cfg.batch)]))
-        timed = _add_training_time(folder, result) if main else {}
         if result["step"] < result["total"]:
-            status(folder, RUNNING, step=result["step"], total=result["total"])
-            log(f"stopped at step {result['step']}/{result['total']}; resume to continue")
-            return RUNNING
-        if result["wall_s"] > 0 and timed:
+            status(folder, INTERRUPTED, step=result["step"], total=result["total"])
+            log(f"interrupted at step {result['step']}/{result['total']} (checkpoint saved); re-run to resume")
+            return INTERRUPTED
+        have = {r["metric"] for r in read_jsonl(folder / ROWS)[0] if r.get("phase") == "train"}
+        if main and "train_wall_s" not in have and result["steps_timed"]:
             emit([row(run.run_id, m, v, phase="train", train_step=result["step"], n=cfg.batch) for m, v in (
-                ("train_img_per_s", timed["train_steps_timed"] * cfg.batch / timed["train_wall_s"]),
-                ("train_wall_s", timed["train_wall_s"]), ("peak_mem_mb", peak_memory_mb(device)))])
+                ("train_img_per_s", result["img_per_s"]), ("train_wall_s", result["wall_s"]),
+                ("peak_mem_mb", peak_memory_mb(device)))])
         evaluate(spec, run, folder, result["ema"], emit, log, device=device, data_root=data_root,
-                 download=download, runs_root=runs_root)
+                 download=download, runs_root=runs_root, should_stop=should_stop, progress=progress and main)
         status(folder, DONE, step=result["step"], total=result["total"])
         log(f"run {run.run_id} done")
         return DONE
+    except (Interrupted, KeyboardInterrupt) as e:
+        status(folder, INTERRUPTED, step=last_step(folder), reason="interrupted during evaluation"
+               if isinstance(e, Interrupted) else "KeyboardInterrupt")
+        log(f"interrupted ({type(e).__name__}) after step {last_step(folder)}; re-run to resume")
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return INTERRUPTED
     except NonFiniteLoss as e:
         status(folder, FAILED, reason=str(e), step=e.step)
         log(f"run {run.run_id} failed: {e}")
@@ -188,52 +243,60 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
     return FAILED
 
 
-def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, runs_root):
+def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, runs_root, should_stop=None,
+             progress=False):
     """The rows this spec needs and the run lacks: per sampler setting FID, throughput and a sample
     grid, written in one append; the NLL rows, in one append."""
     from ablations.fidelity import fid
     cfg, ev = run.config, spec.eval
-    schedule = make_schedule(cfg.schedule, cfg.T)
+    schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
     ema.eval()
     todo = missing(spec, run, folder)  # every task computes it before any task writes
     for s in (s for s in todo if s != "nll"):
-        images, seconds = generate(ema, schedule, cfg, s, ev.fid_samples, batch=ev.sample_batch,
-                                   seed=ev.sample_seed, device=device)
+        if should_stop is not None and any_true(should_stop(), device):
+            raise Interrupted
+        with _bar(ev.fid_samples, f"sampling {label(*s)}", progress) as bar:
+            images, seconds = generate(ema, schedule, cfg, s, ev.fid_samples, batch=ev.sample_batch,
+                                       seed=ev.sample_seed, device=device, progress=bar)
         if not is_main():
             continue
         atomic_write(folder / sample_grid_name(*s), lambda tmp: _save_grid(tmp, images[:ev.grid_images]))
         t0 = time.perf_counter()
         r = fid(images, dataset=cfg.dataset, extractor=ev.fid_extractor, split=ev.fid_reference,
                 cache_root=fid_cache(runs_root), data_root=data_root, reference_n=ev.fid_reference_n or None,
-                weights_path=ev.inception_weights or None)
-        cols = dict(phase="eval", **s._asdict(), n=ev.fid_samples, sample_seed=ev.sample_seed)
+                weights_path=ev.inception_weights or None, progress=progress)
+        cols = dict(phase="eval", **s._asdict(), nfe=nfe(s.sampler, s.steps), n=ev.fid_samples,
+                    sample_seed=ev.sample_seed)
         ref = dict(extractor=r["extractor"], reference=r["reference"])
         emit([row(run.run_id, m, v, **cols, **extra) for m, v, extra in (
             ("sample_img_per_s", ev.fid_samples / seconds, {}),
-            ("nfe_per_s", ev.fid_samples * s.steps / seconds, {}),
+            ("nfe_per_s", ev.fid_samples * cols["nfe"] / seconds, {}),
             ("sample_wall_s", seconds, {}),
             ("peak_mem_mb", peak_memory_mb(device), {}),
             ("fid_wall_s", time.perf_counter() - t0, ref),
+            ("kid", r["kid"], ref), ("kid_std", r["kid_std"], ref),
             ("fid", r["fid"], ref))])  # fid last: its presence marks the setting done
-        log(f"  {s.sampler}-{s.steps} eta={s.eta:g}: FID {r['fid']:.2f} ({r['extractor']}, "
+        log(f"  {label(*s)}: FID {r['fid']:.2f}, KID {r['kid']:.4f} ± {r['kid_std']:.4f} ({r['extractor']}, "
             f"n={ev.fid_samples}), {ev.fid_samples / seconds:.1f} img/s")
     if "nll" in todo:
         test = _images(cfg.dataset, "test", data_root, download)[:ev.nll_images]
-        r = nll(ema, schedule, cfg, test, strata=ev.nll_strata, seed=ev.sample_seed, device=device)
+        with _bar(len(test), "NLL", progress) as bar:
+            r = nll(ema, schedule, cfg, test, strata=ev.nll_strata, seed=ev.sample_seed, device=device, progress=bar)
         cols = dict(phase="eval", n=len(test), sample_seed=ev.sample_seed, strata=r["strata"],
                     reference=reference(cfg.dataset, "test", len(test)))
         emit([row(run.run_id, "nll_wall_s", r["seconds"], **cols), row(run.run_id, "nll_bpd", r["bpd"], **cols)])
         log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")
 
 
-def _add_training_time(folder, result) -> dict:
-    """Add this segment's wall time and steps to the run's totals (kept in status.json)."""
-    st = read_status(folder)
-    done = result["step"] - result["start_step"]
-    totals = {"train_wall_s": st.get("train_wall_s", 0.0) + result["wall_s"],
-              "train_steps_timed": st.get("train_steps_timed", 0) + done}
-    write_status(folder, st["state"], **{k: st[k] for k in ("step", "total") if k in st}, **totals)
-    return totals
+@contextlib.contextmanager
+def _bar(total, desc, enabled):
+    """A progress bar with rate and ETA (tqdm) yielding its update function, or None when disabled."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+    with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=1.0) as bar:
+        yield bar.update
 
 
 def _save_grid(path, images_uint8):

@@ -15,10 +15,12 @@ COLUMNS = {
     "phase": "train or eval: the part of the run that produced it",
     "train_step": "optimizer steps done when it was measured (train rows)",
     # the sampler setting (eval rows)
-    "sampler": "ddpm | ddim",
-    "steps": "sampling steps S (model evaluations per image for ddpm and ddim)",
-    "eta": "DDIM's eta (0 for ddpm)",
+    "sampler": "ddpm | ddim | dpmpp_2m | heun",
+    "steps": "sampling steps S",
+    "eta": "DDIM's eta (0 for the other samplers)",
     "clip_x0": "whether the predicted x0 was clipped to [-1, 1] while sampling",
+    "spacing": "which S of the T timesteps are kept: leading | trailing | linspace (Lin et al. 2023, Table 2)",
+    "nfe": "model evaluations per image: steps, or 2 steps - 1 for heun",
     # the evaluation protocol (eval rows)
     "n": "images the number is computed over (generated images for FID; test images for NLL; batch for train)",
     "extractor": "FID feature extractor",
@@ -27,11 +29,11 @@ COLUMNS = {
     "strata": "NLL: timesteps per image, one per stratum; equal to T when exact",
     # provenance
     "device": "torch device", "torch": "torch version", "commit": "git commit of the code (+dirty)",
-    "host": "machine", "timestamp": "unix time the row was written",
+    "host": "machine", "cpu": "CPU model and cores (or the GPU's name)", "timestamp": "unix time the row was written",
 }
-SETTING = ("sampler", "steps", "eta", "clip_x0")
+SETTING = ("sampler", "steps", "eta", "clip_x0", "spacing")
 PROTOCOL = ("n", "extractor", "reference", "sample_seed", "strata")
-PROVENANCE = ("device", "torch", "commit", "host", "timestamp")
+PROVENANCE = ("device", "torch", "commit", "host", "cpu", "timestamp")
 RUN_COLUMNS = tuple(COLUMNS)
 # An eval row is identified by these (with run_id); a row with the same key is never written twice.
 EVAL_KEY = ("metric", "phase", *SETTING, *PROTOCOL)
@@ -44,6 +46,8 @@ METRICS = {
     "train_wall_s": "training wall seconds, summed over all segments",
     "peak_mem_mb": "peak GPU memory allocated, or the process's peak RSS on CPU (MB), per phase",
     "fid": "Frechet distance in the extractor's feature space",
+    "kid": "kernel distance (unbiased MMD^2, cubic kernel) in the same features, mean over 100 subsets",
+    "kid_std": "std of KID over those subsets",
     "sample_img_per_s": "generated images/s", "nfe_per_s": "image-model evaluations/s",
     "sample_wall_s": "seconds to generate the n images", "fid_wall_s": "seconds for the FID pass",
     "nll_bpd": "negative log-likelihood bound, bits/dim", "nll_wall_s": "seconds for the NLL pass",
@@ -69,13 +73,18 @@ def _norm(v):
     return float(v) if v == v else None  # ints and floats compare equal after a CSV round trip
 
 
-def label(sampler, steps=None, eta=None, clip_x0=True) -> str:
-    """The one legend word for a sampler setting, e.g. "DDIM η=0 · 10 steps" or "DDPM · 100 steps"."""
-    text = str(sampler).upper()
+NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "heun": "Heun"}
+
+
+def label(sampler, steps=None, eta=None, clip_x0=True, spacing="leading") -> str:
+    """The one legend word for a sampler setting, e.g. "DDIM η=0 · 10 steps" or "DDPM · trailing · 100 steps"."""
+    text = NAMES.get(sampler, str(sampler))
     if sampler == "ddim" and eta is not None and eta == eta:
         text += f" η={float(eta):g}"
     if clip_x0 is False or clip_x0 == "False":
         text += " · no clip"
+    if isinstance(spacing, str) and spacing != "leading":
+        text += f" · {spacing}"
     if steps is not None and steps == steps:
         text += f" · {int(steps)} steps"
     return text

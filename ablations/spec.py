@@ -6,31 +6,32 @@ a value or a list), an optional `default_scale`, and optional `scale.<name>` tab
 
 Scales (smoke, cpu, paper) are defined once in `ablations/scales.toml`. A spec run at a scale takes,
 field by field, the last of: the config defaults, the spec's `base`/`eval`/`seeds`, the shared scale,
-the spec's own `scale.<name>` table (which may override anything). A grid axis is a list of values of the config field it names,
-or a list of tables that set several fields together (e.g. `loss = [{loss = "simple", ...}, ...]`).
+the spec's own `scale.<name>` table (which may override anything). A grid axis is a list of values of
+the config field it names, or a list of tables that set several fields together
+(e.g. `loss = [{loss = "simple", ...}, ...]`).
 """
 import itertools
 import re
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import tomllib
 import torch
 
-from ablations.config import EVAL_FIELDS, SETTING_KEYS, TRAIN_FIELDS, EvalConfig, Setting, TrainConfig
-from ablations.data import DATASETS
+from ablations.config import EVAL_FIELDS, RANGES, SETTING_KEYS, TRAIN_FIELDS, EvalConfig, Setting, TrainConfig
+from ablations.data import DATASETS, SHAPES, SIZES
 from ablations.training import OPTIMIZERS, build_model
 from core.diffusion import LEARNED, VARIANCES
 from core.losses import LOSSES
 from core.parameterizations import PREDICTIONS
 from core.registry import lookup
-from core.samplers import SAMPLERS
-from core.schedules import SCHEDULES, make_schedule
-from core.unet import NORMS
+from core.samplers import SAMPLERS, TAKES_ETA
+from core.schedules import SCHEDULES, SPACINGS, check_prediction, make_schedule
+from core.unet import NORMS, feature_sides
 
 SCALES = Path(__file__).resolve().parent / "scales.toml"
 CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "prediction": PREDICTIONS, "variance": VARIANCES,
-           "loss": LOSSES, "norm": NORMS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS}
+           "loss": LOSSES, "norm": NORMS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS, "spacing": SPACINGS}
 TOP_KEYS = {"name", "description", "seeds", "base", "grid", "eval", "scale", "default_scale"}
 SCALE_KEYS = {"base", "eval", "seeds"}
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -173,15 +174,18 @@ def _check_value(key, field_name, value, default, err):
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(type(v) is int for v in value):
             raise err(key, f"expected a list of integers, got {value!r}")
-        return tuple(value)
-    if isinstance(default, float) and type(value) is int:
-        value = float(value)
-    _typed(value, type(default), key, err)
+        value = tuple(value)
+    else:
+        if isinstance(default, float) and type(value) is int:
+            value = float(value)
+        _typed(value, type(default), key, err)
     if field_name in CHOICES:
         try:
             lookup(CHOICES[field_name], value, field_name)
         except ValueError as e:
             raise err(key, str(e)) from None
+    if field_name in RANGES and not RANGES[field_name][0](value):
+        raise err(key, f"{value!r} is out of range; valid: {RANGES[field_name][1]}")
     return value
 
 
@@ -232,40 +236,72 @@ def _resolve(values) -> TrainConfig:
     if cfg.variance in LEARNED and cfg.loss == "simple":
         raise err("variance", f"variance {cfg.variance!r} needs loss 'hybrid' or 'vlb', got loss 'simple'; "
                               "valid choices for that variance: 'hybrid', 'vlb'")
-    for name in ("batch", "T", "res_blocks", "heads", "model_channels", "checkpoint_every", "groups"):
-        if getattr(cfg, name) < 1:
-            raise err(name, f"must be >= 1, got {getattr(cfg, name)!r}")
-    if cfg.train_steps < 1 and cfg.epochs < 1:
-        raise err("train_steps", f"must be >= 1 (or set epochs), got {cfg.train_steps!r}")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise err("ema_decay", f"must lie in [0, 1), got {cfg.ema_decay!r}")
+    sides = feature_sides(SHAPES[cfg.dataset][1], cfg.mults)
+    if not set(cfg.attention) <= set(sides):
+        raise err("attention", f"{list(cfg.attention)} names feature-map sides the model does not have; valid "
+                               f"sides for {cfg.dataset} with mults {list(cfg.mults)}: {sides}")
     try:
-        make_schedule(cfg.schedule, cfg.T)
+        check_prediction(cfg.zero_terminal_snr, cfg.prediction)
+    except ValueError as e:
+        raise err("zero_terminal_snr" if "zero_terminal_snr" in values else "prediction", str(e)) from None
+    try:
+        make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
+    except ValueError as e:
+        raise err("T" if "T" in values else "schedule", str(e)) from None
+    try:
         with torch.device("meta"):
             build_model(cfg)
     except ValueError as e:
-        raise err("model_channels" if "channels" in str(e) else "schedule", str(e)) from None
+        raise err("heads" if "heads" in str(e) else "model_channels", str(e)) from None
     return cfg
 
 
 def _eval(values, runs) -> EvalConfig:
-    """EvalConfig from {field: (value, file, key)}; `setting` expands into the Setting list."""
-    checked = {}
-    for k, (v, path, key) in values.items():
-        if k != "setting":
-            checked[k] = _check_value(key, k, v, EVAL_FIELDS[k].default, _errors(path))
+    """EvalConfig from {field: (value, file, key)}, checked against every run; `setting` expands into
+    the Setting list."""
     from ablations.fidelity import EXTRACTORS
-    if "fid_extractor" in checked:
-        _, path, key = values["fid_extractor"]
-        try:
-            lookup(EXTRACTORS, checked["fid_extractor"], "fid_extractor")
-        except ValueError as e:
-            raise _errors(path)(key, str(e)) from None
+    checked = {k: _check_value(key, k, v, EVAL_FIELDS[k].default, _errors(path))
+               for k, (v, path, key) in values.items() if k != "setting"}
     ev = EvalConfig(**checked)
+
+    def err(field, msg):
+        _, path, key = values.get(field, (None, None, None))
+        return _errors(path)(key, msg) if path else SpecError(f"default of eval '{field}' ({msg})")
+
+    try:
+        lookup(EXTRACTORS, ev.fid_extractor, "fid_extractor")
+    except ValueError as e:
+        raise err("fid_extractor", str(e)) from None
+    for run in runs:
+        cfg = run.config
+        if ev.fid_extractor == "fmnist-classifier" and cfg.dataset != "fashion_mnist":
+            raise err("fid_extractor", f"'fmnist-classifier' features only fit dataset 'fashion_mnist', but run "
+                                       f"{run.run_id} trains on {cfg.dataset!r}; valid choice for it: "
+                                       "'inception-v3-compat'")
+        size = SIZES[cfg.dataset]
+        if ev.fid_reference_n > size[ev.fid_reference]:
+            most = size[ev.fid_reference]
+            raise err("fid_reference_n", f"{ev.fid_reference_n} is more than the {most} images of "
+                                         f"{cfg.dataset}'s {ev.fid_reference!r} split; valid: 0..{most}")
+        if ev.nll_images > size["test"]:
+            raise err("nll_images", f"{ev.nll_images} is more than the {size['test']} test images of {cfg.dataset}; "
+                                    f"valid: 1..{size['test']}")
+        if ev.nll_strata > cfg.T:
+            raise err("nll_strata", f"{ev.nll_strata} strata for T={cfg.T} (run {run.run_id}); valid: 0..{cfg.T}")
+    if ev.grid_images > ev.fid_samples:
+        raise err("grid_images", f"{ev.grid_images} is more than fid_samples={ev.fid_samples}; "
+                                 f"valid: 1..{ev.fid_samples}")
+    if ev.fid_extractor == "inception-v3-compat":
+        _check_inception(ev.inception_weights, lambda msg: err(
+            "inception_weights" if "inception_weights" in values else "fid_extractor", msg))
     if "setting" not in values:
         return ev
     tables, path, key = values["setting"]
-    err = _errors(path)
+    settings = _settings(tables, key, _errors(path), ev, runs)
+    return replace(ev, settings=tuple(settings))
+
+
+def _settings(tables, key, err, ev, runs) -> list[Setting]:
     _typed(tables, list, key, err)
     settings = []
     for i, s in enumerate(tables):
@@ -273,26 +309,48 @@ def _eval(values, runs) -> EvalConfig:
         _typed(s, dict, where, err)
         _known(s, SETTING_KEYS, where + ".", err)
         name = _check_value(f"{where}.sampler", "sampler", s.get("sampler"), "", err)
-        lists = {k: s.get(k, d) for k, d in (("steps", [50]), ("eta", [0.0]), ("clip_x0", [ev.clip_x0]))}
+        lists = {k: s.get(k, d) for k, d in (("steps", [50]), ("eta", [0.0]), ("clip_x0", [ev.clip_x0]),
+                                              ("spacing", ["leading"]))}
         lists = {k: v if isinstance(v, list) else [v] for k, v in lists.items()}
-        for axis, kind in (("steps", int), ("eta", float), ("clip_x0", bool)):
+        for axis, kind in (("steps", int), ("eta", float), ("clip_x0", bool), ("spacing", str)):
             if not lists[axis]:
                 raise err(f"{where}.{axis}", "empty list; give at least one value")
             lists[axis] = [_typed(float(v) if kind is float and type(v) is int else v, kind, f"{where}.{axis}", err)
                            for v in lists[axis]]
+        for sp in lists["spacing"]:
+            _check_value(f"{where}.spacing", "spacing", sp, "", err)
         for st in lists["steps"]:
             bad = [r for r in runs if not 1 <= st <= r.config.T]
             if bad:
                 raise err(f"{where}.steps", f"steps {st} is outside 1..T={bad[0].config.T} of run {bad[0].run_id}; "
                                             f"valid choices: 1..{bad[0].config.T}")
         for eta in lists["eta"]:
-            if not 0.0 <= eta <= 1.0 or (name == "ddpm" and eta != 0):
+            if not 0.0 <= eta <= 1.0 or (name not in TAKES_ETA and eta != 0):
                 raise err(f"{where}.eta", f"eta {eta!r} is invalid for sampler {name!r}; valid choices: "
-                                          + ("0 (ddpm has no eta)" if name == "ddpm" else "a number in [0, 1]"))
-        settings += [Setting(name, st, eta, clip) for st in lists["steps"] for eta in lists["eta"]
-                     for clip in lists["clip_x0"]]
+                                          + ("a number in [0, 1]" if name in TAKES_ETA else f"0 ({name} has no eta)"))
+        zero_snr = [r.run_id for r in runs if r.config.zero_terminal_snr]
+        if name == "heun" and zero_snr and set(lists["spacing"]) - {"leading"}:
+            raise err(f"{where}.spacing", f"sampler 'heun' cannot start at alpha_bar = 0, which spacing "
+                                          f"{sorted(set(lists['spacing']) - {'leading'})} keeps for the zero terminal "
+                                          f"SNR run {zero_snr[0]}; valid choice with heun: 'leading'")
+        settings += [Setting(name, st, eta, clip, sp) for st in lists["steps"] for eta in lists["eta"]
+                     for clip in lists["clip_x0"] for sp in lists["spacing"]]
     if len(set(settings)) != len(settings):
         raise err(key, f"duplicate sampler settings in {[tuple(s) for s in settings]}")
     if not settings:
         raise err(key, "no sampler settings; give at least one [[eval.setting]] table")
-    return replace(ev, settings=tuple(settings))
+    return settings
+
+
+def _check_inception(path, err):
+    """The Inception weights must exist and load, or FID fails after training."""
+    from ablations.fidelity import InceptionWeightsMissing, inception_weights
+    try:
+        found = inception_weights(path or None)
+    except InceptionWeightsMissing as e:
+        raise err(str(e)) from None
+    try:
+        torch.load(found, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to the user
+        raise err(f"{found} is not a loadable weights file ({type(e).__name__}: {e}); "
+                                       f"copy the file again or point inception_weights at a good copy") from None

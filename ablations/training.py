@@ -36,8 +36,8 @@ class NonFiniteLoss(RuntimeError):
 
 def build_model(cfg) -> UNet:
     C, H, _ = SHAPES[cfg.dataset]
-    return UNet(channels=C, model_channels=cfg.model_channels, mults=cfg.mults, res_blocks=cfg.res_blocks, attention=cfg.attention,
-                heads=cfg.heads, dropout=cfg.dropout, norm=cfg.norm, groups=cfg.groups,
+    return UNet(channels=C, model_channels=cfg.model_channels, mults=cfg.mults, res_blocks=cfg.res_blocks,
+                attention=cfg.attention, heads=cfg.heads, dropout=cfg.dropout, norm=cfg.norm, groups=cfg.groups,
                 out_channels=out_channels(C, cfg.variance), resolution=H)
 
 
@@ -57,9 +57,11 @@ def ema_update(ema, model, decay: float):
             b_ema.copy_(b)
 
 
-def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=True, should_stop=None):
+def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=True, should_stop=None, log=None):
     """Train (or resume) the run in `run_dir` on uint8 `images` (N, C, H, W). Returns a dict with the
-    model, its EMA, the steps done, and the wall seconds and images/s of the steps run in this call.
+    model, its EMA, the steps done, and `wall_s` and `steps_timed`: training time and steps summed over
+    every segment of a resumed run (kept in the checkpoint, so a killed segment's lost steps are not
+    counted twice).
 
     `on_log(step, mean_loss)` is called every ~1% of training. `stop_at` ends the call after that step
     (tests use it to interrupt); `should_stop()` is polled each step and, when true, checkpoints and
@@ -76,7 +78,8 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     gen = torch.Generator(device).manual_seed(derive("train_noise", cfg.seed))
     step, total = 0, total_steps(cfg, len(images))
 
-    state = load_latest(run_dir, device)
+    wall, timed, loss_sum, loss_n = 0.0, 0, 0.0, 0  # totals over earlier segments; the loss since the last row
+    state = load_latest(run_dir, device, log=log)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -84,15 +87,17 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         lr_sched.load_state_dict(state["lr_sched"])
         gen.set_state(state["gen"])
         step = state["step"]
+        wall, timed, loss_sum, loss_n = state["wall_s"], state["steps_timed"], state["loss_sum"], state["loss_n"]
 
     def save():
         if not is_main():
             return
         save_checkpoint(run_dir, step, {
             "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-            "lr_sched": lr_sched.state_dict(), "gen": gen.get_state()})
+            "lr_sched": lr_sched.state_dict(), "gen": gen.get_state(), "loss_sum": loss_sum, "loss_n": loss_n,
+            "wall_s": wall + time.perf_counter() - t0, "steps_timed": timed + step - start_step})
 
-    schedule = make_schedule(cfg.schedule, cfg.T)
+    schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
     tasks, me = world(), rank()
     if cfg.batch % tasks:
         raise ValueError(f"batch {cfg.batch} is not divisible by the {tasks} tasks")
@@ -104,7 +109,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         raise ValueError(f"batch {cfg.batch} is larger than the {len(images)} training images")
     log_every = max(1, total // 100)
     order_epoch, order = -1, None
-    loss_sum, loss_n, start_step = 0.0, 0, step
+    start_step = step
     bar = _progress(total, step, progress and is_main())
     model.train()
     t0 = time.perf_counter()
@@ -114,6 +119,9 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
             order_epoch, order = epoch, epoch_order(cfg.seed, epoch, len(images))
         torch.manual_seed(derive("dropout", cfg.seed, step, me))
         x0 = to_model(images[order[k * cfg.batch:(k + 1) * cfg.batch][local]]).to(device)  # (B/tasks, C, H, W)
+        if cfg.flip:  # every task draws the whole batch's flips, like t and eps
+            flips = (torch.rand(cfg.batch, generator=gen, device=device) < 0.5)[local]
+            x0 = torch.where(flips[:, None, None, None], x0.flip(-1), x0)
         t = torch.randint(0, cfg.T, (cfg.batch,), generator=gen, device=device)[local]
         noise = torch.randn((cfg.batch, *x0.shape[1:]), generator=gen, device=device)[local]
         xt = q_sample(schedule, x0, t, noise)
@@ -150,12 +158,11 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
             if step % cfg.checkpoint_every and step != total:
                 save()
             break
-    wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    done = step - start_step
+    wall, timed = wall + time.perf_counter() - t0, timed + step - start_step
     return {"model": model, "ema": ema, "step": step, "start_step": start_step, "total": total, "wall_s": wall,
-            "img_per_s": done * cfg.batch / wall if done else float("nan")}
+            "steps_timed": timed, "img_per_s": timed * cfg.batch / wall if timed else float("nan")}
 
 
 def _progress(total, initial, enabled):

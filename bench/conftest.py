@@ -1,9 +1,13 @@
-"""Shared benchmark models, and the ratios computed side by side from one run's benchmarks:
+"""Shared benchmark models, and the ratios computed side by side from one run's benchmarks.
 
-(a) overhead = our S-step loop / (S x the model's forward), per model and S;
-(b) ours / diffusers' DDPMScheduler or DDIMScheduler loop on the identical model, per S;
-training: achieved FLOP/s of a step / a fp32 matmul's FLOP/s, both measured in this run.
-They are printed at the end and stored in the JSON under "ratios".
+Every benchmark records what it timed in pytest-benchmark's `extra_info` (implementation, sampler,
+model, steps, batch, threads, torch), and the ratios are computed from those columns:
+- loop_over_forward: our S-step loop / (NFE x the model's forward), per model and S (NFE = S, or 2S-1 for heun);
+- ours_over_diffusers: our loop / diffusers' scheduler loop on the identical model, per S;
+- per_image_over_per_batch: a loop with one generator per image / one generator per batch;
+- train_over_matmul, train_over_conv: a training step's FLOP/s / the fp32 matmul's or 1x1 conv's;
+- fid_cold_over_cached: FID with the reference statistics computed / read from the cache.
+Every row also carries the machine's two rooflines (matmul_gflops, conv_gflops) from the same run.
 """
 import pytest
 import torch
@@ -26,11 +30,17 @@ class Stub(torch.nn.Module):
 
 
 def small_unet():
+    """The demo's U-Net (ablations/demo.toml)."""
     torch.manual_seed(0)
-    return UNet(channels=1, base=32, mults=(1, 2, 2), res_blocks=1, groups=8, resolution=28).eval()
+    return UNet(channels=1, model_channels=32, mults=(1, 2, 2), res_blocks=1, groups=8, resolution=28).eval()
 
 
 MODELS = {"stub": Stub, "unet": small_unet}
+
+
+def describe(benchmark, **info):
+    """Record what a benchmark times as columns (with the thread count and torch version)."""
+    benchmark.extra_info.update(threads=torch.get_num_threads(), torch=torch.__version__, **info)
 
 
 @pytest.fixture(scope="session")
@@ -43,61 +53,52 @@ def model(request):
     return request.param, MODELS[request.param]().eval().requires_grad_(False)
 
 
-def _median(benchmarks, name):
-    b = benchmarks.get(name)
-    return b["stats"]["median"] if b else None
-
-
-def ratios(benchmarks: dict) -> dict:
-    """Ratios from benchmark medians, keyed by their meaning."""
-    out = {}
-    for name in benchmarks:
-        if not name.startswith("test_loop[ours-"):
-            continue
-        _, sampler, model, steps = name[:-1].split("[")[1].split("-")
-        ours = _median(benchmarks, name)
-        fwd = _median(benchmarks, f"test_forward[{model}]")
-        diff = _median(benchmarks, f"test_loop[diffusers-{sampler}-{model}-{steps}]")
-        if fwd:
-            out[f"(a) {sampler} {model} S={steps}: loop / (S x forward)"] = ours / (int(steps) * fwd)
-        if diff:
-            out[f"(b) {sampler} {model} S={steps}: ours / diffusers"] = ours / diff
-    rate = lambda b: b["extra_info"]["flop"] / b["stats"]["median"] if b else None  # noqa: E731
-    matmul, conv = rate(benchmarks.get("test_matmul_roofline")), rate(benchmarks.get("test_conv_roofline"))
-    for fmt in ("contiguous", "channels_last"):
-        step = benchmarks.get(f"test_train_step[{fmt}]")
-        if not step:
-            continue
-        out[f"train step ({fmt}) GFLOP/s"] = rate(step) / 1e9
-        out[f"train step ({fmt}) images/s"] = step["extra_info"]["batch"] / step["stats"]["median"]
-        if matmul:
-            out[f"train step ({fmt}) FLOP/s / fp32 matmul FLOP/s"] = rate(step) / matmul
-        if conv:
-            out[f"train step ({fmt}) FLOP/s / fp32 1x1-conv FLOP/s"] = rate(step) / conv
-    if matmul:
-        out["fp32 matmul GFLOP/s"] = matmul / 1e9
-    if conv:
-        out["fp32 1x1-conv GFLOP/s"] = conv / 1e9
-    fid = [benchmarks.get(f"test_fid[{c}]") for c in ("cold", "cached")]
-    if all(fid):
-        out["FID: cold reference / cached reference (time)"] = fid[0]["stats"]["median"] / fid[1]["stats"]["median"]
-    return out
-
-
-def _by_name(benchmarks):
-    return {b["name"]: b for b in benchmarks}
+def ratios(benchmarks: list[dict]) -> list[dict]:
+    """One row per comparison, one column per quantity (see the module docstring)."""
+    med = {}
+    for b in benchmarks:
+        e = b.get("extra_info", {})
+        med[(e.get("kind"), e.get("implementation"), e.get("sampler"), e.get("model"), e.get("steps"),
+             e.get("batch"), e.get("variant"))] = (b["stats"]["median"], e)
+    get = lambda *k: med.get(k, (None, None))[0]  # noqa: E731
+    rate = lambda kind: (lambda m: m and m[1]["flop"] / m[0])(med.get((kind, "torch", None, None, None, None, None)))  # noqa: E731
+    matmul, conv = rate("matmul"), rate("conv")
+    machine = {"matmul_gflops": matmul and matmul / 1e9, "conv_gflops": conv and conv / 1e9}
+    out = []
+    for (kind, impl, sampler, model, steps, batch, variant), (t, e) in med.items():
+        if kind == "loop" and impl == "ours":
+            fwd = get("forward", "ours", None, model, None, batch, None)
+            diff = get("loop", "diffusers", sampler, model, steps, batch, None)
+            n = e.get("nfe", steps)
+            out.append({"kind": "sampler_loop", "sampler": sampler, "model": model, "steps": steps, "nfe": n,
+                        "batch": batch, "loop_over_forward": fwd and t / (n * fwd),
+                        "ours_over_diffusers": diff and t / diff})
+        elif kind == "noise" and variant == "per_image":
+            base = get("noise", "ours", sampler, model, steps, batch, "per_batch")
+            out.append({"kind": "per_image_noise", "sampler": sampler, "model": model, "steps": steps,
+                        "batch": batch, "per_image_over_per_batch": base and t / base})
+        elif kind == "train":
+            flops = e["flop"] / t
+            out.append({"kind": "train_step", "model": model, "variant": variant, "batch": batch,
+                        "train_gflops": flops / 1e9, "train_img_per_s": batch / t,
+                        "train_over_matmul": matmul and flops / matmul, "train_over_conv": conv and flops / conv})
+        elif kind == "fid" and variant == "cold":
+            cached = get("fid", "ours", None, model, None, batch, "cached")
+            out.append({"kind": "fid", "batch": batch, "fid_cold_over_cached": cached and t / cached})
+    return [{**r, **machine} for r in out]
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    output_json["ratios"] = ratios(_by_name(output_json["benchmarks"]))
+    output_json["ratios"] = ratios(output_json["benchmarks"])
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return
-    found = ratios(_by_name([b.as_dict(include_data=False) for b in session.benchmarks if b.stats]))
+    found = ratios([b.as_dict(include_data=False) for b in session.benchmarks if b.stats])
     if found:
         terminalreporter.write_sep("-", "ratios (side by side, this run)")
-        for k, v in found.items():
-            terminalreporter.write_line(f"{k}: {v:.3f}")
+        for r in found:
+            terminalreporter.write_line("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                                  for k, v in r.items() if v is not None))

@@ -5,6 +5,7 @@ import torch
 from ablations.classifier import load_classifier
 from ablations.data import load, to_model
 from ablations.fidelity import fid
+from bench.conftest import describe
 
 N = 2000
 
@@ -17,7 +18,7 @@ def images():
 def test_features_per_second(benchmark, images):
     net = load_classifier()
     x = to_model(images)
-    benchmark.extra_info["images"] = N
+    describe(benchmark, kind="features", implementation="ours", model="fmnist-classifier", batch=N)
     with torch.no_grad():
         benchmark(net.features, x)
 
@@ -25,6 +26,7 @@ def test_features_per_second(benchmark, images):
 @pytest.mark.parametrize("cache", ["cold", "cached"])
 def test_fid(benchmark, images, tmp_path, cache):
     """cold: the reference statistics (10k train images) are computed; cached: they are read from disk."""
+    describe(benchmark, kind="fid", implementation="ours", model="fmnist-classifier", batch=N, variant=cache)
     kw = dict(dataset="fashion_mnist", extractor="fmnist-classifier", reference_n=10000)
     if cache == "cached":
         fid(images, cache_root=tmp_path, **kw)

@@ -3,17 +3,17 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.conftest import describe, small_unet
 from core.diffusion import q_sample
 from core.losses import loss_terms
 from core.schedules import make_schedule
-from core.unet import UNet
 
 N, BATCH = 2048, 128
 
 
 def test_matmul_roofline(benchmark):
     a, b = torch.randn(N, N), torch.randn(N, N)
-    benchmark.extra_info["flop"] = 2 * N**3
+    describe(benchmark, kind="matmul", implementation="torch", flop=2 * N**3)
     benchmark(torch.mm, a, b)
 
 
@@ -21,7 +21,7 @@ def test_conv_roofline(benchmark):
     """The same GEMM work as a 1x1 convolution: on CPUs where oneDNN's convolutions outrun the BLAS
     behind torch.mm, this is the higher practical roofline."""
     x, w = torch.randn(16, 1024, 32, 32).contiguous(memory_format=torch.channels_last), torch.randn(1024, 1024, 1, 1)
-    benchmark.extra_info["flop"] = 2 * 16 * 32 * 32 * 1024 * 1024
+    describe(benchmark, kind="conv", implementation="torch", flop=2 * 16 * 32 * 32 * 1024 * 1024)
     with torch.no_grad():
         benchmark(torch.nn.functional.conv2d, x, w)
 
@@ -29,9 +29,8 @@ def test_conv_roofline(benchmark):
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
 def test_train_step(benchmark, memory_format):
     """One optimizer step of the demo's U-Net on a batch of 128 28x28 images (L_simple, eps)."""
-    torch.manual_seed(0)
     fmt = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}[memory_format]
-    model = UNet(channels=1, base=32, mults=(1, 2, 2), res_blocks=1, groups=8, resolution=28).to(memory_format=fmt)
+    model = small_unet().train().to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     schedule = make_schedule("linear", 1000)
     g = torch.Generator().manual_seed(0)
@@ -49,6 +48,6 @@ def test_train_step(benchmark, memory_format):
 
     with FlopCounterMode(display=False) as counter:
         step()
-    benchmark.name = f"test_train_step[{memory_format}]"
-    benchmark.extra_info.update(flop=counter.get_total_flops(), batch=BATCH)
+    describe(benchmark, kind="train", implementation="ours", model="unet", variant=memory_format, batch=BATCH,
+             flop=counter.get_total_flops())
     benchmark.pedantic(step, rounds=5, warmup_rounds=1)

@@ -1,10 +1,12 @@
-"""Samplers: DDPM ancestral (Ho et al. 2020, Alg. 2) and DDIM (Song et al. 2021, Eq. 12), at any
-S <= T steps on the DDIM sub-sequence t_i = i * (T // S), visited from high to low.
+"""Samplers: DDPM ancestral (Ho et al. 2020, Alg. 2), DDIM (Song et al. 2021, Eq. 12), DPM-Solver++(2M)
+(Lu et al. 2022b, Alg. 2) and EDM's deterministic Heun (Karras et al. 2022, Alg. 1), at any S <= T
+steps on the kept timesteps of a spacing (`core.schedules.SPACINGS`), visited from high to low.
 
-Both run on the schedule respaced to those steps (Improved DDPM, Sec. 4): alpha_bar is kept, the
-betas are recomputed from it, and alpha_bar_prev = 1 at the last step. The model is always
-called with the original timestep indices. All randomness comes from `generator`: one
-torch.Generator, or one per image (then every image is independent of the batch it is sampled in).
+All run on the schedule respaced to those steps (Improved DDPM, Sec. 4): alpha_bar is kept, the
+betas are recomputed from it, and alpha_bar_prev = 1 at the last step (sigma = 0: the deterministic
+samplers' last step lands on their x0 prediction). The model is always called with the original
+timestep indices. All randomness comes from `generator`: one torch.Generator, or one per image (then
+every image is independent of the batch it is sampled in).
 """
 import math
 
@@ -14,7 +16,7 @@ from core.diffusion import Coefs, p_from_coefs, split_output, step_coefs
 from core.distributions import randn
 from core.parameterizations import PREDICTIONS
 from core.registry import lookup
-from core.schedules import Schedule, respace, spaced_timesteps
+from core.schedules import Schedule, check_prediction, respace, spaced_timesteps
 
 
 def ddim_mean_variance(c: Coefs, model_output, xt, *, prediction: str, variance: str, eta: float = 0.0,
@@ -57,7 +59,82 @@ def ddim(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callb
     return x
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
+def dpmpp_2m(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
+    """DPM-Solver++(2M), Lu et al. 2022b, Alg. 2, in lambda = log(a / b) with a = sqrt(alpha_bar),
+    b = sqrt(1 - alpha_bar): x_t = (b_t / b_s) x_s - a_t (e^{-h} - 1) D, h = lambda_t - lambda_s,
+    D = (1 + 1/2r) x0_s - 1/2r x0_prev, r = h_prev / h. First order (D = x0_s, i.e. DDIM) at the first
+    step and at the last, whose target b = 0 (lambda = inf) makes it return x0_s (as diffusers'
+    final_sigmas_type="zero", which subsumes lower_order_final for S < 15). With zero terminal SNR
+    (a_s = 0, lambda = -inf) the next step's 1/r = 0, so it is first order too."""
+    pred = lookup(PREDICTIONS, prediction, "prediction")
+    prev = None  # (lambda, x0) of the previous step
+    for i, (t, c) in enumerate(plan):
+        out, _ = split_output(model(x, t), x, variance)
+        x0 = pred.to_x0(x, out, c)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+        lam, lam_next = _lambda(c.a, c.b), _lambda(c.a_prev, c.b_prev)
+        d = x0
+        if prev is not None and i < len(plan) - 1:
+            half_inv_r = 0.5 * (lam_next - lam) / (lam - prev[0])
+            d = (1 + half_inv_r) * x0 - half_inv_r * prev[1]
+        exp_neg_h = c.b_prev * c.a / (c.b * c.a_prev)  # e^{-h}, finite at a = 0 and b_prev = 0
+        x = (c.b_prev / c.b) * x + c.a_prev * (1 - exp_neg_h) * d
+        prev = (lam, x0)
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
+def heun(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
+    """EDM's deterministic sampler, Karras et al. 2022, Alg. 1 (S_churn = 0), in the variance-exploding
+    scaling y = x / a on the kept sigmas sigma = b / a: an Euler step to sigma_{i+1}, corrected by the
+    mean of dy/dsigma = (y - x0) / sigma at both ends; Euler at the last step (to sigma = 0, i.e. x0).
+    The model sees x = a y at the kept timestep of each sigma (the second call at that of sigma_{i+1}),
+    so 2 S - 1 calls. Needs every kept alpha_bar > 0: zero terminal SNR makes sigma infinite."""
+    pred = lookup(PREDICTIONS, prediction, "prediction")
+    if any(c.a == 0 for _, c in plan):
+        raise ValueError("sampler 'heun' cannot start at alpha_bar = 0 (zero terminal SNR): its sigma = "
+                         "sqrt((1 - alpha_bar) / alpha_bar) is infinite there; use 'dpmpp_2m', 'ddim' or 'ddpm', "
+                         "or a spacing that does not keep t = T-1")
+
+    def denoise(y, t, c):
+        x0 = pred.to_x0(c.a * y, split_output(model(c.a * y, t), y, variance)[0], c)
+        return x0.clamp(-1, 1) if clip_x0 else x0
+
+    y = x / plan[0][1].a
+    for i, (t, c) in enumerate(plan):
+        sigma = c.b / c.a
+        x0 = denoise(y, t, c)
+        if i == len(plan) - 1:
+            y = x0
+        else:
+            t_next, c_next = plan[i + 1]
+            sigma_next = c_next.b / c_next.a
+            dy = (y - x0) / sigma
+            y_euler = y + (sigma_next - sigma) * dy
+            dy_next = (y_euler - denoise(y_euler, t_next, c_next)) / sigma_next
+            y = y + (sigma_next - sigma) * 0.5 * (dy + dy_next)
+        if callback is not None:
+            callback(i, t, c.a_prev * y, x0)
+    return y
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "heun": heun}
+TAKES_ETA = {"ddim"}
+
+
+def nfe(sampler: str, steps: int) -> int:
+    """Model evaluations per sample: `steps`, or 2 steps - 1 for heun (no correction at its last step)."""
+    lookup(SAMPLERS, sampler, "sampler")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def _lambda(a, b):
+    """log(a / b) of floats: -inf at a = 0, inf at b = 0."""
+    return -math.inf if a == 0 else math.inf if b == 0 else math.log(a / b)
 
 
 def _sqrt(v):
@@ -73,9 +150,10 @@ def _noise(x, generator):
     return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
-def plan(schedule: Schedule, steps: int, batch: int, device) -> list[tuple[torch.Tensor, Coefs]]:
+def plan(schedule: Schedule, steps: int, batch: int, device,
+         spacing: str = "leading") -> list[tuple[torch.Tensor, Coefs]]:
     """(model timestep tensor, coefficients) per step, from high t to low, computed once per call."""
-    kept = spaced_timesteps(schedule.T, steps)
+    kept = spaced_timesteps(schedule.T, steps, spacing)
     spaced = respace(schedule, kept)
     per_step = step_coefs(spaced)
     return [(torch.full((batch,), int(spaced.timesteps[j]), device=device, dtype=torch.long), per_step[j])
@@ -85,19 +163,21 @@ def plan(schedule: Schedule, steps: int, batch: int, device) -> list[tuple[torch
 @torch.no_grad()
 def sample(model, schedule: Schedule, shape, *, sampler: str, steps: int, eta: float = 0.0, prediction: str,
            variance: str, generator: torch.Generator | None = None, x_T=None, clip_x0: bool = False,
-           device=None, callback=None):
+           device=None, callback=None, spacing: str = "leading"):
     """Draw samples of `shape` (B, C, H, W); returns the final x0.
 
     `model(x, t)` takes t as a LongTensor of original indices. `x_T` defaults to N(0, I) drawn from
     `generator` (a torch.Generator, or a list of B of them, one per image), which must live on the
-    sampling device. `callback(i, t, x, x0)` runs after step i.
+    sampling device. `callback(i, t, x, x0)` runs after step i. `spacing` picks the kept timesteps
+    (one of `core.schedules.SPACINGS`). Eps prediction with a zero terminal SNR schedule is rejected.
     """
     loop = lookup(SAMPLERS, sampler, "sampler")
     lookup(PREDICTIONS, prediction, "prediction")
+    check_prediction(schedule, prediction)
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
-    if sampler == "ddpm" and eta != 0.0:
-        raise ValueError(f"eta applies to sampler 'ddim' only; got eta={eta!r} with sampler 'ddpm'")
+    if sampler not in TAKES_ETA and eta != 0.0:
+        raise ValueError(f"eta applies to sampler 'ddim' only; got eta={eta!r} with sampler {sampler!r}")
     if device is None:
         device = x_T.device if x_T is not None else next(iter(model.parameters())).device
     device = torch.device(device)
@@ -107,5 +187,5 @@ def sample(model, schedule: Schedule, shape, *, sampler: str, steps: int, eta: f
     x = _noise(torch.empty(shape, device=device), generator) if x_T is None else x_T.to(device)
     if tuple(x.shape) != tuple(shape):
         raise ValueError(f"shape mismatch: x_T has shape {tuple(x.shape)}, expected {tuple(shape)}")
-    return loop(model, x, plan(schedule, steps, x.shape[0], device), prediction=prediction, variance=variance,
-                eta=float(eta), clip_x0=clip_x0, generator=generator, callback=callback)
+    return loop(model, x, plan(schedule, steps, x.shape[0], device, spacing), prediction=prediction,
+                variance=variance, eta=float(eta), clip_x0=clip_x0, generator=generator, callback=callback)

@@ -77,8 +77,24 @@ class Schedule:
         )
 
 
-def make_schedule(name: str, T: int) -> Schedule:
-    """The schedule `name` (one of SCHEDULES) with T steps."""
+def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2023, Alg. 1: shift sqrt(alpha_bar) so its last value is 0, then scale it so its
+    first value is unchanged. alpha_bar stays strictly decreasing; the last beta becomes exactly 1."""
+    s = alphas_cumprod.sqrt()
+    s0, sT = s[0].clone(), s[-1].clone()
+    return ((s - sT) * (s0 / (s0 - sT))) ** 2
+
+
+def make_schedule(name: str, T: int, zero_terminal_snr: bool = False) -> Schedule:
+    """The schedule `name` (one of SCHEDULES) with T steps.
+
+    `zero_terminal_snr` rescales it by Lin et al. 2023, Alg. 1, so alpha_bar[T-1] = 0: x_{T-1} is pure
+    noise. Every Schedule field stays finite (at T-1: beta = 1, log beta = 0, beta_tilde = 1 - alpha_bar_{T-2},
+    posterior_mean_coef2 = 0), but the SNR alpha_bar / (1 - alpha_bar) is 0 there, so log-SNR
+    (lambda = -inf), the variance-exploding sigma = sqrt((1 - alpha_bar) / alpha_bar) (= inf) and x0 from
+    an eps prediction, (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar), are undefined at T-1: use v or
+    x0 prediction (`check_prediction`).
+    """
     fn = lookup(SCHEDULES, name, "schedule")
     if not isinstance(T, int) or T < 2:
         raise ValueError(f"T must be an integer >= 2, got {T!r}")
@@ -86,14 +102,65 @@ def make_schedule(name: str, T: int) -> Schedule:
     if not bool(((betas > 0) & (betas < 1)).all()):
         raise ValueError(f"schedule {name!r} with T={T} has betas outside (0, 1) "
                          f"(range {betas.min().item():.4g}..{betas.max().item():.4g}); use a larger T")
-    return Schedule.from_alphas_cumprod(torch.cumprod(1 - betas, dim=0))
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    if zero_terminal_snr:
+        alphas_cumprod = rescale_zero_terminal_snr(alphas_cumprod)
+    return Schedule.from_alphas_cumprod(alphas_cumprod)
 
 
-def spaced_timesteps(T: int, steps: int) -> list[int]:
-    """DDIM (Song et al. 2021, Sec. 4.2) uniform sub-sequence t_i = i * (T // steps), i = 0..steps-1, ascending."""
+def has_zero_terminal_snr(schedule: Schedule) -> bool:
+    """Whether alpha_bar[T-1] = 0 (Lin et al. 2023)."""
+    return schedule.alphas_cumprod[-1].item() == 0
+
+
+def check_prediction(schedule: "Schedule | bool", prediction: str) -> None:
+    """Reject eps prediction with a zero terminal SNR schedule (a Schedule, or the `zero_terminal_snr`
+    flag): x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) divides by 0 at the last step
+    (Lin et al. 2023, Sec. 3.2)."""
+    zero = schedule if isinstance(schedule, bool) else has_zero_terminal_snr(schedule)
+    if zero and prediction == "eps":
+        raise ValueError("prediction 'eps' cannot be used with a zero terminal SNR schedule: x0 is undefined "
+                         "at the last step with eps prediction (alpha_bar[T-1] = 0); use 'v' or 'x0'")
+
+
+def leading(T: int, steps: int) -> list[int]:
+    """DDIM (Song et al. 2021, Sec. 4.2); Lin et al. 2023, Table 2: t_i = i * (T // steps)."""
+    return [i * (T // steps) for i in range(steps)]
+
+
+def trailing(T: int, steps: int) -> list[int]:
+    """Lin et al. 2023, Table 2: round(T - i * T / steps) - 1, always keeping T - 1.
+
+    Bit-for-bit diffusers' `np.round(np.arange(T, 0, -T / steps)) - 1` (numpy's arange adds i times
+    its rounded step (T - T/steps) - T); for some (T, steps), e.g. (1000, 61), that arange has one
+    extra element, which diffusers turns into a timestep -1; it is not kept here.
+    """
+    delta = (T - T / steps) - T
+    return sorted(round(T + i * delta) - 1 for i in range(steps))
+
+
+def linspace(T: int, steps: int) -> list[int]:
+    """Lin et al. 2023, Table 2: round(linspace(0, T - 1, steps)); bit-for-bit numpy's linspace
+    (i * ((T - 1) / (steps - 1)), the last set to T - 1) with round half to even, as diffusers."""
+    if steps == 1:
+        return [0]
+    step = (T - 1) / (steps - 1)
+    return [round(i * step) for i in range(steps - 1)] + [T - 1]
+
+
+SPACINGS = {"leading": leading, "trailing": trailing, "linspace": linspace}
+
+
+def spaced_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
+    """The `steps` kept original indices, ascending, by `spacing` (one of SPACINGS)."""
+    fn = lookup(SPACINGS, spacing, "spacing")
     if not isinstance(steps, int) or not 1 <= steps <= T:
         raise ValueError(f"steps must be an integer in [1, T={T}], got {steps!r}")
-    return [i * (T // steps) for i in range(steps)]
+    kept = fn(T, steps)
+    if len(set(kept)) != steps or kept != sorted(kept) or kept[0] < 0 or kept[-1] >= T:
+        raise ValueError(f"spacing {spacing!r} with T={T}, steps={steps} gives {kept}: not {steps} "
+                         f"distinct ascending indices in [0, {T - 1}]")
+    return kept
 
 
 def respace(schedule: Schedule, timesteps: list[int]) -> Schedule:

@@ -31,6 +31,14 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0):
     return F.pad(emb, (0, dim % 2))
 
 
+def feature_sides(resolution: int, mults) -> list[int]:
+    """The feature-map sides of the U-Net's levels, largest first: the input side padded up to a
+    multiple of 2^(levels-1), then halved per level. `attention` names sides from this list."""
+    factor = 2 ** (len(mults) - 1)
+    side = -(-resolution // factor) * factor
+    return [side // 2**level for level in range(len(mults))]
+
+
 class ResBlock(nn.Module):
     """norm -> SiLU -> conv, + time-embedding bias, norm -> SiLU -> dropout -> conv, + (1x1) shortcut."""
 
@@ -85,7 +93,7 @@ class UNet(nn.Module):
         self.t_mlp = nn.Sequential(nn.Linear(base, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
         self.conv_in = nn.Conv2d(channels, base, 3, padding=1)
 
-        res = -(-resolution // self.factor) * self.factor  # padded side
+        res = feature_sides(resolution, mults)[0]
         self.down, skips, c = nn.ModuleList(), [base], base
         for level, mult in enumerate(mults):
             for _ in range(res_blocks):

@@ -25,11 +25,11 @@ def axes_of(rows: pd.DataFrame) -> list[str]:
 
 def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
     """Adds `setting` (the sampler setting without steps) and `setting_steps` (with steps)."""
-    clip = rows["clip_x0"] if "clip_x0" in rows else True
-    d = rows.assign(clip_x0=clip)
-    return d.assign(
-        setting=[label(s, eta=e, clip_x0=c) for s, e, c in zip(d["sampler"], d["eta"], d["clip_x0"])],
-        setting_steps=[label(s, st, e, c) for s, st, e, c in zip(d["sampler"], d["steps"], d["eta"], d["clip_x0"])])
+    d = rows.assign(**{c: rows[c] if c in rows else default for c, default in (("clip_x0", True),
+                                                                                ("spacing", "leading"))})
+    cols = list(zip(d["sampler"], d["steps"], d["eta"], d["clip_x0"], d["spacing"]))
+    return d.assign(setting=[label(s, None, e, c, sp) for s, _, e, c, sp in cols],
+                    setting_steps=[label(*c) for c in cols])
 
 
 def save_figure(fig, out_dir, name) -> list[Path]:
@@ -44,12 +44,16 @@ def save_figure(fig, out_dir, name) -> list[Path]:
 
 
 def fid_vs_steps(rows, axis, out_dir):
+    """FID against sampling steps, or against model evaluations (NFE) when the settings differ in NFE
+    per step (heun costs 2 S - 1), so that samplers are compared at equal cost."""
     d = with_labels(rows[rows["metric"] == "fid"])
     if d.empty:
         return []
-    g = sns.relplot(data=d, kind="line", x="steps", y="value", hue="setting", col=axis, marker="o",
+    x = "nfe" if "nfe" in d and (d["nfe"].notna().all() and (d["nfe"] != d["steps"]).any()) else "steps"
+    g = sns.relplot(data=d, kind="line", x=x, y="value", hue="setting", col=axis, marker="o",
                     errorbar=("ci", 95), height=3.2, aspect=1.2, facet_kws={"sharey": True})
-    g.set(xscale="log", ylabel=f"FID ({d['extractor'].iloc[0]}, n={int(d['n'].iloc[0])})", xlabel="sampling steps")
+    g.set(xscale="log", ylabel=f"FID ({d['extractor'].iloc[0]}, n={int(d['n'].iloc[0])})",
+          xlabel="model evaluations per image (NFE)" if x == "nfe" else "sampling steps")
     return save_figure(g.figure, out_dir, "fid_vs_steps")
 
 
@@ -101,7 +105,8 @@ def sample_grids(rows, axis, out_dir):
     d = with_labels(rows[rows["metric"] == "fid"]).drop_duplicates(["run_id", "setting_steps"])
     panels = []
     for r in d.itertuples(index=False):
-        f = Path(out_dir) / "samples" / f"{r.run_id}-{sample_grid_name(r.sampler, r.steps, r.eta, r.clip_x0)}"
+        name = sample_grid_name(r.sampler, r.steps, r.eta, r.clip_x0, r.spacing)
+        f = Path(out_dir) / "samples" / f"{r.run_id}-{name}"
         if f.exists():
             who = f"{axis}={getattr(r, axis)} · seed {r.seed}" if axis else f"seed {r.seed}"
             panels.append((f, f"{who}\n{r.setting_steps}"))

@@ -3,7 +3,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from results import verdicts
 from results.plots import axes_of, with_labels
+
+
+def spec_of(rows: pd.DataFrame) -> str:
+    """The spec's name without its scale suffix ("sampler" for "sampler-cpu")."""
+    name, scale = str(rows["ablation"].iloc[0]), rows["scale"].iloc[0]
+    return name.removesuffix(f"-{scale}") if isinstance(scale, str) else name
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -67,12 +74,14 @@ def write_report(out_dir) -> Path:
              *protocol(rows), "", "## Runs", "",
              markdown(runs[["run_id", *([axis] if axis else []), "seed", "status", "reason"]]
                       .astype(object).fillna("")), ""]
-    for title, metric, by in (("FID by sampler setting", "fid", True), ("Bits/dim", "nll_bpd", False),
+    for title, metric, by in (("FID by sampler setting", "fid", True), ("KID by sampler setting", "kid", True),
+                              ("Bits/dim", "nll_bpd", False),
                               ("Training images/s", "train_img_per_s", False),
                               ("Sampling images/s", "sample_img_per_s", True)):
         table = pivot(summary, metric, axis, by)
         if not table.empty:
             parts += [f"## {title}", "", markdown(table), ""]
+    parts += verdicts.section(rows, spec_of(rows))
     figures = [f for f in ("fid_vs_steps", "bars", "loss", "throughput", "samples") if (out_dir / f"{f}.png").exists()]
     if figures:
         parts += ["## Figures", ""] + [f"![{f}]({f}.png)" for f in figures] + [""]

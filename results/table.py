@@ -55,7 +55,7 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
                 grid = folder / sample_grid_name(*(r[c] for c in SETTING))
                 if grid.exists():
                     shutil.copyfile(grid, out_dir / "samples" / f"{run['run_id']}-{grid.name}")
-    order = ["run_id", *SPEC_COLUMNS, *axes, "metric", "value", "phase", "train_step", *SETTING, *PROTOCOL,
+    order = ["run_id", *SPEC_COLUMNS, *axes, "metric", "value", "phase", "train_step", *SETTING, "nfe", *PROTOCOL,
              *STATUS_COLUMNS, *PROVENANCE]
     table = pd.DataFrame(rows, columns=order)
     for col in axes:
@@ -63,14 +63,15 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
     before = len(table)
     table = table.drop_duplicates(subset=[c for c in order if c != "timestamp"], ignore_index=True)
     write_csv(table, out_dir / "rows.csv")
-    write_csv(summarize(table, axes), out_dir / "summary.csv")
+    # summarised from the file, as `ablate results` does, so both give the same bytes
+    write_csv(summarize(pd.read_csv(out_dir / "rows.csv"), axes), out_dir / "summary.csv")
     return {"runs": len(runs), "rows": len(table), "skipped": skipped, "duplicates": before - len(table),
             "failed": failed}
 
 
 def cell_columns(axes: list[str]) -> list[str]:
     """The columns that distinguish a number: everything but the seed, the run and provenance."""
-    return ["ablation", "scale", *axes, "metric", "phase", *SETTING, *PROTOCOL]
+    return ["ablation", "scale", *axes, "metric", "phase", *SETTING, "nfe", *PROTOCOL]
 
 
 def summarize(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import submitit
 
 from ablations import claim, runner
 from ablations.io import append_jsonl, read_jsonl
-from ablations.layout import DONE, FAILED, RUNNING, read_status, run_folder, spec_folder, write_status
+from ablations.layout import DONE, FAILED, INTERRUPTED, RUNNING, read_status, run_folder, spec_folder, write_status
 from ablations.spec import Spec, load_spec
 
 SUBMISSIONS = "submissions.jsonl"
@@ -44,7 +44,10 @@ class RunJob:
         if os.environ.get("SLURM_CPUS_PER_TASK"):
             torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
         spec = load_spec(self.spec_path, self.scale)
-        run = next(r for r in spec.runs if r.run_id == run_id)
+        run = next((r for r in spec.runs if r.run_id == run_id), None)
+        if run is None:
+            raise ValueError(f"run {run_id} is no longer in {self.spec_path} (scale {self.scale}): the spec or the "
+                             "code changed after it was submitted; submit again")
         folder = run_folder(self.runs_root, run_id)
         init_from_slurm()
         if is_main():
@@ -72,7 +75,7 @@ class RunJob:
             self._stop.set()
             self._worker.join()  # the loop saves a checkpoint at the next step boundary, then returns
         status = read_status(folder)
-        if status["state"] != RUNNING:
+        if status["state"] not in (RUNNING, INTERRUPTED):
             return None  # done or failed: nothing to resume
         requeues = status.get("requeues", 0) + 1
         if requeues > self.max_requeues:

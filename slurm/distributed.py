@@ -11,8 +11,6 @@ import torch
 import torch.distributed as dist
 
 
-
-
 def init_from_slurm():
     """Initialise the process group when the job runs more than one task; a no-op otherwise."""
     if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):

@@ -7,6 +7,35 @@ from ablations.cli import main
 from ablations.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
+TINY = """
+name = "{name}"
+seeds = [0]
+[base]
+T = 100
+model_channels = 8
+mults = [1, 2]
+res_blocks = 1
+batch = 16
+train_steps = {steps}
+checkpoint_every = {every}
+[grid]
+norm = {norms}
+[eval]
+fid_samples = 32
+fid_reference_n = 1000
+sample_batch = 32
+nll_images = 8
+nll_strata = 2
+grid_images = 16
+[[eval.setting]]
+sampler = "ddim"
+steps = {sample_steps}
+"""
+
+
+def tiny_spec(name="t", norms='["group"]', steps=4, every=2, sample_steps="5") -> str:
+    """A spec of a tiny net that trains and evaluates end to end in seconds."""
+    return TINY.format(name=name, norms=norms, steps=steps, every=every, sample_steps=sample_steps)
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ablations import classifier
+from ablations import classifier, fidelity
 from ablations.data import load
-from ablations import fidelity
 from ablations.fidelity import InceptionWeightsMissing, fid
 
 
@@ -49,6 +48,7 @@ def test_fid_orders_real_blurred_and_noise_and_reuses_reference_stats(tmp_path, 
     noise = torch.randint(0, 256, x.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     b, n = fid(blurred, **kw), fid(noise, **kw)
     assert real["fid"] < b["fid"] < n["fid"]
+    assert real["kid"] < b["kid"] < n["kid"] and all(r["kid_std"] > 0 for r in (real, b, n))  # same features
     assert real["fid"] < 0.2 * n["fid"]
     assert b["reference_cached"] and n["reference_cached"] and reads.count(5000) == 0  # only the samples read
     again = fid(x, **kw)

@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import pandas as pd
 from click.testing import CliRunner
@@ -6,6 +7,8 @@ from click.testing import CliRunner
 from ablations.cli import main
 from ablations.layout import run_folder
 from results.table import ci95
+
+ROOT = Path(__file__).resolve().parent.parent
 
 FIGURES = ["fid_vs_steps", "bars", "loss", "throughput", "samples"]
 
@@ -21,7 +24,7 @@ def test_collect_plot_report_from_the_table_alone(smoke, tmp_path):
     copy = tmp_path / "runs"
     shutil.copytree(runs, copy)
     out = _ablate("collect", spec.path, "--scale", "smoke", "--runs-root", copy, "--results-root", tmp_path / "res")
-    assert "0 half-written lines skipped" in out
+    assert "0 lines that are not rows skipped" in out
     folder = tmp_path / "res" / spec.name
     rows = pd.read_csv(folder / "rows.csv")
     assert set(rows["run_id"]) == {r.run_id for r in spec.runs}
@@ -53,7 +56,7 @@ def test_failed_runs_and_half_written_rows_are_kept_and_counted(smoke, tmp_path)
     (second / "status.json").write_text('{"state": "failed", "reason": "CUDA out of memory", "step": 2}')
     (second / "rows.jsonl").unlink()
     out = _ablate("collect", spec.path, "--scale", "smoke", "--runs-root", copy, "--results-root", tmp_path / "res")
-    assert "1 half-written lines skipped" in out and "(1 failed)" in out
+    assert "1 lines that are not rows skipped" in out and "(1 failed)" in out
     rows = pd.read_csv(tmp_path / "res" / spec.name / "rows.csv")
     failed = rows[rows["run_id"] == spec.runs[1].run_id]
     assert len(failed) == 1 and failed["status"].item() == "failed" and failed["reason"].item() == "CUDA out of memory"
@@ -66,3 +69,27 @@ def test_ci95_uses_students_t():
     assert abs(ci95(1.0, 2) - 12.706 / 2**0.5) < 1e-9
     assert abs(ci95(2.0, 100) - 1.96 * 2 / 10) < 1e-9
     assert ci95(1.0, 1) != ci95(1.0, 1)  # NaN for one seed
+
+
+def test_make_results_redraws_everything_from_the_committed_rows_alone(tmp_path):
+    """`ablate results` on a copy of the committed results/ (no runs folder, no models) regenerates every
+    summary, figure, report and the index, and changes no committed number."""
+    committed = ROOT / "results"
+    copy = tmp_path / "results"
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("bench"))
+    for f in copy.glob("*/*.png"):
+        f.unlink()
+    out = _ablate("results", "--results-root", copy)
+    assert "index:" in out
+    folders = [p.parent.name for p in committed.glob("*/rows.csv")]
+    assert folders
+    for name in folders:
+        for table in ("rows.csv", "summary.csv"):
+            assert (copy / name / table).read_bytes() == (committed / name / table).read_bytes(), (name, table)
+        assert (copy / name / "report.md").read_text() == (committed / name / "report.md").read_text()
+        for f in FIGURES:
+            assert (copy / name / f"{f}.png").exists()
+        assert "## Verdict" in (copy / name / "report.md").read_text()
+    index = (copy / "README.md").read_text()
+    assert (committed / "README.md").read_text() == index
+    assert all(f"[{name}]({name}/report.md)" in index for name in folders)

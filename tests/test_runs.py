@@ -7,14 +7,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from ablations import data
 from ablations.cli import main
 from ablations.config import TrainConfig
-from ablations.layout import read_status, run_folder
+from ablations.io import read_jsonl
+from ablations.layout import checkpoints, read_status, run_folder
 from ablations.schema import RUN_COLUMNS
 from ablations.spec import load_spec
-from ablations import data
-from ablations.io import read_jsonl
-from ablations.layout import checkpoints
 from ablations.training import train
 
 ROOT = Path(__file__).resolve().parent.parent

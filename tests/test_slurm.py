@@ -11,40 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_spec
 
-from ablations.cli import main
-from ablations.layout import read_status, run_folder
-from ablations.spec import load_spec
-from ablations.io import read_jsonl
-from ablations.layout import checkpoints
-from ablations.training import train
 from ablations import data
+from ablations.cli import main
+from ablations.io import read_jsonl
+from ablations.layout import checkpoint_step, checkpoints, read_status, run_folder
+from ablations.spec import load_spec
+from ablations.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = """
-name = "{name}"
-seeds = [0]
-[base]
-T = 100
-model_channels = 8
-mults = [1, 2]
-res_blocks = 1
-batch = 16
-train_steps = {steps}
-checkpoint_every = {every}
-[grid]
-norm = {norms}
-[eval]
-fid_samples = 32
-fid_reference_n = 1000
-sample_batch = 32
-nll_images = 8
-nll_strata = 2
-grid_images = 16
-[[eval.setting]]
-sampler = "ddim"
-steps = 5
-"""
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +36,7 @@ def cluster():
 
 def _spec(tmp_path, name, norms='["group", "layer"]', steps=3, every=2, extra=""):
     path = tmp_path / f"{name}.toml"
-    path.write_text(SMOKE.format(name=name, norms=norms, steps=steps, every=every).replace("[grid]", extra + "[grid]"))
+    path.write_text(tiny_spec(name, norms, steps, every).replace("[grid]", extra + "[grid]"))
     return path
 
 
@@ -150,8 +126,8 @@ def test_scontrol_requeue_resumes_bitwise_identical(cluster, tmp_path):
     out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--runs-root", runs)
     job = out.output.split("submitted 1 job: ")[1].split()[0]
     folder = run_folder(runs, spec.runs[0].run_id)
-    _wait(spec, runs, lambda s: checkpoints(folder) and 100 <= int(checkpoints(folder)[-1].stem[5:]) < 1000)
-    interrupted_at = int(checkpoints(folder)[-1].stem[5:])
+    _wait(spec, runs, lambda s: checkpoints(folder) and 100 <= checkpoint_step(checkpoints(folder)[-1]) < 1000)
+    interrupted_at = checkpoint_step(checkpoints(folder)[-1])
     subprocess.run(["scontrol", "requeue", job], check=True)
     during = _ablate("status", path, "--runs-root", runs).output.splitlines()[1].split()
     assert during[3] in ("requeued", "running"), during
@@ -174,7 +150,7 @@ def test_cancelled_job_shows_interrupted_and_a_resubmission_resumes_bitwise_iden
     spec, runs = load_spec(path), tmp_path / "runs"
     _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--runs-root", runs)
     folder = run_folder(runs, spec.runs[0].run_id)
-    _wait(spec, runs, lambda s: checkpoints(folder) and 100 <= int(checkpoints(folder)[-1].stem[5:]) < 1000)
+    _wait(spec, runs, lambda s: checkpoints(folder) and 100 <= checkpoint_step(checkpoints(folder)[-1]) < 1000)
     assert _ablate("cancel", path, "--runs-root", runs).output.startswith("cancelled 1 jobs")
     t0 = time.time()
     while "interrupted" not in (table := _ablate("status", path, "--runs-root", runs).output):

@@ -1,0 +1,134 @@
+"""Verdicts decided by code: each question's published findings, held against our paired differences.
+
+A finding compares two cells of one spec's rows.csv on one metric. The cells are paired by training
+seed (the same seed's runs, or the same run for sampler settings), so the difference is taken per seed,
+and its mean and 95% CI (Student's t over seeds) decide:
+
+- "lower" (the paper found a < b): agrees when the CI of a - b lies below 0, disagrees when it lies
+  above 0, inconclusive when it contains 0;
+- "parity" (the paper found a = b): agrees when the CI lies within +-10% of b's mean, disagrees when it
+  lies entirely outside that band, inconclusive otherwise.
+"""
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ablations.schema import label
+from results.table import ci95
+
+PARITY_MARGIN = 0.10
+RULE = ("Verdicts compare paired per-seed differences d = a - b (95% CI, Student's t over seeds). "
+        "A finding 'a lower than b' agrees when the CI lies below 0, disagrees when it lies above 0, and is "
+        "inconclusive when it contains 0; a finding of parity agrees when the CI lies within ±10% of b's "
+        "mean, disagrees when it lies entirely outside that band, and is inconclusive otherwise.")
+
+
+@dataclass(frozen=True)
+class Finding:
+    spec: str  # the spec's name (without scale)
+    metric: str
+    a: dict  # column -> value selecting cell a
+    b: dict
+    expect: str  # "lower" (a < b) or "parity"
+    paper: str  # what the paper found, with source and table
+
+
+FINDINGS = [
+    *[Finding("sampler", "fid", {"sampler": "ddim", "eta": 0.0, "steps": s, "spacing": "leading"},
+              {"sampler": "ddpm", "steps": s, "spacing": "leading"}, "lower",
+              "DDIM (η=0) beats DDPM at ≤ 50 steps (Song et al. 2021, Table 1: FID 13.36 vs 41.07 at 10 steps, "
+              "CIFAR-10)") for s in (10, 20, 50)],
+    Finding("sampler", "fid", {"sampler": "ddim", "eta": 0.0, "steps": 10, "spacing": "leading"},
+            {"sampler": "ddim", "eta": 1.0, "steps": 10, "spacing": "leading"}, "lower",
+            "η=0 beats η=1 at 10 steps (Song et al. 2021, Table 1: 13.36 vs 41.07 on CIFAR-10)"),
+    Finding("loss", "nll_bpd", {"loss": "hybrid"}, {"loss": "simple"}, "lower",
+            "L_hybrid with learned-range variance gives lower NLL than L_simple with fixed variance "
+            "(Nichol & Dhariwal 2021, Tables 1-2)"),
+    Finding("loss", "fid", {"loss": "hybrid"}, {"loss": "simple"}, "parity",
+            "... at similar FID (Nichol & Dhariwal 2021, Tables 1-2)"),
+    Finding("prediction", "fid", {"prediction": "eps"}, {"prediction": "x0"}, "lower",
+            "predicting x0 gives worse samples than predicting eps (Ho et al. 2020, Table 2)"),
+    Finding("prediction", "fid", {"prediction": "v"}, {"prediction": "eps"}, "parity",
+            "v prediction matches eps (Salimans & Ho 2022)"),
+    Finding("schedule", "nll_bpd", {"schedule": "cosine"}, {"schedule": "linear"}, "lower",
+            "the cosine schedule improves NLL over linear, more so at small resolution "
+            "(Nichol & Dhariwal 2021, Sec. 3.2 and Table 2)"),
+]
+NO_PAPER = {"norm": "No published table compares group, batch, layer and instance norm in a DDPM U-Net; "
+                    "this suite's is the first."}
+
+
+def _select(rows: pd.DataFrame, metric: str, cell: dict) -> pd.Series:
+    """Per-seed values of one cell (seed -> value). The FID-like settings are taken at the spec's first
+    sampler setting when the cell does not name one."""
+    d = rows[(rows["metric"] == metric) & rows["value"].notna()]
+    for col, value in cell.items():
+        if col in d:
+            d = d[d[col].astype(str) == str(value)] if isinstance(value, str) else d[d[col] == value]
+    if metric in ("fid", "kid") and "sampler" not in cell and not d.empty:
+        first = d.iloc[0]
+        d = d[(d["sampler"] == first["sampler"]) & (d["steps"] == first["steps"]) & (d["eta"] == first["eta"])]
+    return d.groupby("seed")["value"].mean()
+
+
+def describe_cell(rows: pd.DataFrame, metric: str, cell: dict) -> str:
+    d = rows[(rows["metric"] == metric)]
+    parts = [f"{k}={v}" for k, v in cell.items() if k not in ("sampler", "steps", "eta", "spacing")]
+    if "sampler" in cell:
+        parts.insert(0, label(cell["sampler"], cell.get("steps"), cell.get("eta"), True, cell.get("spacing")))
+    elif metric in ("fid", "kid") and not d.empty:
+        first = d.iloc[0]
+        parts.append(label(first["sampler"], first["steps"], first["eta"], first.get("clip_x0", True),
+                           first.get("spacing", "leading")))
+    return ", ".join(parts)
+
+
+def decide(d_mean: float, d_ci: float, expect: str, b_mean: float) -> str:
+    if not math.isfinite(d_ci):
+        return "inconclusive"
+    lo, hi = d_mean - d_ci, d_mean + d_ci
+    if expect == "lower":
+        return "agrees" if hi < 0 else "disagrees" if lo > 0 else "inconclusive"
+    m = PARITY_MARGIN * abs(b_mean)
+    return "agrees" if -m < lo and hi < m else "disagrees" if lo > m or hi < -m else "inconclusive"
+
+
+def verdicts(rows: pd.DataFrame, spec: str) -> list[dict]:
+    """One dict per finding of `spec` whose cells are present in `rows`."""
+    out = []
+    for f in (f for f in FINDINGS if f.spec == spec):
+        a, b = _select(rows, f.metric, f.a), _select(rows, f.metric, f.b)
+        seeds = sorted(set(a.index) & set(b.index))
+        if not seeds:
+            continue
+        d = a[seeds] - b[seeds]
+        d_mean, d_ci = float(d.mean()), ci95(float(d.std()), len(seeds))
+        out.append({"finding": f, "a": describe_cell(rows, f.metric, f.a), "b": describe_cell(rows, f.metric, f.b),
+                    "a_mean": float(a[seeds].mean()), "a_ci": ci95(float(a[seeds].std()), len(seeds)),
+                    "b_mean": float(b[seeds].mean()), "b_ci": ci95(float(b[seeds].std()), len(seeds)),
+                    "diff": d_mean, "diff_ci": d_ci, "seeds": len(seeds),
+                    "verdict": decide(d_mean, d_ci, f.expect, float(b[seeds].mean()))})
+    return out
+
+
+def pm(mean, ci):
+    return f"{mean:.4g}" + (f" ± {ci:.2g}" if ci == ci else "")
+
+
+def section(rows: pd.DataFrame, spec: str) -> list[str]:
+    """The report's verdict section (markdown lines)."""
+    lines = ["## Verdict", "", RULE, ""]
+    if spec in NO_PAPER:
+        return lines + [NO_PAPER[spec], ""]
+    found = verdicts(rows, spec)
+    if not found:
+        return lines + ["No published finding is compared by this spec's cells.", ""]
+    lines += ["| metric | a | b | paper | a (mean ± CI) | b (mean ± CI) | a − b (95% CI) | seeds | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for v in found:
+        f = v["finding"]
+        lines.append(f"| {f.metric} | {v['a']} | {v['b']} | {f.paper} | {pm(v['a_mean'], v['a_ci'])} | "
+                     f"{pm(v['b_mean'], v['b_ci'])} | {pm(v['diff'], v['diff_ci'])} | {v['seeds']} | "
+                     f"**{v['verdict']}** |")
+    return lines + [""]

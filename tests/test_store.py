@@ -1,0 +1,132 @@
+"""One run store: a training config named by several specs is trained once, evaluated once per eval row,
+never twice at once (claims), and a runs root in the first layout is migrated by moving it."""
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from click.testing import CliRunner
+from conftest import tiny_spec
+
+from ablations.cli import main
+from ablations.io import read_jsonl
+from ablations.layout import checkpoints, read_status, run_folder, run_ids
+from ablations.schema import key, label
+from ablations.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _spec(tmp_path, name, norms, steps=4, steps_eval="5"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(tiny_spec(name, norms, steps, every=10, sample_steps=steps_eval))
+    return path
+
+
+def _ablate(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _rows(folder):
+    rows, bad = read_jsonl(folder / "rows.jsonl")
+    assert bad == 0
+    return rows
+
+
+def _eval_keys_unique(rows):
+    keys = [key(r) for r in rows if r["phase"] == "eval"]
+    return len(keys) == len(set(keys))
+
+
+def test_a_config_named_by_two_specs_is_trained_once_and_evaluated_per_spec(tmp_path):
+    a = _spec(tmp_path, "a", '["group", "layer"]')
+    b = _spec(tmp_path, "b", '["layer", "batch"]', steps_eval="[5, 8]")
+    runs = tmp_path / "runs"
+    _ablate("run", a, "--runs-root", runs, "--no-progress")
+    spec_a, spec_b = load_spec(a), load_spec(b)
+    shared = spec_a.runs[1]
+    assert shared.run_id == spec_b.runs[0].run_id  # layer, seed 0: one config, one id
+    folder = run_folder(runs, shared.run_id)
+    ckpt = {p.name: p.read_bytes() for p in checkpoints(folder)}
+    before = _rows(folder)
+    out = _ablate("run", b, "--runs-root", runs, "--no-progress")
+    assert "2 runs, 0 complete, 2 to run" in out  # the shared run needs b's extra setting
+    after = _rows(folder)
+    assert {p.name: p.read_bytes() for p in checkpoints(folder)} == ckpt  # not retrained
+    assert after[:len(before)] == before  # a's rows untouched
+    added = after[len(before):]
+    assert {r["steps"] for r in added if r["metric"] == "fid"} == {8}  # only b's missing setting
+    assert not [r for r in added if r["phase"] == "train"] and _eval_keys_unique(after)
+    assert (folder / "log.txt").read_text().count("training on") == 1
+    assert run_ids(runs) == sorted({r.run_id for r in spec_a.runs + spec_b.runs})
+    assert "0 to run" in _ablate("run", b, "--runs-root", runs, "--no-progress")
+
+
+def test_two_ablate_runs_at_once_on_overlapping_grids_train_each_run_once(tmp_path):
+    a = _spec(tmp_path, "a", '["group", "layer", "instance"]', steps=40)
+    b = _spec(tmp_path, "b", '["instance", "layer", "batch"]', steps=40)
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "ablations.cli", "run"]
+    procs = [subprocess.Popen([*cmd, str(p), "--runs-root", str(runs), "--no-progress"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in (a, b)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ids = {r.run_id for s in (load_spec(a), load_spec(b)) for r in s.runs}
+    assert len(ids) == 4
+    for run_id in ids:
+        folder = run_folder(runs, run_id)
+        assert read_status(folder)["state"] == "done"
+        assert (folder / "log.txt").read_text().count("training on") == 1, run_id
+        rows = _rows(folder)
+        assert _eval_keys_unique(rows)
+        assert [r["metric"] for r in rows].count("train_img_per_s") == 1
+        assert [r["metric"] for r in rows].count("fid") == 1
+        assert not (folder / "claim.json").exists()
+    trainers = {read_status(run_folder(runs, i))["pid"] for i in ids}
+    assert trainers == {p.pid for p in procs}  # both processes trained, each run exactly once
+
+
+def test_a_runs_root_in_the_first_layout_is_migrated_not_retrained(tmp_path):
+    path = _spec(tmp_path, "mig", '["group"]')
+    spec = load_spec(path)
+    run = spec.runs[0]
+    fresh = tmp_path / "fresh"
+    _ablate("run", path, "--runs-root", fresh, "--no-progress")
+    # Build the first layout from it: <root>/<spec>/<run_id>/, old field names, metrics.jsonl, old rows.
+    old_root = tmp_path / "old"
+    old = old_root / "mig" / "0123456789"
+    old.mkdir(parents=True)
+    for p in checkpoints(run_folder(fresh, run.run_id)):
+        (old / p.name).write_bytes(p.read_bytes())
+    train = {{"model_channels": "base", "ema_decay": "ema", "train_steps": "steps"}.get(k, k): v
+             for k, v in asdict(run.config).items()}
+    (old / "config.json").write_text(json.dumps({"run_id": "0123456789", "spec": "mig", "train": train}))
+    (old / "status.json").write_text(json.dumps({"state": "done", "step": 4}))
+    old_rows = [{"ablation": "mig", "run_id": "0123456789", "metric": "train_loss", "value": 0.5, "step": 4, "n": 16},
+                {"ablation": "mig", "run_id": "0123456789", "metric": "fid", "value": 99.0, "sampler": "ddim",
+                 "steps": 5, "eta": 0.0, "n": 32, "protocol": "reference=fashion_mnist:train:1000 sample_seed=0"}]
+    (old / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old_rows))
+    (old_root / "mig" / "submissions.jsonl").write_text('{"run_id": "0123456789", "job_id": "7"}\n')
+    ckpt = {p.name: p.read_bytes() for p in checkpoints(old)}
+
+    listing = _ablate("list", path, "--runs-root", old_root)
+    folder = run_folder(old_root, run.run_id)
+    assert f"-> {folder}" in listing and "needs-eval" in listing
+    assert not (old_root / "mig").exists() and (old_root / "_slurm" / "mig" / "submissions.jsonl").exists()
+    assert {p.name: p.read_bytes() for p in checkpoints(folder)} == ckpt
+    assert (folder / "migrated" / "metrics.jsonl").exists()  # old eval rows kept aside, not mixed with new
+    assert [r["metric"] for r in _rows(folder)] == ["train_loss"] and _rows(folder)[0]["train_step"] == 4
+    _ablate("run", path, "--runs-root", old_root, "--no-progress")
+    assert {p.name: p.read_bytes() for p in checkpoints(folder)} == ckpt  # evaluated, not retrained
+    fid = [r["value"] for r in _rows(folder) if r["metric"] == "fid"]
+    expected = [r["value"] for r in _rows(run_folder(fresh, run.run_id)) if r["metric"] == "fid"]
+    assert fid == expected  # same model, same per-image seeds: the same number as a fresh run
+
+
+def test_one_label_for_a_sampler_setting():
+    assert label("ddim", 10, 0.0) == "DDIM η=0 · 10 steps"
+    assert label("ddpm", 100, 0.0) == "DDPM · 100 steps"
+    assert label("ddim", eta=0.5, clip_x0=False) == "DDIM η=0.5 · no clip"
