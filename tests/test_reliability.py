@@ -272,8 +272,10 @@ def test_a_killed_run_shows_interrupted_not_running(tmp_path):
                                         "step": 2})
     listing = _ablate("list", path, "--runs-root", runs).output
     assert " interrupted " in listing and " running " not in listing, listing
+    orphan = folder / ".rows.jsonl.abc123.tmp"  # left by a write that was killed before its rename
+    orphan.write_text("half")
     assert _ablate("run", path, "--runs-root", runs, "--no-progress").exit_code == 0
-    assert read_status(folder)["state"] == "done"
+    assert read_status(folder)["state"] == "done" and not orphan.exists()
 
 
 def test_rows_that_are_not_rows_are_skipped_and_counted(tmp_path):

@@ -102,3 +102,15 @@ def test_missing_dataset_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.delenv("DDPM_DATA_ROOT", raising=False)
     with pytest.raises(data.DatasetMissing, match=r"(?s)Looked for:.*nowhere.*dataset-fashion-mnist.*--data-root"):
         data.load("fashion_mnist", "train", root=tmp_path / "empty")
+
+
+def test_flips_change_the_data_deterministically_and_resume_bitwise(tmp_path, images):
+    flipped = replace(TINY, flip=True)
+    a = train(flipped, tmp_path / "a", images, device="cpu", progress=False)
+    train(flipped, tmp_path / "b", images, device="cpu", progress=False, stop_at=3)
+    b = train(flipped, tmp_path / "b", images, device="cpu", progress=False)
+    plain = train(TINY, tmp_path / "c", images, device="cpu", progress=False)
+    sa, sb = _state(a), _state(b)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(a["model"].conv_in.weight, plain["model"].conv_in.weight)
+    assert flipped.run_id() != TINY.run_id()
