@@ -37,7 +37,8 @@ def save_figure(fig, out_dir, name) -> list[Path]:
     paths = [Path(out_dir) / f"{name}.{ext}" for ext in ("png", "pdf")]
     for p in paths:
         tmp = p.with_name(f".{p.name}.tmp")
-        fig.savefig(tmp, format=p.suffix[1:], bbox_inches="tight", dpi=120)
+        stamp = {"CreationDate": None} if p.suffix == ".pdf" else None  # the same bytes each time
+        fig.savefig(tmp, format=p.suffix[1:], bbox_inches="tight", dpi=120, metadata=stamp)
         tmp.replace(p)
     plt.close(fig)
     return paths

@@ -38,6 +38,8 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
     runs, rows, skipped (lines that are not rows), duplicates (exact repeats, dropped), failed."""
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    for stale in (out_dir / "samples").glob("*.png"):  # the folder mirrors the runs collected now
+        stale.unlink()
     rows, skipped, failed = [], 0, 0
     for run in runs:
         folder = Path(run["folder"])
