@@ -167,8 +167,25 @@ def test_cancelled_job_shows_interrupted_and_a_resubmission_resumes_bitwise_iden
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
 
 
+def _steps_per_second(tmp_path) -> float:
+    """This machine's training speed for the tiny spec on one thread (machines differ by 2-3x)."""
+    spec = load_spec(_spec(tmp_path, "speed", norms='["layer"]', steps=150, every=1000))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.time()
+        train(spec.runs[0].config, tmp_path / "speed", data.load("fashion_mnist", "train")[0], device="cpu",
+              progress=False)
+        return 150 / (time.time() - t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_timeout_signal_checkpoints_requeues_and_resumes_bitwise_identical(cluster, tmp_path):
-    path = _spec(tmp_path, "timeout", norms='["layer"]', steps=3000, every=1000)
+    # The job gets 120 s and the checkpoint signal 60 s before that; size the run to about 1.6 jobs' worth
+    # of training on this machine, so it needs one or two requeues on a fast or a slow machine alike.
+    steps = max(300, int(1.6 * 50 * _steps_per_second(tmp_path)))
+    path = _spec(tmp_path, "timeout", norms='["layer"]', steps=steps, every=1000)
     spec, runs = load_spec(path), tmp_path / "runs"
     out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--time", "2",
                   "--signal-delay", "60", "--max-requeues", "6", "--runs-root", runs)
