@@ -1,4 +1,6 @@
 """The DDPM U-Net (Ho et al. 2020, App. B; PixelCNN++ backbone) with a selectable norm layer.
+Downsampling is a stride-2 3x3 conv, upsampling nearest-neighbour x2 then a 3x3 conv, as in DDPM's
+model: at the paper scale this gives its 35.7M parameters.
 
 Feature maps are (B, C, H, W). The norm types, by what one mean/variance is taken over:
 - "group":    each example, each group of channels, over (C/G, H, W)  (GroupNorm, G = gcd(groups, C));
@@ -113,7 +115,7 @@ class UNet(nn.Module):
                                            res in attention, heads))
                 c = base * mult
             if level > 0:
-                self.up.append(nn.ConvTranspose2d(c, c, 4, stride=2, padding=1))
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
                 res *= 2
         self.norm_out = norm_fn(c)
         self.conv_out = nn.Conv2d(c, out_channels or channels, 3, padding=1)
@@ -150,4 +152,4 @@ def _apply(layer, h, emb):
         for block in layer:
             h = block(h, emb)
         return h
-    return layer(h)  # a strided conv
+    return layer(h)  # a strided conv or an upsampling
