@@ -46,8 +46,9 @@ class TrainConfig:
     train_steps: int = 1000  # optimizer steps (ignored when epochs > 0)
     epochs: int = 0  # if > 0: train_steps = epochs * (train images // batch)
     checkpoint_every: int = 500  # steps between checkpoints (plus one at the end)
-    bf16: bool = False  # bf16 autocast (GPU runs)
-    compile: bool = False  # torch.compile the model (GPU runs)
+    bf16: bool = False  # bf16 autocast (GPU runs, or CPUs with AVX512-BF16/AMX); changes the numbers
+    compile: bool = False  # torch.compile (inductor) the training forward, and the sampling and NLL forward
+    channels_last: bool = False  # NHWC memory format for the model and its inputs
     seed: int = 0
 
     def run_id(self) -> str:

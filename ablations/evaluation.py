@@ -26,6 +26,31 @@ def generators(purpose: str, seed: int, lo: int, hi: int, device) -> list[torch.
     return [torch.Generator(device).manual_seed(derive(purpose, seed, i)) for i in range(lo, hi)]
 
 
+def compiled(model, cfg, shape, device):
+    """(forward, seconds): the forward that sampling and the NLL use, as the run trained it (bf16
+    autocast with `cfg.bf16`, output in fp32). With `cfg.compile` it is compiled once and warmed on one
+    batch of `shape` as the samplers and the NLL call it (no grad, contiguous x, LongTensor t), so
+    every sampler setting and the NLL reuse one graph; seconds is that first call (0 when eager)."""
+    fast = torch.compile(model) if cfg.compile else model
+    if cfg.bf16:
+        fast = _autocast(fast, torch.device(device).type)
+    if not cfg.compile:
+        return fast, 0.0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        fast(torch.zeros(shape, device=device), torch.zeros(shape[0], dtype=torch.long, device=device))
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return fast, time.perf_counter() - t0
+
+
+def _autocast(forward, device_type):
+    def run(x, t):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return forward(x, t).float()
+    return run
+
+
 def generate(model, schedule, cfg, setting, n: int, *, batch: int, seed: int, device, progress=None):
     """n uint8 images (n, C, H, W) from `setting` (a Setting). Image i starts from the same x_T in every
     setting. Returns (images, seconds); every task gets all n images. `progress(k)` is called after

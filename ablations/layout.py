@@ -11,6 +11,7 @@
         log.txt
       _slurm/<spec>/            per spec: submissions.jsonl and submitit's job logs
       .cache/fid/               reference statistics for FID
+      .cache/inductor/          torch.compile's kernels, shared by the runs of a grid
 """
 import os
 import re
@@ -46,6 +47,10 @@ def spec_folder(root, spec_name: str) -> Path:
 
 def fid_cache(root) -> Path:
     return Path(root) / ".cache" / "fid"
+
+
+def compile_cache(root) -> Path:
+    return Path(root) / ".cache" / "inductor"
 
 
 def checkpoint_name(step: int) -> str:

@@ -8,6 +8,7 @@ executor; both local and SLURM runs hold the run's claim while they train or eva
 import contextlib
 import functools
 import json
+import os
 import platform
 import subprocess
 import time
@@ -19,7 +20,7 @@ import torch
 
 from ablations import claim
 from ablations import data as datasets
-from ablations.evaluation import generate, nll, peak_memory_mb
+from ablations.evaluation import compiled, generate, nll, peak_memory_mb
 from ablations.io import append_jsonl, atomic_write, read_jsonl, write_json
 from ablations.layout import (
     CONFIG,
@@ -30,6 +31,7 @@ from ablations.layout import (
     NEEDS_EVAL,
     ROWS,
     RUNNING,
+    compile_cache,
     fid_cache,
     last_step,
     orphans,
@@ -180,6 +182,8 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
     between sampler settings: training then saves a checkpoint, and the run is marked `interrupted`
     with the step reached. A KeyboardInterrupt (a second Ctrl-C) marks it too, then propagates."""
     device = device or default_device()
+    if run.config.compile:  # compiled kernels are cached on disk, so a grid's later runs skip most compile time
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache(runs_root).resolve()))
     folder = run_folder(runs_root, run.run_id)
     main = is_main()  # with several tasks, only rank 0 writes
     folder.mkdir(parents=True, exist_ok=True)
@@ -221,7 +225,7 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         if main and "train_wall_s" not in have and result["steps_timed"]:
             emit([row(run.run_id, m, v, phase="train", train_step=result["step"], n=cfg.batch) for m, v in (
                 ("train_img_per_s", result["img_per_s"]), ("train_wall_s", result["wall_s"]),
-                ("peak_mem_mb", peak_memory_mb(device)))])
+                ("peak_mem_mb", peak_memory_mb(device)), *((("compile_s", result["compile_s"]),) if cfg.compile else ()))])
         evaluate(spec, run, folder, result["ema"], emit, log, device=device, data_root=data_root,
                  download=download, runs_root=runs_root, should_stop=should_stop, progress=progress and main)
         status(folder, DONE, step=result["step"], total=result["total"])
@@ -252,11 +256,13 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
     schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
     ema.eval()
     todo = missing(spec, run, folder)  # every task computes it before any task writes
+    forward, seconds = compiled(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]), device) if todo else (ema, 0)
+    first = [("compile_s", seconds, {})] if cfg.compile else []  # reported with the first rows this process writes
     for s in (s for s in todo if s != "nll"):
         if should_stop is not None and any_true(should_stop(), device):
             raise Interrupted
         with _bar(ev.fid_samples, f"sampling {label(*s)}", progress) as bar:
-            images, seconds = generate(ema, schedule, cfg, s, ev.fid_samples, batch=ev.sample_batch,
+            images, seconds = generate(forward, schedule, cfg, s, ev.fid_samples, batch=ev.sample_batch,
                                        seed=ev.sample_seed, device=device, progress=bar)
         if not is_main():
             continue
@@ -269,22 +275,25 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
                     sample_seed=ev.sample_seed)
         ref = dict(extractor=r["extractor"], reference=r["reference"])
         emit([row(run.run_id, m, v, **cols, **extra) for m, v, extra in (
-            ("sample_img_per_s", ev.fid_samples / seconds, {}),
+            *first, ("sample_img_per_s", ev.fid_samples / seconds, {}),
             ("nfe_per_s", ev.fid_samples * cols["nfe"] / seconds, {}),
             ("sample_wall_s", seconds, {}),
             ("peak_mem_mb", peak_memory_mb(device), {}),
             ("fid_wall_s", time.perf_counter() - t0, ref),
             ("kid", r["kid"], ref), ("kid_std", r["kid_std"], ref),
             ("fid", r["fid"], ref))])  # fid last: its presence marks the setting done
+        first = []
         log(f"  {label(*s)}: FID {r['fid']:.2f}, KID {r['kid']:.4f} ± {r['kid_std']:.4f} ({r['extractor']}, "
             f"n={ev.fid_samples}), {ev.fid_samples / seconds:.1f} img/s")
     if "nll" in todo:
         test = _images(cfg.dataset, "test", data_root, download)[:ev.nll_images]
         with _bar(len(test), "NLL", progress) as bar:
-            r = nll(ema, schedule, cfg, test, strata=ev.nll_strata, seed=ev.sample_seed, device=device, progress=bar)
+            r = nll(forward, schedule, cfg, test, strata=ev.nll_strata, seed=ev.sample_seed, device=device,
+                    batch=ev.sample_batch, progress=bar)
         cols = dict(phase="eval", n=len(test), sample_seed=ev.sample_seed, strata=r["strata"],
                     reference=reference(cfg.dataset, "test", len(test)))
-        emit([row(run.run_id, "nll_wall_s", r["seconds"], **cols), row(run.run_id, "nll_bpd", r["bpd"], **cols)])
+        emit([row(run.run_id, m, v, **cols) for m, v, _ in (
+            *first, ("nll_wall_s", r["seconds"], {}), ("nll_bpd", r["bpd"], {}))])
         log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")
 
 

@@ -42,8 +42,9 @@ STATUS_COLUMNS = ("status", "reason")
 
 METRICS = {
     "train_loss": "mean training loss over the steps since the previous row",
-    "train_img_per_s": "training images/s, summed over all segments of a resumed run",
+    "train_img_per_s": "training images/s over all segments of a resumed run, compile time excluded",
     "train_wall_s": "training wall seconds, summed over all segments",
+    "compile_s": "torch.compile seconds: the first compiled step's excess (train), or the first forward (eval)",
     "peak_mem_mb": "peak GPU memory allocated, or the process's peak RSS on CPU (MB), per phase",
     "fid": "Frechet distance in the extractor's feature space",
     "kid": "kernel distance (unbiased MMD^2, cubic kernel) in the same features, mean over 100 subsets",

@@ -1,16 +1,23 @@
 """The training loop (Ho et al. 2020, Alg. 1): t ~ U{0..T-1}, eps ~ N(0, I), minimise the chosen loss.
 
 Determinism: the data order of epoch e is a permutation seeded by (seed, e), and dropout is
-reseeded from (seed, step, rank) every step, so neither needs state; t and eps come from one
+reseeded from (seed, step, rank) every step, so neither needs state; on CUDA only deterministic
+kernels run; t and eps come from one
 generator whose state is checkpointed with the model, EMA, optimizer and lr schedule (every seed
 comes from ablations/seeds.py). A run resumed
 from any checkpoint therefore ends bitwise identical to an uninterrupted one on the same machine.
 
 With several tasks (torch.distributed), every task draws the whole global batch's t and eps and
 trains on its slice of the batch; DDP averages the gradients.
+
+`channels_last` stores the model and its inputs as NHWC; `compile` runs the forward through
+torch.compile (inductor). Both change the floating-point order, so both are in the run id; a compiled
+run resumes bitwise like an eager one (tests/test_runs.py). The first compiled step's excess over the
+mean step is reported as `compile_s`.
 """
 import copy
 import math
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +33,16 @@ from core.schedules import make_schedule
 from core.unet import UNet
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+# cuBLAS needs this before its first handle to be deterministic (CUDA's "Reproducibility" notes)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def deterministic(device):
+    """On CUDA, deterministic kernels only: without them (atomic adds in backward passes such as
+    nearest upsampling's) two identical runs already differ after a few steps, eager or compiled."""
+    if torch.device(device).type == "cuda":
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
 
 
 class NonFiniteLoss(RuntimeError):
@@ -39,6 +56,10 @@ def build_model(cfg) -> UNet:
     return UNet(channels=C, model_channels=cfg.model_channels, mults=cfg.mults, res_blocks=cfg.res_blocks,
                 attention=cfg.attention, heads=cfg.heads, dropout=cfg.dropout, norm=cfg.norm, groups=cfg.groups,
                 out_channels=out_channels(C, cfg.variance), resolution=H)
+
+
+def memory_format(cfg):
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def total_steps(cfg, n_train: int) -> int:
@@ -68,9 +89,10 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     returns early (the SLURM timeout/preemption path).
     """
     device = torch.device(device)
+    deterministic(device)
     run_dir = Path(run_dir)
     torch.manual_seed(derive("init", cfg.seed))
-    model = build_model(cfg).to(device)
+    model = build_model(cfg).to(device, memory_format=memory_format(cfg))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0  # noqa: E731
@@ -78,16 +100,17 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     gen = torch.Generator(device).manual_seed(derive("train_noise", cfg.seed))
     step, total = 0, total_steps(cfg, len(images))
 
-    wall, timed, loss_sum, loss_n = 0.0, 0, 0.0, 0  # totals over earlier segments; the loss since the last row
+    wall, timed, compiling, loss_sum, loss_n = 0.0, 0, 0.0, 0.0, 0  # totals over earlier segments; loss since the last row
     state = load_latest(run_dir, device, log=log)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         lr_sched.load_state_dict(state["lr_sched"])
-        gen.set_state(state["gen"])
+        gen.set_state(state["gen"].cpu())  # map_location moved it; generator states live on the CPU
         step = state["step"]
         wall, timed, loss_sum, loss_n = state["wall_s"], state["steps_timed"], state["loss_sum"], state["loss_n"]
+        compiling = state.get("compile_s", 0.0)
 
     def save():
         if not is_main():
@@ -95,7 +118,14 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         save_checkpoint(run_dir, step, {
             "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
             "lr_sched": lr_sched.state_dict(), "gen": gen.get_state(), "loss_sum": loss_sum, "loss_n": loss_n,
-            "wall_s": wall + time.perf_counter() - t0, "steps_timed": timed + step - start_step})
+            "wall_s": wall + time.perf_counter() - t0, "steps_timed": timed + step - start_step,
+            "compile_s": compiling + compile_time()})
+
+    def compile_time():  # this segment's first step beyond the mean of its others
+        done = step - start_step
+        if not cfg.compile or done < 2:
+            return 0.0
+        return max(0.0, first_s - (time.perf_counter() - t0 - first_s) / (done - 1))
 
     schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
     tasks, me = world(), rank()
@@ -109,7 +139,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         raise ValueError(f"batch {cfg.batch} is larger than the {len(images)} training images")
     log_every = max(1, total // 100)
     order_epoch, order = -1, None
-    start_step = step
+    start_step, first_s = step, 0.0
     bar = _progress(total, step, progress and is_main())
     model.train()
     t0 = time.perf_counter()
@@ -124,7 +154,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
             x0 = torch.where(flips[:, None, None, None], x0.flip(-1), x0)
         t = torch.randint(0, cfg.T, (cfg.batch,), generator=gen, device=device)[local]
         noise = torch.randn((cfg.batch, *x0.shape[1:]), generator=gen, device=device)[local]
-        xt = q_sample(schedule, x0, t, noise)
+        xt = q_sample(schedule, x0, t, noise).contiguous(memory_format=memory_format(cfg))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             out = forward(xt, t)
         terms = loss_terms(schedule, out.float(), x0, xt, t, noise, prediction=cfg.prediction,
@@ -141,6 +171,8 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         lr_sched.step()
         ema_update(ema, model, cfg.ema_decay)
         step += 1
+        if step == start_step + 1:
+            first_s = time.perf_counter() - t0
         loss_sum, loss_n = loss_sum + value, loss_n + 1
         if step % log_every == 0 or step == total:
             if on_log and is_main():
@@ -160,9 +192,10 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
             break
     if bar is not None:
         bar.close()
+    compiling += compile_time()
     wall, timed = wall + time.perf_counter() - t0, timed + step - start_step
     return {"model": model, "ema": ema, "step": step, "start_step": start_step, "total": total, "wall_s": wall,
-            "steps_timed": timed, "img_per_s": timed * cfg.batch / wall if timed else float("nan")}
+            "steps_timed": timed, "compile_s": compiling, "img_per_s": timed * cfg.batch / (wall - compiling) if timed else float("nan")}
 
 
 def _progress(total, initial, enabled):

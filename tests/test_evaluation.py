@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ablations.config import Setting, TrainConfig
-from ablations.evaluation import generate, nll
+from ablations.evaluation import compiled, generate, nll
 from ablations.training import build_model
 from core.schedules import make_schedule
 
@@ -31,6 +31,29 @@ def test_samples_do_not_depend_on_the_batch_size(setting):
     c, _ = generate(model, schedule, CFG, setting, N, batch=64, seed=4, device="cpu")
     assert a.shape == (N, 1, 28, 28) and torch.equal(a, b)
     assert not torch.equal(a, c)  # the seed matters
+
+
+def test_one_compiled_forward_serves_every_setting_and_the_nll():
+    """Evaluation compiles the model once (warmed on one sample batch) and every sampler setting and
+    the NLL reuse that graph: no recompilation, and the same images as eager up to float rounding."""
+    from dataclasses import replace
+
+    from torch._dynamo.utils import counters
+    cfg = replace(CFG, compile=True, channels_last=True)
+    model, schedule = _model().to(memory_format=torch.channels_last), make_schedule("linear", CFG.T)
+    images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    counters.clear()
+    forward, seconds = compiled(model, cfg, (8, 1, 28, 28), "cpu")
+    assert seconds > 0 and counters["stats"]["unique_graphs"] == 1
+    for setting in SETTINGS:
+        fast, _ = generate(forward, schedule, cfg, setting, 8, batch=8, seed=3, device="cpu")
+        slow, _ = generate(model, schedule, cfg, setting, 8, batch=8, seed=3, device="cpu")
+        assert (fast.int() - slow.int()).abs().max() <= 2  # uint8 levels
+    a = nll(forward, schedule, cfg, images, strata=5, seed=0, device="cpu", batch=8)["bpd"]
+    b = nll(model, schedule, cfg, images, strata=5, seed=0, device="cpu", batch=8)["bpd"]
+    assert a == pytest.approx(b, rel=1e-4)
+    assert counters["stats"]["unique_graphs"] == 1  # compiled once, reused
 
 
 def test_nll_does_not_depend_on_the_batch_size():
