@@ -8,10 +8,12 @@ from multiprocessing import get_context
 
 import click
 
-from ablations import runner
-from ablations.layout import DONE
+from ablations import budget, runner
+from ablations.data import SIZES
+from ablations.layout import DONE, last_step, run_folder
 from ablations.schema import AXES
 from ablations.spec import SpecError, load_spec
+from ablations.training import total_steps
 
 RUNS_ROOT = os.environ.get("ABLATE_RUNS_ROOT", "runs")
 
@@ -90,6 +92,8 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
     _migrate(runs_root)
     todo = [r for r in runs if not runner.is_complete(spec, r, runs_root)]
     click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to run -> {runs_root}")
+    if todo:
+        click.echo(_eta(spec, todo, runs_root, device or runner.default_device()))
     stop = _stop_on_signals()
     kw = dict(data_root=data_root, download=download, device=device, progress=not no_progress)
     if workers > 1:  # every worker walks the whole list; claims give each run to one of them
@@ -109,6 +113,12 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
     if failed:
         click.echo(f"{len(failed)} run(s) did not finish: {', '.join(failed)}", err=True)
         sys.exit(1)
+
+
+def _eta(spec, todo, runs_root, device) -> str:
+    work = [budget.run_flops(r.config, spec.eval, max(0, total_steps(r.config, SIZES[r.config.dataset]["train"])
+                                                      - last_step(run_folder(runs_root, r.run_id)))) for r in todo]
+    return budget.eta(work, budget.measured_flops_per_s(todo[0].config, device))
 
 
 @main.command(name="list")
@@ -257,7 +267,6 @@ RESULTS_ROOT = os.environ.get("ABLATE_RESULTS_ROOT", "results")
 def _describe(spec, runs_root) -> list[dict]:
     """What results/ needs to know of each run, as plain values: its folder, the spec and scale, the
     seed and the axis values (the grid's labels, then the standard axes from the config)."""
-    from ablations.layout import run_folder
     out = []
     for r in spec.runs:
         axes = {**r.axes, **{a: getattr(r.config, a) for a in AXES if a not in r.axes}}

@@ -29,6 +29,9 @@ def images():
 def test_smoke_grid_produces_finite_rows(smoke):
     spec, runs, result = smoke
     assert result.exit_code == 0, result.output
+    from ablations.budget import run_flops
+    total = sum(sum(run_flops(r.config, spec.eval, r.config.train_steps).values()) for r in spec.runs)
+    assert "ETA ~" in result.output and f"{total / 1e12:.3g} TFLOP" in result.output  # printed before training
     for run in spec.runs:
         folder = run_folder(runs, run.run_id)
         assert read_status(folder)["state"] == "done"
@@ -68,15 +71,30 @@ def _state(result):
             ((f"{part}.{n}", t) for n, t in result[part].state_dict().items())}
 
 
-def test_resume_is_bitwise_identical(tmp_path, images):
-    full = train(TINY, tmp_path / "a", images, device="cpu", progress=False)
-    first = train(TINY, tmp_path / "b", images, device="cpu", progress=False, stop_at=3)  # last checkpoint: 2
+PATHS = {"eager": {}, "compiled": {"compile": True, "channels_last": True}}
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.mark.parametrize("device,path", [("cpu", "eager"), ("cpu", "compiled"),
+                                         pytest.param("cuda", "compiled", marks=CUDA)])
+def test_resume_is_bitwise_identical(tmp_path, images, device, path):
+    """Also under torch.compile + channels_last (inductor's kernels), and on CUDA, where the
+    generator state comes back from a checkpoint loaded onto the GPU."""
+    cfg = replace(TINY, **PATHS[path])
+    full = train(cfg, tmp_path / "a", images, device=device, progress=False)
+    first = train(cfg, tmp_path / "b", images, device=device, progress=False, stop_at=3)  # last checkpoint: 2
     assert first["step"] == 3 and [p.name for p in checkpoints(tmp_path / "b")] == ["ckpt-00000002.pt"]
-    resumed = train(TINY, tmp_path / "b", images, device="cpu", progress=False)
+    resumed = train(cfg, tmp_path / "b", images, device=device, progress=False)
     assert resumed["step"] == full["step"] == 7
     a, b = _state(full), _state(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    other = train(replace(TINY, seed=1), tmp_path / "c", images, device="cpu", progress=False)
+    if path == "compiled":
+        eager = train(replace(cfg, compile=False, channels_last=False), tmp_path / "e", images, device=device,
+                      progress=False)
+        e = _state(eager)
+        assert any(not torch.equal(a[k], e[k]) for k in a)  # the compiled path really ran (other rounding)
+        return
+    other = train(replace(cfg, seed=1), tmp_path / "c", images, device=device, progress=False)
     assert not torch.equal(other["model"].conv_in.weight, full["model"].conv_in.weight)
     assert [p.name for p in checkpoints(tmp_path / "a")] == ["ckpt-00000006.pt", "ckpt-00000007.pt"]
 

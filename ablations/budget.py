@@ -1,0 +1,63 @@
+"""What runs cost in FLOPs, and an ETA from one quick measured step on this machine.
+
+FLOPs are counted by torch.utils.flop_counter (convolutions, matmuls, attention) per image:
+- training: steps x batch x (forward + backward);
+- sampling: per setting, fid_samples x NFE x forward;
+- NLL: nll_images x (strata, or T when exact) x forward.
+The FID pass and elementwise work are left out; they are a few percent at the scales here.
+"""
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ablations.data import SHAPES
+from ablations.training import build_model
+from core.samplers import nfe
+
+
+def per_image(cfg) -> tuple[float, float]:
+    """(forward, forward + backward) FLOPs of one image through cfg's U-Net."""
+    model = build_model(cfg)
+    x, t = torch.zeros(2, *SHAPES[cfg.dataset]), torch.zeros(2, dtype=torch.long)
+    with FlopCounterMode(display=False) as fwd:
+        with torch.no_grad():
+            model(x, t)
+    with FlopCounterMode(display=False) as both:
+        model(x, t).sum().backward()
+    return fwd.get_total_flops() / 2, both.get_total_flops() / 2
+
+
+def run_flops(cfg, ev, steps_left: int, evaluate: bool = True) -> dict:
+    """{train, sample, nll}: FLOPs still to do for one run with `steps_left` training steps."""
+    fwd, both = per_image(cfg)
+    sample = sum(ev.fid_samples * nfe(s.sampler, s.steps) for s in ev.settings) * fwd
+    return {"train": steps_left * cfg.batch * both, "sample": sample * evaluate,
+            "nll": ev.nll_images * (ev.nll_strata or cfg.T) * fwd * evaluate}
+
+
+def measured_flops_per_s(cfg, device, steps: int = 3) -> float:
+    """FLOP/s of a few eager forward + backward passes of cfg's U-Net at its batch size (at most 64),
+    after one warm-up pass."""
+    batch = min(cfg.batch, 64)
+    model = build_model(cfg).to(device).train()
+    x = torch.randn(batch, *SHAPES[cfg.dataset], device=device)
+    t = torch.randint(0, cfg.T, (batch,), device=device)
+    model(x, t).square().mean().backward()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model(x, t).square().mean().backward()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return steps * batch * per_image(cfg)[1] / (time.perf_counter() - t0)
+
+
+def eta(work: list[dict], rate: float) -> str:
+    """One line: the total FLOPs of `work` (run_flops dicts), and the time at `rate` FLOP/s."""
+    total = sum(sum(w.values()) for w in work)
+    parts = {k: sum(w[k] for w in work) for k in ("train", "sample", "nll")}
+    split = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in parts.items())
+    return (f"ETA ~{total / rate / 60:.0f} min: {total / 1e12:.3g} TFLOP ({split}) at {rate / 1e9:.0f} GFLOP/s, "
+            f"measured on a quick training step here (compile time and the FID pass not included)")
