@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data cluster test demo bench results clean
+.PHONY: setup compiler data cluster test demo bench results clean
 
 setup: $(STAMP)
 
@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $@
+
+# A C++ compiler for torch.compile's CPU backend (inductor), which the cpu scale uses.
+compiler:
+	@if command -v g++ >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++; \
+	else echo "no C++ compiler (g++): runs with compile = true will fail; install g++"; fi
 
 # Real Fashion-MNIST, offline: Debian's dataset-fashion-mnist package (idx files under $(FMNIST)).
 data:
@@ -27,12 +34,12 @@ data:
 cluster:
 	@bash slurm/local_cluster.sh up || { [ -z "$$CI" ] || exit 1; echo "SLURM cluster not started; its tests will skip"; }
 
-test: setup data cluster
+test: setup compiler data cluster
 	$(PY) -m pytest tests
 
 # The main job: train and evaluate the demo, then its table (results/demo/), and redraw every figure,
 # report and the results/README.md index.
-demo: setup data
+demo: setup compiler data
 	$(VENV)/bin/ablate run ablations/demo.toml
 	$(VENV)/bin/ablate collect ablations/demo.toml
 	$(VENV)/bin/ablate results
@@ -42,7 +49,7 @@ results: setup
 	$(VENV)/bin/ablate results
 
 # Micro-benchmarks (not part of the tests): JSON, tidy table, ratios and a plot under results/bench/.
-bench: setup data
+bench: setup compiler data
 	mkdir -p results/bench
 	$(PY) -m pytest bench --benchmark-json=results/bench/bench.json
 	$(VENV)/bin/ablate bench results/bench/bench.json --out results/bench

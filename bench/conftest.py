@@ -6,6 +6,7 @@ model, steps, batch, threads, torch), and the ratios are computed from those col
 - ours_over_diffusers: our loop / diffusers' scheduler loop on the identical model, per S;
 - per_image_over_per_batch: a loop with one generator per image / one generator per batch;
 - train_over_matmul, train_over_conv: a training step's FLOP/s / the fp32 matmul's or 1x1 conv's;
+- infer_over_matmul, infer_over_conv: the same for the sampling forward (no grad, batch 250);
 - fid_cold_over_cached: FID with the reference statistics computed / read from the cache.
 Every row also carries the machine's two rooflines (matmul_gflops, conv_gflops) from the same run.
 """
@@ -82,6 +83,11 @@ def ratios(benchmarks: list[dict]) -> list[dict]:
             out.append({"kind": "train_step", "model": model, "variant": variant, "batch": batch,
                         "train_gflops": flops / 1e9, "train_img_per_s": batch / t,
                         "train_over_matmul": matmul and flops / matmul, "train_over_conv": conv and flops / conv})
+        elif kind == "infer":
+            flops = e["flop"] / t
+            out.append({"kind": "sample_forward", "model": model, "variant": variant, "batch": batch,
+                        "infer_gflops": flops / 1e9, "infer_img_per_s": batch / t,
+                        "infer_over_matmul": matmul and flops / matmul, "infer_over_conv": conv and flops / conv})
         elif kind == "fid" and variant == "cold":
             cached = get("fid", "ours", None, model, None, batch, "cached")
             out.append({"kind": "fid", "batch": batch, "fid_cold_over_cached": cached and t / cached})

@@ -1,4 +1,5 @@
-"""Training-step throughput and its fraction of the machine's practical roofline (a fp32 matmul)."""
+"""Training-step and sampling-forward throughput, and their fractions of the machine's practical rooflines
+(a fp32 matmul, and the same GEMM work as a 1x1 convolution)."""
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -26,11 +27,16 @@ def test_conv_roofline(benchmark):
         benchmark(torch.nn.functional.conv2d, x, w)
 
 
-@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+VARIANTS = {"contiguous": (torch.contiguous_format, False), "channels_last": (torch.channels_last, False),
+            "compiled": (torch.channels_last, True)}  # compiled = torch.compile (inductor) + channels_last
+
+
+@pytest.mark.parametrize("memory_format", list(VARIANTS))
 def test_train_step(benchmark, memory_format):
     """One optimizer step of the demo's U-Net on a batch of 128 28x28 images (L_simple, eps)."""
-    fmt = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}[memory_format]
+    fmt, compile_ = VARIANTS[memory_format]
     model = small_unet().train().to(memory_format=fmt)
+    forward = torch.compile(model) if compile_ else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     schedule = make_schedule("linear", 1000)
     g = torch.Generator().manual_seed(0)
@@ -40,14 +46,33 @@ def test_train_step(benchmark, memory_format):
         t = torch.randint(0, 1000, (BATCH,), generator=g)
         noise = torch.randn(x0.shape, generator=g).contiguous(memory_format=fmt)
         xt = q_sample(schedule, x0, t, noise)
-        loss = loss_terms(schedule, model(xt, t), x0, xt, t, noise, prediction="eps", variance="fixed_small",
+        loss = loss_terms(schedule, forward(xt, t), x0, xt, t, noise, prediction="eps", variance="fixed_small",
                           loss="simple")["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    with FlopCounterMode(display=False) as counter:
-        step()
     describe(benchmark, kind="train", implementation="ours", model="unet", variant=memory_format, batch=BATCH,
-             flop=counter.get_total_flops())
-    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+             flop=_flops(lambda: model(x0, torch.zeros(BATCH, dtype=torch.long)).sum().backward()))
+    benchmark.pedantic(step, rounds=5, warmup_rounds=2 if compile_ else 1)
+
+
+@pytest.mark.parametrize("variant", ["eager", "compiled"])
+def test_sample_forward(benchmark, variant):
+    """The sampling forward of the demo's U-Net: no grad, batch 250 (the demo's sample batch), eager or
+    compiled (inductor, channels_last weights), as evaluation runs it."""
+    model = small_unet().eval().requires_grad_(False)
+    if variant == "compiled":
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if variant == "compiled" else model
+    x, t = torch.randn(250, 1, 28, 28), torch.full((250,), 500)
+    with torch.no_grad():
+        flop = _flops(lambda: model(x, t))
+        describe(benchmark, kind="infer", implementation="ours", model="unet", variant=variant, batch=250, flop=flop)
+        benchmark.pedantic(forward, args=(x, t), rounds=5, warmup_rounds=2 if variant == "compiled" else 1)
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
