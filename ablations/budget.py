@@ -6,6 +6,7 @@ FLOPs are counted by torch.utils.flop_counter (convolutions, matmuls, attention)
 - NLL: nll_images x (strata, or T when exact) x forward.
 The FID pass and elementwise work are left out; they are a few percent at the scales here.
 """
+import functools
 import time
 
 import torch
@@ -16,6 +17,7 @@ from ablations.training import build_model
 from core.samplers import nfe
 
 
+@functools.cache  # a grid's runs share a few configs; the seed is part of cfg, so at most one count per run
 def per_image(cfg) -> tuple[float, float]:
     """(forward, forward + backward) FLOPs of one image through cfg's U-Net."""
     model = build_model(cfg)
@@ -28,12 +30,12 @@ def per_image(cfg) -> tuple[float, float]:
     return fwd.get_total_flops() / 2, both.get_total_flops() / 2
 
 
-def run_flops(cfg, ev, steps_left: int, evaluate: bool = True) -> dict:
+def run_flops(cfg, ev, steps_left: int) -> dict:
     """{train, sample, nll}: FLOPs still to do for one run with `steps_left` training steps."""
     fwd, both = per_image(cfg)
     sample = sum(ev.fid_samples * nfe(s.sampler, s.steps) for s in ev.settings) * fwd
-    return {"train": steps_left * cfg.batch * both, "sample": sample * evaluate,
-            "nll": ev.nll_images * (ev.nll_strata or cfg.T) * fwd * evaluate}
+    return {"train": steps_left * cfg.batch * both, "sample": sample,
+            "nll": ev.nll_images * (ev.nll_strata or cfg.T) * fwd}
 
 
 def measured_flops_per_s(cfg, device, steps: int = 3) -> float:

@@ -225,7 +225,8 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         if main and "train_wall_s" not in have and result["steps_timed"]:
             emit([row(run.run_id, m, v, phase="train", train_step=result["step"], n=cfg.batch) for m, v in (
                 ("train_img_per_s", result["img_per_s"]), ("train_wall_s", result["wall_s"]),
-                ("peak_mem_mb", peak_memory_mb(device)), *((("compile_s", result["compile_s"]),) if cfg.compile else ()))])
+                ("peak_mem_mb", peak_memory_mb(device)),
+                *((("compile_s", result["compile_s"]),) if cfg.compile else ()))])
         evaluate(spec, run, folder, result["ema"], emit, log, device=device, data_root=data_root,
                  download=download, runs_root=runs_root, should_stop=should_stop, progress=progress and main)
         status(folder, DONE, step=result["step"], total=result["total"])
@@ -256,8 +257,8 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
     schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
     ema.eval()
     todo = missing(spec, run, folder)  # every task computes it before any task writes
-    forward, seconds = compiled(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]), device) if todo else (ema, 0)
-    first = [("compile_s", seconds, {})] if cfg.compile else []  # reported with the first rows this process writes
+    forward, compile_s = compiled(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]), device) if todo else (ema, 0)
+    first = [("compile_s", compile_s, {})] if cfg.compile else []  # reported with the first rows this process writes
     for s in (s for s in todo if s != "nll"):
         if should_stop is not None and any_true(should_stop(), device):
             raise Interrupted
