@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import tomllib
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -112,15 +114,20 @@ def test_every_shipped_spec_and_scale_is_valid(path, tmp_path, monkeypatch):
 
 
 def test_specs_hold_only_their_question_and_share_the_baseline_run():
-    """The scale blocks live in scales.toml only; the baseline config is one run id in every question."""
-    baselines = set()
+    """Scale blocks live in scales.toml, except the sampler's (it trains longer) and eval settings. The four
+    training questions share one baseline run id; prediction's v run is zero_snr's run without rescaling."""
+    baselines, v_runs = set(), []
     for path in SPECS:
-        assert "[scale." not in path.read_text() or path.stem == "sampler", path  # sampler adds paper settings
-        if path.stem != "demo":
-            spec = load_spec(path, "cpu")
-            baselines |= {r.run_id for r in spec.runs if (r.config.schedule, r.config.prediction, r.config.loss,
-                          r.config.norm, r.config.seed) == ("linear", "eps", "simple", "group", 0)}
+        own = tomllib.loads(path.read_text()).get("scale", {})
+        assert path.stem == "sampler" or all(set(t) <= {"eval"} for t in own.values()), path
+        if path.stem in ("schedule", "prediction", "loss", "norm"):
+            baselines |= {r.run_id for r in load_spec(path, "cpu").runs if r.config.seed == 0 and (
+                r.config.schedule, r.config.prediction, r.config.loss, r.config.norm) == ("linear", "eps", "simple", "group")}
+        if path.stem in ("prediction", "zero_snr"):
+            v_runs.append({r.run_id for r in load_spec(path, "cpu").runs
+                           if r.config.prediction == "v" and not r.config.zero_terminal_snr})
     assert len(baselines) == 1
+    assert v_runs[0] == v_runs[1] and len(v_runs[0]) == 3
 
 
 def test_scale_file_values_are_inherited_and_a_spec_overrides_them(tmp_path):
