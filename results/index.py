@@ -1,8 +1,9 @@
 """results/README.md: the index of every answered question, generated from the committed rows alone.
 
 One line per finding (or per question without a published one): what the paper found, our cells,
-the verdict, the wall time of the grid (training, sampling, FID and NLL seconds summed over its runs)
-and the machine it ran on.
+the verdict, the wall time of the grid (training, sampling, FID, NLL and evaluation compile seconds
+summed over its runs) and the machine it ran on. Under the table, each scale's whole answer: its runs'
+time with a run shared by several questions counted once.
 """
 from pathlib import Path
 
@@ -20,8 +21,13 @@ def folders(results_root) -> list[Path]:
     return sorted(p.parent for p in Path(results_root).glob("*/rows.csv"))
 
 
+def _wall(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows that are wall time; training's compile time is inside train_wall_s, evaluation's is not."""
+    return rows[rows["metric"].isin(WALL) | ((rows["metric"] == "compile_s") & (rows["phase"] == "eval"))]
+
+
 def _hours(rows: pd.DataFrame) -> str:
-    seconds = rows[rows["metric"].isin(WALL)]["value"].sum()
+    seconds = _wall(rows)["value"].sum()
     return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
 
 
@@ -51,9 +57,20 @@ def write_index(results_root) -> Path:
                     f"({v['seeds']} seeds)")
             lines.append(f"| {link} | {v['finding'].paper} | {ours} | **{v['verdict']}** | {_hours(rows)} | "
                          f"{_machine(rows)} |")
+    lines += ["", *_totals([pd.read_csv(f / "rows.csv") for f in folders(results_root)])]
     path = Path(results_root) / "README.md"
     write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _totals(tables: list[pd.DataFrame]) -> list[str]:
+    """One line per scale: its questions' runs and wall time, each run's numbers counted once."""
+    if not tables:
+        return []
+    rows = pd.concat([_wall(t) for t in tables if "scale" in t], ignore_index=True)
+    rows = rows[rows["scale"].notna()].drop_duplicates(subset=["run_id", "metric", "phase", "value"])
+    return [f"Every question at scale `{scale}`: {d['run_id'].nunique()} runs, {_hours(d)} in all (a run shared "
+            f"by several questions counted once)." for scale, d in rows.groupby("scale")]
 
 
 def regenerate(results_root) -> list[Path]:

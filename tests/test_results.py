@@ -93,3 +93,18 @@ def test_make_results_redraws_everything_from_the_committed_rows_alone(tmp_path)
     index = (copy / "README.md").read_text()
     assert (committed / "README.md").read_text() == index
     assert all(f"[{name}]({name}/report.md)" in index for name in folders)
+
+
+def test_index_counts_a_shared_run_once_and_evaluation_compile_time(tmp_path):
+    """Each question's wall time includes its shared baseline; the scale's total counts that run once, and
+    evaluation compile seconds (outside train_wall_s) are part of both."""
+    from results.index import _hours, _totals
+
+    def rows(spec, runs):
+        return pd.DataFrame([{"run_id": r, "ablation": spec, "scale": "cpu", "metric": m, "phase": p, "value": v}
+                             for r in runs for m, p, v in (("train_wall_s", "train", 1800.0), ("compile_s", "eval", 60.0),
+                                                           ("compile_s", "train", 99.0), ("fid", "eval", 5.0))])
+    a, b = rows("loss", ["base", "hybrid"]), rows("norm", ["base", "batch"])
+    assert _hours(a) == "1.03 h"  # 2 x (1800 + 60): train-phase compile is inside train_wall_s
+    assert _totals([a, b]) == ["Every question at scale `cpu`: 3 runs, 1.55 h in all (a run shared by several "
+                               "questions counted once)."]
