@@ -57,7 +57,8 @@ def write_index(results_root) -> Path:
                     f"({v['seeds']} seeds)")
             lines.append(f"| {link} | {v['finding'].paper} | {ours} | **{v['verdict']}** | {_hours(rows)} | "
                          f"{_machine(rows)} |")
-    lines += ["", *_totals([pd.read_csv(f / "rows.csv") for f in folders(results_root)])]
+    totals = _totals([pd.read_csv(f / "rows.csv") for f in folders(results_root)])
+    lines += ["", *totals] if totals else []
     path = Path(results_root) / "README.md"
     write_text(path, "\n".join(lines) + "\n")
     return path
