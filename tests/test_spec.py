@@ -113,13 +113,39 @@ def test_every_shipped_spec_and_scale_is_valid(path, tmp_path, monkeypatch):
         assert spec.runs and spec.eval.settings
 
 
+# What each question's paper trained on CIFAR-10 (Ho et al. 2020, App. B; Nichol & Dhariwal 2021, Table 2 and
+# improved-diffusion's README): the paper scale must match it field by field.
+DDPM = dict(T=1000, model_channels=128, mults=(1, 2, 2, 2), res_blocks=2, attention=(16,), heads=1, dropout=0.1,
+            optimizer="adam", lr=2e-4, warmup=5000, grad_clip=1.0, batch=128, flip=True, train_steps=800_000,
+            ema_decay=0.9999)
+IMPROVED = {**DDPM, "T": 4000, "res_blocks": 3, "attention": (16, 8), "heads": 4, "dropout": 0.3,
+            "optimizer": "adamw", "lr": 1e-4, "warmup": 0, "grad_clip": 0.0, "flip": False, "train_steps": 500_000}
+
+
+@pytest.mark.parametrize("stem, paper", [("prediction", DDPM), ("sampler", DDPM), ("norm", DDPM),
+                                         ("loss", IMPROVED), ("schedule", IMPROVED)])
+def test_paper_scale_trains_as_the_cited_paper(stem, paper, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save({}, tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth")
+    spec = load_spec(ROOT / "ablations" / f"{stem}.toml", "paper")
+    for run in spec.runs:
+        got = {k: getattr(run.config, k) for k in paper}
+        assert got == paper, stem
+        assert run.config.dataset == "cifar10"
+    assert [(s.sampler, s.steps) for s in spec.eval.settings if s.sampler == "ddpm"][-1] == ("ddpm", paper["T"])
+
+
 def test_specs_hold_only_their_question_and_share_the_baseline_run():
-    """Scale blocks live in scales.toml, except the sampler's (it trains longer) and eval settings. The four
-    training questions share one baseline run id; prediction's v run is zero_snr's run without rescaling."""
+    """Scale blocks live in scales.toml, except eval settings, the sampler's cpu scale (it trains longer) and
+    the paper scale of the questions whose paper trained otherwise. The four training questions share one
+    baseline run id at cpu scale; prediction's v run is zero_snr's run without rescaling."""
     baselines, v_runs = set(), []
     for path in SPECS:
         own = tomllib.loads(path.read_text()).get("scale", {})
-        assert path.stem == "sampler" or all(set(t) <= {"eval"} for t in own.values()), path
+        for scale, table in own.items():
+            assert set(table) <= {"eval"} or (path.stem, scale) in {("sampler", "cpu"), ("loss", "paper"),
+                                                                     ("schedule", "paper")}, (path, scale)
         if path.stem in ("schedule", "prediction", "loss", "norm"):
             baselines |= {r.run_id for r in load_spec(path, "cpu").runs if r.config.seed == 0 and (
                 r.config.schedule, r.config.prediction, r.config.loss, r.config.norm) == ("linear", "eps", "simple", "group")}
