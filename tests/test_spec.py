@@ -100,13 +100,17 @@ def test_unknown_scale_lists_the_choices():
 SPECS = sorted(p for p in (ROOT / "ablations").glob("*.toml") if p.name != "scales.toml")
 
 
-@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
-def test_every_shipped_spec_and_scale_is_valid(path, tmp_path, monkeypatch):
-    # The paper scale asks for Inception, whose weights must load before anything runs; offline machines
-    # have none, so a loadable stand-in sits where torch-fidelity looks (only its loading is checked here).
+@pytest.fixture
+def inception_standin(tmp_path, monkeypatch):
+    """The paper scale asks for Inception, whose weights must load before anything runs; offline machines
+    have none, so a loadable stand-in sits where torch-fidelity looks (only its loading is checked here)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save({}, tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth")
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_every_shipped_spec_and_scale_is_valid(path, inception_standin):
     scales = [None] if path.stem == "demo" else list(load_scales())
     for scale in scales:
         spec = load_spec(path, scale)
@@ -124,10 +128,7 @@ IMPROVED = {**DDPM, "T": 4000, "res_blocks": 3, "attention": (16, 8), "heads": 4
 
 @pytest.mark.parametrize("stem, paper", [("prediction", DDPM), ("sampler", DDPM), ("norm", DDPM),
                                          ("loss", IMPROVED), ("schedule", IMPROVED)])
-def test_paper_scale_trains_as_the_cited_paper(stem, paper, tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save({}, tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth")
+def test_paper_scale_trains_as_the_cited_paper(stem, paper, inception_standin):
     spec = load_spec(ROOT / "ablations" / f"{stem}.toml", "paper")
     for run in spec.runs:
         got = {k: getattr(run.config, k) for k in paper}
