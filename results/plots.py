@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from ablations.layout import sample_grid_name  # noqa: E402
 from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS, label  # noqa: E402
@@ -55,6 +56,19 @@ def fid_vs_steps(rows, axis, out_dir):
                     errorbar=("ci", 95), height=3.2, aspect=1.2, facet_kws={"sharey": True})
     g.set(xscale="log", ylabel=f"FID ({d['extractor'].iloc[0]}, n={int(d['n'].iloc[0])})",
           xlabel="model evaluations per image (NFE)" if x == "nfe" else "sampling steps")
+    if d["value"].max() > 5 * d["value"].min():  # one diverging setting would flatten the others
+        g.set(yscale="log")
+    ticks = []  # the step counts themselves, not log-scale labels; of two within 25%, the larger
+    for v in sorted(d[x].unique(), reverse=True):
+        if not ticks or ticks[-1] / v > 1.25:
+            ticks.append(v)
+    for ax in g.axes.flat:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        if ax.get_yscale() == "log":
+            ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
     return save_figure(g.figure, out_dir, "fid_vs_steps")
 
 
