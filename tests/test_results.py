@@ -108,3 +108,26 @@ def test_index_counts_a_shared_run_once_and_evaluation_compile_time(tmp_path):
     assert _hours(a) == "1.03 h"  # 2 x (1800 + 60): train-phase compile is inside train_wall_s
     assert _totals([a, b]) == ["Every question at scale `cpu`: 3 runs, 1.55 h in all (a run shared by several "
                                "questions counted once)."]
+
+
+def test_verdicts_follow_the_stated_rule_on_paired_seeds():
+    """'lower' agrees only when the whole CI of the per-seed difference is below 0; parity only inside
+    +-10% of b; a one-seed difference has no CI and stays inconclusive."""
+    from results.verdicts import decide, verdicts
+
+    assert decide(-5.0, 1.0, "lower", 100) == "agrees"
+    assert decide(5.0, 1.0, "lower", 100) == "disagrees"
+    assert decide(-5.0, 6.0, "lower", 100) == "inconclusive"
+    assert decide(1.0, 2.0, "parity", 100) == "agrees"
+    assert decide(20.0, 2.0, "parity", 100) == "disagrees"
+    assert decide(-416.0, float("nan"), "lower", 554) == "inconclusive"
+
+    def rows(pairs):  # (seed, loss, nll) rows of the loss question
+        return pd.DataFrame([{"metric": "nll_bpd", "seed": s, "loss": loss, "value": v} for s, loss, v in pairs])
+    # hybrid is 0.3 lower on every seed: decided although the seeds' levels differ by far more
+    agree = verdicts(rows([(0, "hybrid", 3.1), (0, "simple", 3.4), (1, "hybrid", 3.6), (1, "simple", 3.9),
+                           (2, "hybrid", 2.7), (2, "simple", 3.01)]), "loss")
+    assert [(v["seeds"], v["verdict"]) for v in agree] == [(3, "agrees")]
+    mixed = verdicts(rows([(0, "hybrid", 3.1), (0, "simple", 3.4), (1, "hybrid", 3.9), (1, "simple", 3.6),
+                           (2, "hybrid", 3.0), (2, "simple", 3.01)]), "loss")
+    assert [v["verdict"] for v in mixed] == ["inconclusive"]
