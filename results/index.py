@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablations.io import write_text
+from ablations.schema import SETTING
 from results import verdicts
 from results.report import spec_of
 
@@ -69,7 +70,8 @@ def _totals(tables: list[pd.DataFrame]) -> list[str]:
     if not tables:
         return []
     rows = pd.concat([_wall(t) for t in tables if "scale" in t], ignore_index=True)
-    rows = rows[rows["scale"].notna()].drop_duplicates(subset=["run_id", "metric", "phase", "value"])
+    key = [c for c in ("run_id", "metric", "phase", *SETTING, "sample_seed", "value") if c in rows]
+    rows = rows[rows["scale"].notna()].drop_duplicates(subset=key)
     return [f"Every question at scale `{scale}`: {d['run_id'].nunique()} runs, {_hours(d)} in all (a run shared "
             f"by several questions counted once)." for scale, d in rows.groupby("scale")]
 
