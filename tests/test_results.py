@@ -95,7 +95,7 @@ def test_make_results_redraws_everything_from_the_committed_rows_alone(tmp_path)
     assert all(f"[{name}]({name}/report.md)" in index for name in folders)
 
 
-def test_index_counts_a_shared_run_once_and_evaluation_compile_time(tmp_path):
+def test_index_counts_a_shared_run_once_and_evaluation_compile_time():
     """Each question's wall time includes its shared baseline; the scale's total counts that run once, and
     evaluation compile seconds (outside train_wall_s) are part of both."""
     from results.index import _hours, _totals
