@@ -11,7 +11,7 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, HeunDiscreteScheduler  # noqa: E402
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, HeunDiscreteScheduler  # noqa: E402
 from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr  # noqa: E402
 
 from core.diffusion import coefs  # noqa: E402
@@ -264,6 +264,25 @@ def test_ddim_is_first_order_dpm_solver_pp_in_diffusers(prediction, spacing):
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_heun_matches_diffusers(prediction, spacing, steps):
     assert max_diff(ours("heun", prediction, spacing, steps), diffusers_heun(prediction, spacing, steps)) < TOL
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_ddpm_matches_diffusers_ddpm_scheduler(prediction, clip):
+    """Ancestral DDPM (Ho et al. Alg. 2) at 10 leading steps with sigma^2 = beta~, fed the same noise
+    draws: diffusers' DDPMScheduler respaces (beta_t = 1 - alpha_bar_t / alpha_bar_prev) and clips x0
+    as we do."""
+    sched = f64(DDPMScheduler(**BETAS, timestep_spacing="leading", variance_type="fixed_small",
+                              clip_sample=clip, prediction_type=DIFFUSERS_PREDICTION[prediction]))
+    sched.set_timesteps(10)
+    model, x, g = tiny(prediction), 3 * X_T, torch.Generator().manual_seed(3)
+    for t in sched.timesteps:
+        x = sched.step(model(x, t), t, x, generator=g).prev_sample
+    got = ours("ddpm", prediction, "leading", 10, x_T=3 * X_T, clip_x0=clip, generator=torch.Generator().manual_seed(3))
+    assert max_diff(got, x) < TOL
+    other = ours("ddpm", prediction, "leading", 10, x_T=3 * X_T, clip_x0=not clip,
+                 generator=torch.Generator().manual_seed(3))
+    assert max_diff(got, other) > 1e-2  # clipping is exercised
 
 
 def test_clip_x0_matches_diffusers_clipping():
