@@ -2,7 +2,10 @@
 
 Every benchmark records what it timed in pytest-benchmark's `extra_info` (implementation, sampler,
 model, steps, batch, threads, torch), and the ratios are computed from those columns:
-- loop_over_forward: our S-step loop / (NFE x the model's forward), per model and S (NFE = S, or 2S-1 for heun);
+- loop_over_forward: our S-step loop / (NFE x the model's forward), per model and S (NFE = S, or 2S-1 for
+  heun), both means over the same rounds: the forward is timed inside the loop (`forward_s`), so the
+  machine's drift between benchmarks (+-10% on a shared 2-core VM) does not enter the ratio;
+  forward_over_floor puts that in-loop forward next to the separately timed one;
 - ours_over_diffusers: our loop / diffusers' scheduler loop on the identical model, per S;
 - per_image_over_per_batch: a loop with one generator per image / one generator per batch;
 - train_over_matmul, train_over_conv: a training step's FLOP/s / the fp32 matmul's or 1x1 conv's;
@@ -60,7 +63,7 @@ def ratios(benchmarks: list[dict]) -> list[dict]:
     for b in benchmarks:
         e = b.get("extra_info", {})
         med[(e.get("kind"), e.get("implementation"), e.get("sampler"), e.get("model"), e.get("steps"),
-             e.get("batch"), e.get("variant"))] = (b["stats"]["median"], e)
+             e.get("batch"), e.get("variant"))] = (b["stats"]["median"], {**e, "mean_s": b["stats"]["mean"]})
     get = lambda *k: med.get(k, (None, None))[0]  # noqa: E731
     rate = lambda kind: (lambda m: m and m[1]["flop"] / m[0])(med.get((kind, "torch", None, None, None, None, None)))  # noqa: E731
     matmul, conv = rate("matmul"), rate("conv")
@@ -70,9 +73,10 @@ def ratios(benchmarks: list[dict]) -> list[dict]:
         if kind == "loop" and impl == "ours":
             fwd = get("forward", "ours", None, model, None, batch, None)
             diff = get("loop", "diffusers", sampler, model, steps, batch, None)
-            n = e.get("nfe", steps)
+            n, inside = e.get("nfe", steps), e.get("forward_s")
             out.append({"kind": "sampler_loop", "sampler": sampler, "model": model, "steps": steps, "nfe": n,
-                        "batch": batch, "loop_over_forward": fwd and t / (n * fwd),
+                        "batch": batch, "loop_over_forward": inside and e["mean_s"] / inside,
+                        "forward_over_floor": inside and fwd and inside / (n * fwd),
                         "ours_over_diffusers": diff and t / diff})
         elif kind == "noise" and variant == "per_image":
             base = get("noise", "ours", sampler, model, steps, batch, "per_batch")
