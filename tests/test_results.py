@@ -131,3 +131,31 @@ def test_verdicts_follow_the_stated_rule_on_paired_seeds():
     mixed = verdicts(rows([(0, "hybrid", 3.1), (0, "simple", 3.4), (1, "hybrid", 3.9), (1, "simple", 3.6),
                            (2, "hybrid", 3.0), (2, "simple", 3.01)]), "loss")
     assert [v["verdict"] for v in mixed] == ["inconclusive"]
+
+
+def test_a_disagreeing_finding_lists_what_was_checked_with_the_identity_from_the_rows(tmp_path):
+    """The sampler's checks appear only under a disagreement, and the η=1 ≡ DDPM line is computed from
+    the rows (its largest per-seed gap), not typed."""
+    from results.verdicts import section
+
+    def rows(ddim, ddpm, eta1):
+        out = []
+        for seed, (a, b, c) in enumerate(zip(ddim, ddpm, eta1)):
+            for sampler, eta, v in (("ddim", 0.0, a), ("ddpm", 0.0, b), ("ddim", 1.0, c)):
+                out += [{"metric": m, "seed": seed, "sampler": sampler, "eta": eta, "steps": 10, "spacing": "leading",
+                         "value": v * k} for m, k in (("fid", 1.0), ("kid", 0.8))]
+        return pd.DataFrame(out)
+    disagreeing = rows([75, 80, 78], [70, 72, 71], [70.01, 72, 71.03])
+    worse = "\n".join(section(disagreeing, "sampler"))
+    assert "**disagrees**" in worse and "what was checked" in worse
+    assert "at 10 steps their FIDs differ by at most 0.03 on any of 3 seeds" in worse
+    better = "\n".join(section(rows([60, 62, 61], [70, 72, 71], [70, 72, 71]), "sampler"))
+    assert "**agrees**" in better and "**disagrees**" not in better and "what was checked" not in better
+    # the index links a disagreement to that section
+    from results.index import write_index
+    from results.verdicts import CHECKED_ANCHOR, CHECKED_TITLE
+    (tmp_path / "sampler-cpu").mkdir()
+    disagreeing.assign(ablation="sampler-cpu", scale="cpu", run_id="r", phase="eval").to_csv(tmp_path / "sampler-cpu" / "rows.csv")
+    index = write_index(tmp_path).read_text()
+    assert f"**disagrees** ([what was checked](sampler-cpu/report.md#{CHECKED_ANCHOR}))" in index
+    assert CHECKED_ANCHOR == CHECKED_TITLE.lower().replace(":", "").replace(" ", "-")
