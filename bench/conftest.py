@@ -63,7 +63,8 @@ def ratios(benchmarks: list[dict]) -> list[dict]:
     for b in benchmarks:
         e = b.get("extra_info", {})
         med[(e.get("kind"), e.get("implementation"), e.get("sampler"), e.get("model"), e.get("steps"),
-             e.get("batch"), e.get("variant"))] = (b["stats"]["median"], {**e, "mean_s": b["stats"]["mean"]})
+             e.get("batch"), e.get("variant"))] = (
+            b["stats"]["median"], {**e, "mean_s": b["stats"]["mean"]})
     get = lambda *k: med.get(k, (None, None))[0]  # noqa: E731
     rate = lambda kind: (lambda m: m and m[1]["flop"] / m[0])(med.get((kind, "torch", None, None, None, None, None)))  # noqa: E731
     matmul, conv = rate("matmul"), rate("conv")

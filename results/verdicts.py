@@ -142,7 +142,8 @@ def consistency(rows: pd.DataFrame, spec: str) -> list[str]:
     lines = []
     for steps in sorted(rows.loc[(rows["sampler"] == "ddim") & (rows["eta"] == 1.0), "steps"].dropna().unique()):
         cell = {"steps": steps, "spacing": "leading"}
-        a, b = _select(rows, "fid", {"sampler": "ddim", "eta": 1.0, **cell}), _select(rows, "fid", {"sampler": "ddpm", **cell})
+        a = _select(rows, "fid", {"sampler": "ddim", "eta": 1.0, **cell})
+        b = _select(rows, "fid", {"sampler": "ddpm", **cell})
         seeds = sorted(set(a.index) & set(b.index))
         if seeds:
             lines.append(f"- **The rows hold an identity.** DDIM with η=1 and DDPM are one process (Song et al. "

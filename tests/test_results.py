@@ -155,7 +155,8 @@ def test_a_disagreeing_finding_lists_what_was_checked_with_the_identity_from_the
     from results.index import write_index
     from results.verdicts import CHECKED_ANCHOR, CHECKED_TITLE
     (tmp_path / "sampler-cpu").mkdir()
-    disagreeing.assign(ablation="sampler-cpu", scale="cpu", run_id="r", phase="eval").to_csv(tmp_path / "sampler-cpu" / "rows.csv")
+    table = disagreeing.assign(ablation="sampler-cpu", scale="cpu", run_id="r", phase="eval")
+    table.to_csv(tmp_path / "sampler-cpu" / "rows.csv")
     index = write_index(tmp_path).read_text()
     assert f"**disagrees** ([what was checked](sampler-cpu/report.md#{CHECKED_ANCHOR}))" in index
     assert CHECKED_ANCHOR == CHECKED_TITLE.lower().replace(":", "").replace(" ", "-")
