@@ -34,20 +34,18 @@ class Finding:
     paper: str  # what the paper found, with source and table
 
 
+DDPM = {"sampler": "ddpm", "spacing": "leading", "clip_x0": True}  # the sampler cells the findings compare
+DDIM = {"sampler": "ddim", "eta": 0.0, "spacing": "leading", "clip_x0": True}
 FINDINGS = [
-    *[Finding("sampler", "fid", {"sampler": "ddim", "eta": 0.0, "steps": s, "spacing": "leading"},
-              {"sampler": "ddpm", "steps": s, "spacing": "leading"}, "lower",
+    *[Finding("sampler", "fid", {**DDIM, "steps": s}, {**DDPM, "steps": s}, "lower",
               "DDIM (η=0) beats DDPM at ≤ 50 steps (Song et al. 2021, Table 1: FID 13.36 vs 41.07 at 10 steps, "
               "CIFAR-10)") for s in (10, 20, 50)],
-    Finding("demo", "fid", {"sampler": "ddim", "eta": 0.0, "steps": 10, "spacing": "leading"},
-            {"sampler": "ddpm", "steps": 10, "spacing": "leading"}, "lower",
+    Finding("demo", "fid", {**DDIM, "steps": 10}, {**DDPM, "steps": 10}, "lower",
             "DDIM (η=0) beats DDPM with σ_t² = β_t at 10 steps (Song et al. 2021, Table 1: FID 13.36 vs 367.43 "
             "for σ̂ on CIFAR-10)"),
-    Finding("sampler", "fid", {"sampler": "ddim", "eta": 0.0, "steps": 10, "spacing": "leading"},
-            {"sampler": "ddim", "eta": 1.0, "steps": 10, "spacing": "leading"}, "lower",
+    Finding("sampler", "fid", {**DDIM, "steps": 10}, {**DDIM, "eta": 1.0, "steps": 10}, "lower",
             "η=0 beats η=1 at 10 steps (Song et al. 2021, Table 1: 13.36 vs 41.07 on CIFAR-10)"),
-    Finding("sampler", "kid", {"sampler": "ddim", "eta": 0.0, "steps": 10, "spacing": "leading"},
-            {"sampler": "ddpm", "steps": 10, "spacing": "leading"}, "lower",
+    Finding("sampler", "kid", {**DDIM, "steps": 10}, {**DDPM, "steps": 10}, "lower",
             "... the same at 10 steps in KID (unbiased at our n), from the same samples"),
     Finding("loss", "nll_bpd", {"loss": "hybrid"}, {"loss": "simple"}, "lower",
             "L_hybrid with learned-range variance gives lower NLL than L_simple with fixed variance "
@@ -70,9 +68,6 @@ CHECKED = {
         "on the same noise, with and without x0 clipping; our DDIM (η=0) equals `DDIMScheduler` (leading "
         "spacing) and first-order DPM-Solver++; DDIM with η=1 equals DDPM step by step; with the exact denoiser "
         "of a single data point every sampler lands on it (tests/test_frontier.py, tests/test_samplers.py).",
-        "- **Not the clipping convention.** These rows clip the predicted x0 to [-1, 1] in every sampler (Ho et "
-        "al.'s convention); Song et al. do not clip. Seed 0's model re-sampled without clipping (same x_T, "
-        "n = 1000): DDPM-10 FID 66.2 vs DDIM-10 78.8 (clipped: 70.3 vs 74.7), the same order.",
     ),
 }
 CHECKED_TITLE = "Why it disagrees: what was checked"
@@ -87,7 +82,7 @@ def _select(rows: pd.DataFrame, metric: str, cell: dict) -> pd.Series:
     d = rows[(rows["metric"] == metric) & rows["value"].notna()]
     for col, value in cell.items():
         if col in d:
-            d = d[d[col].astype(str) == str(value)] if isinstance(value, str) else d[d[col] == value]
+            d = d[d[col].astype(str) == str(value)] if isinstance(value, (str, bool)) else d[d[col] == value]
     if metric in ("fid", "kid") and "sampler" not in cell and not d.empty:
         first = d.iloc[0]
         d = d[(d["sampler"] == first["sampler"]) & (d["steps"] == first["steps"]) & (d["eta"] == first["eta"])]
@@ -96,9 +91,10 @@ def _select(rows: pd.DataFrame, metric: str, cell: dict) -> pd.Series:
 
 def describe_cell(rows: pd.DataFrame, metric: str, cell: dict) -> str:
     d = rows[(rows["metric"] == metric)]
-    parts = [f"{k}={v}" for k, v in cell.items() if k not in ("sampler", "steps", "eta", "spacing")]
+    parts = [f"{k}={v}" for k, v in cell.items() if k not in ("sampler", "steps", "eta", "spacing", "clip_x0")]
     if "sampler" in cell:
-        parts.insert(0, label(cell["sampler"], cell.get("steps"), cell.get("eta"), True, cell.get("spacing")))
+        parts.insert(0, label(cell["sampler"], cell.get("steps"), cell.get("eta"), cell.get("clip_x0", True),
+                              cell.get("spacing")))
     elif metric in ("fid", "kid") and not d.empty:
         first = d.iloc[0]
         parts.append(label(first["sampler"], first["steps"], first["eta"], first.get("clip_x0", True),
@@ -134,22 +130,39 @@ def verdicts(rows: pd.DataFrame, spec: str) -> list[dict]:
     return out
 
 
+def _paired(rows, metric, a: dict, b: dict) -> pd.Series:
+    """Per-seed a - b on the seeds both cells have."""
+    a, b = _select(rows, metric, a), _select(rows, metric, b)
+    seeds = sorted(set(a.index) & set(b.index))
+    return a[seeds] - b[seeds]
+
+
 def consistency(rows: pd.DataFrame, spec: str) -> list[str]:
-    """Checks of a spec's rows against identities that must hold whatever the scale (markdown lines):
-    for the sampler, DDIM with η=1 is DDPM with σ² = β̃ (Song et al. 2021, Eq. 16), so their cells match."""
+    """Checks computed from a spec's rows (markdown lines). For the sampler: DDIM with η=1 is DDPM with
+    σ² = β̃ (Song et al. 2021, Eq. 16), so their cells must match; and DDIM vs DDPM at 10 steps without
+    x0 clipping, the protocol of Song et al. (these cells exist when the spec evaluates them)."""
     if spec != "sampler" or "eta" not in rows:
         return []
     lines = []
     for steps in sorted(rows.loc[(rows["sampler"] == "ddim") & (rows["eta"] == 1.0), "steps"].dropna().unique()):
-        cell = {"steps": steps, "spacing": "leading"}
-        a = _select(rows, "fid", {"sampler": "ddim", "eta": 1.0, **cell})
-        b = _select(rows, "fid", {"sampler": "ddpm", **cell})
-        seeds = sorted(set(a.index) & set(b.index))
-        if seeds:
+        d = _paired(rows, "fid", {**DDIM, "eta": 1.0, "steps": steps}, {**DDPM, "steps": steps})
+        if len(d):
             lines.append(f"- **The rows hold an identity.** DDIM with η=1 and DDPM are one process (Song et al. "
-                         f"2021, Eq. 16): at {int(steps)} steps their FIDs differ by at most "
-                         f"{(a[seeds] - b[seeds]).abs().max():.2g} on any of {len(seeds)} seeds.")
+                         f"2021, Eq. 16): at {int(steps)} steps their FIDs differ by at most {d.abs().max():.2g} "
+                         f"on any of {len(d)} seeds.")
+    noclip = {"steps": 10, "clip_x0": False}
+    d = _paired(rows, "fid", {**DDIM, **noclip}, {**DDPM, **noclip})
+    if len(d):
+        clipped = _paired(rows, "fid", {**DDIM, "steps": 10}, {**DDPM, "steps": 10})
+        same = "the same sign" if d.mean() * clipped.mean() > 0 else "the sign changes"
+        lines.append(f"- **The clipping convention.** Every other cell clips the predicted x0 to [-1, 1] (Ho et al.); "
+                     f"Song et al. do not. Without clipping, DDIM-10 − DDPM-10 FID = {_mean_ci(d)} over {len(d)} "
+                     f"seeds (with clipping: {_mean_ci(clipped)}): {same}.")
     return lines
+
+
+def _mean_ci(d: pd.Series) -> str:
+    return pm(float(d.mean()), ci95(float(d.std()), len(d)))
 
 
 def pm(mean, ci):

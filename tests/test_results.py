@@ -138,17 +138,22 @@ def test_a_disagreeing_finding_lists_what_was_checked_with_the_identity_from_the
     the rows (its largest per-seed gap), not typed."""
     from results.verdicts import section
 
-    def rows(ddim, ddpm, eta1):
+    def rows(ddim, ddpm, eta1, noclip=()):
         out = []
         for seed, (a, b, c) in enumerate(zip(ddim, ddpm, eta1)):
-            for sampler, eta, v in (("ddim", 0.0, a), ("ddpm", 0.0, b), ("ddim", 1.0, c)):
-                out += [{"metric": m, "seed": seed, "sampler": sampler, "eta": eta, "steps": 10, "spacing": "leading",
-                         "value": v * k} for m, k in (("fid", 1.0), ("kid", 0.8))]
+            cells = [("ddim", 0.0, True, a), ("ddpm", 0.0, True, b), ("ddim", 1.0, True, c)]
+            cells += [("ddim", 0.0, False, noclip[seed][0]), ("ddpm", 0.0, False, noclip[seed][1])] if noclip else []
+            out += [{"metric": m, "seed": seed, "sampler": sampler, "eta": eta, "clip_x0": clip, "steps": 10,
+                     "spacing": "leading", "value": v * k}
+                    for sampler, eta, clip, v in cells for m, k in (("fid", 1.0), ("kid", 0.8))]
         return pd.DataFrame(out)
-    disagreeing = rows([75, 80, 78], [70, 72, 71], [70.01, 72, 71.03])
+    disagreeing = rows([75, 80, 78], [70, 72, 71], [70.01, 72, 71.03], noclip=[(60, 70), (61, 72), (62, 71)])
     worse = "\n".join(section(disagreeing, "sampler"))
     assert "**disagrees**" in worse and "what was checked" in worse
+    assert "| 77.67 ± 6.3 | 71 ± 2.5 |" in worse  # the clipped cells alone
     assert "at 10 steps their FIDs differ by at most 0.03 on any of 3 seeds" in worse
+    assert "Without clipping, DDIM-10 − DDPM-10 FID = -10 ± 2.5 over 3 seeds" in worse
+    assert "(with clipping: 6.667 ± 3.8): the sign changes." in worse
     better = "\n".join(section(rows([60, 62, 61], [70, 72, 71], [70, 72, 71]), "sampler"))
     assert "**agrees**" in better and "**disagrees**" not in better and "what was checked" not in better
     # the index links a disagreement to that section
