@@ -112,29 +112,34 @@ def decide(d_mean: float, d_ci: float, expect: str, b_mean: float) -> str:
     return "agrees" if -m < lo and hi < m else "disagrees" if lo > m or hi < -m else "inconclusive"
 
 
-def verdicts(rows: pd.DataFrame, spec: str) -> list[dict]:
-    """One dict per finding of `spec` whose cells are present in `rows`."""
-    out = []
-    for f in (f for f in FINDINGS if f.spec == spec):
-        a, b = _select(rows, f.metric, f.a), _select(rows, f.metric, f.b)
-        seeds = sorted(set(a.index) & set(b.index))
-        if not seeds:
-            continue
-        d = a[seeds] - b[seeds]
-        d_mean, d_ci = float(d.mean()), ci95(float(d.std()), len(seeds))
-        out.append({"finding": f, "a": describe_cell(rows, f.metric, f.a), "b": describe_cell(rows, f.metric, f.b),
-                    "a_mean": float(a[seeds].mean()), "a_ci": ci95(float(a[seeds].std()), len(seeds)),
-                    "b_mean": float(b[seeds].mean()), "b_ci": ci95(float(b[seeds].std()), len(seeds)),
-                    "diff": d_mean, "diff_ci": d_ci, "seeds": len(seeds),
-                    "verdict": decide(d_mean, d_ci, f.expect, float(b[seeds].mean()))})
-    return out
+def _pair(rows, metric, a: dict, b: dict) -> tuple[pd.Series, pd.Series]:
+    """Per-seed values of cells a and b, on the seeds both have."""
+    a, b = _select(rows, metric, a), _select(rows, metric, b)
+    seeds = sorted(set(a.index) & set(b.index))
+    return a[seeds], b[seeds]
 
 
 def _paired(rows, metric, a: dict, b: dict) -> pd.Series:
     """Per-seed a - b on the seeds both cells have."""
-    a, b = _select(rows, metric, a), _select(rows, metric, b)
-    seeds = sorted(set(a.index) & set(b.index))
-    return a[seeds] - b[seeds]
+    a, b = _pair(rows, metric, a, b)
+    return a - b
+
+
+def verdicts(rows: pd.DataFrame, spec: str) -> list[dict]:
+    """One dict per finding of `spec` whose cells are present in `rows`."""
+    out = []
+    for f in (f for f in FINDINGS if f.spec == spec):
+        a, b = _pair(rows, f.metric, f.a, f.b)
+        if a.empty:
+            continue
+        d = a - b
+        d_mean, d_ci = float(d.mean()), ci95(float(d.std()), len(d))
+        out.append({"finding": f, "a": describe_cell(rows, f.metric, f.a), "b": describe_cell(rows, f.metric, f.b),
+                    "a_mean": float(a.mean()), "a_ci": ci95(float(a.std()), len(a)),
+                    "b_mean": float(b.mean()), "b_ci": ci95(float(b.std()), len(b)),
+                    "diff": d_mean, "diff_ci": d_ci, "seeds": len(d),
+                    "verdict": decide(d_mean, d_ci, f.expect, float(b.mean()))})
+    return out
 
 
 def consistency(rows: pd.DataFrame, spec: str) -> list[str]:
