@@ -57,8 +57,7 @@ def write_index(results_root) -> Path:
                     f"{verdicts.pm(v['b_mean'], v['b_ci'])}; a − b {verdicts.pm(v['diff'], v['diff_ci'])} "
                     f"({v['seeds']} seeds)")
             checked = f" ([what was checked]({folder.name}/report.md#{verdicts.CHECKED_ANCHOR}))"
-            shown = v["verdict"] == "disagrees" and spec in verdicts.CHECKED
-            verdict = f"**{v['verdict']}**" + (checked if shown else "")
+            verdict = f"**{v['verdict']}**" + (checked if verdicts.checked(v) else "")
             lines.append(f"| {link} | {v['finding'].paper} | {ours} | {verdict} | {_hours(rows)} | {_machine(rows)} |")
     totals = _totals([pd.read_csv(f / "rows.csv") for f in folders(results_root)])
     lines += ["", *totals] if totals else []

@@ -133,9 +133,9 @@ def test_verdicts_follow_the_stated_rule_on_paired_seeds():
     assert [v["verdict"] for v in mixed] == ["inconclusive"]
 
 
-def test_a_disagreeing_finding_lists_what_was_checked_with_the_identity_from_the_rows(tmp_path):
-    """The sampler's checks appear only under a disagreement, and the η=1 ≡ DDPM line is computed from
-    the rows (its largest per-seed gap), not typed."""
+def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(tmp_path):
+    """The sampler's checks appear only where a finding disagrees or is inconclusive, and the per-seed
+    differences and the η=1 ≡ DDPM line are computed from the rows, not typed."""
     from results.verdicts import section
 
     def rows(ddim, ddpm, eta1, noclip=()):
@@ -154,6 +154,12 @@ def test_a_disagreeing_finding_lists_what_was_checked_with_the_identity_from_the
     assert "at 10 steps their FIDs differ by at most 0.03 on any of 3 seeds" in worse
     assert "Without clipping, DDIM-10 − DDPM-10 FID = -10 ± 2.5 over 3 seeds" in worse
     assert "(with clipping: 6.667 ± 3.8): the sign changes." in worse
+    assert "(disagrees), per training seed: seed 0: +5, seed 1: +8, seed 2: +7." in worse
+    split = "\n".join(section(rows([75, 62, 78], [70, 72, 71], [70, 72, 71]), "sampler"))
+    assert "**inconclusive**" in split and "what was checked" in split
+    assert "(inconclusive), per training seed: seed 0: +5, seed 1: -10, seed 2: +7." in split
+    one = "\n".join(section(rows([75], [70], [70]), "sampler"))  # one seed: no CI, nothing to investigate
+    assert "**inconclusive**" in one and "what was checked" not in one
     better = "\n".join(section(rows([60, 62, 61], [70, 72, 71], [70, 72, 71]), "sampler"))
     assert "**agrees**" in better and "**disagrees**" not in better and "what was checked" not in better
     # the index links a disagreement to that section
