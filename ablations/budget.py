@@ -30,12 +30,14 @@ def per_image(cfg) -> tuple[float, float]:
     return fwd.get_total_flops() / 2, both.get_total_flops() / 2
 
 
-def run_flops(cfg, ev, steps_left: int) -> dict:
-    """{train, sample, nll}: FLOPs still to do for one run with `steps_left` training steps."""
+def run_flops(cfg, ev, steps_left: int, todo=None) -> dict:
+    """{train, sample, nll}: FLOPs still to do for one run with `steps_left` training steps and the
+    evaluations `todo` (its settings and "nll", as `runner.missing` gives them; default: all of ev's)."""
+    todo = [*ev.settings, "nll"] if todo is None else todo
     fwd, both = per_image(cfg)
-    sample = sum(ev.fid_samples * nfe(s.sampler, s.steps) for s in ev.settings) * fwd
+    sample = sum(ev.fid_samples * nfe(s.sampler, s.steps) for s in todo if s != "nll") * fwd
     return {"train": steps_left * cfg.batch * both, "sample": sample,
-            "nll": ev.nll_images * (ev.nll_strata or cfg.T) * fwd}
+            "nll": ev.nll_images * (ev.nll_strata or cfg.T) * fwd if "nll" in todo else 0}
 
 
 def measured_flops_per_s(cfg, device, steps: int = 3) -> float:

@@ -116,8 +116,12 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
 
 
 def _eta(spec, todo, runs_root, device) -> str:
-    work = [budget.run_flops(r.config, spec.eval, max(0, total_steps(r.config, SIZES[r.config.dataset]["train"])
-                                                      - last_step(run_folder(runs_root, r.run_id)))) for r in todo]
+    """The work left: each run's remaining training steps and its evaluations not yet in its rows."""
+    work = []
+    for r in todo:
+        folder = run_folder(runs_root, r.run_id)
+        steps_left = max(0, total_steps(r.config, SIZES[r.config.dataset]["train"]) - last_step(folder))
+        work.append(budget.run_flops(r.config, spec.eval, steps_left, runner.missing(spec, r, folder)))
     return budget.eta(work, budget.measured_flops_per_s(todo[0].config, device))
 
 

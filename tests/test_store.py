@@ -54,6 +54,15 @@ def test_a_config_named_by_two_specs_is_trained_once_and_evaluated_per_spec(tmp_
     before = _rows(folder)
     out = _ablate("run", b, "--runs-root", runs, "--no-progress")
     assert "2 runs, 0 complete, 2 to run" in out  # the shared run needs b's extra setting
+    # the ETA counts the shared run's missing setting only, and the new run in full
+    from ablations.budget import run_flops
+    fresh = spec_b.runs[1]
+    left = [run_flops(shared.config, spec_b.eval, 0, [s for s in spec_b.eval.settings if s.steps == 8]),
+            run_flops(fresh.config, spec_b.eval, fresh.config.train_steps)]
+    assert f"{sum(sum(w.values()) for w in left) / 1e12:.3g} TFLOP" in out
+    assert left[0]["train"] == left[0]["nll"] == 0 < left[0]["sample"]
+    everything = sum(run_flops(shared.config, spec_b.eval, 0).values()) + sum(left[1].values())
+    assert f"{everything / 1e12:.3g} TFLOP" not in out  # what the ETA said before it read the rows
     after = _rows(folder)
     assert {p.name: p.read_bytes() for p in checkpoints(folder)} == ckpt  # not retrained
     assert after[:len(before)] == before  # a's rows untouched
