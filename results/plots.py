@@ -14,6 +14,7 @@ from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, ScalarFor
 
 from ablations.layout import sample_grid_name  # noqa: E402
 from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS, label  # noqa: E402
+from results.table import ci95  # noqa: E402
 
 NOT_AXES = {*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS}
 
@@ -31,6 +32,15 @@ def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
     cols = list(zip(d["sampler"], d["steps"], d["eta"], d["clip_x0"], d["spacing"]))
     return d.assign(setting=[label(s, None, e, c, sp) for s, _, e, c, sp in cols],
                     setting_steps=[label(*c) for c in cols])
+
+
+def t_band(values) -> tuple[float, float]:
+    """Every figure's error band: mean ± the 95% Student's t half-width over seeds, as in the tables
+    (seaborn's ("ci", 95) bootstraps, and draws a different band on each redraw)."""
+    v = pd.Series(values, dtype=float)
+    half = ci95(float(v.std()), len(v))
+    half = half if half == half else 0.0
+    return v.mean() - half, v.mean() + half
 
 
 def save_figure(fig, out_dir, name) -> list[Path]:
@@ -53,7 +63,7 @@ def fid_vs_steps(rows, axis, out_dir):
         return []
     x = "nfe" if "nfe" in d and (d["nfe"].notna().all() and (d["nfe"] != d["steps"]).any()) else "steps"
     g = sns.relplot(data=d, kind="line", x=x, y="value", hue="setting", col=axis, marker="o",
-                    errorbar=("ci", 95), height=3.2, aspect=1.2, facet_kws={"sharey": True})
+                    errorbar=t_band, height=3.2, aspect=1.2, facet_kws={"sharey": True})
     g.set(xscale="log", ylabel=f"FID ({d['extractor'].iloc[0]}, n={int(d['n'].iloc[0])})",
           xlabel="model evaluations per image (NFE)" if x == "nfe" else "sampling steps")
     if d["value"].max() > 5 * d["value"].min():  # one diverging setting would flatten the others
@@ -83,7 +93,7 @@ def bars(rows, axis, out_dir):
         by_setting = name == "FID"
         x = axis or ("setting_steps" if by_setting else "ablation")
         hue = "setting_steps" if by_setting and axis else None
-        sns.barplot(data=d, x=x, y="value", hue=hue, errorbar=("ci", 95), ax=ax)
+        sns.barplot(data=d, x=x, y="value", hue=hue, errorbar=t_band, ax=ax)
         ax.set(ylabel=name, xlabel=axis or "")
         ax.tick_params(axis="x", rotation=20)
     return save_figure(fig, out_dir, "bars")
@@ -94,7 +104,7 @@ def loss_curves(rows, axis, out_dir):
     if d.empty:
         return []
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    sns.lineplot(data=d, x="train_step", y="value", hue=axis, errorbar=("ci", 95), ax=ax)
+    sns.lineplot(data=d, x="train_step", y="value", hue=axis, errorbar=t_band, ax=ax)
     ax.set(yscale="log", ylabel="training loss", xlabel="training step")
     return save_figure(fig, out_dir, "loss")
 
@@ -106,10 +116,10 @@ def throughput(rows, axis, out_dir):
         return []
     fig, axs = plt.subplots(1, 2, figsize=(11, 3.4))
     if not train.empty:
-        sns.barplot(data=train, x=axis or "ablation", y="value", errorbar=("ci", 95), ax=axs[0])
+        sns.barplot(data=train, x=axis or "ablation", y="value", errorbar=t_band, ax=axs[0])
     axs[0].set(ylabel="train images/s", xlabel=axis or "")
     if not samp.empty:
-        sns.barplot(data=samp, x="setting_steps", y="value", hue=axis, errorbar=("ci", 95), ax=axs[1])
+        sns.barplot(data=samp, x="setting_steps", y="value", hue=axis, errorbar=t_band, ax=axs[1])
     axs[1].set(ylabel="sampled images/s", xlabel="sampler setting", yscale="log")
     axs[1].tick_params(axis="x", rotation=45)
     return save_figure(fig, out_dir, "throughput")

@@ -87,8 +87,9 @@ def test_make_results_redraws_everything_from_the_committed_rows_alone(tmp_path)
         for table in ("rows.csv", "summary.csv"):
             assert (copy / name / table).read_bytes() == (committed / name / table).read_bytes(), (name, table)
         assert (copy / name / "report.md").read_text() == (committed / name / "report.md").read_text()
-        for f in FIGURES:
+        for f in FIGURES:  # the PDFs carry no date: a redraw is the same bytes, error bands included
             assert (copy / name / f"{f}.png").exists()
+            assert (copy / name / f"{f}.pdf").read_bytes() == (committed / name / f"{f}.pdf").read_bytes(), (name, f)
         assert "## Verdict" in (copy / name / "report.md").read_text()
     index = (copy / "README.md").read_text()
     assert (committed / "README.md").read_text() == index
