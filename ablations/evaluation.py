@@ -72,15 +72,16 @@ def generate(model, schedule, cfg, setting, n: int, *, batch: int, seed: int, de
     return torch.cat([x for _, x in parts]), max(gather_objects(seconds))
 
 
-def nll(model, schedule, cfg, images_uint8, *, strata: int, seed: int, device, batch: int = 256, progress=None):
-    """Mean bits/dim over test images; `strata` = 0 means the exact sum over all T. `progress(k)` is
-    called after each batch of k images."""
+def nll(model, schedule, cfg, images_uint8, *, strata: int, seed: int, device, batch: int = 256, clip_x0: bool = True,
+        progress=None):
+    """Mean bits/dim over test images; `strata` = 0 means the exact sum over all T; `clip_x0` as in
+    `core.likelihood.nll_bpd`. `progress(k)` is called after each batch of k images."""
     device = torch.device(device)
     total, t0 = 0.0, time.perf_counter()
     for lo, hi in batches(len(images_uint8), batch):
         x0 = to_model(images_uint8[lo:hi]).to(device)
         r = nll_bpd(model, schedule, x0, prediction=cfg.prediction, variance=cfg.variance, strata=strata,
-                    generator=generators("nll", seed, lo, hi, device))
+                    generator=generators("nll", seed, lo, hi, device), clip_x0=clip_x0)
         total += r["bpd"].sum().item()
         if progress:
             progress(hi - lo)

@@ -7,12 +7,18 @@ config, its rows are merged in and the rest is kept under `_migrated/`). Trainin
 in the current row schema. Eval rows are set aside in `migrated/metrics.jsonl`: they were sampled
 with per-batch seeds, so they are not paired with new rows, and the run shows `needs-eval` until it
 is evaluated again (sampling and FID only; the checkpoint is reused).
+
+NLL rows written before the bound clipped x0 (`core.likelihood.nll_bpd`; they have no `clip_x0`) are
+set aside the same way, in `migrated/rows.jsonl`: the run shows `needs-eval` until its NLL is computed
+again.
 """
+import json
 import shutil
 from pathlib import Path
 
 from ablations.config import TRAIN_FIELDS, TrainConfig
-from ablations.io import append_jsonl, read_json, read_jsonl, write_json
+from ablations import claim
+from ablations.io import append_jsonl, read_json, read_jsonl, write_json, write_text
 from ablations.layout import CONFIG, ROWS, RUN_ID, run_folder, spec_folder
 from ablations.schema import row
 
@@ -81,3 +87,30 @@ def _move_dispatch(root, spec_dir):
     if spec_dir.exists() and not any(spec_dir.iterdir()):
         spec_dir.rmdir()
 
+
+
+def set_aside_unclipped_nll(root, echo=print) -> int:
+    """Move the NLL pass's rows without `clip_x0` (they have `strata`) of every run under `root` that no
+    live process holds to <run>/migrated/rows.jsonl; returns how many runs had some. Every other line of
+    rows.jsonl is kept byte for byte."""
+    count = 0
+    for path in sorted(Path(root).glob(f"*/{ROWS}")):
+        folder = path.parent
+        if not RUN_ID.fullmatch(folder.name) or ((h := claim.read(folder)) and claim.alive(h)):
+            continue
+        keep, aside = [], []
+        for line in path.read_text(errors="replace").splitlines(keepends=True):
+            try:
+                r = json.loads(line)
+            except ValueError:
+                r = None
+            old = isinstance(r, dict) and r.get("strata") is not None and r.get("clip_x0") is None
+            (aside if old else keep).append(r if old else line)
+        if aside:
+            (folder / "migrated").mkdir(exist_ok=True)
+            append_jsonl(folder / "migrated" / ROWS, aside)
+            write_text(path, "".join(keep))
+            echo(f"migrate: {folder.name}: {len(aside)} NLL rows from before the bound clipped x0 -> "
+                 f"migrated/{ROWS}; the NLL is computed again on the next run")
+            count += 1
+    return count

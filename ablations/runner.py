@@ -48,6 +48,8 @@ from ablations.training import NonFiniteLoss, total_steps, train
 from core.samplers import nfe
 from core.schedules import make_schedule
 
+NLL_CLIP_X0 = True  # the bound of the model the samplers draw from (core.likelihood.nll_bpd)
+
 
 def reference(dataset: str, split: str, n: int) -> str:
     """The `reference` column: the real images a number is computed against."""
@@ -61,7 +63,8 @@ def wanted(spec: Spec, run: Run) -> dict:
     out = {key(row(run.run_id, "fid", 0, phase="eval", **s._asdict(), n=ev.fid_samples, extractor=ev.fid_extractor,
                    reference=fid_ref, sample_seed=ev.sample_seed)): s for s in ev.settings}
     nll_key = key(row(run.run_id, "nll_bpd", 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
-                      reference=reference(cfg.dataset, "test", ev.nll_images), strata=ev.nll_strata or cfg.T))
+                      reference=reference(cfg.dataset, "test", ev.nll_images), strata=ev.nll_strata or cfg.T,
+                      clip_x0=NLL_CLIP_X0))
     return {**out, nll_key: "nll"}
 
 
@@ -290,9 +293,9 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
         test = _images(cfg.dataset, "test", data_root, download)[:ev.nll_images]
         with _bar(len(test), "NLL", progress) as bar:
             r = nll(forward, schedule, cfg, test, strata=ev.nll_strata, seed=ev.sample_seed, device=device,
-                    batch=ev.sample_batch, progress=bar)
+                    batch=ev.sample_batch, clip_x0=NLL_CLIP_X0, progress=bar)
         cols = dict(phase="eval", n=len(test), sample_seed=ev.sample_seed, strata=r["strata"],
-                    reference=reference(cfg.dataset, "test", len(test)))
+                    reference=reference(cfg.dataset, "test", len(test)), clip_x0=NLL_CLIP_X0)
         emit([row(run.run_id, m, v, **cols) for m, v, _ in (
             *first, ("nll_wall_s", r["seconds"], {}), ("nll_bpd", r["bpd"], {}))])
         log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")

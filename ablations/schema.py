@@ -18,7 +18,7 @@ COLUMNS = {
     "sampler": "ddpm | ddim | dpmpp_2m | heun",
     "steps": "sampling steps S",
     "eta": "DDIM's eta (0 for the other samplers)",
-    "clip_x0": "whether the predicted x0 was clipped to [-1, 1] while sampling",
+    "clip_x0": "whether the predicted x0 was clipped to [-1, 1] while sampling, or in the NLL's bound",
     "spacing": "which S of the T timesteps are kept: leading | trailing | linspace (Lin et al. 2023, Table 2)",
     "nfe": "model evaluations per image: steps, or 2 steps - 1 for heun",
     # the evaluation protocol (eval rows)

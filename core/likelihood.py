@@ -27,8 +27,14 @@ def stratify(T: int, K: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def nll_bpd(model, schedule: Schedule, x0, *, prediction: str, variance: str, strata: int = 0,
-            generator=None):
+            generator=None, clip_x0: bool = True):
     """Bits/dim per example of the model's variational bound.
+
+    `clip_x0` (the default) bounds the likelihood of the model the samplers draw from: p(x_{t-1} | x_t)
+    has its mean at the predicted x0 clipped to [-1, 1], as in improved-diffusion's bpd evaluation
+    (`calc_bpd_loop`, `clip_denoised=True`). Without it, L_{T-1} of the cosine schedule (beta clipped
+    at 0.999, so 1/sqrt(alpha) ~ 32) multiplies the eps error at pure noise into bits/dim: 2.6 of
+    them for our cpu recipe's model at 700 steps, against 0.0 clipped.
 
     `strata=0` sums L_t exactly over all T steps (T model calls). `strata=K` draws one t uniformly
     from each of K strata and weights it by the stratum's size: an unbiased estimate of the same sum
@@ -45,7 +51,7 @@ def nll_bpd(model, schedule: Schedule, x0, *, prediction: str, variance: str, st
         noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
         xt = q_sample(schedule, x0, t, noise)
         vb = vb_from_coefs(coefs(schedule, t, like=x0), model(xt, t), x0, xt, t,
-                           prediction=prediction, variance=variance)
+                           prediction=prediction, variance=variance, clip_x0=clip_x0)
         vb_sum += (hi - lo) * vb.double()
     prior = prior_bpd(schedule, x0).double()
     return {"bpd": prior + vb_sum, "prior": prior, "vb": vb_sum,

@@ -20,10 +20,11 @@ def mean_flat(x):
     return x.flatten(1).mean(1)
 
 
-def vb_from_coefs(c: Coefs, model_output, x0, xt, t, *, prediction: str, variance: str):
+def vb_from_coefs(c: Coefs, model_output, x0, xt, t, *, prediction: str, variance: str, clip_x0: bool = False):
     """The VLB term L_{t-1} in bits per dimension, per example (Ho et al. Eq. 5):
-    KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, the discretized decoder NLL at t = 0."""
-    p = p_from_coefs(c, model_output, xt, prediction=prediction, variance=variance)
+    KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, the discretized decoder NLL at t = 0.
+    `clip_x0`: p's mean uses the predicted x0 clipped to [-1, 1], as the sampler's does."""
+    p = p_from_coefs(c, model_output, xt, prediction=prediction, variance=variance, clip_x0=clip_x0)
     log_var = p["log_variance"]
     kl = mean_flat(normal_kl(posterior_mean(c, x0, xt), c.log_var_small, p["mean"], log_var))
     nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * log_var))

@@ -3,7 +3,7 @@ import torch
 
 from core.diffusion import coefs, q_sample
 from core.likelihood import nll_bpd, prior_bpd
-from core.losses import loss_terms
+from core.losses import loss_terms, vb_from_coefs
 from core.parameterizations import PREDICTIONS
 from core.schedules import make_schedule
 
@@ -109,3 +109,22 @@ def test_stratified_nll_is_unbiased():
 def test_prior_term_is_small_for_a_long_schedule():
     s = make_schedule("linear", 1000)
     assert (prior_bpd(s, torch.ones(2, 1, 3, 3)) < 1e-4).all()
+
+
+def test_nll_bounds_the_clipped_sampler_model():
+    """The cosine schedule's last beta is clipped to 0.999: without clipping x0 its L_{T-1} turns a
+    10% eps error at pure noise into bits/dim; with it (the default, as the samplers do) it stays ~0."""
+    s = make_schedule("cosine", 1000)
+    x0 = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    model = lambda x, t: 0.9 * x  # noqa: E731  (at t = T-1, x_t is the noise: a 10% error)
+    t = torch.full((2,), 999)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    xt = q_sample(s, x0, t, noise)
+    last = {clip: vb_from_coefs(coefs(s, t, like=x0), model(xt, t), x0, xt, t, prediction="eps",
+                                variance="fixed_small", clip_x0=clip) for clip in (False, True)}
+    assert (last[False] > 1).all() and (last[True] < 1e-3).all()
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    default = nll_bpd(model, s, x0, prediction="eps", variance="fixed_small", generator=g())["bpd"]
+    clipped = nll_bpd(model, s, x0, prediction="eps", variance="fixed_small", generator=g(), clip_x0=True)["bpd"]
+    raw = nll_bpd(model, s, x0, prediction="eps", variance="fixed_small", generator=g(), clip_x0=False)["bpd"]
+    assert torch.equal(default, clipped) and (raw - clipped > 1).all()
