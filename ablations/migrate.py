@@ -88,7 +88,6 @@ def _move_dispatch(root, spec_dir):
         spec_dir.rmdir()
 
 
-
 def set_aside_unclipped_nll(root, echo=print) -> int:
     """Move the NLL pass's rows without `clip_x0` (they have `strata`) of every run under `root` that no
     live process holds to <run>/migrated/rows.jsonl; returns how many runs had some. Every other line of
@@ -104,8 +103,10 @@ def set_aside_unclipped_nll(root, echo=print) -> int:
                 r = json.loads(line)
             except ValueError:
                 r = None
-            old = isinstance(r, dict) and r.get("strata") is not None and r.get("clip_x0") is None
-            (aside if old else keep).append(r if old else line)
+            if isinstance(r, dict) and r.get("strata") is not None and r.get("clip_x0") is None:
+                aside.append(r)
+            else:
+                keep.append(line)
         if aside:
             (folder / "migrated").mkdir(exist_ok=True)
             append_jsonl(folder / "migrated" / ROWS, aside)
