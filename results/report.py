@@ -53,7 +53,7 @@ def protocol(rows: pd.DataFrame) -> list[str]:
         f"- FID reference: {vals(fid, 'reference')}; sample seed (x_T and noise, per image): "
         f"{vals(fid, 'sample_seed')}; x0 clipped: {vals(fid, 'clip_x0')}",
         f"- NLL: {vals(nll, 'reference')}; stratified timesteps per image (exact when equal to T): "
-        f"{vals(nll, 'strata')}",
+        f"{vals(nll, 'strata')}; x0 clipped in the bound: {vals(nll, 'clip_x0')}",
         f"- seeds: {vals(rows, 'seed')}; runs: {rows['run_id'].nunique()}",
         f"- device: {vals(rows, 'device')}; torch: {vals(rows, 'torch')}; host: {vals(rows, 'host')}",
         f"- commit: {vals(rows, 'commit')}",
