@@ -77,9 +77,9 @@ CHECKED = {
         "training; DDIM improves faster.",
         "- **With 8× the images a step, the paper's finding comes out decided.** The sampler's cpu recipe with "
         "`batch = 512` instead of 64 (the same 2,200 steps, lr, EMA and protocol: n = 1000, sample seed 0, x0 "
-        "clipped), trained and evaluated by the suite's runner on one H100 (fp32), 5 training seeds: DDIM-10 − "
-        "DDPM-10 FID = −19.4 ± 3.8 (39.4 vs 58.8; every seed between −17.4 and −24.8), KID −10.5 ± 3.0; at 20 "
-        "steps FID −9.9 ± 2.4; at 50 steps −2.3 ± 2.4 (inconclusive). DDPM-50 reaches FID 24 there against 44 "
+        "clipped), trained and evaluated by the suite's runner on one H100 (fp32, with cuDNN's default TF32 "
+        "convolutions), 5 training seeds: DDIM-10 − DDPM-10 FID = −19.4 ± 3.8 (39.4 vs 58.8; every seed "
+        "between −17.4 and −24.8), KID −10.5 ± 3.0; at 20 steps FID −9.9 ± 2.4; at 50 steps −2.3 ± 2.4 (inconclusive). DDPM-50 reaches FID 24 there against 44 "
         "here. So the cpu scale's verdicts are the model's training, not the samplers: the gap opens, and "
         "shrinks with the step count as in Song et al.'s Table 1, once the model is trained further.",
         "- **What the samples show.** In training seed 1's grids at 2,200 steps, DDPM-10's images are smooth and "
@@ -104,12 +104,12 @@ CHECKED = {
         "checkpoint). eps goes from FID 243.7 to 82.9 (KID 169.0 to 67.1), x0 from 233.0 to 107.6 (KID 177.0 "
         "to 73.9): eps − x0 FID goes from +10.7 to −24.7. One seed; v was not continued.",
         "- **Where each is better.** On 200 test images, the x0 model's estimate of x0 at 700 steps is better "
-        "than the eps model's at high noise (RMS error 0.55 vs 0.64 at t = 700, 0.60 vs 0.97 at t = 900), where an image's "
-        "global shape is set, and worse at low noise (0.096 vs 0.008 at t = 0, 0.095 vs 0.029 "
-        "at t = 10).",
+        "than the eps model's at high noise (RMS error 0.55 vs 0.64 at t = 700, 0.60 vs 0.97 at t = 900), "
+        "where an image's global shape is set, and worse at low noise (0.096 vs 0.008 at t = 0, 0.095 vs "
+        "0.029 at t = 10).",
         "- **x0's NLL (about 70 bits/dim) is that low-noise error, not a bug.** With `fixed_small` variance the "
-        "steps t < 10 have σ_t of 0.007 to 0.015, so an x0 error of 0.096 costs 29 bits/dim in the decoder term and "
-        "63 in t = 1-9 (eps model: 1.7 and 1.3); t ≥ 10 add 3.9 (eps: 1.0).",
+        "steps t < 10 have σ_t of 0.007 to 0.015, so an x0 error of 0.096 costs 29 bits/dim in the decoder "
+        "term and 63 in t = 1-9 (eps model: 1.7 and 1.3); t ≥ 10 add 3.9 (eps: 1.0).",
     ),
 }
 CHECKED_TITLE = "Where it does not reproduce: what was checked"
