@@ -26,10 +26,10 @@ def _load(spec_path, scale):
 
 
 def _migrate(runs_root):
-    from ablations.migrate import migrate, set_aside_unclipped_nll
+    from ablations.migrate import migrate, set_aside_stale_nll
     if os.path.isdir(runs_root):
         migrate(runs_root, echo=click.echo)
-        set_aside_unclipped_nll(runs_root, echo=click.echo)
+        set_aside_stale_nll(runs_root, echo=click.echo)
 
 
 def _print_table(rows: list[dict], last=()):

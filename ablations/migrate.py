@@ -8,9 +8,10 @@ in the current row schema. Eval rows are set aside in `migrated/metrics.jsonl`: 
 with per-batch seeds, so they are not paired with new rows, and the run shows `needs-eval` until it
 is evaluated again (sampling and FID only; the checkpoint is reused).
 
-NLL rows written before the bound clipped x0 (`core.likelihood.nll_bpd`; they have no `clip_x0`) are
-set aside the same way, in `migrated/rows.jsonl`: the run shows `needs-eval` until its NLL is computed
-again.
+NLL rows written before the bound clipped x0 (`core.likelihood.nll_bpd`; they have no `clip_x0`), and
+stratified ones written before the strata were geometric (`core.likelihood.stratify`; they have no
+`spacing`), are set aside the same way, in `migrated/rows.jsonl`: the run shows `needs-eval` until its
+NLL is computed again.
 """
 import json
 import shutil
@@ -88,30 +89,42 @@ def _move_dispatch(root, spec_dir):
         spec_dir.rmdir()
 
 
-def set_aside_unclipped_nll(root, echo=print) -> int:
-    """Move the NLL pass's rows without `clip_x0` (they have `strata`) of every run under `root` that no
-    live process holds to <run>/migrated/rows.jsonl; returns how many runs had some. Every other line of
-    rows.jsonl is kept byte for byte."""
+def stale_nll(r: dict, T: int):
+    """Why an NLL pass's row (it has `strata`) is stale, or None when it is current."""
+    if r.get("clip_x0") is None:
+        return "from before the bound clipped x0"
+    if r.get("spacing") is None and T is not None and r["strata"] < T:
+        return "from before the strata were geometric"
+    return None
+
+
+def set_aside_stale_nll(root, echo=print) -> int:
+    """Move the stale NLL rows (`stale_nll`) of every run under `root` that no live process holds to
+    <run>/migrated/rows.jsonl; returns how many runs had some. Every other line of rows.jsonl is
+    kept byte for byte."""
     count = 0
     for path in sorted(Path(root).glob(f"*/{ROWS}")):
         folder = path.parent
         if not RUN_ID.fullmatch(folder.name) or ((h := claim.read(folder)) and claim.alive(h)):
             continue
-        keep, aside = [], []
+        T = (read_json(folder / CONFIG) or {}).get("train", {}).get("T")
+        keep, aside, why = [], [], set()
         for line in path.read_text(errors="replace").splitlines(keepends=True):
             try:
                 r = json.loads(line)
             except ValueError:
                 r = None
-            if isinstance(r, dict) and r.get("strata") is not None and r.get("clip_x0") is None:
+            reason = stale_nll(r, T) if isinstance(r, dict) and r.get("strata") is not None else None
+            if reason:
                 aside.append(r)
+                why.add(reason)
             else:
                 keep.append(line)
         if aside:
             (folder / "migrated").mkdir(exist_ok=True)
             append_jsonl(folder / "migrated" / ROWS, aside)
             write_text(path, "".join(keep))
-            echo(f"migrate: {folder.name}: {len(aside)} NLL rows from before the bound clipped x0 -> "
+            echo(f"migrate: {folder.name}: {len(aside)} NLL rows {' and '.join(sorted(why))} -> "
                  f"migrated/{ROWS}; the NLL is computed again on the next run")
             count += 1
     return count

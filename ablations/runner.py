@@ -45,10 +45,16 @@ from ablations.parallel import any_true, is_main, world
 from ablations.schema import key, label, row
 from ablations.spec import Run, Spec
 from ablations.training import NonFiniteLoss, total_steps, train
+from core.likelihood import STRATA_SPACING
 from core.samplers import nfe
 from core.schedules import make_schedule
 
 NLL_CLIP_X0 = True  # the bound of the model the samplers draw from (core.likelihood.nll_bpd)
+
+
+def nll_spacing(strata: int, T: int):
+    """The `spacing` column of NLL rows: the strata's layout when stratified, None when exact."""
+    return STRATA_SPACING if 0 < strata < T else None
 
 
 def reference(dataset: str, split: str, n: int) -> str:
@@ -64,7 +70,7 @@ def wanted(spec: Spec, run: Run) -> dict:
                    reference=fid_ref, sample_seed=ev.sample_seed)): s for s in ev.settings}
     nll_key = key(row(run.run_id, "nll_bpd", 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
                       reference=reference(cfg.dataset, "test", ev.nll_images), strata=ev.nll_strata or cfg.T,
-                      clip_x0=NLL_CLIP_X0))
+                      clip_x0=NLL_CLIP_X0, spacing=nll_spacing(ev.nll_strata, cfg.T)))
     return {**out, nll_key: "nll"}
 
 
@@ -295,7 +301,8 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
             r = nll(forward, schedule, cfg, test, strata=ev.nll_strata, seed=ev.sample_seed, device=device,
                     batch=ev.sample_batch, clip_x0=NLL_CLIP_X0, progress=bar)
         cols = dict(phase="eval", n=len(test), sample_seed=ev.sample_seed, strata=r["strata"],
-                    reference=reference(cfg.dataset, "test", len(test)), clip_x0=NLL_CLIP_X0)
+                    reference=reference(cfg.dataset, "test", len(test)), clip_x0=NLL_CLIP_X0,
+                    spacing=nll_spacing(ev.nll_strata, cfg.T))
         emit([row(run.run_id, m, v, **cols) for m, v, _ in (
             *first, ("nll_wall_s", r["seconds"], {}), ("nll_bpd", r["bpd"], {}))])
         log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")

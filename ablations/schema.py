@@ -19,7 +19,8 @@ COLUMNS = {
     "steps": "sampling steps S",
     "eta": "DDIM's eta (0 for the other samplers)",
     "clip_x0": "whether the predicted x0 was clipped to [-1, 1] while sampling, or in the NLL's bound",
-    "spacing": "which S of the T timesteps are kept: leading | trailing | linspace (Lin et al. 2023, Table 2)",
+    "spacing": "which S of the T timesteps are kept: leading | trailing | linspace (Lin et al. 2023, Table 2); "
+               "NLL: how its strata divide the T timesteps (geometric; empty when exact)",
     "nfe": "model evaluations per image: steps, or 2 steps - 1 for heun",
     # the evaluation protocol (eval rows)
     "n": "images the number is computed over (generated images for FID; test images for NLL; batch for train)",

@@ -16,12 +16,25 @@ def prior_bpd(schedule: Schedule, x0):
     return mean_flat(kl) / math.log(2.0)
 
 
+STRATA_SPACING = "geometric"  # the `spacing` column of NLL rows: how the strata divide the T timesteps
+
+
 def stratify(T: int, K: int) -> list[tuple[int, int]]:
-    """K contiguous, near-equal [lo, hi) blocks covering 0..T-1; K = 0 means T blocks of one step."""
+    """K contiguous [lo, hi) blocks covering 0..T-1, geometric in t + 1: edge k is about
+    (T + 1)^(k/K) - 1, at least one step past edge k-1. K = 0 (or T) means T blocks of one step.
+
+    The bound's terms are largest and steepest at low noise: the decoder term L_0 alone is ~1.7 of
+    ~4.1 bits/dim for the cpu recipe's eps model, and L_1..L_9 add 1.4. Equal blocks of T/K steps
+    weight a rare draw of those by T/K; here they get blocks of one step each, and the flat
+    high-noise tail shares wide ones. On the full L[t, i] matrices of five 700-step models (500
+    test images), the 16-block estimate's standard error from its t draws is 0.004-0.005 bits/dim,
+    against 0.49-0.66 with 16 equal blocks (0.18 against 24 for an x0 model)."""
     if not isinstance(K, int) or not 0 <= K <= T:
         raise ValueError(f"NLL strata must be an integer in [0, T={T}] (0 = exact), got {K!r}")
     K = K or T
-    edges = [round(k * T / K) for k in range(K + 1)]
+    edges = [0]
+    for k in range(1, K + 1):
+        edges.append(min(max(edges[-1] + 1, round((T + 1) ** (k / K) - 1)), T - (K - k)))
     return list(zip(edges[:-1], edges[1:]))
 
 
@@ -37,8 +50,8 @@ def nll_bpd(model, schedule: Schedule, x0, *, prediction: str, variance: str, st
     them for our cpu recipe's model at 700 steps, against 0.0 clipped.
 
     `strata=0` sums L_t exactly over all T steps (T model calls). `strata=K` draws one t uniformly
-    from each of K strata and weights it by the stratum's size: an unbiased estimate of the same sum
-    with K model calls. `generator` is one torch.Generator or one per example. Returns `bpd`,
+    from each of K strata (`stratify`) and weights it by the stratum's size: an unbiased estimate
+    of the same sum with K model calls (stratified sampling, Cochran 1977, Ch. 5). `generator` is one torch.Generator or one per example. Returns `bpd`,
     `prior`, `vb` (tensors of shape (B,)), `method` ("exact" or "stratified") and `strata` (model
     calls per example).
     """

@@ -40,7 +40,8 @@ def test_collect_plot_report_from_the_table_alone(smoke, tmp_path):
         assert (folder / f"{f}.png").stat().st_size > 1000 and (folder / f"{f}.pdf").exists()
     report = (folder / "report.md").read_text()
     for text in ("## Protocol", "fmnist-classifier", "## FID by sampler setting", "## Bits/dim", "![bars](bars.png)",
-                 "stratified timesteps per image (exact when equal to T): 4; x0 clipped in the bound: True",
+                 "stratified timesteps per image (exact when equal to T): 4, in geometric strata; x0 clipped in the "
+                 "bound: True",
                  "DDIM η=0 · 50 steps"):
         assert text in report
     for r in spec.runs:

@@ -6,6 +6,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import tiny_spec
 
@@ -141,24 +142,26 @@ def test_one_label_for_a_sampler_setting():
     assert label("ddim", eta=0.5, clip_x0=False) == "DDIM η=0.5 · no clip"
 
 
-def test_nll_rows_from_before_the_bound_clipped_x0_are_set_aside_and_recomputed(tmp_path):
+@pytest.mark.parametrize("dropped, why", [("clip_x0", "from before the bound clipped x0"),
+                                           ("spacing", "from before the strata were geometric")])
+def test_stale_nll_rows_are_set_aside_and_recomputed(tmp_path, dropped, why):
     path = _spec(tmp_path, "clip", '["group"]')
     run = load_spec(path).runs[0]
     _ablate("run", path, "--runs-root", tmp_path / "runs", "--no-progress")
     folder = run_folder(tmp_path / "runs", run.run_id)
     fresh = _rows(folder)
     nll = [r for r in fresh if r["metric"] == "nll_bpd"]
-    assert len(nll) == 1 and nll[0]["clip_x0"] is True
-    # The rows as the suite wrote them before: the NLL pass's rows without clip_x0, then a half-written line.
-    old = [{k: v for k, v in r.items() if not (k == "clip_x0" and r["strata"] is not None)} for r in fresh]
+    assert len(nll) == 1 and nll[0]["clip_x0"] is True and nll[0]["spacing"] == "geometric"
+    # The rows as the suite wrote them before: the NLL pass's rows without the column, then a half-written line.
+    old = [{k: v for k, v in r.items() if not (k == dropped and r["strata"] is not None)} for r in fresh]
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in old) + '{"metric": "fi'
     (folder / "rows.jsonl").write_text(lines)
     ckpt = {p.name: p.read_bytes() for p in checkpoints(folder)}
 
     listing = _ablate("list", path, "--runs-root", tmp_path / "runs")
-    assert "needs-eval" in listing and "NLL rows from before the bound clipped x0 -> migrated/rows.jsonl" in listing
+    assert "needs-eval" in listing and f"NLL rows {why} -> migrated/rows.jsonl" in listing
     aside = read_jsonl(folder / "migrated" / "rows.jsonl")[0]
-    assert aside and all(r["strata"] is not None and "clip_x0" not in r for r in aside)
+    assert aside and all(r["strata"] is not None and dropped not in r for r in aside)
     kept = (folder / "rows.jsonl").read_text()
     assert kept.endswith('{"metric": "fi') and not any(r.get("strata") for r in read_jsonl(folder / "rows.jsonl")[0])
     _ablate("run", path, "--runs-root", tmp_path / "runs", "--no-progress")
