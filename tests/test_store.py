@@ -13,6 +13,7 @@ from conftest import tiny_spec
 from ablations.cli import main
 from ablations.io import read_jsonl
 from ablations.layout import checkpoints, read_status, run_folder, run_ids
+from ablations.migrate import stale_nll
 from ablations.schema import key, label
 from ablations.spec import load_spec
 
@@ -140,6 +141,13 @@ def test_one_label_for_a_sampler_setting():
     assert label("ddim", 10, 0.0) == "DDIM η=0 · 10 steps"
     assert label("ddpm", 100, 0.0) == "DDPM · 100 steps"
     assert label("ddim", eta=0.5, clip_x0=False) == "DDIM η=0.5 · no clip"
+
+
+def test_exact_nll_rows_are_current_whatever_their_spacing():
+    assert stale_nll({"clip_x0": True, "strata": 100}, 100) is None  # exact: every t, no strata to lay out
+    assert stale_nll({"clip_x0": True, "strata": 16}, 100) == "from before the strata were geometric"
+    assert stale_nll({"clip_x0": True, "strata": 16, "spacing": "geometric"}, 100) is None
+    assert stale_nll({"strata": 100}, 100) == "from before the bound clipped x0"
 
 
 @pytest.mark.parametrize("dropped, why", [("clip_x0", "from before the bound clipped x0"),
