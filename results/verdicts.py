@@ -98,10 +98,11 @@ CHECKED = {
         "the network predicts (tests/test_samplers.py); DDPM, DDIM, DPM-Solver++(2M) and Heun equal diffusers' "
         "schedulers for `epsilon`, `sample` and `v_prediction` (tests/test_frontier.py).",
         "- **FID and KID disagree at this scale.** At 700 steps of 32 images every FID is 230-260. x0 has the "
-        "lower FID on every seed, but eps − x0 KID is −8.0 / +2.0 / −6.1.",
+        "lower FID on every seed, but in the earlier grid of the same runs (on an AMD EPYC) eps − x0 KID was "
+        "−8.0 / +2.0 / −6.1.",
         "- **Training length turns it the paper's way.** Measured beside the grid with the suite's runner: "
-        "training seed 0 continued to 2,800 steps (its first 700 bitwise the grid's, resumed from the grid's "
-        "checkpoint). eps goes from FID 243.7 to 82.9 (KID 169.0 to 67.1), x0 from 233.0 to 107.6 (KID 177.0 "
+        "training seed 0 continued to 2,800 steps (its first 700 bitwise the earlier AMD grid's, resumed from that "
+        "grid's checkpoint). eps goes from FID 243.7 to 82.9 (KID 169.0 to 67.1), x0 from 233.0 to 107.6 (KID 177.0 "
         "to 73.9): eps − x0 FID goes from +10.7 to −24.7. One seed; v was not continued.",
         "- **Where each is better.** On 200 test images, the x0 model's estimate of x0 at 700 steps is better "
         "than the eps model's at high noise (RMS error 0.55 vs 0.64 at t = 700, 0.60 vs 0.97 at t = 900), "
