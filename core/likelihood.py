@@ -51,9 +51,9 @@ def nll_bpd(model, schedule: Schedule, x0, *, prediction: str, variance: str, st
 
     `strata=0` sums L_t exactly over all T steps (T model calls). `strata=K` draws one t uniformly
     from each of K strata (`stratify`) and weights it by the stratum's size: an unbiased estimate
-    of the same sum with K model calls (stratified sampling, Cochran 1977, Ch. 5). `generator` is one torch.Generator or one per example. Returns `bpd`,
-    `prior`, `vb` (tensors of shape (B,)), `method` ("exact" or "stratified") and `strata` (model
-    calls per example).
+    of the same sum with K model calls (stratified sampling, Cochran 1977, Ch. 5). `generator` is
+    one torch.Generator or one per example. Returns `bpd`, `prior`, `vb` (tensors of shape (B,)),
+    `method` ("exact" or "stratified") and `strata` (model calls per example).
     """
     B, T = x0.shape[0], schedule.T
     blocks = stratify(T, strata)
