@@ -69,28 +69,21 @@ CHECKED = {
         "on the same noise, with and without x0 clipping; our DDIM (η=0) equals `DDIMScheduler` (leading "
         "spacing) and first-order DPM-Solver++; DDIM with η=1 equals DDPM step by step; with the exact denoiser "
         "of a single data point every sampler lands on it (tests/test_frontier.py, tests/test_samplers.py).",
-        "- **Training length moves the 10-step gap toward the paper.** Measured beside the grid with the suite's "
-        "`generate` and `fid` on the same x_T (n = 1000), on the cpu recipe's checkpoints: training seed 1 at "
-        "1,000 / 1,500 / 2,000 / 2,200 steps gives DDIM-10 − DDPM-10 FID = +7.1 / −4.5 / −8.7 / −12.9; training "
-        "seed 0 continued to 4,400 steps (its first 2,200 steps bitwise the grid's) goes from +4.3 to −2.7 in FID "
-        "and stays +4.7 in KID, and DDPM still leads at 20 steps (38.5 vs 43.1). Both samplers improve with "
-        "training; DDIM improves faster.",
-        "- **With 8× the images a step, the paper's finding comes out decided.** The sampler's cpu recipe with "
-        "`batch = 512` instead of 64 (the same 2,200 steps, lr, EMA and protocol: n = 1000, sample seed 0, x0 "
-        "clipped), trained and evaluated by the suite's runner on one H100 (fp32, with cuDNN's default TF32 "
-        "convolutions), 5 training seeds: DDIM-10 − DDPM-10 FID = −19.4 ± 3.8 (39.4 vs 58.8; every seed "
-        "between −17.4 and −24.8), KID −10.5 ± 3.0; at 20 steps FID −9.9 ± 2.4; at 50 steps −2.3 ± 2.4 (inconclusive). DDPM-50 reaches FID 24 there against 44 "
-        "here. So the cpu scale's verdicts are the model's training, not the samplers: the gap opens, and "
-        "shrinks with the step count as in Song et al.'s Table 1, once the model is trained further.",
-        "- **What the samples show.** In training seed 1's grids at 2,200 steps, DDPM-10's images are smooth and "
-        "whole; about one in five of DDIM-10's is garbled into high-contrast texture. The deterministic path "
-        "carries the model's error at high noise into the image, where DDPM's fresh noise at each step washes it "
-        "out. Song et al.'s models trained for 800k steps; ours for 2,200.",
-        "- **Cost of deciding it here.** Seed 0 at 4,400 steps is still within noise, so 3 seeds at 4,400 steps "
-        "would likely not decide either, at about 9 h for the five questions on this machine (5.3 h of it the "
-        "sampler: 76 min of training and 30 min of sampling a seed) against the 6 h budget. The recipe that "
-        "decides it (8× the images) costs about 5 h of training a seed here (38 min at batch 64). The cpu scale "
-        "stays at 2,200 steps of 64 images and reports what it measures.",
+        "- **At 50 steps the gap is smaller than three seeds resolve, here and on a GPU.** Song et al.'s own gap "
+        "shrinks with the step count: η=1 over η=0 is 41.07 / 13.36 at 10 steps, 18.36 / 6.84 at 20 and 8.01 / 4.67 "
+        "at 50 (Table 1, CIFAR-10). Here DDPM over DDIM is 1.24 at 10 steps, 1.09 at 20 and 0.92 at 50, with the "
+        "50-step difference inside the seeds' spread. The same recipe with 8× the images a step (`batch = 512`, "
+        "same 2,200 steps and protocol), trained and evaluated by the suite's runner on one H100 with 5 seeds, "
+        "also leaves 50 steps inconclusive (−2.3 ± 2.4) while deciding 10 steps (−19.4 ± 3.8, KID −10.5 ± 3.0) "
+        "and 20 steps (−9.9 ± 2.4).",
+        "- **The answer is the model's training, not the samplers.** The first cpu recipe (2,200 steps of 64 "
+        "images, its grid 3.8 h on an AMD EPYC) left 10 steps inconclusive (DDPM-10 70.4 / 88.2 / 76.8 vs "
+        "DDIM-10 74.7 / 75.3 / 76.3) and had DDPM ahead at 20 and 50 steps on every seed. Measured beside that "
+        "grid with the suite's `generate` and `fid` on the same x_T: seed 1's checkpoints at 1,000 / 1,500 / "
+        "2,000 / 2,200 steps give DDIM-10 − DDPM-10 FID = +7.1 / −4.5 / −8.7 / −12.9, and seed 0 continued to "
+        "4,400 steps goes from +4.3 to −2.7. Both samplers improve with training and DDIM faster, so the cpu "
+        "scale now trains 3× the images (192 a step, 474 TFLOP): that grid, this report, took 3.19 h on a "
+        "2-core Xeon (48-50 min of training at 143-146 img/s and 13-14 min of sampling a seed).",
     ),
     "prediction": (
         "- **The parameterizations are the papers' and diffusers'.** eps, x0 and v each give zero KL at their "
