@@ -1,8 +1,39 @@
 """Atomic file writes (temp file in the same folder, then rename) and tolerant JSONL reads. No torch."""
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, quota exceeded
+
+
+class DiskFull(OSError):
+    """A write that found no space left: its message names the file and the free space there."""
+
+    def __str__(self):
+        return self.strerror
+
+
+def disk_full(path, error: OSError) -> DiskFull:
+    """The one message for a full disk (or quota): the path written and what `shutil.disk_usage` says is free."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+        room = f"{free / 2**20:.1f} MiB free there" if free >= 2**20 else f"{free} bytes free there"
+    except OSError:
+        room = "free space unknown"
+    return DiskFull(error.errno, f"disk full writing {path} ({room}; {os.strerror(error.errno)}): free some "
+                                 "space and re-run", str(path))
+
+
+def _raise_full(path, error):
+    """Turn a full disk's OSError into DiskFull (any other error is left to the caller to re-raise)."""
+    if isinstance(error, OSError) and error.errno in FULL and not isinstance(error, DiskFull):
+        raise disk_full(path, error) from error
 
 
 def _umask() -> int:
@@ -25,8 +56,12 @@ def atomic_write(path, write):
     file or the new one, never half, and after a crash or power loss the new one is whole. The file
     gets the user's umask (mkstemp's 0600 would hide it from a group-shared folder)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        _raise_full(path, e)
+        raise
     os.close(fd)
     try:
         write(tmp)
@@ -35,8 +70,9 @@ def atomic_write(path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        _raise_full(path, e)
         raise
 
 
@@ -58,13 +94,28 @@ def read_json(path, default=None):
 
 
 def append_jsonl(path, rows):
-    """Append rows, one JSON object per line, in a single write: a kill leaves all of them or a
-    half-written last line, which `read_jsonl` skips."""
-    blob = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-    with open(path, "a") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
+    """Append rows, one JSON object per line, in one write and fsync. A kill or a full disk can stop it
+    short: some whole lines, then maybe a half line, which readers skip. A file whose last line was
+    cut short gets a newline first, so the cut line never swallows the first new one."""
+    blob = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        _raise_full(path, e)
+        raise
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            blob = b"\n" + blob
+        view = memoryview(blob)
+        while view:  # write(2) may write less than asked, e.g. when the disk fills
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as e:
+        _raise_full(path, e)
+        raise
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path, required=("metric", "value")):

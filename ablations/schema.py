@@ -3,7 +3,12 @@
 A run folder's rows.jsonl holds RUN_COLUMNS; `ablate collect` attaches SPEC_COLUMNS (the spec, its
 scale and the run's axis values) and the run's status. The columns are used by the runner (which
 writes them), the table (which groups by them), the plots and the report (which label by them).
+`read_rows` is the one reader of a rows file: the runner and `collect` see the same rows.
 """
+import json
+import math
+from pathlib import Path
+
 AXES = ("schedule", "prediction", "loss", "variance", "norm")  # always in a table, grid axis or not
 
 COLUMNS = {
@@ -31,13 +36,19 @@ COLUMNS = {
     # provenance
     "device": "torch device", "torch": "torch version", "commit": "git commit of the code (+dirty)",
     "host": "machine", "cpu": "CPU model and cores (or the GPU's name)", "timestamp": "unix time the row was written",
+    # the append that wrote it (run folder only, not in rows.csv): a torn append is told from a whole one
+    "append_id": "id shared by the rows written in one append (empty in rows from before it existed)",
+    "append_rows": "how many rows that append wrote: fewer in the file means the append was cut short",
 }
 SETTING = ("sampler", "steps", "eta", "clip_x0", "spacing")
 PROTOCOL = ("n", "extractor", "reference", "sample_seed", "strata")
 PROVENANCE = ("device", "torch", "commit", "host", "cpu", "timestamp")
+APPEND = ("append_id", "append_rows")
 RUN_COLUMNS = tuple(COLUMNS)
 # An eval row is identified by these (with run_id); a row with the same key is never written twice.
 EVAL_KEY = ("metric", "phase", *SETTING, *PROTOCOL)
+IDENTITY = ("run_id", *EVAL_KEY, "train_step")  # any row's, train rows included: `collect` keeps one per identity
+PHASES = ("train", "eval")
 SPEC_COLUMNS = ("ablation", "scale", "seed")  # + the axes; attached by `ablate collect`
 STATUS_COLUMNS = ("status", "reason")
 
@@ -62,6 +73,58 @@ def row(run_id: str, metric: str, value, **cols) -> dict:
     if unknown or metric not in METRICS:
         raise ValueError(f"not a row column: {sorted(unknown)}" if unknown else f"unknown metric {metric!r}")
     return {**dict.fromkeys(RUN_COLUMNS), **cols, "run_id": run_id, "metric": metric, "value": value}
+
+
+def problem(r) -> str | None:
+    """Why a parsed line is not a row, or None when it is one: an object with every IDENTITY column, a
+    known metric and phase, and a value that is a finite number or NaN."""
+    if not isinstance(r, dict):
+        return "not a JSON object"
+    lacking = [c for c in (*IDENTITY, "value") if c not in r]
+    if lacking:
+        return f"no {', '.join(lacking)}"
+    if r["metric"] not in METRICS or r["phase"] not in PHASES:
+        return f"unknown metric {r['metric']!r}" if r["metric"] not in METRICS else f"unknown phase {r['phase']!r}"
+    v, n = r["value"], r.get("append_rows")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isinf(v):
+        return f"value {v!r} is not a finite number or NaN"
+    if r.get("append_id") is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        return f"append_rows {n!r} is not a count"
+    return None
+
+
+def parse(data: bytes) -> list[tuple[bytes, str, dict | None]]:
+    """Each line of a rows file as (line, kind, object): kind "row"; "partial", a row of an append that
+    was cut short (fewer lines carry its append_id than its append_rows says); or "bad", a line that
+    is not a row (half-written, not JSON, or failing `problem`). Rows with no append_id are whole."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for line in lines:
+        try:
+            obj = json.loads(line.decode("utf-8", errors="replace"))
+        except ValueError:
+            obj = None
+        out.append((line, "bad" if problem(obj) else "row", obj))
+    written = {}
+    for _, kind, obj in out:
+        if kind == "row" and obj.get("append_id") is not None:
+            written[obj["append_id"]] = written.get(obj["append_id"], 0) + 1
+    return [(line, "partial", obj) if kind == "row" and obj.get("append_id") is not None
+            and written[obj["append_id"]] < obj["append_rows"] else (line, kind, obj)
+            for line, kind, obj in out]
+
+
+def read_rows(path) -> tuple[list[dict], int]:
+    """(the rows of a rows file, how many of its lines were skipped: not rows, or rows of a cut append)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    lines = parse(data)
+    rows = [obj for _, kind, obj in lines if kind == "row"]
+    return rows, len(lines) - len(rows)
 
 
 def key(r: dict) -> tuple:

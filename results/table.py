@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.io import atomic_write, read_jsonl
+from ablations.io import atomic_write
 from ablations.layout import ROWS, read_status, sample_grid_name
-from ablations.schema import PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING, SPEC_COLUMNS, STATUS_COLUMNS
+from ablations.schema import (IDENTITY, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING, SPEC_COLUMNS, STATUS_COLUMNS,
+                              read_rows)
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom; 1.96 (the normal's) beyond.
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -35,7 +36,8 @@ def write_csv(df: pd.DataFrame, path):
 def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
     """Gather the rows of `runs` (dicts with folder, run_id, ablation, scale, seed and the `axes`) into
     out_dir/rows.csv and summary.csv, and copy their sample grids to out_dir/samples/. Returns counts:
-    runs, rows, skipped (lines that are not rows), duplicates (exact repeats, dropped), failed."""
+    runs, rows, skipped (lines that are not rows, and rows of a torn append: ablations.schema.read_rows),
+    duplicates (rows whose IDENTITY an earlier row has, dropped), failed."""
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     for stale in (out_dir / "samples").glob("*.png"):  # the folder mirrors the runs collected now
@@ -44,7 +46,7 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
     for run in runs:
         folder = Path(run["folder"])
         status = read_status(folder)
-        got, bad = read_jsonl(folder / ROWS)
+        got, bad = read_rows(folder / ROWS)
         skipped += bad
         failed += status["state"] == "failed"
         attached = {c: run[c] for c in (*SPEC_COLUMNS, *axes)}
@@ -63,7 +65,7 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
     for col in axes:
         table[col] = table[col].map(lambda v: "-".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
     before = len(table)
-    table = table.drop_duplicates(subset=[c for c in order if c != "timestamp"], ignore_index=True)
+    table = table.drop_duplicates(subset=list(IDENTITY), ignore_index=True)  # the first of each number
     write_csv(table, out_dir / "rows.csv")
     # summarised from the file, as `ablate results` does, so both give the same bytes
     write_csv(summarize(pd.read_csv(out_dir / "rows.csv"), axes), out_dir / "summary.csv")
