@@ -7,10 +7,11 @@
         claim.json              who is training or evaluating it now (a SLURM job or a local pid)
         ckpt-<step:08d>.pt      the last two checkpoints
         rows.jsonl              one JSON row per number (ablations/schema.py)
+        rows.partial.jsonl      lines set aside on resume: rows of a torn append, lines that are not rows
         samples-<setting>.png   a sample grid per sampler setting
         log.txt
       _slurm/<spec>/            per spec: submissions.jsonl and submitit's job logs
-      .cache/fid/               reference statistics for FID
+      .cache/fid/               reference statistics for FID (shared: its orphans go only when an hour old)
       .cache/inductor/          torch.compile's kernels, shared by the runs of a grid
 """
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from ablations.io import read_json, write_json
 
 CONFIG, STATUS, CLAIM, ROWS, LOG = "config.json", "status.json", "claim.json", "rows.jsonl", "log.txt"
+PARTIAL = "rows.partial.jsonl"
 PENDING, RUNNING, INTERRUPTED, DONE, FAILED = "pending", "running", "interrupted", "done", "failed"
 NEEDS_EVAL = "needs-eval"  # trained, but the spec asks for rows not yet written
 RUN_ID = re.compile(r"[0-9a-f]{10}")
@@ -69,9 +71,20 @@ def checkpoints(folder) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def orphans(folder) -> list[Path]:
-    """Temporary files left by writes that were killed before their rename (ablations/io.py names them)."""
-    return sorted(Path(folder).glob(".*.tmp"))
+ORPHAN = re.compile(r"\..+\.tmp|tmp[a-z0-9_]{8}")  # ablations/io.py's temp names; torch-fidelity's own, of old
+
+
+def orphans(folder, older_than_s: float = 0.0) -> list[Path]:
+    """Temporary files left by writes that were killed before their rename, untouched for `older_than_s`
+    (in a folder that several processes write, such as the FID cache, a younger one may be in use)."""
+    found, now = [], time.time()
+    for p in Path(folder).glob("*"):
+        try:
+            if ORPHAN.fullmatch(p.name) and p.is_file() and now - p.stat().st_mtime >= older_than_s:
+                found.append(p)
+        except FileNotFoundError:  # renamed or removed by its writer meanwhile
+            pass
+    return sorted(found)
 
 
 def last_step(folder) -> int:

@@ -7,12 +7,13 @@ executor; both local and SLURM runs hold the run's claim while they train or eva
 """
 import contextlib
 import functools
-import json
 import os
 import platform
 import subprocess
+import sys
 import time
 import traceback
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 from ablations import claim
 from ablations import data as datasets
 from ablations.evaluation import compiled, generate, nll, peak_memory_mb
-from ablations.io import append_jsonl, atomic_write, read_jsonl, write_json
+from ablations.io import DiskFull, append_jsonl, atomic_write, write_json
 from ablations.layout import (
     CONFIG,
     DONE,
@@ -29,6 +30,7 @@ from ablations.layout import (
     INTERRUPTED,
     LOG,
     NEEDS_EVAL,
+    PARTIAL,
     ROWS,
     RUNNING,
     compile_cache,
@@ -42,7 +44,7 @@ from ablations.layout import (
     write_status,
 )
 from ablations.parallel import any_true, is_main, world
-from ablations.schema import key, label, row
+from ablations.schema import key, label, parse, problem, read_rows, row
 from ablations.spec import Run, Spec
 from ablations.training import NonFiniteLoss, total_steps, train
 from core.likelihood import STRATA_SPACING
@@ -75,8 +77,9 @@ def wanted(spec: Spec, run: Run) -> dict:
 
 
 def missing(spec: Spec, run: Run, folder) -> list:
-    """The sampler settings (and "nll") whose rows this spec needs and the run does not have yet."""
-    have = {key(r) for r in read_jsonl(Path(folder) / ROWS)[0]}
+    """The sampler settings (and "nll") whose rows this spec needs and the run does not have yet (a torn
+    append's rows do not count: `read_rows`)."""
+    have = {key(r) for r in read_rows(Path(folder) / ROWS)[0]}
     return [what for k, what in wanted(spec, run).items() if k not in have]
 
 
@@ -98,8 +101,11 @@ def table(spec: Spec, runs_root) -> list[dict]:
     out = []
     for run in spec.runs:
         st = state(spec, run, runs_root)
+        step = st.get("step", "")
+        if st["state"] in (RUNNING, INTERRUPTED):  # a killed run's status lags its checkpoints
+            step = max(step or 0, last_step(run_folder(runs_root, run.run_id)))
         out.append({"run_id": run.run_id, **run.axes, "seed": run.config.seed, "state": st["state"],
-                    "step": st.get("step", ""), "reason": st.get("reason", "")})
+                    "step": step, "reason": st.get("reason", "")})
     return out
 
 
@@ -207,9 +213,15 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
                   "cpu": machine(device)}
 
     def emit(rows):
+        """One append; every row carries its append_id and append_rows, so a torn append is told apart."""
         if main and rows:
-            stamp = time.time()
-            append_jsonl(folder / ROWS, [{**r, **provenance, "timestamp": stamp} for r in rows])
+            stamp, append_id = time.time(), uuid.uuid4().hex[:12]
+            rows = [{**r, **provenance, "timestamp": stamp, "append_id": append_id, "append_rows": len(rows)}
+                    for r in rows]
+            bad = next(((r, why) for r in rows if (why := problem(r))), None)
+            if bad:
+                raise ValueError(f"not a row ({bad[1]}): {bad[0]}")
+            append_jsonl(folder / ROWS, rows)
 
     if main:
         for tmp in orphans(folder):
@@ -218,7 +230,7 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         status(folder, RUNNING, step=last_step(folder))
         images = _images(cfg.dataset, "train", data_root, download)
         if main:
-            _drop_rows_after(folder / ROWS, last_step(folder))
+            _tidy_rows(folder, last_step(folder), log)
         if last_step(folder) < total_steps(cfg, len(images)):
             log(f"run {run.run_id} {run.axes} seed {cfg.seed}: training on {device} x{world()} tasks")
         else:
@@ -230,7 +242,7 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
             status(folder, INTERRUPTED, step=result["step"], total=result["total"])
             log(f"interrupted at step {result['step']}/{result['total']} (checkpoint saved); re-run to resume")
             return INTERRUPTED
-        have = {r["metric"] for r in read_jsonl(folder / ROWS)[0] if r.get("phase") == "train"}
+        have = {r["metric"] for r in read_rows(folder / ROWS)[0] if r["phase"] == "train"}
         if main and "train_wall_s" not in have and result["steps_timed"]:
             emit([row(run.run_id, m, v, phase="train", train_step=result["step"], n=cfg.batch) for m, v in (
                 ("train_img_per_s", result["img_per_s"]), ("train_wall_s", result["wall_s"]),
@@ -242,19 +254,35 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         log(f"run {run.run_id} done")
         return DONE
     except (Interrupted, KeyboardInterrupt) as e:
-        status(folder, INTERRUPTED, step=last_step(folder), reason="interrupted during evaluation"
-               if isinstance(e, Interrupted) else "KeyboardInterrupt")
-        log(f"interrupted ({type(e).__name__}) after step {last_step(folder)}; re-run to resume")
+        step, name = last_step(folder), type(e).__name__
+        reason = "interrupted during evaluation" if isinstance(e, Interrupted) else name
+        _record(run.run_id, f"interrupted ({name})", lambda: status(folder, INTERRUPTED, step=step, reason=reason),
+                lambda: log(f"interrupted ({name}) after step {step}; re-run to resume"))
         if isinstance(e, KeyboardInterrupt):
             raise
         return INTERRUPTED
     except NonFiniteLoss as e:
-        status(folder, FAILED, reason=str(e), step=e.step)
-        log(f"run {run.run_id} failed: {e}")
+        why, step = str(e), e.step
+        _record(run.run_id, f"failed: {why}", lambda: status(folder, FAILED, reason=why, step=step),
+                lambda: log(f"run {run.run_id} failed: {why}"))
     except Exception as e:  # noqa: BLE001 - a failed run is data; the grid goes on
-        status(folder, FAILED, reason=f"{type(e).__name__}: {e}", step=last_step(folder))
-        log(f"run {run.run_id} failed:\n{traceback.format_exc()}")
+        why, step = f"{type(e).__name__}: {e}", last_step(folder)
+        detail = why if isinstance(e, DiskFull) else traceback.format_exc()  # a full disk needs no traceback
+        _record(run.run_id, f"failed: {why}", lambda: status(folder, FAILED, reason=why, step=step),
+                lambda: log(f"run {run.run_id} failed:\n{detail}"))
     return FAILED
+
+
+def _record(run_id, what, *writes):
+    """Record an interruption or a failure, best effort: when writing it fails too (a full disk), say
+    both on stderr and return, so the grid goes on to the next run."""
+    for write in writes:
+        try:
+            write()
+        except Exception as again:  # noqa: BLE001
+            print(f"run {run_id} {what}; recording that failed too: {type(again).__name__}: {again}",
+                  file=sys.stderr, flush=True)
+            return
 
 
 def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, runs_root, should_stop=None,
@@ -324,13 +352,32 @@ def _save_grid(path, images_uint8):
     save_image(images_uint8.float() / 255, path, nrow=8, format="png")
 
 
-def _drop_rows_after(rows_path, step):
-    """On resume, forget training rows logged after the checkpoint we resume from."""
-    rows, bad = read_jsonl(rows_path)
-    keep = [r for r in rows if r["metric"] != "train_loss" or (r.get("train_step") or 0) <= step]
-    if len(keep) != len(rows) or bad:
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
-        atomic_write(rows_path, lambda tmp: Path(tmp).write_text(text))
+def _tidy_rows(folder, step, log):
+    """On resume, under the run's claim: forget training loss rows logged after the checkpoint we resume
+    from (training logs them again), and set aside in rows.partial.jsonl the rows of an append that was
+    cut short and the lines that are not rows (`ablations.schema.parse`), so the missing rows are
+    written once. Each file is replaced atomically; the set-aside lines are written first."""
+    try:
+        data = (folder / ROWS).read_bytes()
+    except FileNotFoundError:
+        return
+    keep, aside, dropped = [], [], 0
+    for line, kind, obj in parse(data):
+        if kind != "row":
+            aside.append(line + b"\n")
+        elif obj["metric"] == "train_loss" and (obj["train_step"] or 0) > step:
+            dropped += 1
+        else:
+            keep.append(line + b"\n")
+    if not aside and not dropped and (not data or data.endswith(b"\n")):
+        return
+    if aside:
+        old = (folder / PARTIAL).read_bytes() if (folder / PARTIAL).exists() else b""
+        new = b"".join(line for line in aside if line not in old.splitlines(keepends=True))
+        atomic_write(folder / PARTIAL, lambda tmp: Path(tmp).write_bytes(old + new))
+        log(f"{ROWS}: {len(aside)} line(s) set aside in {PARTIAL} (rows of a torn append, or not rows); "
+            "the rows they lack are written again")
+    atomic_write(folder / ROWS, lambda tmp: Path(tmp).write_bytes(b"".join(keep)))
 
 
 def _logger(folder, echo):
