@@ -109,11 +109,25 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
     failed = [r.run_id for r in todo if states.get(r.run_id) != DONE]
     _print_table(runner.table(spec, runs_root))
     if stop.is_set():
-        click.echo("interrupted: every run stopped at a step boundary with a checkpoint; re-run to resume", err=True)
+        click.echo(_stopped(todo, states), err=True)
         sys.exit(130)
     if failed:
         click.echo(f"{len(failed)} run(s) did not finish: {', '.join(failed)}", err=True)
         sys.exit(1)
+
+
+def _stopped(todo, states) -> str:
+    """What a Ctrl-C or SIGTERM left, as it happened: runs stopped with a checkpoint, runs never started."""
+    from ablations.layout import FAILED, INTERRUPTED
+    said = {INTERRUPTED: "stopped with a checkpoint (training at a step boundary, or evaluation between "
+                         "sampler settings)", None: "not started (held by another process, or not reached)",
+            FAILED: "failed"}
+    parts = []
+    for state, words in said.items():
+        ids = [r.run_id for r in todo if states.get(r.run_id) == state]
+        if ids:
+            parts.append(f"{len(ids)} run(s) {words}: {', '.join(ids)}")
+    return "interrupted: " + "; ".join(parts or ["every run finished"]) + "; re-run to resume"
 
 
 def _eta(spec, todo, runs_root, device) -> str:

@@ -5,20 +5,25 @@
   its weights are present; a missing file is an error, never a silent switch to another extractor.
 
 Reference statistics for (dataset, split, n, extractor, its weights, resolution) are computed once
-and cached under `cache_root`, keyed by a hash of those fields.
+and cached under `cache_root`, keyed by a hash of those fields. The cache is written through
+ablations/io.py (the user's umask, fsync, temp names that the orphan cleanup knows).
 """
+import contextlib
 import hashlib
 import json
 from pathlib import Path
 
 import torch
 import torch_fidelity
+import torch_fidelity.utils
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from ablations import classifier
 from ablations.data import load, to_model
+from ablations.io import atomic_write
+from ablations.layout import orphans
 from core.registry import lookup
 
 
@@ -59,6 +64,22 @@ if "fmnist-classifier" not in FEATURE_EXTRACTORS_REGISTRY:
 INCEPTION_FILE = URL_INCEPTION_V3.rsplit("/", 1)[1]
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torch-fidelity's defaults (subset size capped at N)
 EXTRACTORS = {"fmnist-classifier": "penultimate", "inception-v3-compat": "2048"}  # name -> FID layer
+
+
+ORPHAN_AGE_S = 3600  # a cache temp file this old has no live writer (a save takes seconds)
+
+
+@contextlib.contextmanager
+def _cache_writes_through_io():
+    """torch-fidelity saves its cache through a NamedTemporaryFile: mode 0600 whatever the umask, no
+    fsync, and a name (`tmp<random>`) no cleanup looked for. While this is open, it saves with
+    ablations.io.atomic_write instead."""
+    own = torch_fidelity.utils.torch_atomic_save
+    torch_fidelity.utils.torch_atomic_save = lambda what, path: atomic_write(path, lambda tmp: torch.save(what, tmp))
+    try:
+        yield
+    finally:
+        torch_fidelity.utils.torch_atomic_save = own
 
 
 class InceptionWeightsMissing(FileNotFoundError):
@@ -111,14 +132,16 @@ def fid(samples_uint8, *, dataset: str, extractor: str, cache_root, split: str =
     key = reference_key(dataset, split, len(ref), extractor, weights, tuple(ref.shape[-2:]))
     cache_root = Path(cache_root)
     cached = (cache_root / f"{key}-{extractor}-stat-fid-{layer}.pt").exists()
-    metrics = torch_fidelity.calculate_metrics(
-        input1=Images(samples_uint8, rgb=inception), input2=Images(ref, rgb=inception), input2_cache_name=key,
-        cache=True,
-        cache_root=str(cache_root), fid=True, kid=True, kid_subsets=KID_SUBSETS,
-        kid_subset_size=min(KID_SUBSET_SIZE, len(samples_uint8), len(ref)), feature_extractor=extractor,
-        feature_layer_fid=layer, feature_layer_kid=layer,
-        feature_extractor_weights_path=str(weights) if weights else None, batch_size=batch_size,
-        cuda=torch.cuda.is_available(), verbose=progress, save_cpu_ram=True)
+    for tmp in orphans(cache_root, older_than_s=ORPHAN_AGE_S):  # left by a process killed mid-save
+        tmp.unlink(missing_ok=True)
+    with _cache_writes_through_io():
+        metrics = torch_fidelity.calculate_metrics(
+            input1=Images(samples_uint8, rgb=inception), input2=Images(ref, rgb=inception), input2_cache_name=key,
+            cache=True, cache_root=str(cache_root), fid=True, kid=True, kid_subsets=KID_SUBSETS,
+            kid_subset_size=min(KID_SUBSET_SIZE, len(samples_uint8), len(ref)), feature_extractor=extractor,
+            feature_layer_fid=layer, feature_layer_kid=layer,
+            feature_extractor_weights_path=str(weights) if weights else None, batch_size=batch_size,
+            cuda=torch.cuda.is_available(), verbose=progress, save_cpu_ram=True)
     return {"fid": float(metrics["frechet_inception_distance"]),
             "kid": float(metrics["kernel_inception_distance_mean"]),
             "kid_std": float(metrics["kernel_inception_distance_std"]), "extractor": extractor, "n": len(samples_uint8),
