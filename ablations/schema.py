@@ -43,7 +43,6 @@ COLUMNS = {
 SETTING = ("sampler", "steps", "eta", "clip_x0", "spacing")
 PROTOCOL = ("n", "extractor", "reference", "sample_seed", "strata")
 PROVENANCE = ("device", "torch", "commit", "host", "cpu", "timestamp")
-APPEND = ("append_id", "append_rows")
 RUN_COLUMNS = tuple(COLUMNS)
 # An eval row is identified by these (with run_id); a row with the same key is never written twice.
 EVAL_KEY = ("metric", "phase", *SETTING, *PROTOCOL)
