@@ -27,11 +27,12 @@ from core.parameterizations import PREDICTIONS
 from core.registry import lookup
 from core.samplers import SAMPLERS, TAKES_ETA
 from core.schedules import SCHEDULES, SPACINGS, check_prediction, make_schedule
-from core.unet import NORMS, feature_sides
+from core.unet import CONDITIONINGS, NORMS, feature_sides
 
 SCALES = Path(__file__).resolve().parent / "scales.toml"
 CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "prediction": PREDICTIONS, "variance": VARIANCES,
-           "loss": LOSSES, "norm": NORMS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS, "spacing": SPACINGS}
+           "loss": LOSSES, "norm": NORMS, "conditioning": CONDITIONINGS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS,
+           "spacing": SPACINGS}
 TOP_KEYS = {"name", "description", "seeds", "base", "grid", "eval", "scale", "default_scale"}
 SCALE_KEYS = {"base", "eval", "seeds"}
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")

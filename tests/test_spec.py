@@ -149,7 +149,8 @@ def test_specs_hold_only_their_question_and_share_the_baseline_run():
                                                                      ("schedule", "paper")}, (path, scale)
         if path.stem in ("schedule", "prediction", "loss", "norm"):
             baselines |= {r.run_id for r in load_spec(path, "cpu").runs if r.config.seed == 0 and (
-                r.config.schedule, r.config.prediction, r.config.loss, r.config.norm) == ("linear", "eps", "simple", "group")}
+                r.config.schedule, r.config.prediction, r.config.loss, r.config.norm, r.config.conditioning) == (
+                "linear", "eps", "simple", "group", "add")}
         if path.stem in ("prediction", "zero_snr"):
             v_runs.append({r.run_id for r in load_spec(path, "cpu").runs
                            if r.config.prediction == "v" and not r.config.zero_terminal_snr})
@@ -189,9 +190,13 @@ def test_dry_run_lists_runs_and_nothing_else(tmp_path):
                                        "--dry-run", "--runs-root", str(runs)])
     assert result.exit_code == 0, result.output
     spec = load_spec(ROOT / "ablations" / "norm.toml", "smoke")
-    lines = result.output.strip().splitlines()
-    assert lines[0].split() == ["run_id", "norm", "seed"]
-    assert [line.split()[:2] for line in lines[1:]] == [[r.run_id, r.axes["norm"]] for r in spec.runs]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["run_id", "norm", "conditioning", "seed"]
+    assert [line.split()[:3] for line in lines[1:]] == [[r.run_id, r.axes["norm"], r.axes["conditioning"]]
+                                                        for r in spec.runs]
+    blind = [r.run_id for r in spec.runs if (r.config.norm, r.config.conditioning) == ("instance", "add")]
+    assert len(blind) == 1 and f"norm 'instance' with conditioning 'add' in run(s) {blind[0]}" in result.stderr
+    assert "IN(h + emb) = IN(h): the model cannot see the timestep" in result.stderr
     assert not runs.exists()
 
 
