@@ -334,6 +334,10 @@ def _settings(tables, key, err, ev, runs) -> list[Setting]:
             raise err(f"{where}.spacing", f"sampler 'heun' cannot start at alpha_bar = 0, which spacing "
                                           f"{sorted(set(lists['spacing']) - {'leading'})} keeps for the zero terminal "
                                           f"SNR run {zero_snr[0]}; valid choice with heun: 'leading'")
+        if "karras" in lists["spacing"] and zero_snr:
+            raise err(f"{where}.spacing", f"spacing 'karras' needs alpha_bar[T-1] > 0, but run {zero_snr[0]} has a "
+                                          "zero terminal SNR (its sigma_max is infinite); valid choices with it: "
+                                          "'leading', 'trailing', 'linspace'")
         settings += [Setting(name, st, eta, clip, sp) for st in lists["steps"] for eta in lists["eta"]
                      for clip in lists["clip_x0"] for sp in lists["spacing"]]
     if len(set(settings)) != len(settings):

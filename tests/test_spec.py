@@ -75,6 +75,14 @@ BAD = [
      r"variance 'learned_range' needs loss 'hybrid' or 'vlb', got loss 'simple'"),
     ("bad eta", ("eta = [0.0, 1.0]", "eta = [0.0, 2.0]"), r"key 'eval.setting\[0\].eta': eta 2.0 is invalid"),
     ("duplicate seeds", ("seeds = [0]", "seeds = [0, 0]"), r"key 'seeds': must be a non-empty list of distinct"),
+    ("unknown conditioning", ("[base]\n", '[base]\nconditioning = "film"\n'),
+     r"key 'base.conditioning': unknown conditioning 'film'; valid choices: 'add', 'scale_shift'"),
+    ("bn_stats_batches < 0", ("[base]\n", "[base]\nbn_stats_batches = -1\n"),
+     r"key 'base.bn_stats_batches': -1 is out of range; valid: an integer >= 0"),
+    ("ema_warmup not a bool", ("[base]\n", "[base]\nema_warmup = 1\n"), r"key 'base.ema_warmup': expected bool"),
+    ("karras with zero terminal SNR", ("[base]\n", '[base]\nzero_terminal_snr = true\nprediction = "v"\n'),
+     r"key 'eval.setting\[0\].spacing': spacing 'karras' needs alpha_bar\[T-1\] > 0.*valid choices with it: "
+     r"'leading', 'trailing', 'linspace'"),
 ]
 
 
@@ -82,7 +90,10 @@ BAD = [
 def test_malformed_spec_is_rejected_before_any_run_starts(tmp_path, case, edit, message):
     old, new = edit
     assert old in GOOD
-    path = _write(tmp_path, GOOD.replace(old, new, 1))
+    text = GOOD.replace(old, new, 1)
+    if case.startswith("karras"):
+        text = text.replace("eta = [0.0, 1.0]", 'eta = [0.0, 1.0]\nspacing = ["leading", "karras"]')
+    path = _write(tmp_path, text)
     with pytest.raises(SpecError, match=message) as e:
         load_spec(path)
     assert str(e.value).startswith(f"{path}: key ")
@@ -176,6 +187,19 @@ def test_malformed_scale_file_is_rejected_like_a_spec(tmp_path, bad, message):
     scales.write_text(bad)
     with pytest.raises(SpecError, match=message):
         load_spec(ROOT / "ablations" / "norm.toml", "smoke", scales_path=scales)
+
+
+def test_karras_spacing_and_the_new_fields_are_accepted(tmp_path):
+    text = GOOD.replace("eta = [0.0, 1.0]", 'eta = [0.0]\nspacing = ["leading", "karras"]').replace(
+        "[base]\n", '[base]\nconditioning = "scale_shift"\nema_warmup = true\nbn_stats_batches = 4\n')
+    spec = load_spec(_write(tmp_path, text))
+    assert [(s.steps, s.spacing) for s in spec.eval.settings] == [(5, "leading"), (5, "karras"), (10, "leading"),
+                                                                   (10, "karras")]
+    cfg = spec.runs[0].config
+    assert (cfg.conditioning, cfg.ema_warmup, cfg.bn_stats_batches) == ("scale_shift", True, 4)
+    sampler = load_spec(ROOT / "ablations" / "sampler.toml", "cpu")
+    assert {(s.sampler, s.steps) for s in sampler.eval.settings if s.spacing == "karras"} == {
+        ("dpmpp_2m", 5), ("dpmpp_2m", 10), ("dpmpp_2m", 20), ("heun", 3), ("heun", 5), ("heun", 10)}
 
 
 def test_a_spec_without_a_grid_compares_eval_settings_on_one_config():
