@@ -42,6 +42,19 @@ def _print_table(rows: list[dict], last=()):
         click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
 
 
+def _warn(spec):
+    """Runs that train but cannot answer their question: each reason once, with the run ids, on stderr."""
+    from core.unet import TIME_BLIND
+    blind = {}
+    for r in spec.runs:
+        pair = (r.config.norm, r.config.conditioning)
+        if pair in TIME_BLIND:
+            blind.setdefault(pair, []).append(r.run_id)
+    for (norm, conditioning), ids in blind.items():
+        click.echo(f"warning: {spec.path}: norm {norm!r} with conditioning {conditioning!r} in run(s) "
+                   f"{', '.join(ids)}: {TIME_BLIND[(norm, conditioning)]}", err=True)
+
+
 def _expanded(spec, runs):
     """The --dry-run listing: run ids, axis values and seeds, without looking at any folder."""
     return [{"run_id": r.run_id, **r.axes, "seed": r.config.seed} for r in runs]
@@ -82,6 +95,7 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
       ablate run ablations/norm.toml --only 3f2a9c01de
     """
     spec = _load(spec_path, scale)
+    _warn(spec)
     runs = [r for r in spec.runs if not only or r.run_id in only]
     unknown = set(only) - {r.run_id for r in spec.runs}
     if unknown:
@@ -224,6 +238,7 @@ def submit(spec_path, scale, runs_root, data_root, dry_run, **params):
     from slurm.dispatch import executor_for, pending_runs
     from slurm.dispatch import submit as do_submit
     spec = _load(spec_path, scale)
+    _warn(spec)
     _migrate(runs_root)
     todo = pending_runs(spec, runs_root)
     if dry_run:

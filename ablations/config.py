@@ -28,6 +28,7 @@ class TrainConfig:
     loss: str = "simple"  # "simple" | "hybrid" | "vlb"
     vlb_weight: float = 0.001  # lambda in hybrid = mse + lambda * T * vb
     norm: str = "group"  # "group" | "batch" | "layer" | "instance"
+    conditioning: str = "add"  # "add" | "scale_shift": how a ResBlock takes the time embedding (core/unet.py)
     model_channels: int = 32  # U-Net width of the first level
     mults: tuple = (1, 2, 2)  # channel multiplier per level
     res_blocks: int = 2  # residual blocks per level
@@ -41,6 +42,8 @@ class TrainConfig:
     warmup: int = 0  # linear lr warm-up steps
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ema_decay: float = 0.999  # EMA decay of weights (buffers are copied)
+    ema_warmup: bool = False  # decay_t = min(ema_decay, (1 + t) / (10 + t)) at the t-th update (training.py)
+    bn_stats_batches: int = 0  # > 0: BatchNorm statistics of the EMA weights from this many fixed batches
     batch: int = 128
     flip: bool = False  # random horizontal flips of training images (Ho et al. 2020, App. B)
     train_steps: int = 1000  # optimizer steps (ignored when epochs > 0)
@@ -52,9 +55,20 @@ class TrainConfig:
     seed: int = 0
 
     def run_id(self) -> str:
-        """A short stable hash of the fully resolved config."""
-        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        """A short stable hash of the resolved config: every field of ALWAYS_HASHED, and each later field
+        only where it differs from its default, so adding a field renames no existing run."""
+        values = {k: v for k, v in asdict(self).items() if k in ALWAYS_HASHED or v != TRAIN_FIELDS[k].default}
+        blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+# The fields of the run store as first committed (b90d786): always in the hash, as then. A field added
+# since is hashed only when it is not at its default; do not add a new field here.
+ALWAYS_HASHED = frozenset((
+    "dataset", "schedule", "zero_terminal_snr", "T", "prediction", "variance", "loss", "vlb_weight", "norm",
+    "model_channels", "mults", "res_blocks", "attention", "heads", "dropout", "groups", "optimizer", "lr",
+    "weight_decay", "warmup", "grad_clip", "ema_decay", "batch", "flip", "train_steps", "epochs",
+    "checkpoint_every", "bf16", "compile", "channels_last", "seed"))
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ RANGES = {
     "warmup": (lambda v: v >= 0, "an integer >= 0"),
     "grad_clip": (lambda v: v >= 0, "a number >= 0 (0 disables)"),
     "ema_decay": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "bn_stats_batches": (lambda v: v >= 0, "an integer >= 0 (0: copy the live model's statistics)"),
     "batch": (lambda v: v >= 1, "an integer >= 1"),
     "train_steps": (lambda v: v >= 1, "an integer >= 1"),
     "epochs": (lambda v: v >= 0, "an integer >= 0 (0: use train_steps)"),

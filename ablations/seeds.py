@@ -12,6 +12,7 @@ PURPOSES = (
     "train_noise",  # (seed,): the generator of t and eps during training (checkpointed)
     "image",        # (sample_seed, i): x_T and the sampler noise of generated image i
     "nll",          # (sample_seed, i): the timesteps and noise of test image i in the NLL estimate
+    "bn_stats",     # (seed,): the fixed training batches the EMA model's BatchNorm statistics come from
 )
 
 

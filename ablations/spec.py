@@ -27,11 +27,12 @@ from core.parameterizations import PREDICTIONS
 from core.registry import lookup
 from core.samplers import SAMPLERS, TAKES_ETA
 from core.schedules import SCHEDULES, SPACINGS, check_prediction, make_schedule
-from core.unet import NORMS, feature_sides
+from core.unet import CONDITIONINGS, NORMS, feature_sides
 
 SCALES = Path(__file__).resolve().parent / "scales.toml"
 CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "prediction": PREDICTIONS, "variance": VARIANCES,
-           "loss": LOSSES, "norm": NORMS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS, "spacing": SPACINGS}
+           "loss": LOSSES, "norm": NORMS, "conditioning": CONDITIONINGS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS,
+           "spacing": SPACINGS}
 TOP_KEYS = {"name", "description", "seeds", "base", "grid", "eval", "scale", "default_scale"}
 SCALE_KEYS = {"base", "eval", "seeds"}
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -333,6 +334,10 @@ def _settings(tables, key, err, ev, runs) -> list[Setting]:
             raise err(f"{where}.spacing", f"sampler 'heun' cannot start at alpha_bar = 0, which spacing "
                                           f"{sorted(set(lists['spacing']) - {'leading'})} keeps for the zero terminal "
                                           f"SNR run {zero_snr[0]}; valid choice with heun: 'leading'")
+        if "karras" in lists["spacing"] and zero_snr:
+            raise err(f"{where}.spacing", f"spacing 'karras' needs alpha_bar[T-1] > 0, but run {zero_snr[0]} has a "
+                                          "zero terminal SNR (its sigma_max is infinite); valid choices with it: "
+                                          "'leading', 'trailing', 'linspace'")
         settings += [Setting(name, st, eta, clip, sp) for st in lists["steps"] for eta in lists["eta"]
                      for clip in lists["clip_x0"] for sp in lists["spacing"]]
     if len(set(settings)) != len(settings):

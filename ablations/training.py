@@ -14,6 +14,13 @@ trains on its slice of the batch; DDP averages the gradients.
 torch.compile (inductor). Both change the floating-point order, so both are in the run id; a compiled
 run resumes bitwise like an eager one (tests/test_runs.py). The first compiled step's excess over the
 mean step is reported as `compile_s`.
+
+EMA (`ema_decay`): theta_ema <- d theta_ema + (1 - d) theta after every step. With `ema_warmup` the t-th
+update (t = 1 first) uses d_t = min(ema_decay, (1 + t) / (10 + t)): TensorFlow's
+tf.train.ExponentialMovingAverage with `num_updates`, as score_sde's models/ema.py and latent-diffusion's
+LitEma apply it, so the average forgets the initialisation (without it, 0.995^700 = 3% of a 700-step EMA is
+the random init). With `bn_stats_batches` > 0, every checkpoint's EMA model gets BatchNorm statistics of
+its own weights (`recompute_bn_stats`) instead of the live model's.
 """
 import copy
 import math
@@ -22,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ablations.checkpoint import load_latest, save_checkpoint
 from ablations.data import SHAPES, to_model
@@ -56,7 +64,7 @@ def build_model(cfg) -> UNet:
     C, H, _ = SHAPES[cfg.dataset]
     return UNet(channels=C, model_channels=cfg.model_channels, mults=cfg.mults, res_blocks=cfg.res_blocks,
                 attention=cfg.attention, heads=cfg.heads, dropout=cfg.dropout, norm=cfg.norm, groups=cfg.groups,
-                out_channels=out_channels(C, cfg.variance), resolution=H)
+                conditioning=cfg.conditioning, out_channels=out_channels(C, cfg.variance), resolution=H)
 
 
 def memory_format(cfg):
@@ -71,12 +79,59 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(derive("data_order", seed, epoch)))
 
 
+def ema_decay_at(decay: float, t: int, warmup: bool) -> float:
+    """The decay of the t-th EMA update (t = 1 for the first): `decay`, or with `warmup`
+    min(decay, (1 + t) / (10 + t)) (tf.train.ExponentialMovingAverage's num_updates rule)."""
+    return min(decay, (1 + t) / (10 + t)) if warmup else decay
+
+
 def ema_update(ema, model, decay: float):
-    """theta_ema <- decay theta_ema + (1 - decay) theta; buffers (BatchNorm statistics) are copied."""
+    """theta_ema <- decay theta_ema + (1 - decay) theta; buffers (BatchNorm statistics) are copied (with
+    `bn_stats_batches`, a checkpoint's EMA then gets its own by `recompute_bn_stats`)."""
     with torch.no_grad():
         torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
         for b_ema, b in zip(ema.buffers(), model.buffers()):
             b_ema.copy_(b)
+
+
+def batch_norms(model) -> list:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def bn_batches(cfg, images, schedule, device) -> list:
+    """The fixed training batches [(x_t, t)] BatchNorm statistics are recomputed on: `bn_stats_batches`
+    batches of `batch` images (with their flips), t ~ U{0..T-1} and eps, from one CPU generator seeded by
+    (seed,) alone, so every checkpoint of a run, resumed or not, on any device, uses the same ones."""
+    g = torch.Generator().manual_seed(derive("bn_stats", cfg.seed))
+    out = []
+    for _ in range(cfg.bn_stats_batches):
+        x0 = to_model(images[torch.randint(0, len(images), (cfg.batch,), generator=g)])  # (B, C, H, W)
+        if cfg.flip:
+            x0 = torch.where((torch.rand(cfg.batch, generator=g) < 0.5)[:, None, None, None], x0.flip(-1), x0)
+        t = torch.randint(0, cfg.T, (cfg.batch,), generator=g)
+        xt = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=g))
+        out.append((xt.to(device).contiguous(memory_format=memory_format(cfg)), t.to(device)))
+    return out
+
+
+@torch.no_grad()
+def recompute_bn_stats(model, batches):
+    """SWA's update_bn (Izmailov et al. 2018; torch.optim.swa_utils.update_bn) on a diffusion model: reset
+    every BatchNorm's running statistics, forward `batches` [(x_t, t)] with BatchNorm in train mode and
+    momentum None (running stats = the mean over batches of each batch's mean and unbiased variance), and
+    everything else in eval mode (no dropout: the activations the model has when it samples)."""
+    norms, was = batch_norms(model), model.training
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for xt, t in batches:
+        model(xt, t)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was)
 
 
 def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=True, should_stop=None, log=None):
@@ -114,6 +169,8 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         compiling = state.get("compile_s", 0.0)
 
     def save():
+        if stats_batches:  # every task: each evaluates its own EMA
+            recompute_bn_stats(ema, stats_batches)
         if not is_main():
             return
         save_checkpoint(run_dir, step, {
@@ -129,6 +186,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         return max(0.0, first_s - (time.perf_counter() - t0 - first_s) / (done - 1))
 
     schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
+    stats_batches = bn_batches(cfg, images, schedule, device) if batch_norms(ema) else []
     tasks, me = world(), rank()
     if cfg.batch % tasks:
         raise ValueError(f"batch {cfg.batch} is not divisible by the {tasks} tasks")
@@ -170,7 +228,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         lr_sched.step()
-        ema_update(ema, model, cfg.ema_decay)
+        ema_update(ema, model, ema_decay_at(cfg.ema_decay, step + 1, cfg.ema_warmup))
         step += 1
         if step == start_step + 1:
             first_s = time.perf_counter() - t0

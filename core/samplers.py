@@ -4,8 +4,9 @@ steps on the kept timesteps of a spacing (`core.schedules.SPACINGS`), visited fr
 
 All run on the schedule respaced to those steps (Improved DDPM, Sec. 4): alpha_bar is kept, the
 betas are recomputed from it, and alpha_bar_prev = 1 at the last step (sigma = 0: the deterministic
-samplers' last step lands on their x0 prediction). The model is always called with the original
-timestep indices. All randomness comes from `generator`: one torch.Generator, or one per image (then
+samplers' last step lands on their x0 prediction). With `karras` spacing they run on EDM's sigmas
+instead, each at its nearest timestep (`core.schedules.karras`). The model is always called with the
+original timestep indices. All randomness comes from `generator`: one torch.Generator, or one per image (then
 every image is independent of the batch it is sampled in).
 """
 import math
@@ -16,7 +17,7 @@ from core.diffusion import Coefs, p_from_coefs, split_output, step_coefs
 from core.distributions import randn
 from core.parameterizations import PREDICTIONS
 from core.registry import lookup
-from core.schedules import Schedule, check_prediction, respace, spaced_timesteps
+from core.schedules import Schedule, check_prediction, spaced_schedule
 
 
 def ddim_mean_variance(c: Coefs, model_output, xt, *, prediction: str, variance: str, eta: float = 0.0,
@@ -153,11 +154,10 @@ def _noise(x, generator):
 def plan(schedule: Schedule, steps: int, batch: int, device,
          spacing: str = "leading") -> list[tuple[torch.Tensor, Coefs]]:
     """(model timestep tensor, coefficients) per step, from high t to low, computed once per call."""
-    kept = spaced_timesteps(schedule.T, steps, spacing)
-    spaced = respace(schedule, kept)
+    spaced = spaced_schedule(schedule, steps, spacing)
     per_step = step_coefs(spaced)
     return [(torch.full((batch,), int(spaced.timesteps[j]), device=device, dtype=torch.long), per_step[j])
-            for j in reversed(range(len(kept)))]
+            for j in reversed(range(spaced.T))]
 
 
 @torch.no_grad()

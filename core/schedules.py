@@ -148,14 +148,42 @@ def linspace(T: int, steps: int) -> list[int]:
     return [round(i * step) for i in range(steps - 1)] + [T - 1]
 
 
-SPACINGS = {"leading": leading, "trailing": trailing, "linspace": linspace}
+def karras(schedule: "Schedule", steps: int, rho: float = 7.0) -> "Schedule":
+    """EDM's sigmas (Karras et al. 2022, Eq. 5), sigma_i = (sigma_max^(1/rho) + i/(S-1) (sigma_min^(1/rho) -
+    sigma_max^(1/rho)))^rho for i = 0..S-1, rho = 7, between the schedule's own sigma_min = sigma(0) and
+    sigma_max = sigma(T-1), sigma = sqrt((1 - alpha_bar) / alpha_bar).
+
+    As diffusers' use_karras_sigmas=True: the sampler runs on these sigmas (alpha_bar_i = 1 / (1 + sigma_i^2)),
+    and the model is called at the nearest timestep of each, t interpolated linearly in log sigma between
+    neighbouring timesteps and rounded half to even (several sigmas may share one). Needs alpha_bar[T-1] > 0.
+    """
+    ac = schedule.alphas_cumprod
+    if ac[-1] == 0:
+        raise ValueError("spacing 'karras' needs alpha_bar[T-1] > 0: with zero terminal SNR its sigma_max = "
+                         "sqrt((1 - alpha_bar) / alpha_bar) is infinite; use 'leading', 'trailing' or 'linspace'")
+    log_sigmas = torch.log(((1 - ac) / ac).sqrt())  # (T,), ascending in t
+    lo, hi = log_sigmas[0].exp() ** (1 / rho), log_sigmas[-1].exp() ** (1 / rho)
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sigmas = (hi + ramp * (lo - hi)) ** rho  # (S,), descending
+    log_sigma = sigmas.log()
+    low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, schedule.T - 2)
+    w = ((log_sigma - log_sigmas[low]) / (log_sigmas[low + 1] - log_sigmas[low])).clamp(0, 1)
+    t = (low + w).round()  # torch.round: half to even, as numpy's
+    return Schedule.from_alphas_cumprod((1 / (1 + sigmas**2)).flip(0), schedule.timesteps[t.long()].flip(0))
+
+
+SPACINGS = {"leading": leading, "trailing": trailing, "linspace": linspace, "karras": karras}
+SIGMA_SPACINGS = {"karras"}  # take the schedule and place sigmas; the others keep timesteps of T alone
 
 
 def spaced_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
-    """The `steps` kept original indices, ascending, by `spacing` (one of SPACINGS)."""
+    """The `steps` kept original indices, ascending, by `spacing` (one of SPACINGS, not SIGMA_SPACINGS)."""
     fn = lookup(SPACINGS, spacing, "spacing")
     if not isinstance(steps, int) or not 1 <= steps <= T:
         raise ValueError(f"steps must be an integer in [1, T={T}], got {steps!r}")
+    if spacing in SIGMA_SPACINGS:
+        raise ValueError(f"spacing {spacing!r} places sigmas from the schedule, not timesteps of T alone; "
+                         "use spaced_schedule(schedule, steps, spacing)")
     kept = fn(T, steps)
     if len(set(kept)) != steps or kept != sorted(kept) or kept[0] < 0 or kept[-1] >= T:
         raise ValueError(f"spacing {spacing!r} with T={T}, steps={steps} gives {kept}: not {steps} "
@@ -172,3 +200,14 @@ def respace(schedule: Schedule, timesteps: list[int]) -> Schedule:
     if kept[0] < 0 or kept[-1] >= schedule.T:
         raise ValueError(f"respaced timesteps must lie in [0, {schedule.T - 1}], got {timesteps!r}")
     return Schedule.from_alphas_cumprod(schedule.alphas_cumprod[kept], schedule.timesteps[kept])
+
+
+def spaced_schedule(schedule: Schedule, steps: int, spacing: str = "leading") -> Schedule:
+    """The schedule a sampler runs on at `steps` steps: `schedule` respaced to the kept timesteps of
+    `spacing` (Improved DDPM, Sec. 4), or, for a sigma spacing (karras), on its sigmas."""
+    fn = lookup(SPACINGS, spacing, "spacing")
+    if spacing not in SIGMA_SPACINGS:
+        return respace(schedule, spaced_timesteps(schedule.T, steps, spacing))
+    if not isinstance(steps, int) or not 1 <= steps <= schedule.T:
+        raise ValueError(f"steps must be an integer in [1, T={schedule.T}], got {steps!r}")
+    return fn(schedule, steps)

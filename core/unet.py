@@ -7,6 +7,13 @@ Feature maps are (B, C, H, W). The norm types, by what one mean/variance is take
 - "batch":    each channel, over (B, H, W); running statistics are used in eval mode (BatchNorm2d);
 - "layer":    each example, over all of (C, H, W), with a per-channel affine (GroupNorm with G = 1);
 - "instance": each example, each channel, over (H, W), with a per-channel affine (InstanceNorm2d).
+
+The time embedding enters each ResBlock by `conditioning` (CONDITIONINGS):
+- "add":         h + W emb, a per-channel constant added before the second norm (DDPM, Ho et al. 2020);
+- "scale_shift": norm(h) (1 + s) + b with (s, b) = W emb, after the second norm (improved-diffusion's
+                 use_scale_shift_norm; Nichol & Dhariwal 2021; FiLM, Perez et al. 2018).
+A norm whose statistics are per example and per channel over (H, W) subtracts that constant: with "add",
+instance norm gives IN(h + W emb) = IN(h), so the model cannot see t (TIME_BLIND).
 """
 import math
 
@@ -22,6 +29,27 @@ NORMS = {
     "layer": lambda c, groups: nn.GroupNorm(1, c),
     "instance": lambda c, groups: nn.InstanceNorm2d(c, affine=True),
 }
+
+
+
+def add(h, emb_out, norm):
+    """DDPM: norm(h + c), c = emb_out (B, C) broadcast over (H, W)."""
+    return norm(h + emb_out[:, :, None, None])
+
+
+def scale_shift(h, emb_out, norm):
+    """improved-diffusion's use_scale_shift_norm: norm(h) (1 + s) + b, (s, b) = emb_out split in two (B, C) halves."""
+    s, b = emb_out[:, :, None, None].chunk(2, dim=1)
+    return norm(h) * (1 + s) + b
+
+
+CONDITIONINGS = {"add": add, "scale_shift": scale_shift}
+EMB_WIDTH = {"add": 1, "scale_shift": 2}  # time projection outputs per channel
+# (norm, conditioning) pairs whose model output does not depend on t, with the reason
+TIME_BLIND = {("instance", "add"): "instance norm subtracts each channel's spatial mean, and 'add' conditioning adds "
+                                   "the time embedding as a per-channel constant right before that norm, so "
+                                   "IN(h + emb) = IN(h): the model cannot see the timestep; use conditioning = "
+                                   "'scale_shift'"}
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0):
@@ -42,20 +70,22 @@ def feature_sides(resolution: int, mults) -> list[int]:
 
 
 class ResBlock(nn.Module):
-    """norm -> SiLU -> conv, + time-embedding bias, norm -> SiLU -> dropout -> conv, + (1x1) shortcut."""
+    """norm -> SiLU -> conv, then the time embedding and norm by `conditioning` -> SiLU -> dropout -> conv,
+    + (1x1) shortcut."""
 
-    def __init__(self, c_in, c_out, t_dim, dropout, norm):
+    def __init__(self, c_in, c_out, t_dim, dropout, norm, conditioning="add"):
         super().__init__()
+        self.condition = lookup(CONDITIONINGS, conditioning, "conditioning")
         self.norm1, self.conv1 = norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.t_proj = nn.Linear(t_dim, c_out)
+        self.t_proj = nn.Linear(t_dim, EMB_WIDTH[conditioning] * c_out)
         self.norm2, self.drop = norm(c_out), nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, emb):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.t_proj(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
+        h = self.condition(h, self.t_proj(F.silu(emb)), self.norm2)
+        h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -82,16 +112,20 @@ class UNet(nn.Module):
     `model_channels` is the width of the first level (improved-diffusion's name); `base` is its
     older alias. Sides not divisible by 2^(levels-1) are zero-padded up, and the output is cropped
     back. `attention` lists feature-map sides (of the padded input) that get self-attention.
+    `conditioning` (one of CONDITIONINGS) is how every ResBlock takes the time embedding.
     """
 
     def __init__(self, channels=1, base=32, mults=(1, 2, 2), res_blocks=2, attention=(), heads=1,
-                 dropout=0.0, norm="group", groups=32, out_channels=None, resolution=28, model_channels=None):
+                 dropout=0.0, norm="group", groups=32, out_channels=None, resolution=28, model_channels=None,
+                 conditioning="add"):
         super().__init__()
         base = model_channels or base
         make_norm = lookup(NORMS, norm, "norm")
+        lookup(CONDITIONINGS, conditioning, "conditioning")
         norm_fn = lambda c: make_norm(c, groups)  # noqa: E731
         self.factor = 2 ** (len(mults) - 1)
         self.base, t_dim = base, 4 * base
+        block = lambda c_in, c_out: ResBlock(c_in, c_out, t_dim, dropout, norm_fn, conditioning)  # noqa: E731
         self.t_mlp = nn.Sequential(nn.Linear(base, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
         self.conv_in = nn.Conv2d(channels, base, 3, padding=1)
 
@@ -99,20 +133,18 @@ class UNet(nn.Module):
         self.down, skips, c = nn.ModuleList(), [base], base
         for level, mult in enumerate(mults):
             for _ in range(res_blocks):
-                self.down.append(self._block(c, base * mult, t_dim, dropout, norm_fn, res in attention, heads))
+                self.down.append(self._level(block(c, base * mult), norm_fn, res in attention, heads))
                 c = base * mult
                 skips.append(c)
             if level < len(mults) - 1:
                 self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
                 skips.append(c)
                 res //= 2
-        self.mid = nn.ModuleList([ResBlock(c, c, t_dim, dropout, norm_fn), Attention(c, heads, norm_fn),
-                                  ResBlock(c, c, t_dim, dropout, norm_fn)])
+        self.mid = nn.ModuleList([block(c, c), Attention(c, heads, norm_fn), block(c, c)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(mults))):
             for _ in range(res_blocks + 1):
-                self.up.append(self._block(c + skips.pop(), base * mult, t_dim, dropout, norm_fn,
-                                           res in attention, heads))
+                self.up.append(self._level(block(c + skips.pop(), base * mult), norm_fn, res in attention, heads))
                 c = base * mult
             if level > 0:
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
@@ -121,10 +153,10 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(c, out_channels or channels, 3, padding=1)
 
     @staticmethod
-    def _block(c_in, c_out, t_dim, dropout, norm_fn, attend, heads):
-        layers = [ResBlock(c_in, c_out, t_dim, dropout, norm_fn)]
+    def _level(res_block, norm_fn, attend, heads):
+        layers = [res_block]
         if attend:
-            layers.append(Attention(c_out, heads, norm_fn))
+            layers.append(Attention(res_block.conv2.out_channels, heads, norm_fn))
         return nn.ModuleList(layers)
 
     def forward(self, x, t):

@@ -1,4 +1,5 @@
-"""Timestep spacing, zero terminal SNR, DPM-Solver++(2M) and Heun: held against diffusers' schedulers.
+"""Timestep spacing (karras included), zero terminal SNR, DPM-Solver++(2M) and Heun: held against diffusers'
+schedulers.
 
 Every loop drives diffusers as a pipeline does: set_timesteps, then model(x, t) and step per timestep,
 with diffusers' alphas_cumprod replaced by ours (`f64`); its sigmas and DPM-Solver's step stay float32,
@@ -18,7 +19,8 @@ from core.diffusion import coefs  # noqa: E402
 from core.likelihood import prior_bpd  # noqa: E402
 from core.parameterizations import PREDICTIONS  # noqa: E402
 from core.samplers import SAMPLERS, nfe, sample  # noqa: E402
-from core.schedules import SPACINGS, check_prediction, make_schedule, spaced_timesteps  # noqa: E402
+from core.schedules import SIGMA_SPACINGS, SPACINGS, check_prediction, make_schedule, spaced_schedule  # noqa: E402
+from core.schedules import spaced_timesteps  # noqa: E402
 
 T = 1000  # our "linear" at T = 1000 is diffusers' beta_schedule="linear", 1e-4..0.02
 SCHEDULE = make_schedule("linear", T)
@@ -64,17 +66,20 @@ def f64(sched):
 
 
 def descending(spacing, steps):
-    return spaced_timesteps(T, steps, spacing)[::-1]
+    """The timesteps the model is called at, high to low (karras's may repeat)."""
+    return spaced_schedule(SCHEDULE, steps, spacing).timesteps.tolist()[::-1]
 
 
 def dpm_solver(prediction, spacing, steps, order, x_T=X_T, **kw):
     """diffusers' DPM-Solver++ loop. Its own "leading" and "linspace" are not Lin et al.'s Table 2
-    (see test_diffusers_dpm_solver_leading_and_linspace_are_not_table_2), so it gets our kept timesteps."""
+    (see test_diffusers_dpm_solver_leading_and_linspace_are_not_table_2), so it gets our kept timesteps;
+    karras is its own use_karras_sigmas=True."""
+    karras = spacing == "karras"
     config = dict(BETAS, algorithm_type="dpmsolver++", solver_order=order, lower_order_final=True,
-                  euler_at_final=False, final_sigmas_type="zero", use_karras_sigmas=False, thresholding=False,
-                  timestep_spacing=spacing, prediction_type=DIFFUSERS_PREDICTION[prediction])
+                  euler_at_final=False, final_sigmas_type="zero", use_karras_sigmas=karras, thresholding=False,
+                  timestep_spacing="linspace" if karras else spacing, prediction_type=DIFFUSERS_PREDICTION[prediction])
     sched = f64(DPMSolverMultistepScheduler(**{**config, **kw}))
-    if spacing == "trailing":
+    if spacing in ("trailing", "karras"):
         sched.set_timesteps(steps)
         assert sched.timesteps.tolist() == descending(spacing, steps)
     else:
@@ -88,15 +93,19 @@ def dpm_solver(prediction, spacing, steps, order, x_T=X_T, **kw):
 def diffusers_heun(prediction, spacing, steps, x_T=X_T, **kw):
     """diffusers' Heun loop. It works in y = x / sqrt(alpha_bar) = x sqrt(1 + sigma^2) and hands the model
     scale_model_input(y) = y / sqrt(1 + sigma^2): our x. So x_T enters as x_T sqrt(1 + sigma_0^2), not
-    x_T * init_noise_sigma (which is sigma_0, without the 1, for trailing and linspace)."""
+    x_T * init_noise_sigma (which is sigma_0, without the 1, for trailing and linspace). With
+    use_karras_sigmas=True (on linspace, whose ends are sigma(0) and sigma(T-1)) it hands the model the
+    fractional timestep of each sigma; the loop rounds it, as its DPM-Solver does."""
+    karras = spacing == "karras"
     sched = f64(HeunDiscreteScheduler(**BETAS, prediction_type=DIFFUSERS_PREDICTION[prediction],
-                                      timestep_spacing=spacing, use_karras_sigmas=False, **kw))
+                                      timestep_spacing="linspace" if karras else spacing, use_karras_sigmas=karras,
+                                      **kw))
     sched.set_timesteps(steps)
     kept = descending(spacing, steps)
-    assert sched.timesteps.tolist() == kept[:1] + [t for t in kept[1:] for _ in (0, 1)]
+    assert sched.timesteps.round().tolist() == kept[:1] + [t for t in kept[1:] for _ in (0, 1)]
     model, y = tiny(prediction), x_T * (1 + sched.sigmas[0].double() ** 2).sqrt()
     for t in sched.timesteps:
-        y = sched.step(model(sched.scale_model_input(y, t), t), t, y).prev_sample
+        y = sched.step(model(sched.scale_model_input(y, t), t.round()), t, y).prev_sample
     return y
 
 
@@ -141,6 +150,30 @@ def test_spacing_by_hand():
     with pytest.raises(ValueError, match=r"unknown spacing"):
         sample(tiny("x0"), SCHEDULE, X_T.shape, sampler="ddim", steps=5, prediction="x0", variance="fixed_small",
                x_T=X_T, spacing="uniform")
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [1, 3, 5, 10, 20, 50])
+def test_karras_sigmas_are_edm_eq_5_at_diffusers_nearest_timesteps(name, steps):
+    """sigma_i = (sigma_max^(1/7) + i/(S-1) (sigma_min^(1/7) - sigma_max^(1/7)))^7 between sigma(0) and
+    sigma(T-1) of the schedule; the model timesteps are DPMSolverMultistepScheduler's with use_karras_sigmas."""
+    schedule = make_schedule(name, T)
+    ab = schedule.alphas_cumprod
+    sigma = ((1 - ab) / ab).sqrt()
+    lo, hi = sigma[0].item() ** (1 / 7), sigma[-1].item() ** (1 / 7)
+    want = [(hi + (i / (steps - 1) if steps > 1 else 0.0) * (lo - hi)) ** 7 for i in range(steps)]
+    spaced = spaced_schedule(schedule, steps, "karras")
+    got = ((1 - spaced.alphas_cumprod) / spaced.alphas_cumprod).sqrt().flip(0)
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=1e-10, atol=0)
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=T, use_karras_sigmas=True, final_sigmas_type="zero",
+                                        beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    sched.alphas_cumprod = ab.clone()  # any schedule: diffusers reads only alphas_cumprod in set_timesteps
+    sched.set_timesteps(steps)
+    assert spaced.timesteps.flip(0).tolist() == sched.timesteps.tolist()
+    assert torch.allclose(got.float(), sched.sigmas[:-1], rtol=1e-6)
+    assert spaced.timesteps[-1] == T - 1 and (steps == 1 or spaced.timesteps[0] == 0)  # both ends of the schedule
+    with pytest.raises(ValueError, match="use spaced_schedule"):
+        spaced_timesteps(T, steps, "karras")
 
 
 def test_diffusers_trailing_sometimes_adds_a_timestep_minus_one():
@@ -212,7 +245,10 @@ def test_zero_terminal_snr_samples_are_finite_or_clearly_rejected(sampler, predi
     zero = make_schedule("linear", T, zero_terminal_snr=True)
     g = torch.Generator().manual_seed(0)
     run = lambda: ours(sampler, prediction, spacing, 10, schedule=zero, generator=g)  # noqa: E731
-    if sampler == "heun" and spacing != "leading":  # trailing and linspace keep T-1, where sigma = inf
+    if spacing in SIGMA_SPACINGS:  # karras's sigma_max is sigma(T-1) = inf
+        with pytest.raises(ValueError, match="spacing 'karras' needs alpha_bar\\[T-1\\] > 0"):
+            run()
+    elif sampler == "heun" and spacing != "leading":  # trailing and linspace keep T-1, where sigma = inf
         with pytest.raises(ValueError, match="sampler 'heun' cannot start at alpha_bar = 0"):
             run()
     else:
@@ -260,9 +296,11 @@ def test_ddim_is_first_order_dpm_solver_pp_in_diffusers(prediction, spacing):
 
 
 @pytest.mark.parametrize("steps", [1, 10])
-@pytest.mark.parametrize("spacing", ["leading", "trailing"])  # diffusers' linspace calls the model at fractional t
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "karras"])  # its linspace: fractional t
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_heun_matches_diffusers(prediction, spacing, steps):
+    if (spacing, steps) == ("karras", 1):
+        pytest.skip("diffusers' Heun takes karras's ends from its spaced timesteps: at 1 step, sigma(0) alone")
     assert max_diff(ours("heun", prediction, spacing, steps), diffusers_heun(prediction, spacing, steps)) < TOL
 
 

@@ -101,7 +101,8 @@ def test_resume_is_bitwise_identical(tmp_path, images, device, path):
 
 def test_non_finite_loss_fails_the_run_and_the_grid_goes_on(tmp_path):
     text = (ROOT / "ablations" / "norm.toml").read_text().replace(
-        'norm = ["group", "batch", "layer", "instance"]', "lr = [1e30, 1e-3]").replace(
+        'norm = ["group", "batch", "layer", "instance"]\nconditioning = ["add", "scale_shift"]',
+        "lr = [1e30, 1e-3]").replace(
         "[base]\n", "[base]\ngrad_clip = 0.0\n", 1)
     spec_path = tmp_path / "blowup.toml"
     spec_path.write_text(text)

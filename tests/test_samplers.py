@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -126,3 +128,39 @@ def test_clipped_ddim_mean_uses_the_eps_implied_by_the_clipped_x0(prediction):
     assert x0.abs().max() <= 1 and (x0.abs() == 1).any()
     eps = (xt - c.a * x0) / c.b
     assert torch.allclose(mean, c.a_prev * x0 + (c.b_prev**2 - var).sqrt() * eps, atol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [10, 100])
+def test_respaced_ddpm_with_learned_range_interpolates_the_respaced_beta_and_beta_tilde(steps):
+    """Improved DDPM Eq. 15 on the respaced schedule, as improved-diffusion's respace.py builds it: at kept
+    step i, log sigma^2 = frac log beta_i + (1 - frac) log beta_tilde_i with beta_i = 1 - alpha_bar(k_i) /
+    alpha_bar(k_{i-1}) and beta_tilde_i = beta_i (1 - alpha_bar(k_{i-1})) / (1 - alpha_bar(k_i)), frac = (v + 1)/2.
+    A model predicting x0 = 0 makes each step x <- coef_xt x + sigma z; every step's x is recomputed by hand
+    from the kept alpha_bar with the same draws z."""
+    s = make_schedule("linear", 1000)
+    kept = list(range(0, 1000, 1000 // steps))  # leading
+    v_of = lambda t: torch.cos(t.double() / 150)  # noqa: E731 - the model's variance output, varying with t
+    model = lambda x, t: torch.cat([torch.zeros_like(x), v_of(t).view(-1, 1, 1, 1).expand_as(x)], 1)  # noqa: E731
+    x_T = torch.randn(4, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    got = []
+    sample(model, s, x_T.shape, sampler="ddpm", steps=steps, prediction="x0", variance="learned_range", x_T=x_T,
+           generator=torch.Generator().manual_seed(2), device="cpu", callback=lambda i, t, x, x0: got.append(x))
+    got = torch.stack(got)
+
+    def by_hand(respaced: bool):
+        ab = [s.alphas_cumprod[k].item() for k in kept]
+        g, x, out = torch.Generator().manual_seed(2), x_T.clone(), []
+        for i in reversed(range(steps)):
+            ab_prev = ab[i - 1] if i > 0 else 1.0
+            beta = 1 - ab[i] / ab_prev if respaced else s.betas[kept[i]].item()
+            x = (1 - ab_prev) * (1 - beta) ** 0.5 / (1 - ab[i]) * x  # the posterior mean's x_t term; x0 = 0
+            if i > 0:
+                beta_tilde = beta * (1 - ab_prev) / (1 - ab[i])
+                frac = (v_of(torch.tensor(kept[i])).item() + 1) / 2
+                log_var = frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)
+                x = x + math.exp(0.5 * log_var) * torch.randn(x.shape, generator=g, dtype=x.dtype)
+            out.append(x)
+        return torch.stack(out)
+
+    assert torch.allclose(got, by_hand(respaced=True), rtol=1e-10, atol=1e-12)
+    assert (got - by_hand(respaced=False)).abs().max() > 1e-2  # the original schedule's beta_t would differ

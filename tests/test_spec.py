@@ -75,6 +75,14 @@ BAD = [
      r"variance 'learned_range' needs loss 'hybrid' or 'vlb', got loss 'simple'"),
     ("bad eta", ("eta = [0.0, 1.0]", "eta = [0.0, 2.0]"), r"key 'eval.setting\[0\].eta': eta 2.0 is invalid"),
     ("duplicate seeds", ("seeds = [0]", "seeds = [0, 0]"), r"key 'seeds': must be a non-empty list of distinct"),
+    ("unknown conditioning", ("[base]\n", '[base]\nconditioning = "film"\n'),
+     r"key 'base.conditioning': unknown conditioning 'film'; valid choices: 'add', 'scale_shift'"),
+    ("bn_stats_batches < 0", ("[base]\n", "[base]\nbn_stats_batches = -1\n"),
+     r"key 'base.bn_stats_batches': -1 is out of range; valid: an integer >= 0"),
+    ("ema_warmup not a bool", ("[base]\n", "[base]\nema_warmup = 1\n"), r"key 'base.ema_warmup': expected bool"),
+    ("karras with zero terminal SNR", ("[base]\n", '[base]\nzero_terminal_snr = true\nprediction = "v"\n'),
+     r"key 'eval.setting\[0\].spacing': spacing 'karras' needs alpha_bar\[T-1\] > 0.*valid choices with it: "
+     r"'leading', 'trailing', 'linspace'"),
 ]
 
 
@@ -82,7 +90,10 @@ BAD = [
 def test_malformed_spec_is_rejected_before_any_run_starts(tmp_path, case, edit, message):
     old, new = edit
     assert old in GOOD
-    path = _write(tmp_path, GOOD.replace(old, new, 1))
+    text = GOOD.replace(old, new, 1)
+    if case.startswith("karras"):
+        text = text.replace("eta = [0.0, 1.0]", 'eta = [0.0, 1.0]\nspacing = ["leading", "karras"]')
+    path = _write(tmp_path, text)
     with pytest.raises(SpecError, match=message) as e:
         load_spec(path)
     assert str(e.value).startswith(f"{path}: key ")
@@ -121,8 +132,8 @@ def test_every_shipped_spec_and_scale_is_valid(path, inception_standin):
 # improved-diffusion's README): the paper scale must match it field by field.
 DDPM = dict(T=1000, model_channels=128, mults=(1, 2, 2, 2), res_blocks=2, attention=(16,), heads=1, dropout=0.1,
             optimizer="adam", lr=2e-4, warmup=5000, grad_clip=1.0, batch=128, flip=True, train_steps=800_000,
-            ema_decay=0.9999)
-IMPROVED = {**DDPM, "T": 4000, "res_blocks": 3, "attention": (16, 8), "heads": 4, "dropout": 0.3,
+            ema_decay=0.9999, conditioning="add")
+IMPROVED = {**DDPM, "conditioning": "scale_shift", "T": 4000, "res_blocks": 3, "attention": (16, 8), "heads": 4, "dropout": 0.3,
             "optimizer": "adamw", "lr": 1e-4, "warmup": 0, "grad_clip": 0.0, "flip": False, "train_steps": 500_000}
 
 
@@ -130,6 +141,7 @@ IMPROVED = {**DDPM, "T": 4000, "res_blocks": 3, "attention": (16, 8), "heads": 4
                                          ("loss", IMPROVED), ("schedule", IMPROVED)])
 def test_paper_scale_trains_as_the_cited_paper(stem, paper, inception_standin):
     spec = load_spec(ROOT / "ablations" / f"{stem}.toml", "paper")
+    paper = {k: v for k, v in paper.items() if k not in spec.axes}  # the question's own axes vary
     for run in spec.runs:
         got = {k: getattr(run.config, k) for k in paper}
         assert got == paper, stem
@@ -149,7 +161,8 @@ def test_specs_hold_only_their_question_and_share_the_baseline_run():
                                                                      ("schedule", "paper")}, (path, scale)
         if path.stem in ("schedule", "prediction", "loss", "norm"):
             baselines |= {r.run_id for r in load_spec(path, "cpu").runs if r.config.seed == 0 and (
-                r.config.schedule, r.config.prediction, r.config.loss, r.config.norm) == ("linear", "eps", "simple", "group")}
+                r.config.schedule, r.config.prediction, r.config.loss, r.config.norm, r.config.conditioning) == (
+                "linear", "eps", "simple", "group", "add")}
         if path.stem in ("prediction", "zero_snr"):
             v_runs.append({r.run_id for r in load_spec(path, "cpu").runs
                            if r.config.prediction == "v" and not r.config.zero_terminal_snr})
@@ -177,6 +190,19 @@ def test_malformed_scale_file_is_rejected_like_a_spec(tmp_path, bad, message):
         load_spec(ROOT / "ablations" / "norm.toml", "smoke", scales_path=scales)
 
 
+def test_karras_spacing_and_the_new_fields_are_accepted(tmp_path):
+    text = GOOD.replace("eta = [0.0, 1.0]", 'eta = [0.0]\nspacing = ["leading", "karras"]').replace(
+        "[base]\n", '[base]\nconditioning = "scale_shift"\nema_warmup = true\nbn_stats_batches = 4\n')
+    spec = load_spec(_write(tmp_path, text))
+    assert [(s.steps, s.spacing) for s in spec.eval.settings] == [(5, "leading"), (5, "karras"), (10, "leading"),
+                                                                   (10, "karras")]
+    cfg = spec.runs[0].config
+    assert (cfg.conditioning, cfg.ema_warmup, cfg.bn_stats_batches) == ("scale_shift", True, 4)
+    sampler = load_spec(ROOT / "ablations" / "sampler.toml", "cpu")
+    assert {(s.sampler, s.steps) for s in sampler.eval.settings if s.spacing == "karras"} == {
+        ("dpmpp_2m", 5), ("dpmpp_2m", 10), ("dpmpp_2m", 20), ("heun", 3), ("heun", 5), ("heun", 10)}
+
+
 def test_a_spec_without_a_grid_compares_eval_settings_on_one_config():
     spec = load_spec(ROOT / "ablations" / "demo.toml")
     assert spec.axes == () and len(spec.runs) == 1 and spec.runs[0].axes == {}
@@ -189,9 +215,13 @@ def test_dry_run_lists_runs_and_nothing_else(tmp_path):
                                        "--dry-run", "--runs-root", str(runs)])
     assert result.exit_code == 0, result.output
     spec = load_spec(ROOT / "ablations" / "norm.toml", "smoke")
-    lines = result.output.strip().splitlines()
-    assert lines[0].split() == ["run_id", "norm", "seed"]
-    assert [line.split()[:2] for line in lines[1:]] == [[r.run_id, r.axes["norm"]] for r in spec.runs]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["run_id", "norm", "conditioning", "seed"]
+    assert [line.split()[:3] for line in lines[1:]] == [[r.run_id, r.axes["norm"], r.axes["conditioning"]]
+                                                        for r in spec.runs]
+    blind = [r.run_id for r in spec.runs if (r.config.norm, r.config.conditioning) == ("instance", "add")]
+    assert len(blind) == 1 and f"norm 'instance' with conditioning 'add' in run(s) {blind[0]}" in result.stderr
+    assert "IN(h + emb) = IN(h): the model cannot see the timestep" in result.stderr
     assert not runs.exists()
 
 

@@ -67,3 +67,50 @@ def test_paper_scale_has_the_ddpm_cifar10_models_35_7m_parameters():
     cfg = TrainConfig(**{k: v[0] for k, v in load_scales()["paper"]["base"].items()})
     n = sum(p.numel() for p in build_model(cfg).parameters())
     assert round(n / 1e6, 1) == 35.7, n
+
+
+def _two_timesteps(norm, conditioning):
+    """Largest output difference of one eval-mode model at t = 10 and t = 900, same x."""
+    torch.manual_seed(0)
+    net = UNet(channels=1, base=16, mults=(1, 2), res_blocks=1, norm=norm, conditioning=conditioning,
+               groups=8, resolution=8).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # a trained-looking net: zero-init biases would hide nothing here
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(1, 1, 8, 8).expand(2, 1, 8, 8)
+    with torch.no_grad():
+        y = net(x, torch.tensor([10, 900]))
+    return (y[0] - y[1]).abs().max().item()
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_instance_norm_with_add_conditioning_cannot_see_the_timestep(norm):
+    """IN(h + c) = IN(h) for a per-channel constant c: with 'add' the instance-norm model's output is the same
+    at every t; 'scale_shift' applies the embedding after the norm, so every norm sees t."""
+    from core.unet import TIME_BLIND
+    add, scale_shift = _two_timesteps(norm, "add"), _two_timesteps(norm, "scale_shift")
+    assert scale_shift > 1e-2
+    if norm == "instance":
+        assert add < 1e-5 and (norm, "add") in TIME_BLIND
+    else:
+        assert add > 1e-2 and (norm, "add") not in TIME_BLIND
+
+
+def test_scale_shift_is_norm_times_one_plus_s_plus_b():
+    """improved-diffusion's use_scale_shift_norm: (s, b) = W emb split in halves, out = norm(h) (1 + s) + b."""
+    from core.unet import ResBlock
+    torch.manual_seed(0)
+    norm = lambda c: torch.nn.GroupNorm(2, c)  # noqa: E731
+    block = ResBlock(4, 4, 6, 0.0, norm, "scale_shift")
+    assert block.t_proj.out_features == 8
+    x, emb = torch.randn(3, 4, 5, 5), torch.randn(3, 6)
+    h = block.conv1(torch.nn.functional.silu(block.norm1(x)))
+    s, b = block.t_proj(torch.nn.functional.silu(emb)).split(4, dim=1)
+    h = block.norm2(h) * (1 + s[:, :, None, None]) + b[:, :, None, None]
+    want = x + block.conv2(torch.nn.functional.silu(h))
+    assert torch.allclose(block(x, emb), want, atol=1e-6)
+
+
+def test_unknown_conditioning_lists_the_choices():
+    with pytest.raises(ValueError, match=r"unknown conditioning 'film'; valid choices: 'add', 'scale_shift'"):
+        UNet(conditioning="film")

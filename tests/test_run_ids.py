@@ -1,0 +1,59 @@
+"""Run ids: every field of the first run store is hashed as it was; a field added since is hashed only when it
+differs from its default, so adding a field renames no run, and the committed results keep their ids."""
+import csv
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+
+from ablations.config import ALWAYS_HASHED, TRAIN_FIELDS, TrainConfig
+from ablations.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+NEW = {k: f.default for k, f in TRAIN_FIELDS.items() if k not in ALWAYS_HASHED}  # fields added after b90d786
+# computed at b90d786, before any field was added
+PINNED = {("demo", None): ["77629df2c0"], ("loss", "smoke"): ["00a6c18897", "08e91417fd"],
+          ("sampler", "cpu"): ["e352fc776d", "2dce979507", "d8d23806bd"],
+          ("schedule", "cpu"): ["f108fe52ff", "7795afb246", "e8bddc3fb7", "1d8b9790f1", "3cbdfc3beb", "a0b7414e02"]}
+
+
+def at_defaults(cfg):
+    return replace(cfg, **NEW).run_id()
+
+
+def test_the_default_config_keeps_its_id():
+    assert TrainConfig().run_id() == "bc6c92a43b"
+    assert TrainConfig(seed=3, norm="batch").run_id() == "65b73a2ba0"
+
+
+@pytest.mark.parametrize("stem, scale", list(PINNED))
+def test_pinned_ids_are_unchanged_with_new_fields_at_their_defaults(stem, scale):
+    runs = load_spec(ROOT / "ablations" / f"{stem}.toml", scale).runs
+    assert list(dict.fromkeys(at_defaults(r.config) for r in runs)) == PINNED[(stem, scale)]
+
+
+@pytest.mark.parametrize("folder", sorted((ROOT / "results").glob("*-cpu")), ids=lambda p: p.name)
+def test_committed_results_resolve_from_their_specs(folder):
+    """Each committed rows.csv's run ids are its spec's cpu runs with every new field at its default."""
+    with open(folder / "rows.csv", newline="") as f:
+        committed = {r["run_id"] for r in csv.DictReader(f)}
+    spec = load_spec(ROOT / "ablations" / f"{folder.name.removesuffix('-cpu')}.toml", "cpu")
+    assert committed == {at_defaults(r.config) for r in spec.runs}
+
+
+def test_a_new_field_at_its_default_changes_no_id_and_a_set_one_does():
+    assert NEW, "no field was added since b90d786"
+    base = TrainConfig(T=100, seed=2)
+    others = {"conditioning": "scale_shift", "ema_warmup": True, "bn_stats_batches": 4}
+    for name, default in NEW.items():
+        assert replace(base, **{name: default}).run_id() == base.run_id()
+        if name in others:
+            assert replace(base, **{name: others[name]}).run_id() != base.run_id()
+    assert replace(base, **others).run_id() != replace(base, conditioning="scale_shift").run_id()
+
+
+def test_always_hashed_are_exactly_the_first_fields():
+    """A field added since must not join ALWAYS_HASHED (that would rename every run); none may leave it."""
+    names = [f.name for f in fields(TrainConfig)]
+    assert ALWAYS_HASHED <= set(names)
+    assert len(ALWAYS_HASHED) == 31
