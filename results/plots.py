@@ -160,31 +160,40 @@ def loss_curves(rows, axis, out_dir):
 
 
 def throughput(rows, axis, out_dir):
+    """Training and sampling images/s; with many settings and no axis, the sampling panel comes first, as
+    horizontal bars whose labels sit at the figure's left edge."""
     train = rows[rows["metric"] == "train_img_per_s"]
     samp = with_labels(rows[rows["metric"] == "sample_img_per_s"])
     if train.empty and samp.empty:
         return []
     tall = axis is None and samp["setting_steps"].nunique() > 4
     height = max(3.4, 0.28 * samp["setting_steps"].nunique()) if tall else 3.4
-    fig, axs = plt.subplots(1, 2, figsize=(10, height), gridspec_kw={"width_ratios": [1, 1.6 if tall else 1]})
+    fig, axs = plt.subplots(1, 2, figsize=(10, height), gridspec_kw={"width_ratios": [1.6, 1] if tall else [1, 1]})
+    train_ax, samp_ax = (axs[1], axs[0]) if tall else (axs[0], axs[1])
     if not train.empty:
-        sns.barplot(data=train, x=axis or "ablation", y="value", errorbar=t_band, ax=axs[0])
-    axs[0].set(ylabel="train images/s", xlabel=axis or "")
+        sns.barplot(data=train, x=axis or "ablation", y="value", errorbar=t_band, ax=train_ax)
+    train_ax.set(ylabel="train images/s", xlabel=axis or "")
     if not samp.empty and tall:
-        by_setting(axs[1], samp, "sampled images/s")
+        by_setting(samp_ax, samp, "sampled images/s")
     elif not samp.empty:
-        sns.barplot(data=samp, x="setting_steps", y="value", hue=axis, errorbar=t_band, ax=axs[1])
-        axs[1].set(ylabel="sampled images/s", xlabel="sampler setting", yscale="log")
-        axs[1].tick_params(axis="x", rotation=20)
+        sns.barplot(data=samp, x="setting_steps", y="value", hue=axis, errorbar=t_band, ax=samp_ax)
+        samp_ax.set(ylabel="sampled images/s", xlabel="sampler setting")
+        if samp["value"].max() > 5 * samp["value"].min() > 0:  # settings of very different cost
+            samp_ax.set_yscale("log")
+            samp_ax.yaxis.set_major_formatter(ScalarFormatter())
+            samp_ax.yaxis.set_minor_formatter(NullFormatter())
+        samp_ax.tick_params(axis="x", rotation=20)
+    fig.subplots_adjust(wspace=0.3)
     return save_figure(fig, out_dir, "throughput")
 
 
 PANEL_IN = 2.1  # inches per sample grid: 252 px at 120 dpi, the 242-px grids at about their own size
+LABEL_IN = 2.4  # inches for the row names left of the sample grids
 
 
-def sample_grids(rows, axis, out_dir):
-    """The copied sample grids (samples/<run_id>-samples-<setting>.png): a row per setting (per axis value
-    and setting when the spec has an axis), a column per training seed."""
+def grid_cells(rows, axis, out_dir) -> tuple[list[str], list[int], dict]:
+    """The copied sample grids (samples/<run_id>-samples-<setting>.png) laid out: the row names (a setting,
+    or an axis value and a setting), the seeds (columns) and (row name, seed) -> file."""
     d = with_labels(first_extractor(rows[rows["metric"] == "fid"])).drop_duplicates(["run_id", "setting_steps"])
     found = {}
     for r in d.itertuples(index=False):
@@ -192,15 +201,20 @@ def sample_grids(rows, axis, out_dir):
         if f.exists():
             who = f"{axis}={getattr(r, axis)}\n" if axis else ""
             found[(who + r.setting_steps, int(r.seed))] = f
+    return list(dict.fromkeys(name for name, _ in found)), sorted({seed for _, seed in found}), found
+
+
+def sample_grids(rows, axis, out_dir):
+    """Every sample grid of the folder: a row per setting (per axis value and setting when the spec has an
+    axis), a column per training seed, each grid at about its own pixel size."""
+    names, seeds, found = grid_cells(rows, axis, out_dir)
     if not found:
         return []
-    names = list(dict.fromkeys(name for name, _ in found))
-    seeds = sorted({seed for _, seed in found})
-    label_in, title_in = 2.4, 0.3
-    width, height = label_in + PANEL_IN * len(seeds), title_in + PANEL_IN * len(names)
+    title_in = 0.3
+    width, height = LABEL_IN + PANEL_IN * len(seeds), title_in + PANEL_IN * len(names)
     fig, axs = plt.subplots(len(names), len(seeds), figsize=(width, height), squeeze=False,
                             gridspec_kw={"wspace": 0.03, "hspace": 0.03})
-    fig.subplots_adjust(left=label_in / width, right=1, bottom=0, top=1 - title_in / height)
+    fig.subplots_adjust(left=LABEL_IN / width, right=1, bottom=0, top=1 - title_in / height)
     for i, name in enumerate(names):
         for j, seed in enumerate(seeds):
             ax = axs[i, j]

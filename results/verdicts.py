@@ -372,6 +372,8 @@ def _mean_ci(d: pd.Series) -> str:
 
 
 def pm(mean, ci):
+    if mean != mean:  # a cell the rows do not hold
+        return "-"
     return f"{mean:.4g}" + (f" ± {ci:.2g}" if ci == ci else "")
 
 

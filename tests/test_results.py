@@ -325,3 +325,20 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
     index = write_index(tmp_path).read_text()
     assert f"**disagrees** ([what was checked](sampler-cpu/report.md#{CHECKED_ANCHOR}))" in index
     assert CHECKED_ANCHOR == CHECKED_TITLE.lower().replace(":", "").replace(" ", "-")
+
+
+def test_the_sample_figure_has_a_row_per_setting_and_a_column_per_seed():
+    """sampler-cpu: 23 settings x 3 seeds, every panel present, each row one setting on every seed; a
+    panel is drawn at 2.1 in (252 px at 120 dpi), so three seeds and the labels fit 1,200 px."""
+    from results.plots import LABEL_IN, PANEL_IN, axes_of, grid_cells
+    folder = ROOT / "results" / "sampler-cpu"
+    rows = pd.read_csv(folder / "rows.csv")
+    names, seeds, found = grid_cells(rows, None, folder)
+    fid = rows[rows["metric"] == "fid"]
+    assert len(names) == len(fid.drop_duplicates(["sampler", "steps", "eta", "clip_x0", "spacing"])) == 23
+    assert seeds == [0, 1, 2] and len(found) == 69
+    assert all(f.name.startswith(tuple(rows.loc[rows["seed"] == s, "run_id"])) for (_, s), f in found.items())
+    assert (LABEL_IN + PANEL_IN * len(seeds)) * 120 <= 1200
+    norm = ROOT / "results" / "norm-cpu"
+    names, seeds, _ = grid_cells(pd.read_csv(norm / "rows.csv"), axes_of(pd.read_csv(norm / "rows.csv"))[0], norm)
+    assert names[0].startswith("norm=group\n") and len(names) == 4 and seeds == [0, 1, 2]
