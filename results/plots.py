@@ -64,7 +64,8 @@ def fid_vs_steps(rows, axis, out_dir):
         return []
     x = "nfe" if "nfe" in d and (d["nfe"].notna().all() and (d["nfe"] != d["steps"]).any()) else "steps"
     g = sns.relplot(data=d, kind="line", x=x, y="value", hue="setting", col=axis, marker="o",
-                    errorbar=t_band, height=3.2, aspect=1.2, facet_kws={"sharey": True})
+                    errorbar=t_band, height=3.2 if axis else 4.5, aspect=1.2 if axis else 1.5,
+                    facet_kws={"sharey": True})
     g.set(xscale="log", ylabel=f"FID ({d['extractor'].iloc[0]}, n={int(d['n'].iloc[0])})",
           xlabel="model evaluations per image (NFE)" if x == "nfe" else "sampling steps")
     if d["value"].max() > 5 * d["value"].min():  # one diverging setting would flatten the others
