@@ -14,6 +14,7 @@ from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, ScalarFor
 
 from ablations.layout import sample_grid_name  # noqa: E402
 from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS, label  # noqa: E402
+from results import verdicts  # noqa: E402
 from results.table import ci95  # noqa: E402
 
 NOT_AXES = {*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS}
@@ -58,12 +59,13 @@ def save_figure(fig, out_dir, name) -> list[Path]:
 def fid_vs_steps(rows, axis, out_dir):
     """FID against sampling steps, or against model evaluations (NFE) when the settings differ in NFE
     per step (heun costs 2 S - 1), so that samplers are compared at equal cost."""
-    d = with_labels(rows[rows["metric"] == "fid"])
+    d = with_labels(first_extractor(rows[rows["metric"] == "fid"]))
     if d.empty:
         return []
     x = "nfe" if "nfe" in d and (d["nfe"].notna().all() and (d["nfe"] != d["steps"]).any()) else "steps"
     g = sns.relplot(data=d, kind="line", x=x, y="value", hue="setting", col=axis, marker="o",
-                    errorbar=t_band, height=3.2, aspect=1.2, facet_kws={"sharey": True})
+                    errorbar=t_band, height=3.2 if axis else 4.5, aspect=1.2 if axis else 1.5,
+                    facet_kws={"sharey": True})
     g.set(xscale="log", ylabel=f"FID ({d['extractor'].iloc[0]}, n={int(d['n'].iloc[0])})",
           xlabel="model evaluations per image (NFE)" if x == "nfe" else "sampling steps")
     if d["value"].max() > 5 * d["value"].min():  # one diverging setting would flatten the others
@@ -82,75 +84,226 @@ def fid_vs_steps(rows, axis, out_dir):
     return save_figure(g.figure, out_dir, "fid_vs_steps")
 
 
+def first_extractor(d: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the first FID extractor, where the rows hold two (the other is the extractor check's)."""
+    return d[d["extractor"] == d["extractor"].iloc[0]] if "extractor" in d and d["extractor"].nunique() > 1 else d
+
+
+def by_setting(ax, d, name, hue=None):
+    """Horizontal bars, one per sampler setting: their labels never overlap, however many settings."""
+    sns.barplot(data=d, y="setting_steps", x="value", hue=hue, errorbar=t_band, ax=ax, orient="h")
+    ax.set(xlabel=name, ylabel="")
+    if d["value"].max() > 5 * d["value"].min() > 0:  # a diverging setting would flatten the others
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def zoomed(ax, d, x, hue=None):
+    """Means with their 95% t band on a range that shows the differences (the axis does not start at 0)."""
+    sns.pointplot(data=d, x=x, y="value", hue=hue, errorbar=t_band, ax=ax, linestyle="none", capsize=0.15,
+                  dodge=0.3 if hue else False, marker="o")
+    bands = [t_band(g["value"]) for _, g in d.groupby([x] + ([hue] if hue else []))]
+    lo, hi = min(b[0] for b in bands), max(b[1] for b in bands)
+    pad = 0.15 * (hi - lo) or 0.05 * abs(hi) or 1.0
+    ax.set_ylim(lo - pad, hi + pad)
+
+
 def bars(rows, axis, out_dir):
-    fid = with_labels(rows[rows["metric"] == "fid"])
+    """FID by setting (bars) and bits/dim (means and CIs on a zoomed range), side by side; with many settings
+    and no axis (the sampler question), FID as horizontal bars."""
+    fid = with_labels(first_extractor(rows[rows["metric"] == "fid"]))
     nll = rows[rows["metric"] == "nll_bpd"]
-    panels = [(d, m) for d, m in ((fid, "FID"), (nll, "bits/dim")) if not d.empty]
-    if not panels:
+    if fid.empty and nll.empty:
         return []
-    fig, axs = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.4), squeeze=False)
-    for ax, (d, name) in zip(axs[0], panels):
-        by_setting = name == "FID"
-        x = axis or ("setting_steps" if by_setting else "ablation")
-        hue = "setting_steps" if by_setting and axis else None
-        sns.barplot(data=d, x=x, y="value", hue=hue, errorbar=t_band, ax=ax)
-        ax.set(ylabel=name, xlabel=axis or "")
-        ax.tick_params(axis="x", rotation=20)
+    tall = axis is None and fid["setting_steps"].nunique() > 4
+    height = max(3.4, 0.28 * fid["setting_steps"].nunique()) if tall else 3.4
+    widths = [w for w, d in ((1.6 if tall else 1.0, fid), (1.0, nll)) if not d.empty]
+    fig, axs = plt.subplots(1, len(widths), figsize=(10, height), squeeze=False, gridspec_kw={"width_ratios": widths})
+    axs = list(axs[0])
+    if not fid.empty:
+        ax = axs.pop(0)
+        if tall:
+            by_setting(ax, fid, "FID")
+        else:
+            several = axis and fid["setting_steps"].nunique() > 1
+            sns.barplot(data=fid, x=axis or "setting_steps", y="value", hue="setting_steps" if several else None,
+                        errorbar=t_band, ax=ax)
+            one = f" ({fid['setting_steps'].iloc[0]})" if axis and not several else ""
+            ax.set(ylabel=f"FID{one}", xlabel=axis or "")
+            ax.tick_params(axis="x", rotation=20)
+    if not nll.empty:
+        ax = axs.pop(0)
+        zoomed(ax, nll, axis or "ablation")
+        ax.set(ylabel="bits/dim (axis not from 0)", xlabel=axis or "")
     return save_figure(fig, out_dir, "bars")
 
 
 def loss_curves(rows, axis, out_dir):
+    """Training loss, one panel per training target (`prediction`): eps, x0 and v MSE are not on one scale."""
     d = rows[rows["metric"] == "train_loss"]
     if d.empty:
         return []
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    sns.lineplot(data=d, x="train_step", y="value", hue=axis, errorbar=t_band, ax=ax)
-    ax.set(yscale="log", ylabel="training loss", xlabel="training step")
-    return save_figure(fig, out_dir, "loss")
+    targets = sorted(d["prediction"].dropna().unique()) if "prediction" in d else []
+    col = "prediction" if len(targets) > 1 else None
+    g = sns.relplot(data=d, kind="line", x="train_step", y="value", hue=axis, col=col, errorbar=t_band,
+                    height=3.2, aspect=1.2, facet_kws={"sharey": False})
+    g.set(yscale="log", ylabel="training loss", xlabel="training step")
+    if col:
+        g.set_titles("target: {col_name} (its own MSE scale)")
+        g.figure.subplots_adjust(wspace=0.3)
+    for ax in g.axes.flat:
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    return save_figure(g.figure, out_dir, "loss")
 
 
 def throughput(rows, axis, out_dir):
+    """Training and sampling images/s; with many settings and no axis, the sampling panel comes first, as
+    horizontal bars whose labels sit at the figure's left edge."""
     train = rows[rows["metric"] == "train_img_per_s"]
     samp = with_labels(rows[rows["metric"] == "sample_img_per_s"])
     if train.empty and samp.empty:
         return []
-    fig, axs = plt.subplots(1, 2, figsize=(11, 3.4))
+    tall = axis is None and samp["setting_steps"].nunique() > 4
+    height = max(3.4, 0.28 * samp["setting_steps"].nunique()) if tall else 3.4
+    fig, axs = plt.subplots(1, 2, figsize=(10, height), gridspec_kw={"width_ratios": [1.6, 1] if tall else [1, 1]})
+    train_ax, samp_ax = (axs[1], axs[0]) if tall else (axs[0], axs[1])
     if not train.empty:
-        sns.barplot(data=train, x=axis or "ablation", y="value", errorbar=t_band, ax=axs[0])
-    axs[0].set(ylabel="train images/s", xlabel=axis or "")
-    if not samp.empty:
-        sns.barplot(data=samp, x="setting_steps", y="value", hue=axis, errorbar=t_band, ax=axs[1])
-    axs[1].set(ylabel="sampled images/s", xlabel="sampler setting", yscale="log")
-    axs[1].tick_params(axis="x", rotation=45)
+        sns.barplot(data=train, x=axis or "ablation", y="value", errorbar=t_band, ax=train_ax)
+    train_ax.set(ylabel="train images/s", xlabel=axis or "")
+    if not samp.empty and tall:
+        by_setting(samp_ax, samp, "sampled images/s")
+    elif not samp.empty:
+        sns.barplot(data=samp, x="setting_steps", y="value", hue=axis, errorbar=t_band, ax=samp_ax)
+        samp_ax.set(ylabel="sampled images/s", xlabel="sampler setting")
+        if samp["value"].max() > 5 * samp["value"].min() > 0:  # settings of very different cost
+            samp_ax.set_yscale("log")
+            samp_ax.yaxis.set_major_formatter(ScalarFormatter())
+            samp_ax.yaxis.set_minor_formatter(NullFormatter())
+        samp_ax.tick_params(axis="x", rotation=20)
+    fig.subplots_adjust(wspace=0.3)
     return save_figure(fig, out_dir, "throughput")
 
 
-def sample_grids(rows, axis, out_dir):
-    """The copied sample grids (samples/<run_id>-samples-<setting>.png), one panel per FID row."""
-    d = with_labels(rows[rows["metric"] == "fid"]).drop_duplicates(["run_id", "setting_steps"])
-    panels = []
+PANEL_IN = 2.1  # inches per sample grid: 252 px at 120 dpi, the 242-px grids at about their own size
+LABEL_IN = 2.4  # inches for the row names left of the sample grids
+
+
+def grid_cells(rows, axis, out_dir) -> tuple[list[str], list[int], dict]:
+    """The copied sample grids (samples/<run_id>-samples-<setting>.png) laid out: the row names (a setting,
+    or an axis value and a setting), the seeds (columns) and (row name, seed) -> file."""
+    d = with_labels(first_extractor(rows[rows["metric"] == "fid"])).drop_duplicates(["run_id", "setting_steps"])
+    found = {}
     for r in d.itertuples(index=False):
-        name = sample_grid_name(r.sampler, r.steps, r.eta, r.clip_x0, r.spacing)
-        f = Path(out_dir) / "samples" / f"{r.run_id}-{name}"
+        f = Path(out_dir) / "samples" / f"{r.run_id}-{sample_grid_name(r.sampler, r.steps, r.eta, r.clip_x0, r.spacing)}"
         if f.exists():
-            who = f"{axis}={getattr(r, axis)} · seed {r.seed}" if axis else f"seed {r.seed}"
-            panels.append((f, f"{who}\n{r.setting_steps}"))
-    if not panels:
+            who = f"{axis}={getattr(r, axis)}\n" if axis else ""
+            found[(who + r.setting_steps, int(r.seed))] = f
+    return list(dict.fromkeys(name for name, _ in found)), sorted({seed for _, seed in found}), found
+
+
+def sample_grids(rows, axis, out_dir):
+    """Every sample grid of the folder: a row per setting (per axis value and setting when the spec has an
+    axis), a column per training seed, each grid at about its own pixel size."""
+    names, seeds, found = grid_cells(rows, axis, out_dir)
+    if not found:
         return []
-    cols = min(4, len(panels))
-    rows_n = -(-len(panels) // cols)
-    fig, axs = plt.subplots(rows_n, cols, figsize=(3 * cols, 3.3 * rows_n), squeeze=False)
-    for ax in axs.flat:
-        ax.axis("off")
-    for ax, (f, title) in zip(axs.flat, panels):
-        ax.imshow(plt.imread(f), cmap="gray")
-        ax.set_title(title, fontsize=8)
+    title_in = 0.3
+    width, height = LABEL_IN + PANEL_IN * len(seeds), title_in + PANEL_IN * len(names)
+    fig, axs = plt.subplots(len(names), len(seeds), figsize=(width, height), squeeze=False,
+                            gridspec_kw={"wspace": 0.03, "hspace": 0.03})
+    fig.subplots_adjust(left=LABEL_IN / width, right=1, bottom=0, top=1 - title_in / height)
+    for i, name in enumerate(names):
+        for j, seed in enumerate(seeds):
+            ax = axs[i, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if (name, seed) in found:
+                ax.imshow(plt.imread(found[(name, seed)]), cmap="gray", interpolation="nearest")
+            if i == 0:
+                ax.set_title(f"seed {seed}", fontsize=10)
+            if j == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=10)
     return save_figure(fig, out_dir, "samples")
 
 
+VERDICT_COLOURS = {"agrees": "tab:green", "disagrees": "tab:red", "lower than b": "tab:blue",
+                   "higher than b": "tab:blue"}
+
+
+def forest(found: list[dict], out_dir, name="forest"):
+    """Each finding's paired difference a − b with its CI (95%; 90% for parity), one panel per question and
+    metric, with the paper's direction shaded (a < b: left of 0; parity: inside the margin) and the verdict
+    with its raw and Holm-adjusted p. A one-seed finding is a hollow point without a CI."""
+    shown = [v for v in found if v["seeds"] >= 1]
+    if not shown:
+        return []
+    groups = {}
+    for v in shown:
+        groups.setdefault((v["folder"], v["finding"].metric), []).append(v)
+    sizes = [len(g) for g in groups.values()]
+    fig, axs = plt.subplots(len(groups), 1, figsize=(10, 0.9 * len(groups) + 0.45 * sum(sizes)), squeeze=False,
+                            gridspec_kw={"height_ratios": sizes, "hspace": 0.9})
+    for ax, ((folder, metric), vs) in zip(axs[:, 0], groups.items()):
+        ys = list(range(len(vs)))[::-1]
+        for y, v in zip(ys, vs):
+            half = v["diff_ci"] if v["diff_ci"] == v["diff_ci"] else 0.0
+            colour = VERDICT_COLOURS.get(v["verdict"], "tab:gray")
+            ax.errorbar(v["diff"], y, xerr=half, fmt="o", color=colour, capsize=3,
+                        mfc=colour if v["seeds"] > 1 else "white")
+            p = f"p = {v['p']:.2g}, Holm {v['p_holm']:.2g}" if v["p"] == v["p"] else ""
+            said = v["verdict"] + (" (repeats a row: counted once)" if v["same_as"] is not None else "")
+            ax.text(1.01, y, said + (f"\n{p}" if p else ""), transform=ax.get_yaxis_transform(),
+                    va="center", fontsize=7, color=colour)
+        lo, hi = ax.get_xlim()
+        ends = [x for v in vs for x in (v["diff"] - (v["diff_ci"] if v["diff_ci"] == v["diff_ci"] else 0),
+                                        v["diff"] + (v["diff_ci"] if v["diff_ci"] == v["diff_ci"] else 0))]
+        margins = [v["finding"].margin for v in vs if v["finding"].expect == "parity"]
+        lo, hi = min(lo, *ends, 0, *(-m for m in margins)), max(hi, *ends, 0, *margins)
+        pad = 0.08 * (hi - lo)
+        lo, hi = lo - pad, hi + pad
+        for y, v in zip(ys, vs):
+            f = v["finding"]
+            span = (lo, 0) if f.expect == "lower" else (-f.margin, f.margin) if f.expect == "parity" else None
+            if span:
+                ax.fill_betweenx([y - 0.4, y + 0.4], *span, color="tab:green", alpha=0.12, lw=0)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(-0.6, len(vs) - 0.4)
+        names = [short(v["a"], v["b"]) for v in vs]
+        ax.set_yticks(ys, [n for n, _ in names], fontsize=8)
+        shared = sorted({s for _, s in names if s})
+        ax.set_title(f"{folder}: {metric}, a − b" + (f" ({'; '.join(shared)})" if shared else ""), fontsize=9,
+                     loc="left")
+        ax.tick_params(axis="x", labelsize=7)
+    first = axs[0, 0]
+    first.set_title("shaded: the paper's direction (a < b) or its parity margin; hollow: one seed, no CI\n\n"
+                    + first.get_title(loc="left"), fontsize=9, loc="left")
+    return save_figure(fig, out_dir, name)
+
+
+def short(a: str, b: str) -> tuple[str, str]:
+    """"a − b" without the parts both cells share, and those parts (for the panel's title)."""
+    pa, pb = a.split(", "), b.split(", ")
+    common = [x for x in pa if x in pb]
+    if common == pa or common == pb:
+        return f"{a} − {b}", ""
+    return f"{', '.join(x for x in pa if x not in common)} − {', '.join(x for x in pb if x not in common)}", \
+        ", ".join(common)
+
+
 def plot_all(out_dir) -> list[Path]:
-    rows = pd.read_csv(Path(out_dir) / "rows.csv")
+    """Every figure of one results folder; the forest plot's p-values are Holm-adjusted over the whole
+    index (every folder beside this one)."""
+    out_dir = Path(out_dir)
+    rows = pd.read_csv(out_dir / "rows.csv")
     axes = axes_of(rows)
     axis = axes[0] if axes else None
     sns.set_theme(style="whitegrid", context="paper")
-    return [p for fn in (fid_vs_steps, bars, loss_curves, throughput, sample_grids) for p in fn(rows, axis, out_dir)]
+    found = [v for v in verdicts.assess(verdicts.tables(out_dir.parent)) if v["folder"] == out_dir.name]
+    return [*(p for fn in (fid_vs_steps, bars, loss_curves, throughput, sample_grids) for p in fn(rows, axis, out_dir)),
+            *forest(found, out_dir)]

@@ -5,12 +5,7 @@ import pandas as pd
 
 from results import verdicts
 from results.plots import axes_of, with_labels
-
-
-def spec_of(rows: pd.DataFrame) -> str:
-    """The spec's name without its scale suffix ("sampler" for "sampler-cpu")."""
-    name, scale = str(rows["ablation"].iloc[0]), rows["scale"].iloc[0]
-    return name.removesuffix(f"-{scale}") if isinstance(scale, str) else name
+from results.table import spec_of
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -64,10 +59,48 @@ def protocol(rows: pd.DataFrame) -> list[str]:
         f"- NLL: {vals(nll, 'reference')}; stratified timesteps per image (exact when equal to T): "
         f"{vals(nll, 'strata')}, in {layout} strata; x0 clipped in the bound: {vals(nll, 'clip_x0')}",
         *([EQUAL_STRATA] if layout == "equal" else []),
+        *kid_note(rows),
         f"- seeds: {vals(rows, 'seed')}; runs: {rows['run_id'].nunique()}",
         f"- device: {vals(rows, 'device')}; torch: {vals(rows, 'torch')}; host: {vals(rows, 'host')}",
         f"- commit: {vals(rows, 'commit')}",
     ]
+
+
+def kid_note(rows: pd.DataFrame) -> list[str]:
+    """What KID's two spreads measure: the tables' ± (seeds) and the rows' kid_std (subsets)."""
+    kid = rows[rows["metric"] == "kid"]
+    if kid.empty:
+        return []
+    n = sorted({int(v) for v in kid["n"].dropna()})
+    line = ("- KID: unbiased MMD² (cubic kernel), mean over 100 subsets; the KID tables' ± is the 95% CI over "
+            "training seeds. The rows' `kid_std` is the std over the subsets.")
+    if n and max(n) <= 1000:
+        line += (f" Before issue 24 the suite drew subsets of min(1,000, n) images; at n = {', '.join(map(str, n))} "
+                 "every subset holds every generated image, so `kid_std` reflects only the reference subsets, not "
+                 "the model or its samples.")
+    return [line]
+
+
+TABLES = (("FID by sampler setting", "fid", True), ("KID by sampler setting", "kid", True),
+          ("Precision by sampler setting", "precision", True), ("Recall by sampler setting", "recall", True),
+          ("Solver error by sampler setting (RMS from the 1,000-step DDIM endpoint of the same x_T)", "solver_rms",
+           True),
+          ("Bits/dim", "nll_bpd", False), ("Training images/s", "train_img_per_s", False),
+          ("Sampling images/s", "sample_img_per_s", True))
+FIGURES = ("fid_vs_steps", "bars", "forest", "loss", "throughput", "samples")
+
+
+def metric_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
+    """The report's tables (markdown lines); one per extractor where the rows hold two."""
+    parts = []
+    for title, metric, by in TABLES:
+        d = summary[summary["metric"] == metric]
+        extractors = sorted(d["extractor"].dropna().unique()) if "extractor" in d else []
+        for ex in extractors if len(extractors) > 1 else [None]:
+            table = pivot(d if ex is None else d[d["extractor"] == ex], metric, axis, by)
+            if not table.empty:
+                parts += [f"## {title}" + (f" ({ex})" if ex else ""), "", markdown(table), ""]
+    return parts
 
 
 def write_report(out_dir) -> Path:
@@ -84,15 +117,10 @@ def write_report(out_dir) -> Path:
              *protocol(rows), "", "## Runs", "",
              markdown(runs[["run_id", *([axis] if axis else []), "seed", "status", "reason"]]
                       .astype(object).fillna("")), ""]
-    for title, metric, by in (("FID by sampler setting", "fid", True), ("KID by sampler setting", "kid", True),
-                              ("Bits/dim", "nll_bpd", False),
-                              ("Training images/s", "train_img_per_s", False),
-                              ("Sampling images/s", "sample_img_per_s", True)):
-        table = pivot(summary, metric, axis, by)
-        if not table.empty:
-            parts += [f"## {title}", "", markdown(table), ""]
-    parts += verdicts.section(rows, spec_of(rows))
-    figures = [f for f in ("fid_vs_steps", "bars", "loss", "throughput", "samples") if (out_dir / f"{f}.png").exists()]
+    parts += metric_tables(summary, axis)
+    family = verdicts.assess(verdicts.tables(out_dir.parent))  # Holm over the whole index
+    parts += verdicts.section(rows, spec_of(rows), [v for v in family if v["folder"] == out_dir.name])
+    figures = [f for f in FIGURES if (out_dir / f"{f}.png").exists()]
     if figures:
         parts += ["## Figures", ""] + [f"![{f}]({f}.png)" for f in figures] + [""]
     path = out_dir / "report.md"

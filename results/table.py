@@ -29,6 +29,12 @@ def ci95(std: float, n: int) -> float:
     return (T975[n - 2] if n - 1 <= len(T975) else 1.96) * std / math.sqrt(n)
 
 
+def spec_of(rows: pd.DataFrame) -> str:
+    """The spec's name without its scale suffix ("sampler" for "sampler-cpu")."""
+    name, scale = str(rows["ablation"].iloc[0]), rows["scale"].iloc[0]
+    return name.removesuffix(f"-{scale}") if isinstance(scale, str) else name
+
+
 def write_csv(df: pd.DataFrame, path):
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 

@@ -93,8 +93,14 @@ def test_make_results_redraws_everything_from_the_committed_rows_alone(tmp_path)
             assert (copy / name / f"{f}.png").exists()
             assert (copy / name / f"{f}.pdf").read_bytes() == (committed / name / f"{f}.pdf").read_bytes(), (name, f)
         assert "## Verdict" in (copy / name / "report.md").read_text()
+        if (committed / name / "forest.pdf").exists():
+            assert (copy / name / "forest.pdf").read_bytes() == (committed / name / "forest.pdf").read_bytes(), name
     index = (copy / "README.md").read_text()
     assert (committed / "README.md").read_text() == index
+    assert (copy / "forest.pdf").read_bytes() == (committed / "forest.pdf").read_bytes()
+    for text in ("| p | p (Holm) |", "| **n/a (1 seed)** |", "parity margin ±5 FID", "![forest](forest.png)",
+                 "(90% CI)", "counted once"):
+        assert text in index, text
     assert all(f"[{name}]({name}/report.md)" in index for name in folders)
 
 
@@ -113,27 +119,172 @@ def test_index_counts_a_shared_run_once_and_evaluation_compile_time():
                                "questions counted once)."]
 
 
-def test_verdicts_follow_the_stated_rule_on_paired_seeds():
-    """'lower' agrees only when the whole CI of the per-seed difference is below 0; parity only inside
-    +-10% of b; a one-seed difference has no CI and stays inconclusive."""
-    from results.verdicts import decide, verdicts
+# Student's t quantiles from a printed t-table (dof, t, P(T <= t)): the independent reference for the
+# p-values below (scipy is not in the venv).
+T_TABLE = [(1, 6.314, 0.95), (2, 1.886, 0.90), (2, 2.920, 0.95), (2, 4.303, 0.975), (2, 4.849, 0.98),
+           (2, 6.965, 0.99), (2, 9.925, 0.995), (3, 2.353, 0.95), (4, 2.132, 0.95), (5, 2.015, 0.95),
+           (10, 1.812, 0.95), (29, 2.045, 0.975)]
 
-    assert decide(-5.0, 1.0, "lower", 100) == "agrees"
-    assert decide(5.0, 1.0, "lower", 100) == "disagrees"
-    assert decide(-5.0, 6.0, "lower", 100) == "inconclusive"
-    assert decide(1.0, 2.0, "parity", 100) == "agrees"
-    assert decide(20.0, 2.0, "parity", 100) == "disagrees"
-    assert decide(-416.0, float("nan"), "lower", 554) == "inconclusive"
 
-    def rows(pairs):  # (seed, loss, nll) rows of the loss question
-        return pd.DataFrame([{"metric": "nll_bpd", "seed": s, "loss": loss, "value": v} for s, loss, v in pairs])
-    # hybrid is 0.3 lower on every seed: decided although the seeds' levels differ by far more
-    agree = verdicts(rows([(0, "hybrid", 3.1), (0, "simple", 3.4), (1, "hybrid", 3.6), (1, "simple", 3.9),
-                           (2, "hybrid", 2.7), (2, "simple", 3.01)]), "loss")
-    assert [(v["seeds"], v["verdict"]) for v in agree] == [(3, "agrees")]
-    mixed = verdicts(rows([(0, "hybrid", 3.1), (0, "simple", 3.4), (1, "hybrid", 3.9), (1, "simple", 3.6),
-                           (2, "hybrid", 3.0), (2, "simple", 3.01)]), "loss")
-    assert [v["verdict"] for v in mixed] == ["inconclusive"]
+def test_the_t_distribution_matches_the_t_table():
+    from results.stats import t_cdf, t_quantile
+    for dof, t, q in T_TABLE:
+        assert abs(t_cdf(t, dof) - q) < 2e-4 and abs(t_cdf(-t, dof) - (1 - q)) < 2e-4, (dof, t)
+        assert abs(t_quantile(q, dof) - t) < 2e-3, (dof, q)
+    assert t_cdf(0.0, 7) == 0.5
+
+
+def _triple(mean, t):
+    """Three paired differences with this mean whose one-sample t statistic mean / (sd / sqrt 3) is t."""
+    sd = abs(mean) * 3 ** 0.5 / abs(t)
+    return [mean - sd, mean, mean + sd]
+
+
+def _index(cells):
+    """(folder, spec, rows) tables from {spec: [(cell columns, per-seed values)]}."""
+    out = []
+    for spec, group in cells.items():
+        rows = [{"metric": metric, "seed": seed, "value": v, **cell} for metric, cell, values in group
+                for seed, v in enumerate(values)]
+        out.append((f"{spec}-cpu", spec, pd.DataFrame(rows)))
+    return out
+
+
+def test_holm_over_the_index_counts_a_duplicate_once_and_decides_reverses():
+    """Hand-made rows whose paired t statistics sit at t-table quantiles (2 dof), so each raw one-sided p is
+    known: 0.005, 0.02, 0.025, 0.1 and, for a finding the rows contradict, 0.995 (its reverse 0.005). Holm
+    over the m = 5 distinct findings multiplies the k-th smallest by m - k + 1 (then takes the running max);
+    the eta=1 finding repeats the DDIM-10 vs DDPM-10 numbers and is counted once."""
+    from results.stats import holm
+    from results.verdicts import assess
+
+    ddim = {"sampler": "ddim", "eta": 0.0, "spacing": "leading", "clip_x0": True}
+    ddpm = {**ddim, "sampler": "ddpm"}
+    base = [300.0, 310.0, 320.0]
+
+    def pair(metric, a, b, d):
+        return [(metric, a, [x + y for x, y in zip(base, d)]), (metric, b, base)]
+    d10, d20, d50 = _triple(-4.0, 1.886), _triple(-3.0, 4.303), _triple(+2.0, 9.925)
+    tables = _index({
+        "loss": pair("nll_bpd", {"loss": "hybrid"}, {"loss": "simple"}, _triple(-0.3, 9.925)),
+        "schedule": pair("nll_bpd", {"schedule": "cosine"}, {"schedule": "linear"}, _triple(-0.2, 4.849)),
+        "sampler": [*pair("fid", {**ddim, "steps": 10}, {**ddpm, "steps": 10}, d10),
+                    ("fid", {**ddim, "eta": 1.0, "steps": 10}, base),  # DDIM eta=1 = DDPM, bit for bit
+                    *pair("fid", {**ddim, "steps": 20}, {**ddpm, "steps": 20}, d20),
+                    *pair("fid", {**ddim, "steps": 50}, {**ddpm, "steps": 50}, d50)],
+    })
+    found = {(v["folder"], v["finding"].metric, v["a"], v["b"]): v for v in assess(tables)}
+    raw = {"loss": 0.005, "schedule": 0.02, "10": 0.10, "20": 0.025, "50": 0.995}
+    by = {"loss": found[("loss-cpu", "nll_bpd", "loss=hybrid", "loss=simple")],
+          "schedule": found[("schedule-cpu", "nll_bpd", "schedule=cosine", "schedule=linear")],
+          **{s: found[("sampler-cpu", "fid", f"DDIM η=0 · {s} steps", f"DDPM · {s} steps")] for s in ("10", "20", "50")}}
+    # Holm by hand, on the table's p-values: sorted 0.005, 0.02, 0.025, 0.1, 0.995 -> x5, x4, x3, x2, x1, running max
+    expected = {"loss": 0.025, "schedule": 0.08, "20": 0.08, "10": 0.2, "50": 0.995}
+    for name, v in by.items():
+        assert abs(v["p"] - raw[name]) < 2e-4, name
+        assert abs(v["p_holm"] - expected[name]) < 1e-3, name
+        assert v["family"] == 5, name
+    assert holm([0.005, 0.02, 0.025, 0.1, 0.995]) == [0.025, 0.08, 0.08, 0.2, 0.995]
+    assert {k: v["verdict"] for k, v in by.items()} == {
+        "loss": "agrees", "schedule": "inconclusive", "20": "inconclusive", "10": "inconclusive",
+        "50": "disagrees"}  # schedule passes alone (0.02) and drops out; 50 steps' reverse: 0.005 x 5 = 0.025
+    assert abs(by["50"]["p_reverse_holm"] - 0.025) < 1e-3
+    eta = found[("sampler-cpu", "fid", "DDIM η=0 · 10 steps", "DDIM η=1 · 10 steps")]
+    assert eta["same_as"] is by["10"] and eta["p_holm"] == by["10"]["p_holm"]
+    without = assess([t for t in tables if t[1] != "loss"])  # a smaller family: smaller corrections
+    assert {v["family"] for v in without} == {4}
+
+
+def test_parity_is_tost_against_the_findings_absolute_margin():
+    """v vs eps parity (margin 5 FID): TOST's p is the larger one-sided p; with d's mean 0 and 5 / se at the
+    table's 0.99 quantile it is 0.01 (agrees, 90% CI inside ±5); with mean 3 and (5 - 3) / se at the 0.90
+    quantile it is 0.10 (inconclusive); with mean 20 and (20 - 5) / se at the 0.995 quantile the reverse
+    (|d| > 5, each side at alpha / 2) has p = 2 x 0.005 (disagrees)."""
+    from results.verdicts import FINDINGS, assess
+
+    parity = next(f for f in FINDINGS if f.spec == "prediction" and f.expect == "parity")
+    assert parity.margin == 5.0 and parity.why
+    base = [230.0, 240.0, 250.0]
+
+    def tost(mean, bound_over_se):
+        se = abs(bound_over_se and (5 - abs(mean) if abs(mean) < 5 else abs(mean) - 5)) / bound_over_se
+        d = [mean - se * 3 ** 0.5, mean, mean + se * 3 ** 0.5]
+        rows = pd.DataFrame([{"metric": "fid", "seed": s, "prediction": p, "sampler": "ddim", "steps": 20,
+                              "eta": 0.0, "value": b + (x if p == "v" else 0.0)}
+                             for s, (b, x) in enumerate(zip(base, d)) for p in ("v", "eps")])
+        (v,) = assess([("prediction-cpu", "prediction", rows)])  # eps vs x0 has no x0 cells: absent
+        return v
+    inside = tost(0.0, 6.965)
+    assert abs(inside["p"] - 0.01) < 2e-4 and inside["verdict"] == "agrees" and inside["level"] == 0.90
+    assert abs(inside["diff_ci"] - 2.920 * 5 / 6.965) < 2e-3 < 5 - inside["diff_ci"]  # 90% CI inside the margin
+    edge = tost(3.0, 1.886)
+    assert abs(edge["p"] - 0.10) < 2e-4 and edge["verdict"] == "inconclusive"
+    outside = tost(20.0, 9.925)
+    assert abs(outside["p_reverse"] - 0.01) < 4e-4 and outside["verdict"] == "disagrees"
+
+
+def test_one_seed_reads_na_and_is_outside_the_family():
+    from results.verdicts import assess, section
+    ddim = {"sampler": "ddim", "eta": 0.0, "spacing": "leading", "clip_x0": True, "steps": 10}
+    rows = pd.DataFrame([{"metric": "fid", "seed": 0, **ddim, "value": 138.2},
+                         {"metric": "fid", "seed": 0, **ddim, "sampler": "ddpm", "value": 554.2}])
+    (v,) = assess([("demo", "demo", rows)])
+    assert v["verdict"] == "n/a (1 seed)" and v["family"] == 0 and v["p"] != v["p"] and v["diff"] == 138.2 - 554.2
+    text = "\n".join(section(rows, "demo"))
+    assert "| **n/a (1 seed)**" in text and "what was checked" not in text
+
+
+def test_the_loss_fid_finding_reads_ancestral_ddpm_and_awaits_it():
+    """DDIM (eta=0) never reads the learned variance: the loss question's FID finding reads DDPM at 100
+    respaced steps, and says that it awaits the rerun where the rows hold DDIM only."""
+    from results.verdicts import assess
+    cells = [("ddim", 20), ("ddpm", 100)]
+
+    def rows(settings):
+        return pd.DataFrame([{"metric": "fid", "seed": s, "loss": loss, "sampler": sampler, "steps": steps, "eta": 0.0,
+                              "spacing": "leading", "clip_x0": True, "value": 250.0 + s + (9.0 * (sampler == "ddim") if
+                                                                                          loss == "hybrid" else 0.0)}
+                             for s in range(3) for loss in ("hybrid", "simple") for sampler, steps in settings])
+    (waiting,) = assess([("loss-cpu", "loss", rows(cells[:1]))])
+    assert waiting["verdict"] == "awaits the rerun" and "never reads the learned variance" in waiting["finding"].awaits
+    (read,) = assess([("loss-cpu", "loss", rows(cells))])
+    assert read["a"].startswith("DDPM · 100 steps") and read["diff"] == 0.0 and read["verdict"] == "agrees"
+
+
+def test_the_index_shows_the_extractor_check_and_reports_show_the_new_metrics(tmp_path):
+    """Two extractors on the same four cells: the index gives their FIDs' Spearman rank correlation,
+    1 - 6 sum(d^2) / (n (n^2 - 1)) with rank differences (0, 1, -1, 0): 0.8. Precision, recall and
+    solver_rms rows get their tables, and solver_rms explains DPM++-20 vs DPM++-10."""
+    from results.index import write_index
+    from results.report import metric_tables
+    from results.table import summarize
+    from results.verdicts import solver_note
+
+    settings = [("dpmpp_2m", 10), ("dpmpp_2m", 20), ("ddim", 10), ("ddim", 20)]
+    by_extractor = {"fmnist-classifier": [10.0, 20.0, 30.0, 40.0], "fmnist-classifier-seed1": [1.0, 3.0, 2.0, 4.0]}
+    rows = []
+    for seed in range(2):
+        for i, (sampler, steps) in enumerate(settings):
+            cell = {"run_id": f"r{seed}", "ablation": "sampler-cpu", "scale": "cpu", "seed": seed, "phase": "eval",
+                    "sampler": sampler, "steps": steps, "eta": 0.0, "clip_x0": True, "spacing": "leading", "n": 1000}
+            rows += [{**cell, "metric": "fid", "extractor": ex, "value": v[i] + seed} for ex, v in by_extractor.items()]
+            rows += [{**cell, "metric": m, "extractor": "fmnist-classifier", "value": x}
+                     for m, x in (("precision", 0.5 + i / 10), ("recall", 0.4), ("solver_rms", 0.2 / steps + seed * steps / 1000))]
+    from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
+    table = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys([*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS])))
+    (tmp_path / "sampler-cpu").mkdir()
+    table.to_csv(tmp_path / "sampler-cpu" / "rows.csv", index=False)
+    index = write_index(tmp_path).read_text()
+    assert ("Spearman rank correlation of FID between `fmnist-classifier` and `fmnist-classifier-seed1` over the 4 "
+            "cells both scored (sampler-cpu; mean over seeds) is 0.800.") in index
+    text = "\n".join(metric_tables(summarize(table, []), None))
+    for title in ("## Precision by sampler setting", "## Recall by sampler setting", "## Solver error by sampler",
+                  "## FID by sampler setting (fmnist-classifier-seed1)"):
+        assert title in text
+    (note,) = solver_note(table)
+    # solver_rms at 10 steps: 0.02, 0.03 (mean 0.025); 20 - 10 per seed: -0.01, 0.0; FID is 10 higher at 20
+    assert "0.025 at 10 steps, 20 − 10 = -0.005 ± 0.064 over 2 seeds" in note and "FID = 10 ± 0, higher on 2 of 2" in note
+    assert "the solver lands closer to the ODE's endpoint at 20 steps" in note
 
 
 def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(tmp_path):
@@ -152,19 +303,19 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
         return pd.DataFrame(out)
     disagreeing = rows([75, 80, 78], [70, 72, 71], [70.01, 72, 71.03], noclip=[(60, 70), (61, 72), (62, 71)])
     worse = "\n".join(section(disagreeing, "sampler"))
-    assert "**disagrees**" in worse and "what was checked" in worse
+    assert "| **disagrees**" in worse and "what was checked" in worse
     assert "| 77.67 ± 6.3 | 71 ± 2.5 |" in worse  # the clipped cells alone
     assert "at 10 steps their FIDs differ by at most 0.03 on any of 3 seeds" in worse
     assert "Without clipping, DDIM-10 − DDPM-10 FID = -10 ± 2.5 over 3 seeds" in worse
     assert "(with clipping: 6.667 ± 3.8): the sign changes." in worse
     assert "(disagrees), per training seed: seed 0: +5, seed 1: +8, seed 2: +7." in worse
     split = "\n".join(section(rows([75, 62, 78], [70, 72, 71], [70, 72, 71]), "sampler"))
-    assert "**inconclusive**" in split and "what was checked" in split
+    assert "| **inconclusive**" in split and "what was checked" in split
     assert "(inconclusive), per training seed: seed 0: +5, seed 1: -10, seed 2: +7." in split
-    one = "\n".join(section(rows([75], [70], [70]), "sampler"))  # one seed: no CI, nothing to investigate
-    assert "**inconclusive**" in one and "what was checked" not in one
+    one = "\n".join(section(rows([75], [70], [70]), "sampler"))  # one seed: no test, nothing to investigate
+    assert "| **n/a (1 seed)**" in one and "what was checked" not in one
     better = "\n".join(section(rows([60, 62, 61], [70, 72, 71], [70, 72, 71]), "sampler"))
-    assert "**agrees**" in better and "**disagrees**" not in better and "what was checked" not in better
+    assert "| **agrees**" in better and "| **disagrees**" not in better and "what was checked" not in better
     # the index links a disagreement to that section
     from results.index import write_index
     from results.verdicts import CHECKED_ANCHOR, CHECKED_TITLE
@@ -174,3 +325,20 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
     index = write_index(tmp_path).read_text()
     assert f"**disagrees** ([what was checked](sampler-cpu/report.md#{CHECKED_ANCHOR}))" in index
     assert CHECKED_ANCHOR == CHECKED_TITLE.lower().replace(":", "").replace(" ", "-")
+
+
+def test_the_sample_figure_has_a_row_per_setting_and_a_column_per_seed():
+    """sampler-cpu: 23 settings x 3 seeds, every panel present, each row one setting on every seed; a
+    panel is drawn at 2.1 in (252 px at 120 dpi), so three seeds and the labels fit 1,200 px."""
+    from results.plots import LABEL_IN, PANEL_IN, axes_of, grid_cells
+    folder = ROOT / "results" / "sampler-cpu"
+    rows = pd.read_csv(folder / "rows.csv")
+    names, seeds, found = grid_cells(rows, None, folder)
+    fid = rows[rows["metric"] == "fid"]
+    assert len(names) == len(fid.drop_duplicates(["sampler", "steps", "eta", "clip_x0", "spacing"])) == 23
+    assert seeds == [0, 1, 2] and len(found) == 69
+    assert all(f.name.startswith(tuple(rows.loc[rows["seed"] == s, "run_id"])) for (_, s), f in found.items())
+    assert (LABEL_IN + PANEL_IN * len(seeds)) * 120 <= 1200
+    norm = ROOT / "results" / "norm-cpu"
+    names, seeds, _ = grid_cells(pd.read_csv(norm / "rows.csv"), axes_of(pd.read_csv(norm / "rows.csv"))[0], norm)
+    assert names[0].startswith("norm=group\n") and len(names) == 4 and seeds == [0, 1, 2]
