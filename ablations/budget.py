@@ -10,7 +10,6 @@ import functools
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ablations.data import SHAPES
 from ablations.config import TrainConfig
@@ -26,6 +25,7 @@ def per_image(cfg) -> tuple[float, float]:
 
 @functools.cache
 def _per_image(arch: tuple) -> tuple[float, float]:
+    from torch.utils.flop_counter import FlopCounterMode  # imports torch._dynamo: seconds, paid only here
     cfg = TrainConfig(**dict(zip(ARCHITECTURE, arch)))
     model = build_model(cfg)
     x, t = torch.zeros(2, *SHAPES[cfg.dataset]), torch.zeros(2, dtype=torch.long)

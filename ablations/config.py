@@ -1,7 +1,7 @@
 """Run configuration: plain values with documented defaults. A spec sets any of them."""
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 
@@ -53,7 +53,8 @@ class TrainConfig:
 
     def run_id(self) -> str:
         """A short stable hash of the fully resolved config."""
-        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        blob = json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, sort_keys=True,
+                          separators=(",", ":"))  # the JSON of asdict(self), without its deep copy
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -47,7 +47,7 @@ class Run:
     config: TrainConfig
     axes: dict  # grid axis -> value label
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
         return self.config.run_id()
 
