@@ -4,6 +4,7 @@ import signal
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -292,6 +293,8 @@ def submit(spec_path, scale, runs_root, data_root, dry_run, **params):
     spec = _load(spec_path, scale)
     _folder_option(runs_root, "--runs-root")
     _migrate(runs_root)
+    invalid = _invalid(spec, spec.runs, runs_root)  # reported; never submitted
+    spec = replace(spec, runs=tuple(r for r in spec.runs if r.run_id not in invalid))
     todo = pending_runs(spec, runs_root)
     if dry_run:
         ex, given = executor_for(spec, runs_root, **params)

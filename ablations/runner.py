@@ -35,6 +35,7 @@ from ablations.layout import (
     NEEDS_EVAL,
     ROWS,
     RUNNING,
+    STATUS,
     compile_cache,
     fid_cache,
     last_step,
@@ -92,8 +93,9 @@ def config_id(record: dict) -> str:
 
 def check_folder(run: Run, runs_root) -> str | None:
     """Why the run's folder does not hold the run its id names, or None when it does or does not exist
-    yet. A missing config.json is written from the spec when the folder holds nothing else (a start
-    killed before its first write); otherwise the folder is left as it is and reported."""
+    yet. A missing config.json is written from the spec when the folder holds none of a run's results,
+    only its bookkeeping (claim, status, log: a start killed before its first write); otherwise the
+    folder is left as it is and reported."""
     folder = run_folder(runs_root, run.run_id)
     if not os.path.lexists(folder):
         return None
@@ -102,7 +104,8 @@ def check_folder(run: Run, runs_root) -> str | None:
     path = folder / CONFIG
     if not os.path.lexists(path):
         try:
-            others = sorted(p.name for p in folder.iterdir() if p.name != CLAIM and p not in orphans(folder))
+            others = sorted(p.name for p in folder.iterdir() if p.name not in (CLAIM, STATUS, LOG)
+                            and p not in orphans(folder))
         except OSError as e:
             return f"{folder}: cannot be read ({e.strerror or e})"
         if others:
@@ -217,7 +220,7 @@ def run_all(spec: Spec, runs, runs_root, *, poll_s: float = 2.0, echo=print, **k
             folder = run_folder(runs_root, run.run_id)
             st = state(spec, run, runs_root)
             if st["state"] in (DONE, INVALID) or (st["state"] == FAILED and st.get("updated", 0) >= started):
-                states[run.run_id] = st["state"]  # done, or failed by another process since we started
+                states[run.run_id] = st["state"]  # done, invalid, or failed by another process since we started
                 todo.remove(run)
                 continue
             try:

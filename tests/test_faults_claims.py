@@ -251,6 +251,7 @@ def test_a_missing_config_is_rewritten_when_the_folder_holds_nothing_else(tmp_pa
     folder = run_folder(tmp_path / "runs", run.run_id)
     folder.mkdir(parents=True)
     (folder / "claim.json").write_text("")  # a start killed between its claim and its config
+    (folder / "log.txt").write_text("")
     out = _ablate("list", path, "--runs-root", tmp_path / "runs")
     assert out.exit_code == 0 and _states(out.output) == {run.run_id: "pending"}, out.output
     assert json.loads((folder / "config.json").read_text())["run_id"] == run.run_id
@@ -366,3 +367,25 @@ def test_a_grid_builds_each_architecture_once(tmp_path, monkeypatch):
     flops = [budget.run_flops(r.config, spec.eval, 10) for r in spec.runs]
     assert sorted(counted) == ["batch", "group", "instance", "layer"]
     assert flops[0] == flops[1] == budget.run_flops(spec.runs[0].config, spec.eval, 10)
+
+
+def test_a_claim_that_is_a_folder_is_reported_and_the_grid_goes_on(tmp_path):
+    path = tmp_path / "spec.toml"
+    path.write_text(tiny_spec("dirclaim", norms='["group", "layer"]'))
+    a, b = load_spec(path).runs
+    (run_folder(tmp_path / "runs", a.run_id) / "claim.json").mkdir(parents=True)
+    ran = _ablate("run", path, "--runs-root", tmp_path / "runs", "--no-progress")
+    _one_line_error(ran, str(run_folder(tmp_path / "runs", a.run_id) / "claim.json"), "a folder, not a claim")
+    assert read_status(run_folder(tmp_path / "runs", b.run_id))["state"] == "done"
+    assert read_status(run_folder(tmp_path / "runs", a.run_id))["state"] == "pending"
+
+
+def test_submit_never_sends_an_invalid_run(tmp_path):
+    path = tmp_path / "spec.toml"
+    path.write_text(tiny_spec("sub", norms='["group", "layer"]'))
+    a, b = load_spec(path).runs
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / a.run_id).write_text("not a folder")
+    out = _ablate("submit", path, "--runs-root", tmp_path / "runs", "--cluster", "local", "--dry-run").output
+    assert f"{tmp_path / 'runs' / a.run_id}: not a folder" in out and "1 of 1 runs would be submitted" in out, out
+    assert b.run_id in out and f"  {a.run_id}  " not in out
