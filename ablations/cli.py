@@ -33,7 +33,8 @@ def _folder_option(path, option):
     for q in (path, *(str(p) for p in Path(path).parents)):
         if os.path.lexists(q):
             if not os.path.isdir(q):
-                where = "is a file" if q == path else f"is under {q}, which is a file"
+                kind = "a file" if os.path.isfile(q) else "a broken link or a symlink loop"
+                where = f"is {kind}" if q == path else f"is under {q}, which is {kind}"
                 raise click.ClickException(f"{option} {path} {where}, not a folder; give a folder")
             return
 
@@ -81,7 +82,8 @@ def main():
       ablate run ablations/demo.toml                 # the README's main job
       ablate run ablations/schedule.toml --scale smoke
       ablate run ablations/norm.toml --dry-run       # list the expanded runs and their ids
-      ablate list ablations/sampler.toml --scale cpu # runs and their status
+      ablate list ablations/sampler.toml --scale cpu # runs, their status and who holds them
+      ablate release ablations/norm.toml --only RUN_ID  # remove a run's claim by hand
     """
 
 

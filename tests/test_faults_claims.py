@@ -313,6 +313,8 @@ def test_a_runs_root_under_a_file_is_one_line(tmp_path, cmd):
     (tmp_path / "file").write_text("x")
     _one_line_error(_ablate(cmd, path, "--runs-root", tmp_path / "file" / "runs"), "--runs-root",
                     "is under", "which is a file")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    _one_line_error(_ablate(cmd, path, "--runs-root", tmp_path / "loop"), "--runs-root", "symlink loop")
 
 
 def test_a_spec_with_a_byte_order_mark_is_accepted(tmp_path):
