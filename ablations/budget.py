@@ -10,16 +10,23 @@ import functools
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ablations.data import SHAPES
-from ablations.training import build_model
+from ablations.config import TrainConfig
+from ablations.training import ARCHITECTURE, architecture, build_model
 from core.samplers import nfe
 
 
-@functools.cache  # a grid's runs share a few configs; the seed is part of cfg, so at most one count per run
 def per_image(cfg) -> tuple[float, float]:
-    """(forward, forward + backward) FLOPs of one image through cfg's U-Net."""
+    """(forward, forward + backward) FLOPs of one image through cfg's U-Net, counted once per
+    architecture (a grid's seeds, learning rates, losses and schedules share a count)."""
+    return _per_image(architecture(cfg))
+
+
+@functools.cache
+def _per_image(arch: tuple) -> tuple[float, float]:
+    from torch.utils.flop_counter import FlopCounterMode  # imports torch._dynamo: seconds, paid only here
+    cfg = TrainConfig(**dict(zip(ARCHITECTURE, arch)))
     model = build_model(cfg)
     x, t = torch.zeros(2, *SHAPES[cfg.dataset]), torch.zeros(2, dtype=torch.long)
     with FlopCounterMode(display=False) as fwd:

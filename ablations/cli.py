@@ -4,13 +4,15 @@ import signal
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
+from pathlib import Path
 
 import click
 
 from ablations import budget, runner
 from ablations.data import SIZES
-from ablations.layout import DONE, last_step, run_folder
+from ablations.layout import DONE, INVALID, last_step, run_folder
 from ablations.schema import AXES
 from ablations.spec import SpecError, load_spec
 from ablations.training import total_steps
@@ -23,6 +25,30 @@ def _load(spec_path, scale):
         return load_spec(spec_path, scale)
     except SpecError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _folder_option(path, option):
+    """A folder option (--runs-root, --results-root) that is, or can become, a folder: neither it nor
+    any folder above it may be a file."""
+    for q in (path, *(str(p) for p in Path(path).parents)):
+        if os.path.lexists(q):
+            if not os.path.isdir(q):
+                kind = "a file" if os.path.isfile(q) else "a broken link or a symlink loop"
+                where = f"is {kind}" if q == path else f"is under {q}, which is {kind}"
+                raise click.ClickException(f"{option} {path} {where}, not a folder; give a folder")
+            return
+
+
+def _invalid(spec, runs, runs_root) -> dict:
+    """{run_id: why} for the runs whose folders do not hold the run their id names (runner.check_folder),
+    each reported on one line."""
+    found = {}
+    for r in runs:
+        why = runner.check_folder(r, runs_root)
+        if why:
+            found[r.run_id] = why
+            click.echo(f"error: {why}", err=True)
+    return found
 
 
 def _migrate(runs_root):
@@ -69,7 +95,8 @@ def main():
       ablate run ablations/demo.toml                 # the README's main job
       ablate run ablations/schedule.toml --scale smoke
       ablate run ablations/norm.toml --dry-run       # list the expanded runs and their ids
-      ablate list ablations/sampler.toml --scale cpu # runs and their status
+      ablate list ablations/sampler.toml --scale cpu # runs, their status and who holds them
+      ablate release ablations/norm.toml --only RUN_ID  # remove a run's claim by hand
     """
 
 
@@ -104,9 +131,12 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
     if dry_run:
         _print_table(_expanded(spec, runs))
         return
+    _folder_option(runs_root, "--runs-root")
     _migrate(runs_root)
-    todo = [r for r in runs if not runner.is_complete(spec, r, runs_root)]
-    click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to run -> {runs_root}")
+    invalid = _invalid(spec, runs, runs_root)
+    todo = [r for r in runs if r.run_id not in invalid and not runner.is_complete(spec, r, runs_root)]
+    click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo) - len(invalid)} complete, {len(todo)} to run"
+               + (f", {len(invalid)} invalid (not run)" if invalid else "") + f" -> {runs_root}")
     if todo:
         click.echo(_eta(spec, todo, runs_root, device or runner.default_device()))
     stop = _stop_on_signals()
@@ -120,7 +150,7 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
                 states.update(part)
     else:
         states = runner.run_all(spec, todo, runs_root, echo=click.echo, should_stop=stop.is_set, **kw)
-    failed = [r.run_id for r in todo if states.get(r.run_id) != DONE]
+    failed = [*invalid, *(r.run_id for r in todo if states.get(r.run_id) != DONE)]
     _print_table(runner.table(spec, runs_root))
     if stop.is_set():
         click.echo(_stopped(todo, states), err=True)
@@ -166,8 +196,61 @@ def list_runs(spec_path, scale, runs_root):
       ablate list ablations/demo.toml
     """
     spec = _load(spec_path, scale)
+    _folder_option(runs_root, "--runs-root")
     _migrate(runs_root)
-    _print_table(runner.table(spec, runs_root))
+    rows = runner.table(spec, runs_root)
+    _print_table(rows)
+    invalid = [r["reason"] for r in rows if r["state"] == INVALID]
+    for why in invalid:
+        click.echo(f"error: {why}", err=True)
+    if invalid:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--only", "only", multiple=True, required=True, metavar="RUN_ID",
+              help="The run whose claim to remove (repeatable).")
+@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
+@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Remove it even when its holder is alive (a live process on this "
+                                            "host, a SLURM job squeue knows).")
+def release(spec_path, only, scale, runs_root, force):
+    """Remove the claim on a run by hand, so the next `ablate run` or job takes it. A claim whose
+    holder is alive and checkable (a process on this host, a SLURM job) is kept unless --force; one
+    held from another host cannot be checked from here and is removed.
+
+    \b
+    Example:
+      ablate list ablations/norm.toml                       # the held_by column
+      ablate release ablations/norm.toml --only 3f2a9c01de
+    """
+    from ablations import claim
+    spec = _load(spec_path, scale)
+    _folder_option(runs_root, "--runs-root")
+    unknown = sorted(set(only) - {r.run_id for r in spec.runs})
+    if unknown:
+        raise click.ClickException(f"{spec_path}: unknown run ids {unknown}; see `ablate list {spec_path}`")
+    refused = []
+    for run_id in only:
+        folder = run_folder(runs_root, run_id)
+        h = claim.read(folder)
+        if h is None:
+            click.echo(f"{run_id}: no claim")
+            continue
+        who = claim.describe(h, path=folder / "claim.json")
+        if claim.checkable(h) and claim.alive(h) and not force:
+            click.echo(f"error: {run_id}: claim kept: its holder ({who}) is alive; stop it, or give --force",
+                       err=True)
+            refused.append(run_id)
+            continue
+        try:
+            claim.remove(folder)
+        except claim.ClaimError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"{run_id}: claim of {who} released")
+    if refused:
+        sys.exit(1)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -238,8 +321,11 @@ def submit(spec_path, scale, runs_root, data_root, dry_run, **params):
     from slurm.dispatch import executor_for, pending_runs
     from slurm.dispatch import submit as do_submit
     spec = _load(spec_path, scale)
+    _folder_option(runs_root, "--runs-root")
     _warn(spec)
     _migrate(runs_root)
+    invalid = _invalid(spec, spec.runs, runs_root)  # reported; never submitted
+    spec = replace(spec, runs=tuple(r for r in spec.runs if r.run_id not in invalid))
     todo = pending_runs(spec, runs_root)
     if dry_run:
         ex, given = executor_for(spec, runs_root, **params)
@@ -275,6 +361,7 @@ def status(spec_path, scale, runs_root):
     """
     from slurm.dispatch import status_table
     spec = _load(spec_path, scale)
+    _folder_option(runs_root, "--runs-root")
     _migrate(runs_root)
     _print_table(status_table(spec, runs_root), last=("log",))
 
@@ -330,12 +417,19 @@ def collect(spec_path, scale, runs_root, results_root):
     """
     from results.table import collect as do_collect
     spec = _load(spec_path, scale)
+    _folder_option(runs_root, "--runs-root")
+    _folder_option(results_root, "--results-root")
     _migrate(runs_root)
     out = os.path.join(results_root, spec.name)
-    c = do_collect(_describe(spec, runs_root), out, axes=[*spec.axes, *(a for a in AXES if a not in spec.axes)])
+    invalid = _invalid(spec, spec.runs, runs_root)
+    runs = [r for r in _describe(spec, runs_root) if r["run_id"] not in invalid]
+    c = do_collect(runs, out, axes=[*spec.axes, *(a for a in AXES if a not in spec.axes)])
     click.echo(f"{out}/rows.csv: {c['rows']} rows from {c['runs']} runs ({c['failed']} failed); "
                f"{c['skipped']} lines that are not rows skipped (half-written or malformed); "
                f"{c['duplicates']} duplicate rows dropped")
+    if invalid:
+        click.echo(f"error: {len(invalid)} invalid run folder(s) not collected: {', '.join(invalid)}", err=True)
+        sys.exit(1)
 
 
 @main.command()

@@ -1,7 +1,7 @@
 """Run configuration: plain values with documented defaults. A spec sets any of them."""
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 
@@ -57,7 +57,8 @@ class TrainConfig:
     def run_id(self) -> str:
         """A short stable hash of the resolved config: every field of ALWAYS_HASHED, and each later field
         only where it differs from its default, so adding a field renames no existing run."""
-        values = {k: v for k, v in asdict(self).items() if k in ALWAYS_HASHED or v != TRAIN_FIELDS[k].default}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict's JSON, without its deep copy
+        values = {k: v for k, v in values.items() if k in ALWAYS_HASHED or v != TRAIN_FIELDS[k].default}
         blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

@@ -25,6 +25,8 @@ from ablations.io import read_json, write_json
 CONFIG, STATUS, CLAIM, ROWS, LOG = "config.json", "status.json", "claim.json", "rows.jsonl", "log.txt"
 PARTIAL = "rows.partial.jsonl"
 PENDING, RUNNING, INTERRUPTED, DONE, FAILED = "pending", "running", "interrupted", "done", "failed"
+UNKNOWN = "unknown"  # status.json is there but cannot be read
+INVALID = "invalid"  # the folder does not hold the run its id names (ablations/runner.py: `check_folder`)
 NEEDS_EVAL = "needs-eval"  # trained, but the spec asks for rows not yet written
 RUN_ID = re.compile(r"[0-9a-f]{10}")
 CHECKPOINT = re.compile(r"ckpt-(\d{8})\.pt")
@@ -98,25 +100,62 @@ def sample_grid_name(sampler: str, steps: int, eta: float, clip_x0: bool, spacin
 
 
 def read_status(folder) -> dict:
-    status = read_json(Path(folder) / STATUS, {})
-    return status if "state" in status else {"state": PENDING}
+    """The run's status.json; `pending` when there is none, `unknown` (with the reason) when it is there
+    but is not a status."""
+    path = Path(folder) / STATUS
+    status = read_json(path, None)
+    if status is not None and isinstance(status.get("state"), str):
+        return status
+    if not os.path.lexists(path):
+        return {"state": PENDING}
+    return {"state": UNKNOWN, "reason": f"{path} is unreadable (not a JSON status); the next run rewrites it"}
 
 
 def write_status(folder, state, **extra):
     old = read_status(folder)
     extra = {**{k: old[k] for k in COUNTERS if k in old}, **extra}
-    write_json(Path(folder) / STATUS, {"state": state, "updated": time.time(), "host": socket.gethostname(),
-                                       "pid": os.getpid(), **extra})
+    write_json(Path(folder) / STATUS, {"state": state, "updated": time.time(), **process(), **extra})
 
 
-def pid_alive(status: dict) -> bool:
-    """Whether the process recorded in a status is alive; True when it ran on another host (unknowable)."""
-    if status.get("host") != socket.gethostname() or not status.get("pid"):
-        return True
+def boot_id() -> str | None:
+    """This boot of this host (Linux); None where /proc does not say."""
     try:
-        os.kill(int(status["pid"]), 0)
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat, proc(5));
+    None when it is gone or /proc does not say. A pid and this number name one process of one boot."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # the name (field 2) may hold spaces; fields 3.. follow it
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def process() -> dict:
+    """This process, as status.json and claim.json record it: host and pid, plus its start time and the
+    boot id, which tell it from a later process that reuses the pid."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": start_time(os.getpid()), "boot": boot_id()}
+
+
+def pid_alive(record: dict) -> bool:
+    """Whether the process a status or claim records is alive. True when it ran on another host
+    (unknowable). A live pid whose start time or boot id differs from the recorded ones is another
+    process that reuses the pid: not alive. Records without them (older ones) are judged by pid alone."""
+    if record.get("host") != socket.gethostname() or not record.get("pid"):
+        return True
+    if record.get("boot") and boot_id() and record["boot"] != boot_id():
+        return False  # recorded before this host rebooted
+    try:
+        os.kill(int(record["pid"]), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
+    if record.get("start") is not None:
+        return start_time(record["pid"]) in (record["start"], None)
     return True

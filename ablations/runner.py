@@ -22,17 +22,21 @@ import torch
 from ablations import claim
 from ablations import data as datasets
 from ablations.evaluation import compiled, generate, nll, peak_memory_mb
-from ablations.io import DiskFull, append_jsonl, atomic_write, write_json
+from ablations.config import TrainConfig
+from ablations.io import DiskFull, append_jsonl, atomic_write, read_json, write_json
 from ablations.layout import (
+    CLAIM,
     CONFIG,
     DONE,
     FAILED,
     INTERRUPTED,
+    INVALID,
     LOG,
     NEEDS_EVAL,
     PARTIAL,
     ROWS,
     RUNNING,
+    STATUS,
     compile_cache,
     fid_cache,
     last_step,
@@ -83,9 +87,54 @@ def missing(spec: Spec, run: Run, folder) -> list:
     return [what for k, what in wanted(spec, run).items() if k not in have]
 
 
-def state(spec: Spec, run: Run, runs_root) -> dict:
-    """The run's status, with `state` one of pending, running, interrupted, done, needs-eval, failed."""
+def config_id(record: dict) -> str:
+    """The run id a config.json's `train` table hashes to (ablations/config.py: TrainConfig.run_id)."""
+    train = record["train"]
+    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in train.items()}).run_id()
+
+
+def check_folder(run: Run, runs_root) -> str | None:
+    """Why the run's folder does not hold the run its id names, or None when it does or does not exist
+    yet. A missing config.json is written from the spec when the folder holds none of a run's results,
+    only its bookkeeping (claim, status, log: a start killed before its first write); otherwise the
+    folder is left as it is and reported."""
     folder = run_folder(runs_root, run.run_id)
+    if not os.path.lexists(folder):
+        return None
+    if not folder.is_dir():
+        return f"{folder}: not a folder (a file or a broken link where the run's folder should be); move it away"
+    path = folder / CONFIG
+    if not os.path.lexists(path):
+        try:
+            others = sorted(p.name for p in folder.iterdir() if p.name not in (CLAIM, STATUS, LOG)
+                            and p not in orphans(folder))
+        except OSError as e:
+            return f"{folder}: cannot be read ({e.strerror or e})"
+        if others:
+            return (f"{folder}: no {CONFIG}, but the folder holds {', '.join(others[:3])}"
+                    f"{', ...' if len(others) > 3 else ''}; not touched: restore {CONFIG} or move the folder away")
+        write_json(path, {"run_id": run.run_id, "train": asdict(run.config)})
+        return None
+    record = read_json(path)
+    if record is None:
+        return f"{path}: unreadable (not a JSON object); restore it or move the folder away"
+    try:
+        found = config_id(record)
+    except (TypeError, KeyError, ValueError, AttributeError) as e:  # no `train` table, unknown fields
+        return f"{path}: not a run config ({type(e).__name__}: {e}); restore it or move the folder away"
+    if found != run.run_id:
+        return (f"{path} hashes to run {found}, not to its folder's id {run.run_id} (edited after the run was "
+                "made?); the run is not trained, evaluated or collected: restore the file or move the folder away")
+    return None
+
+
+def state(spec: Spec, run: Run, runs_root) -> dict:
+    """The run's status, with `state` one of pending, running, interrupted, done, needs-eval, failed,
+    unknown (status.json unreadable) or invalid (`check_folder`; the reason says why)."""
+    folder = run_folder(runs_root, run.run_id)
+    bad_folder = check_folder(run, runs_root)
+    if bad_folder:
+        return {"state": INVALID, "reason": bad_folder}
     st = read_status(folder)
     if st["state"] == RUNNING:
         holder = claim.read(folder)
@@ -98,15 +147,28 @@ def state(spec: Spec, run: Run, runs_root) -> dict:
 
 def table(spec: Spec, runs_root) -> list[dict]:
     """One row per run of the spec: run_id, its axis values, seed, state, step, reason."""
-    out = []
+    out, now = [], time.time()
     for run in spec.runs:
         st = state(spec, run, runs_root)
         step = st.get("step", "")
         if st["state"] in (RUNNING, INTERRUPTED):  # a killed run's status lags its checkpoints
             step = max(step or 0, last_step(run_folder(runs_root, run.run_id)))
         out.append({"run_id": run.run_id, **run.axes, "seed": run.config.seed, "state": st["state"],
-                    "step": step, "reason": st.get("reason", "")})
+                    "step": step, "held_by": held_by(run_folder(runs_root, run.run_id), st, now),
+                    "reason": st.get("reason", "")})
     return out
+
+
+def held_by(folder, st: dict, now: float) -> str:
+    """Who holds the run's claim and for how long ('' when nobody does), marked stale when its holder is
+    known to be gone (`ablate release` removes a claim by hand)."""
+    if st["state"] == INVALID:
+        return ""
+    h = claim.read(folder)
+    if h is None:
+        return ""
+    stale = claim.checkable(h) and not claim.alive(h)
+    return claim.describe(h, now, folder / CLAIM) + (" (stale)" if stale else "")
 
 
 def is_complete(spec: Spec, run: Run, runs_root) -> bool:
@@ -162,11 +224,17 @@ def run_all(spec: Spec, runs, runs_root, *, poll_s: float = 2.0, echo=print, **k
                 break
             folder = run_folder(runs_root, run.run_id)
             st = state(spec, run, runs_root)
-            if st["state"] == DONE or (st["state"] == FAILED and st.get("updated", 0) >= started):
-                states[run.run_id] = st["state"]  # done, or failed by another process since we started
+            if st["state"] in (DONE, INVALID) or (st["state"] == FAILED and st.get("updated", 0) >= started):
+                states[run.run_id] = st["state"]  # done, invalid, or failed by another process since we started
                 todo.remove(run)
                 continue
-            ok, holder = claim.acquire(folder)
+            try:
+                ok, holder = claim.acquire(folder)
+            except claim.ClaimError as e:  # a claim.json that cannot be removed: this run waits for a hand
+                echo(str(e))
+                states[run.run_id] = INVALID
+                todo.remove(run)
+                continue
             if not ok:
                 continue
             try:
@@ -200,10 +268,18 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
     if run.config.compile:  # compiled kernels are cached on disk, so a grid's later runs skip most compile time
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache(runs_root).resolve()))
     folder = run_folder(runs_root, run.run_id)
+    bad_folder = check_folder(run, runs_root)
+    if bad_folder:  # `ablate run` reports it before it starts; a SLURM job ends here
+        print(bad_folder, file=sys.stderr, flush=True)
+        return INVALID
     main = is_main()  # with several tasks, only rank 0 writes
-    folder.mkdir(parents=True, exist_ok=True)
-    if main and not (folder / CONFIG).exists():
-        write_json(folder / CONFIG, {"run_id": run.run_id, "train": asdict(run.config)})
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if main and not (folder / CONFIG).exists():
+            write_json(folder / CONFIG, {"run_id": run.run_id, "train": asdict(run.config)})
+    except OSError as e:  # a full disk before the run's first file: the run fails, the grid goes on
+        print(f"run {run.run_id} failed before it started: {e}", file=sys.stderr, flush=True)
+        return FAILED
     if is_complete(spec, run, runs_root):
         return DONE
     log = _logger(folder, progress) if main else (lambda msg: None)

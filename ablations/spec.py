@@ -10,6 +10,7 @@ the spec's own `scale.<name>` table (which may override anything). A grid axis i
 the config field it names, or a list of tables that set several fields together
 (e.g. `loss = [{loss = "simple", ...}, ...]`).
 """
+import functools
 import itertools
 import re
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ import torch
 
 from ablations.config import EVAL_FIELDS, RANGES, SETTING_KEYS, TRAIN_FIELDS, EvalConfig, Setting, TrainConfig
 from ablations.data import DATASETS, SHAPES, SIZES
-from ablations.training import OPTIMIZERS, build_model
+from ablations.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model
 from core.diffusion import LEARNED, VARIANCES
 from core.losses import LOSSES
 from core.parameterizations import PREDICTIONS
@@ -47,7 +48,7 @@ class Run:
     config: TrainConfig
     axes: dict  # grid axis -> value label
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
         return self.config.run_id()
 
@@ -69,9 +70,11 @@ def _errors(path):
 def _read(path) -> dict:
     path = Path(path)
     try:
-        return tomllib.loads(path.read_bytes().decode("utf-8"))
+        return tomllib.loads(path.read_bytes().decode("utf-8-sig"))  # a leading byte-order mark is allowed
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
+    except OSError as e:  # a path under a file, a symlink loop, a folder, no permission
+        raise SpecError(f"{path}: cannot read the spec file: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise SpecError(f"{path}: not UTF-8 text (byte {e.start}); a spec is a TOML text file") from None
     except tomllib.TOMLDecodeError as e:
@@ -112,7 +115,7 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES) -> Spec:
                           "not starting with '.', with no path separators")
     own = _typed(raw.get("scale", {}), dict, "scale", err)
     shared = load_scales(scales_path) if scales_path else {}
-    scale = scale or raw.get("default_scale")
+    scale = raw.get("default_scale") if scale is None else scale
     valid = [*shared, *(s for s in own if s not in shared)]
     if scale is not None and scale not in valid:
         key = "default_scale" if scale == raw.get("default_scale") else "scale"
@@ -245,16 +248,32 @@ def _resolve(values) -> TrainConfig:
         check_prediction(cfg.zero_terminal_snr, cfg.prediction)
     except ValueError as e:
         raise err("zero_terminal_snr" if "zero_terminal_snr" in values else "prediction", str(e)) from None
+    problem = _schedule_error(cfg.schedule, cfg.T, cfg.zero_terminal_snr)
+    if problem:
+        raise err("T" if "T" in values else "schedule", problem)
+    problem = _model_error(architecture(cfg))
+    if problem:
+        raise err("heads" if "heads" in problem else "model_channels", problem)
+    return cfg
+
+
+@functools.cache  # a grid of thousands of runs has a few schedules
+def _schedule_error(schedule, T, zero_terminal_snr) -> str | None:
     try:
-        make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
+        make_schedule(schedule, T, zero_terminal_snr=zero_terminal_snr)
     except ValueError as e:
-        raise err("T" if "T" in values else "schedule", str(e)) from None
+        return str(e)
+    return None
+
+
+@functools.cache  # ... and a few architectures: each is built once per process, on the meta device
+def _model_error(arch: tuple) -> str | None:
     try:
         with torch.device("meta"):
-            build_model(cfg)
+            build_model(TrainConfig(**dict(zip(ARCHITECTURE, arch))))
     except ValueError as e:
-        raise err("heads" if "heads" in str(e) else "model_channels", str(e)) from None
-    return cfg
+        return str(e)
+    return None
 
 
 def _eval(values, runs) -> EvalConfig:

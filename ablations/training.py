@@ -60,6 +60,15 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
+ARCHITECTURE = ("dataset", "variance", "model_channels", "mults", "res_blocks", "attention", "heads", "dropout",
+                "norm", "groups")  # the config fields build_model reads: runs equal in these share a model shape
+
+
+def architecture(cfg) -> tuple:
+    """The values of cfg's ARCHITECTURE fields: a key for what depends only on the model's shape."""
+    return tuple(getattr(cfg, f) for f in ARCHITECTURE)
+
+
 def build_model(cfg) -> UNet:
     C, H, _ = SHAPES[cfg.dataset]
     return UNet(channels=C, model_channels=cfg.model_channels, mults=cfg.mults, res_blocks=cfg.res_blocks,

@@ -10,7 +10,8 @@ model, steps, batch, threads, torch), and the ratios are computed from those col
 - per_image_over_per_batch: a loop with one generator per image / one generator per batch;
 - train_over_matmul, train_over_conv: a training step's FLOP/s / the fp32 matmul's or 1x1 conv's;
 - infer_over_matmul, infer_over_conv: the same for the sampling forward (no grad, batch 250);
-- fid_cold_over_cached: FID with the reference statistics computed / read from the cache.
+- fid_cold_over_cached: FID with the reference statistics computed / read from the cache;
+- large_over_small: an `ablate` command on the 2,000-run grid / on the 100-run grid (runs in `batch`).
 Every row also carries the machine's two rooflines (matmul_gflops, conv_gflops) from the same run.
 """
 import pytest
@@ -93,6 +94,12 @@ def ratios(benchmarks: list[dict]) -> list[dict]:
             out.append({"kind": "sample_forward", "model": model, "variant": variant, "batch": batch,
                         "infer_gflops": flops / 1e9, "infer_img_per_s": batch / t,
                         "infer_over_matmul": matmul and flops / matmul, "infer_over_conv": conv and flops / conv})
+        elif kind == "command":
+            sizes = sorted(k[5] for k in med if k[0] == "command" and k[6] == variant)
+            if len(sizes) > 1 and batch == sizes[-1]:
+                base = get("command", "ours", None, None, None, sizes[0], variant)
+                out.append({"kind": "command", "variant": variant, "runs": batch, "small_runs": sizes[0],
+                            "seconds": t, "large_over_small": base and t / base})
         elif kind == "fid" and variant == "cold":
             cached = get("fid", "ours", None, model, None, batch, "cached")
             out.append({"kind": "fid", "batch": batch, "fid_cold_over_cached": cached and t / cached})

@@ -16,7 +16,6 @@ question's) are exploratory: a family of their own, so that they cost the publis
 correction over the family of reverses; otherwise it is inconclusive. A finding whose cells hold another
 finding's numbers (DDIM eta=1 is DDPM bit for bit) counts once; one seed has no test: "n/a (1 seed)".
 """
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
