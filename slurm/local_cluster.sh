@@ -21,7 +21,7 @@ install() {
 
 configure() {
   local cpus mem host tmp
-  cpus=$(nproc)
+  cpus=$(nproc --all)  # --all: plain nproc obeys OMP_NUM_THREADS, which would rewrite the node as 1 CPU
   mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
   host=$(hostname)
   mkdir -p "$STATE/state" "$STATE/spool" "$CONF_DIR"
