@@ -9,6 +9,7 @@ a reference solver's image i (`solver_rms`).
 """
 import resource
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,6 @@ import torch
 
 from ablations.config import Setting
 from ablations.data import SHAPES, to_model, to_uint8
-from ablations.io import atomic_write
 from ablations.parallel import gather_objects, rank, world
 from ablations.seeds import derive
 from core.likelihood import nll_bpd
@@ -104,15 +104,13 @@ def solver_rms(images_uint8, reference_uint8) -> float:
     return d.pow(2).flatten(1).mean(1).sqrt().mean().item()
 
 
-def save_images(path, images_uint8):
-    """Keep generated uint8 images (N, C, H, W) as `images` in a compressed .npz, written atomically."""
+def write_images(path, images_uint8):
+    """Write generated uint8 images (N, C, H, W) as `images` in a compressed .npz at `path` (a temporary
+    name: wrap this in `ablations.io.atomic_write`)."""
     if images_uint8.dtype != torch.uint8:
         raise ValueError(f"kept samples must be uint8, got {images_uint8.dtype}")
-
-    def write(tmp):
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
-            np.savez_compressed(f, images=images_uint8.numpy())
-    atomic_write(path, write)
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+        np.savez_compressed(f, images=images_uint8.numpy())
 
 
 def load_images(path, n: int):
@@ -121,7 +119,7 @@ def load_images(path, n: int):
     try:
         with np.load(Path(path)) as f:
             images = f["images"]
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None
     if images.dtype != np.uint8 or len(images) < n:
         return None

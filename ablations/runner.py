@@ -278,7 +278,7 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
     throughput rows); then each missing group in one append: per extractor FID/KID, per extractor
     precision/recall, and solver_rms against the run's kept DDIM endpoints (computed once). Then the
     NLL rows, in one append."""
-    from ablations.evaluation import load_images, save_images, solver_reference
+    from ablations.evaluation import load_images, solver_reference, write_images
     from ablations.layout import samples_name, solver_reference_name
     cfg, ev = run.config, spec.eval
     schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
@@ -302,7 +302,7 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
             solver_refs[c], seconds = generate(forward, schedule, cfg, ref_setting, ev.solver_images,
                                                batch=ev.sample_batch, seed=ev.sample_seed, device=device, progress=bar)
         if is_main():
-            save_images(ref_path[c], solver_refs[c])
+            atomic_write(ref_path[c], functools.partial(write_images, images_uint8=solver_refs[c]))
         log(f"  solver reference {label(*ref_setting)}: {ev.solver_images} images in {seconds:.0f} s")
     for s, kinds in groups.items():
         if should_stop is not None and any_true(should_stop(), device):
@@ -315,13 +315,15 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
                                            seed=ev.sample_seed, device=device, progress=bar)
             if not is_main():
                 continue
-            save_images(folder / samples_name(*s, sample_seed=ev.sample_seed), images)
-            atomic_write(folder / sample_grid_name(*s), lambda tmp: _save_grid(tmp, images[:ev.grid_images]))
             emit([r for r in (row(run.run_id, m, v, **cols, n=ev.fid_samples) for m, v in (
                 *((m, v) for m, v, _ in first), ("sample_img_per_s", ev.fid_samples / seconds),
                 ("nfe_per_s", ev.fid_samples * cols["nfe"] / seconds), ("sample_wall_s", seconds),
                 ("peak_mem_mb", peak_memory_mb(device)))) if key(r) not in have])
             first = []
+            atomic_write(folder / sample_grid_name(*s), lambda tmp: _save_grid(tmp, images[:ev.grid_images]))
+            # kept last: a kill before it samples the setting again (its throughput rows are not repeated)
+            atomic_write(folder / samples_name(*s, sample_seed=ev.sample_seed),
+                         functools.partial(write_images, images_uint8=images))
             log(f"  {label(*s)}: {ev.fid_samples} images kept, {ev.fid_samples / seconds:.1f} img/s")
         elif not is_main():
             continue

@@ -137,11 +137,15 @@ def test_deterministic_settings_are_the_ode_solvers(setting, expected):
 
 
 def test_kept_images_round_trip_and_a_short_file_is_not_enough(tmp_path):
-    from ablations.evaluation import load_images, save_images
+    from functools import partial
+
+    from ablations.evaluation import load_images, write_images
+    from ablations.io import atomic_write
     x = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    save_images(tmp_path / "s.npz", x)
+    atomic_write(tmp_path / "s.npz", partial(write_images, images_uint8=x))
     assert torch.equal(load_images(tmp_path / "s.npz", 5), x) and torch.equal(load_images(tmp_path / "s.npz", 3), x[:3])
     assert load_images(tmp_path / "s.npz", 6) is None and load_images(tmp_path / "none.npz", 1) is None
-    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no temp file left
+    (tmp_path / "torn.npz").write_bytes((tmp_path / "s.npz").read_bytes()[:100])
+    assert load_images(tmp_path / "torn.npz", 1) is None  # unreadable: sampled again, never a crash
     with pytest.raises(ValueError, match="uint8"):
-        save_images(tmp_path / "f.npz", x.float())
+        write_images(tmp_path / "f.npz", x.float())
