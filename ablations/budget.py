@@ -40,7 +40,7 @@ def _per_image(arch: tuple) -> tuple[float, float]:
 def run_flops(cfg, ev, steps_left: int, todo=None) -> dict:
     """{train, sample, nll}: FLOPs still to do for one run with `steps_left` training steps and the
     evaluations `todo` (its settings and "nll", as `runner.missing` gives them; default: all of ev's)."""
-    todo = [*ev.settings, "nll"] if todo is None else todo
+    todo = [*ev.settings, "nll"] if todo is None else list(dict.fromkeys(todo))  # a setting once, whatever it lacks
     fwd, both = per_image(cfg)
     sample = sum(ev.fid_samples * nfe(s.sampler, s.steps) for s in todo if s != "nll") * fwd
     return {"train": steps_left * cfg.batch * both, "sample": sample,

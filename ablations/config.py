@@ -78,7 +78,8 @@ class EvalConfig:
 
     settings: tuple = field(default_factory=lambda: (Setting("ddim", 50, 0.0, True),))  # [[eval.setting]]
     fid_samples: int = 1000  # generated images per sampler setting
-    fid_extractor: str = "fmnist-classifier"  # "fmnist-classifier" | "inception-v3-compat"
+    fid_extractor: str = "fmnist-classifier"  # "fmnist-classifier" | "fmnist-classifier-seed1" | "inception-v3-compat"
+    extra_extractors: tuple = ()  # more extractors scoring the same samples (fid, kid and PRC rows each)
     fid_reference: str = "train"  # dataset split the reference statistics come from
     fid_reference_n: int = 0  # reference images; 0 = the whole split
     inception_weights: str = ""  # path to torch-fidelity's Inception weights, for offline nodes
@@ -88,6 +89,7 @@ class EvalConfig:
     nll_images: int = 256  # test images for bits/dim
     nll_strata: int = 16  # K: one timestep per stratum, per image; 0 = exact sum over all T
     grid_images: int = 64  # images in each sample-grid PNG
+    solver_images: int = 0  # solver_rms over the first this many images of each deterministic setting; 0: none
 
 
 TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -123,4 +125,5 @@ RANGES = {
     "nll_images": (lambda v: v >= 1, "an integer >= 1"),
     "nll_strata": (lambda v: v >= 0, "an integer >= 0 (0: exact, all T)"),
     "grid_images": (lambda v: v >= 1, "an integer >= 1"),
+    "solver_images": (lambda v: v >= 0, "an integer >= 0 (0: no solver_rms rows)"),
 }

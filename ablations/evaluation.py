@@ -1,14 +1,21 @@
-"""Evaluation of a trained model: samples per sampler setting, bits/dim on test images, throughput.
+"""Evaluation of a trained model: samples per sampler setting, bits/dim on test images, throughput,
+and the solver error of deterministic samplers.
 
 Image i (generated, or a test image in the NLL estimate) draws all its randomness from its own
 generator, seeded by (sample_seed, i) (as EDM's generate.py does). The numbers therefore do not depend
-on the batch size or on how many tasks share the work: task r takes batches r, r + tasks, ...
+on the batch size or on how many tasks share the work: task r takes batches r, r + tasks, ... Image i
+starts from the same x_T in every setting, so a deterministic sampler's image i can be held against
+a reference solver's image i (`solver_rms`).
 """
 import resource
 import time
+import zipfile
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from ablations.config import Setting
 from ablations.data import SHAPES, to_model, to_uint8
 from ablations.parallel import gather_objects, rank, world
 from ablations.seeds import derive
@@ -70,6 +77,53 @@ def generate(model, schedule, cfg, setting, n: int, *, batch: int, seed: int, de
     seconds = time.perf_counter() - t0
     parts = sorted((p for task in gather_objects(mine) for p in task), key=lambda p: p[0])
     return torch.cat([x for _, x in parts]), max(gather_objects(seconds))
+
+
+DETERMINISTIC = {"dpmpp_2m", "heun"}  # samplers that draw no noise after x_T (DDIM too, at eta 0)
+
+
+def deterministic(setting: Setting) -> bool:
+    """Whether a setting maps x_T to x0 by an ODE solver: DDIM with eta = 0 (Song et al. 2021, Eq. 12
+    with sigma = 0), DPM-Solver++(2M) or Heun."""
+    return setting.sampler in DETERMINISTIC or (setting.sampler == "ddim" and float(setting.eta) == 0.0)
+
+
+def solver_reference(T: int, clip_x0: bool) -> Setting:
+    """The setting solver_rms is measured against: DDIM (eta = 0) over all T timesteps (1,000 at the cpu
+    and paper scales), the finest discretisation of the probability-flow ODE the schedule has."""
+    return Setting("ddim", T, 0.0, clip_x0, "leading")
+
+
+def solver_rms(images_uint8, reference_uint8) -> float:
+    """Mean over images of the per-image RMS distance, in [-1, 1] pixel units, between samples and the
+    reference endpoints from the same x_T: the solver's discretisation error, which FID can hide.
+    Both are uint8, so two equal float images read 0 and rounding adds at most 1/255 per pixel."""
+    if images_uint8.shape != reference_uint8.shape:
+        raise ValueError(f"samples {tuple(images_uint8.shape)} and reference {tuple(reference_uint8.shape)} differ")
+    d = (images_uint8.double() - reference_uint8.double()) / 127.5  # (N, C, H, W)
+    return d.pow(2).flatten(1).mean(1).sqrt().mean().item()
+
+
+def write_images(path, images_uint8):
+    """Write generated uint8 images (N, C, H, W) as `images` in a compressed .npz at `path` (a temporary
+    name: wrap this in `ablations.io.atomic_write`)."""
+    if images_uint8.dtype != torch.uint8:
+        raise ValueError(f"kept samples must be uint8, got {images_uint8.dtype}")
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+        np.savez_compressed(f, images=images_uint8.numpy())
+
+
+def load_images(path, n: int):
+    """The first n kept images of `path` as a uint8 tensor, or None if the file is missing, unreadable
+    or holds fewer than n."""
+    try:
+        with np.load(Path(path)) as f:
+            images = f["images"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    if images.dtype != np.uint8 or len(images) < n:
+        return None
+    return torch.from_numpy(images[:n].copy())
 
 
 def nll(model, schedule, cfg, images_uint8, *, strata: int, seed: int, device, batch: int = 256, clip_x0: bool = True,

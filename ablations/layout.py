@@ -9,6 +9,8 @@
         rows.jsonl              one JSON row per number (ablations/schema.py)
         rows.partial.jsonl      lines set aside on resume: rows of a torn append, lines that are not rows
         samples-<setting>.png   a sample grid per sampler setting
+        samples-<setting>-seed<sample_seed>.npz   its generated images (uint8), scored by every metric
+        solver-ref-ddim<T>[-noclip]-seed<sample_seed>.npz   DDIM (eta 0, all T steps) endpoints for solver_rms
         log.txt
       _slurm/<spec>/            per spec: submissions.jsonl and submitit's job logs
       .cache/fid/               reference statistics for FID (shared: its orphans go only when an hour old)
@@ -97,6 +99,16 @@ def last_step(folder) -> int:
 def sample_grid_name(sampler: str, steps: int, eta: float, clip_x0: bool, spacing: str = "leading") -> str:
     spaced = "" if spacing in (None, "leading") or spacing != spacing else f"-{spacing}"
     return f"samples-{sampler}-{int(steps)}-eta{float(eta):g}" + ("" if clip_x0 else "-noclip") + spaced + ".png"
+
+
+def samples_name(sampler: str, steps: int, eta: float, clip_x0: bool, spacing: str = "leading", *,
+                 sample_seed: int) -> str:
+    """The kept images of a sampler setting: image i is the same for any count, so one file serves every n."""
+    return sample_grid_name(sampler, steps, eta, clip_x0, spacing)[:-len(".png")] + f"-seed{int(sample_seed)}.npz"
+
+
+def solver_reference_name(T: int, clip_x0: bool, *, sample_seed: int) -> str:
+    return f"solver-ref-ddim{int(T)}" + ("" if clip_x0 else "-noclip") + f"-seed{int(sample_seed)}.npz"
 
 
 def read_status(folder) -> dict:

@@ -69,11 +69,25 @@ def reference(dataset: str, split: str, n: int) -> str:
 
 
 def wanted(spec: Spec, run: Run) -> dict:
-    """{eval row key: setting or "nll"} of the rows this spec needs from this run (FID and NLL rows)."""
+    """{eval row key: setting or "nll"} of the rows this spec needs from this run. Per sampler setting
+    and extractor (fid_extractor, then extra_extractors): the FID/KID rows (keyed by `fid`) and the
+    precision/recall rows (keyed by `recall`); per deterministic setting, with solver_images > 0, the
+    `solver_rms` row; and the NLL rows. `_groups` names the row group each missing key stands for."""
+    from ablations.evaluation import deterministic
+    from ablations.fidelity import prc_count
     cfg, ev = run.config, spec.eval
     fid_ref = reference(cfg.dataset, ev.fid_reference, ev.fid_reference_n)
-    out = {key(row(run.run_id, "fid", 0, phase="eval", **s._asdict(), n=ev.fid_samples, extractor=ev.fid_extractor,
-                   reference=fid_ref, sample_seed=ev.sample_seed)): s for s in ev.settings}
+    k = prc_count(ev.fid_samples, ev.fid_reference_n or datasets.SIZES[cfg.dataset][ev.fid_reference])
+    prc_ref = reference(cfg.dataset, ev.fid_reference, k)
+    out = {}
+    for s in ev.settings:
+        cols = dict(phase="eval", **s._asdict(), sample_seed=ev.sample_seed)
+        for ext in (ev.fid_extractor, *ev.extra_extractors):
+            out[key(row(run.run_id, "fid", 0, **cols, n=ev.fid_samples, extractor=ext, reference=fid_ref))] = s
+            out[key(row(run.run_id, "recall", 0, **cols, n=k, extractor=ext, reference=prc_ref))] = s
+        if ev.solver_images and deterministic(s):
+            out[key(row(run.run_id, "solver_rms", 0, **cols, n=ev.solver_images,
+                        reference=solver_reference_label(cfg.T)))] = s
     nll_key = key(row(run.run_id, "nll_bpd", 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
                       reference=reference(cfg.dataset, "test", ev.nll_images), strata=ev.nll_strata or cfg.T,
                       clip_x0=NLL_CLIP_X0, spacing=nll_spacing(ev.nll_strata, cfg.T)))
@@ -363,42 +377,65 @@ def _record(run_id, what, *writes):
 
 def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, runs_root, should_stop=None,
              progress=False):
-    """The rows this spec needs and the run lacks: per sampler setting FID, throughput and a sample
-    grid, written in one append; the NLL rows, in one append."""
-    from ablations.fidelity import fid
+    """The rows this spec needs and the run lacks. Per sampler setting: its images, from the kept
+    samples file when it holds enough (no sampling), else generated, kept (with a sample grid and
+    throughput rows); then each missing group in one append: per extractor FID/KID, per extractor
+    precision/recall, and solver_rms against the run's kept DDIM endpoints (computed once). Then the
+    NLL rows, in one append."""
+    from ablations.evaluation import load_images, solver_reference, write_images
+    from ablations.layout import samples_name, solver_reference_name
     cfg, ev = run.config, spec.eval
     schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
     ema.eval()
     todo = missing(spec, run, folder)  # every task computes it before any task writes
-    forward, compile_s = compiled(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]), device) if todo else (ema, 0)
-    first = [("compile_s", compile_s, {})] if cfg.compile else []  # reported with the first rows this process writes
-    for s in (s for s in todo if s != "nll"):
+    groups = _groups(spec, run, folder)  # {setting: [(kind, extractor)]}
+    kept = {s: load_images(folder / samples_name(*s, sample_seed=ev.sample_seed), ev.fid_samples) for s in groups}
+    to_sample = [s for s in groups if any_true(kept[s] is None, device)]  # every task agrees
+    refs = {s.clip_x0 for s in groups if ("solver", None) in groups[s]}
+    ref_path = {c: folder / solver_reference_name(cfg.T, c, sample_seed=ev.sample_seed) for c in refs}
+    solver_refs = {c: load_images(ref_path[c], ev.solver_images) for c in refs}
+    new_refs = [c for c in sorted(refs) if any_true(solver_refs[c] is None, device)]
+    needs_model = to_sample or new_refs or "nll" in todo
+    forward, compile_s = compiled(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]), device) \
+        if needs_model else (ema, 0)
+    first = [("compile_s", compile_s, {})] if cfg.compile and needs_model else []  # with the first rows written
+    have = {key(r) for r in read_rows(Path(folder) / ROWS)[0]}
+    for c in new_refs:
+        ref_setting = solver_reference(cfg.T, c)
+        with _bar(ev.solver_images, f"solver reference {label(*ref_setting)}", progress) as bar:
+            solver_refs[c], seconds = generate(forward, schedule, cfg, ref_setting, ev.solver_images,
+                                               batch=ev.sample_batch, seed=ev.sample_seed, device=device, progress=bar)
+        if is_main():
+            atomic_write(ref_path[c], functools.partial(write_images, images_uint8=solver_refs[c]))
+        log(f"  solver reference {label(*ref_setting)}: {ev.solver_images} images in {seconds:.0f} s")
+    for s, kinds in groups.items():
         if should_stop is not None and any_true(should_stop(), device):
             raise Interrupted
-        with _bar(ev.fid_samples, f"sampling {label(*s)}", progress) as bar:
-            images, seconds = generate(forward, schedule, cfg, s, ev.fid_samples, batch=ev.sample_batch,
-                                       seed=ev.sample_seed, device=device, progress=bar)
-        if not is_main():
+        cols = dict(phase="eval", **s._asdict(), nfe=nfe(s.sampler, s.steps), sample_seed=ev.sample_seed)
+        images = kept[s]
+        if s in to_sample:
+            with _bar(ev.fid_samples, f"sampling {label(*s)}", progress) as bar:
+                images, seconds = generate(forward, schedule, cfg, s, ev.fid_samples, batch=ev.sample_batch,
+                                           seed=ev.sample_seed, device=device, progress=bar)
+            if not is_main():
+                continue
+            emit([r for r in (row(run.run_id, m, v, **cols, n=ev.fid_samples) for m, v in (
+                *((m, v) for m, v, _ in first), ("sample_img_per_s", ev.fid_samples / seconds),
+                ("nfe_per_s", ev.fid_samples * cols["nfe"] / seconds), ("sample_wall_s", seconds),
+                ("peak_mem_mb", peak_memory_mb(device)))) if key(r) not in have])
+            first = []
+            atomic_write(folder / sample_grid_name(*s), lambda tmp: _save_grid(tmp, images[:ev.grid_images]))
+            # kept last: a kill before it samples the setting again (its throughput rows are not repeated)
+            atomic_write(folder / samples_name(*s, sample_seed=ev.sample_seed),
+                         functools.partial(write_images, images_uint8=images))
+            log(f"  {label(*s)}: {ev.fid_samples} images kept, {ev.fid_samples / seconds:.1f} img/s")
+        elif not is_main():
             continue
-        atomic_write(folder / sample_grid_name(*s), lambda tmp: _save_grid(tmp, images[:ev.grid_images]))
-        t0 = time.perf_counter()
-        r = fid(images, dataset=cfg.dataset, extractor=ev.fid_extractor, split=ev.fid_reference,
-                cache_root=fid_cache(runs_root), data_root=data_root, reference_n=ev.fid_reference_n or None,
-                weights_path=ev.inception_weights or None, progress=progress)
-        cols = dict(phase="eval", **s._asdict(), nfe=nfe(s.sampler, s.steps), n=ev.fid_samples,
-                    sample_seed=ev.sample_seed)
-        ref = dict(extractor=r["extractor"], reference=r["reference"])
-        emit([row(run.run_id, m, v, **cols, **extra) for m, v, extra in (
-            *first, ("sample_img_per_s", ev.fid_samples / seconds, {}),
-            ("nfe_per_s", ev.fid_samples * cols["nfe"] / seconds, {}),
-            ("sample_wall_s", seconds, {}),
-            ("peak_mem_mb", peak_memory_mb(device), {}),
-            ("fid_wall_s", time.perf_counter() - t0, ref),
-            ("kid", r["kid"], ref), ("kid_std", r["kid_std"], ref),
-            ("fid", r["fid"], ref))])  # fid last: its presence marks the setting done
-        first = []
-        log(f"  {label(*s)}: FID {r['fid']:.2f}, KID {r['kid']:.4f} ± {r['kid_std']:.4f} ({r['extractor']}, "
-            f"n={ev.fid_samples}), {ev.fid_samples / seconds:.1f} img/s")
+        else:
+            log(f"  {label(*s)}: scoring the {ev.fid_samples} kept images")
+        for kind, extractor in kinds:
+            emit(_score(kind, extractor, images, solver_refs.get(s.clip_x0), run, cols, ev, log=log, s=s,
+                        cache_root=fid_cache(runs_root), data_root=data_root, progress=progress))
     if "nll" in todo:
         test = _images(cfg.dataset, "test", data_root, download)[:ev.nll_images]
         with _bar(len(test), "NLL", progress) as bar:
@@ -410,6 +447,54 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
         emit([row(run.run_id, m, v, **cols) for m, v, _ in (
             *first, ("nll_wall_s", r["seconds"], {}), ("nll_bpd", r["bpd"], {}))])
         log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")
+
+
+GROUP = {"fid": "fid", "recall": "prc", "solver_rms": "solver"}  # the metric keying a row group -> the group
+
+
+def _groups(spec, run, folder) -> dict:
+    """{setting: [(group, extractor)]} of the row groups the spec needs and the run lacks, in wanted's
+    order; group is "fid" (fid, kid, kid_std, fid_wall_s), "prc" (precision, recall) or "solver"."""
+    from ablations.schema import EVAL_KEY
+    have = {key(r) for r in read_rows(Path(folder) / ROWS)[0]}
+    out = {}
+    for k, s in wanted(spec, run).items():
+        if s != "nll" and k not in have:
+            out.setdefault(s, []).append((GROUP[k[0]], k[EVAL_KEY.index("extractor")]))
+    return out
+
+
+def _score(kind, extractor, images, solver_ref, run, cols, ev, *, log, s, cache_root, data_root, progress) -> list:
+    """The rows of one group ("fid", "prc" or "solver") for one setting's images."""
+    from ablations.evaluation import solver_rms
+    from ablations.fidelity import fid, prc
+    cfg = run.config
+    if kind == "solver":
+        m = ev.solver_images
+        value = solver_rms(images[:m], solver_ref[:m])
+        log(f"  {label(*s)}: solver_rms {value:.4f} vs DDIM over all {cfg.T} steps (n={m})")
+        return [row(run.run_id, "solver_rms", value, **cols, n=m, reference=solver_reference_label(cfg.T))]
+    kw = dict(dataset=cfg.dataset, extractor=extractor, split=ev.fid_reference, cache_root=cache_root,
+              data_root=data_root, reference_n=ev.fid_reference_n or None,
+              weights_path=(ev.inception_weights or None) if extractor == "inception-v3-compat" else None,
+              progress=progress)
+    t0 = time.perf_counter()
+    if kind == "prc":
+        r = prc(images, **kw)
+        ref = dict(n=r["n"], extractor=extractor, reference=r["reference"])
+        log(f"  {label(*s)}: precision {r['precision']:.3f}, recall {r['recall']:.3f} ({extractor}, n={r['n']})")
+        return [row(run.run_id, m, r[m], **cols, **ref) for m in ("precision", "recall")]  # recall marks it done
+    r = fid(images, **kw)
+    ref = dict(n=r["n"], extractor=extractor, reference=r["reference"])
+    log(f"  {label(*s)}: FID {r['fid']:.2f}, KID {r['kid']:.4f} ± {r['kid_std']:.4f} ({extractor}, n={r['n']})")
+    return [row(run.run_id, m, v, **cols, **ref) for m, v in (
+        ("fid_wall_s", time.perf_counter() - t0), ("kid", r["kid"]), ("kid_std", r["kid_std"]),
+        ("fid", r["fid"]))]  # fid last: its presence marks the group done
+
+
+def solver_reference_label(T: int) -> str:
+    """The `reference` column of solver_rms rows: the reference sampler and its steps."""
+    return f"ddim:{T}"
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ COLUMNS = {
     # the evaluation protocol (eval rows)
     "n": "images the number is computed over (generated images for FID; test images for NLL; batch for train)",
     "extractor": "FID feature extractor",
-    "reference": "the real images compared against: dataset:split:count",
+    "reference": "the real images compared against: dataset:split:count (solver_rms: the reference sampler, ddim:T)",
     "sample_seed": "seed of x_T and the sampler noise (per image), or of the NLL timesteps and noise",
     "strata": "NLL: timesteps per image, one per stratum; equal to T when exact",
     # provenance
@@ -58,8 +58,12 @@ METRICS = {
     "compile_s": "torch.compile seconds: the first compiled step's excess (train), or the first forward (eval)",
     "peak_mem_mb": "peak GPU memory allocated, or the process's peak RSS on CPU (MB), per phase",
     "fid": "Frechet distance in the extractor's feature space",
-    "kid": "kernel distance (unbiased MMD^2, cubic kernel) in the same features, mean over 100 subsets",
-    "kid_std": "std of KID over those subsets",
+    "kid": "kernel distance (unbiased MMD^2, cubic kernel) in the same features, mean over 100 subsets of n/2 images",
+    "kid_std": "std of KID over those subsets: the spread from drawing n/2 of the n samples (and as many reference "
+               "images), not a confidence interval of the model's KID",
+    "precision": "share of generated images inside the real images' 3-NN balls, same features (Kynkaenniemi 2019)",
+    "recall": "share of real images inside the generated images' 3-NN balls; n of each side",
+    "solver_rms": "mean per-image RMS distance ([-1, 1] units) from DDIM eta=0 over all T steps, same x_T",
     "sample_img_per_s": "generated images/s", "nfe_per_s": "image-model evaluations/s",
     "sample_wall_s": "seconds to generate the n images", "fid_wall_s": "seconds for the FID pass",
     "nll_bpd": "negative log-likelihood bound, bits/dim", "nll_wall_s": "seconds for the NLL pass",

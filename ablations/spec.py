@@ -176,8 +176,9 @@ def _seeds(seeds, key, err):
 def _check_value(key, field_name, value, default, err):
     """Type-check one config value against its field's default, and check names against registries."""
     if isinstance(default, tuple):
-        if not isinstance(value, list) or not all(type(v) is int for v in value):
-            raise err(key, f"expected a list of integers, got {value!r}")
+        kind = str if field_name == "extra_extractors" else int
+        if not isinstance(value, list) or not all(type(v) is kind for v in value):
+            raise err(key, f"expected a list of {'names' if kind is str else 'integers'}, got {value!r}")
         value = tuple(value)
     else:
         if isinstance(default, float) and type(value) is int:
@@ -279,7 +280,8 @@ def _model_error(arch: tuple) -> str | None:
 def _eval(values, runs) -> EvalConfig:
     """EvalConfig from {field: (value, file, key)}, checked against every run; `setting` expands into
     the Setting list."""
-    from ablations.fidelity import EXTRACTORS
+    from ablations import classifier
+    from ablations.fidelity import EXTRACTORS, FMNIST_ONLY
     checked = {k: _check_value(key, k, v, EVAL_FIELDS[k].default, _errors(path))
                for k, (v, path, key) in values.items() if k != "setting"}
     ev = EvalConfig(**checked)
@@ -292,12 +294,27 @@ def _eval(values, runs) -> EvalConfig:
         lookup(EXTRACTORS, ev.fid_extractor, "fid_extractor")
     except ValueError as e:
         raise err("fid_extractor", str(e)) from None
+    for name in ev.extra_extractors:
+        try:
+            lookup(EXTRACTORS, name, "extra_extractors")
+        except ValueError as e:
+            raise err("extra_extractors", str(e)) from None
+    extractors = (ev.fid_extractor, *ev.extra_extractors)
+    for name in extractors:
+        if name in FMNIST_ONLY and not classifier.WEIGHTS[name][0].exists():
+            raise err("fid_extractor" if name == ev.fid_extractor else "extra_extractors",
+                      f"{name!r} needs its weights at {classifier.WEIGHTS[name][0]}, which is missing; restore it "
+                      f"from git or retrain it with `python -m ablations.classifier`")
+    if len(set(extractors)) != len(extractors):
+        raise err("extra_extractors", f"{list(ev.extra_extractors)} repeats an extractor of {list(extractors)} "
+                                      f"(fid_extractor first); valid: distinct names of {sorted(EXTRACTORS)}")
     for run in runs:
         cfg = run.config
-        if ev.fid_extractor == "fmnist-classifier" and cfg.dataset != "fashion_mnist":
-            raise err("fid_extractor", f"'fmnist-classifier' features only fit dataset 'fashion_mnist', but run "
-                                       f"{run.run_id} trains on {cfg.dataset!r}; valid choice for it: "
-                                       "'inception-v3-compat'")
+        for name in extractors:
+            if name in FMNIST_ONLY and cfg.dataset != "fashion_mnist":
+                raise err("fid_extractor" if name == ev.fid_extractor else "extra_extractors",
+                          f"{name!r} features only fit dataset 'fashion_mnist', but run {run.run_id} trains on "
+                          f"{cfg.dataset!r}; valid choice for it: 'inception-v3-compat'")
         size = SIZES[cfg.dataset]
         if ev.fid_reference_n > size[ev.fid_reference]:
             most = size[ev.fid_reference]
@@ -311,9 +328,13 @@ def _eval(values, runs) -> EvalConfig:
     if ev.grid_images > ev.fid_samples:
         raise err("grid_images", f"{ev.grid_images} is more than fid_samples={ev.fid_samples}; "
                                  f"valid: 1..{ev.fid_samples}")
-    if ev.fid_extractor == "inception-v3-compat":
+    if ev.solver_images > ev.fid_samples:
+        raise err("solver_images", f"{ev.solver_images} is more than fid_samples={ev.fid_samples}; "
+                                   f"valid: 0..{ev.fid_samples}")
+    if "inception-v3-compat" in extractors:
+        where = "fid_extractor" if ev.fid_extractor == "inception-v3-compat" else "extra_extractors"
         _check_inception(ev.inception_weights, lambda msg: err(
-            "inception_weights" if "inception_weights" in values else "fid_extractor", msg))
+            "inception_weights" if "inception_weights" in values else where, msg))
     if "setting" not in values:
         return ev
     tables, path, key = values["setting"]

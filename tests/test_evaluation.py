@@ -2,6 +2,7 @@
 NLL estimates do not depend on the batch size or on how many tasks share the work."""
 import os
 import socket
+from dataclasses import replace
 
 import pytest
 import torch
@@ -96,3 +97,55 @@ def test_samples_do_not_depend_on_the_task_count(tmp_path):
             assert torch.equal(one, got), s
     finally:
         torch.set_num_threads(threads)
+
+
+def test_solver_rms_is_zero_for_the_reference_and_falls_with_steps():
+    """Image i starts from the same x_T in every setting, so DDIM (eta 0) over all T steps reproduces the
+    reference endpoints exactly, and coarser DDIM discretisations sit further from them."""
+    from ablations.evaluation import solver_reference, solver_rms
+    cfg = replace(CFG, T=1000)
+    model, schedule = _model(), make_schedule("linear", cfg.T)
+    ref_setting = solver_reference(cfg.T, True)
+    assert ref_setting == Setting("ddim", 1000, 0.0, True, "leading")
+    ref, _ = generate(model, schedule, cfg, ref_setting, 6, batch=6, seed=3, device="cpu")
+    again, _ = generate(model, schedule, cfg, ref_setting, 6, batch=4, seed=3, device="cpu")
+    assert solver_rms(again, ref) == 0.0
+    errors = [solver_rms(generate(model, schedule, cfg, Setting("ddim", steps, 0.0, True), 6, batch=6, seed=3,
+                                  device="cpu")[0], ref) for steps in (5, 20, 100)]
+    assert errors[0] > errors[1] > errors[2] > 0, errors
+    other_x_T, _ = generate(model, schedule, cfg, Setting("ddim", 100, 0.0, True), 6, batch=6, seed=4, device="cpu")
+    assert solver_rms(other_x_T, ref) > 3 * errors[2]  # the same x_T is what makes the distance small
+
+
+def test_solver_rms_is_the_mean_per_image_rms_in_pixel_units():
+    from ablations.evaluation import solver_rms
+    ref = torch.full((2, 1, 2, 2), 127, dtype=torch.uint8)
+    x = ref.clone()
+    x[0, 0, 0, 0] += 255 - 127  # one pixel of image 0 off by 128 levels = 128 / 127.5 in [-1, 1] units
+    assert solver_rms(x, ref) == pytest.approx((128 / 127.5 / 2) / 2)  # sqrt(d^2 / 4) for image 0, 0 for image 1
+    with pytest.raises(ValueError, match="differ"):
+        solver_rms(x[:1], ref)
+
+
+@pytest.mark.parametrize("setting, expected", [
+    (Setting("ddim", 10, 0.0, True), True), (Setting("ddim", 10, 0.5, True), False),
+    (Setting("ddpm", 10, 0.0, True), False), (Setting("dpmpp_2m", 10, 0.0, True, "trailing"), True),
+    (Setting("heun", 5, 0.0, False), True)])
+def test_deterministic_settings_are_the_ode_solvers(setting, expected):
+    from ablations.evaluation import deterministic
+    assert deterministic(setting) is expected
+
+
+def test_kept_images_round_trip_and_a_short_file_is_not_enough(tmp_path):
+    from functools import partial
+
+    from ablations.evaluation import load_images, write_images
+    from ablations.io import atomic_write
+    x = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    atomic_write(tmp_path / "s.npz", partial(write_images, images_uint8=x))
+    assert torch.equal(load_images(tmp_path / "s.npz", 5), x) and torch.equal(load_images(tmp_path / "s.npz", 3), x[:3])
+    assert load_images(tmp_path / "s.npz", 6) is None and load_images(tmp_path / "none.npz", 1) is None
+    (tmp_path / "torn.npz").write_bytes((tmp_path / "s.npz").read_bytes()[:100])
+    assert load_images(tmp_path / "torn.npz", 1) is None  # unreadable: sampled again, never a crash
+    with pytest.raises(ValueError, match="uint8"):
+        write_images(tmp_path / "f.npz", x.float())

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ablations import classifier, fidelity
-from ablations.data import load
+from ablations.data import load, to_model
 from ablations.fidelity import InceptionWeightsMissing, fid
 
 
@@ -64,5 +64,59 @@ def test_missing_inception_weights_name_the_file_and_the_option(tmp_path, monkey
     with pytest.raises(InceptionWeightsMissing, match=str(tmp_path / "nope.pth")):
         fid(test_images[0][:10], dataset="fashion_mnist", extractor="inception-v3-compat", cache_root=tmp_path,
             weights_path=tmp_path / "nope.pth")
-    with pytest.raises(ValueError, match=r"unknown fid_extractor 'clip'.*'fmnist-classifier', 'inception-v3-compat'"):
+    with pytest.raises(ValueError, match=r"unknown fid_extractor 'clip'.*'fmnist-classifier', 'fmnist-classifier-seed1', 'inception-v3-compat'"):
         fid(test_images[0][:10], dataset="fashion_mnist", extractor="clip", cache_root=tmp_path)
+
+
+def test_precision_and_recall_tell_fidelity_from_coverage(tmp_path, test_images):
+    """Kynkaenniemi et al. 2019: real images score high on both; copies of a few real images of one class
+    are precise but cover nothing else (recall ~0); noise and blank images cover nothing either. Noise
+    still reads precision 0.75 here (0.27 at 2,000 a side): a few real outliers have wide 3-NN balls
+    that take in off-manifold points, the weakness Naeem et al. 2020 (density and coverage) point out."""
+    x, y = test_images
+    kw = dict(dataset="fashion_mnist", extractor="fmnist-classifier", cache_root=tmp_path, split="train",
+              reference_n=600)
+    real = fidelity.prc(x[:600], **kw)
+    few = fidelity.prc(x[y == 0][:20].repeat(30, 1, 1, 1), **kw)  # one class, 20 distinct images
+    noise = fidelity.prc(torch.randint(0, 256, (600, 1, 28, 28), dtype=torch.uint8,
+                                       generator=torch.Generator().manual_seed(0)), **kw)
+    blank = fidelity.prc(torch.zeros(600, 1, 28, 28, dtype=torch.uint8), **kw)
+    assert real["precision"] > 0.8 and real["recall"] > 0.8
+    assert few["precision"] > 0.8 and few["recall"] < 0.05
+    assert noise["recall"] < 0.05 and noise["precision"] < real["precision"] - 0.1
+    assert blank["precision"] < 0.05 and blank["recall"] < 0.05
+    assert real["n"] == 600 and real["reference"] == "fashion_mnist:train:600" and real["extractor"] == "fmnist-classifier"
+    short = fidelity.prc(x[:100], **kw)  # both sides hold the same count: the first 100 reference images
+    assert short["n"] == 100 and short["reference"] == "fashion_mnist:train:100"
+
+
+def test_kid_subsets_hold_half_the_samples(tmp_path, test_images, monkeypatch):
+    """With subsets of all n images every subset holds every generated image; at n // 2 they differ."""
+    seen = {}
+    real = fidelity.torch_fidelity.calculate_metrics
+
+    def spy(**kw):
+        seen.update(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(fidelity.torch_fidelity, "calculate_metrics", spy)
+    r = fid(test_images[0][:300], dataset="fashion_mnist", extractor="fmnist-classifier", cache_root=tmp_path,
+            reference_n=1000)
+    assert seen["kid_subset_size"] == 150 and seen["kid_subsets"] == 100 and r["kid_std"] > 0
+    assert fidelity.kid_subset_size(1000) == 500 and fidelity.kid_subset_size(3) == 2
+
+
+def test_second_classifier_is_its_own_extractor(tmp_path, test_images):
+    """The seed-1 classifier is accurate too, has other features, its own reference cache and its name
+    in the rows."""
+    x, y = test_images
+    a = classifier.load_classifier(*classifier.WEIGHTS["fmnist-classifier"])
+    b = classifier.load_classifier(*classifier.WEIGHTS["fmnist-classifier-seed1"])
+    assert classifier.accuracy(b, x[:2000], y[:2000]) >= 0.90
+    with torch.no_grad():
+        fa, fb = a.features(to_model(x[:64])), b.features(to_model(x[:64]))
+    assert not torch.allclose(fa, fb)
+    kw = dict(dataset="fashion_mnist", cache_root=tmp_path, reference_n=1000)
+    ra, rb = fid(x[:200], extractor="fmnist-classifier", **kw), fid(x[:200], extractor="fmnist-classifier-seed1", **kw)
+    assert rb["extractor"] == "fmnist-classifier-seed1" and rb["reference_key"] != ra["reference_key"]
+    assert rb["fid"] != ra["fid"] and not rb["reference_cached"]

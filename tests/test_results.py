@@ -32,7 +32,9 @@ def test_collect_plot_report_from_the_table_alone(smoke, tmp_path):
     assert (rows["status"] == "done").all()
     summary = pd.read_csv(folder / "summary.csv")
     fid = summary[summary["metric"] == "fid"]
-    assert len(fid) == len(spec.runs) * len(spec.eval.settings) and (fid["seeds"] == 1).all()
+    extractors = (spec.eval.fid_extractor, *spec.eval.extra_extractors)  # a cell per extractor
+    assert set(fid["extractor"]) == set(extractors) and (fid["seeds"] == 1).all()
+    assert (fid.groupby("extractor").size() == len(spec.runs) * len(spec.eval.settings)).all()
     shutil.rmtree(copy)  # the plots and the report must need nothing but the table
     _ablate("plot", spec.path, "--scale", "smoke", "--results-root", tmp_path / "res")
     _ablate("report", folder)

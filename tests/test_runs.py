@@ -44,10 +44,13 @@ def test_smoke_grid_produces_finite_rows(smoke):
                        "train_loss", "train_wall_s", "sample_wall_s"):
             assert metric in by, metric
             assert all(math.isfinite(r["value"]) for r in by[metric])
-        assert len(by["fid"]) == len(spec.eval.settings)
+        for extractor in ("fmnist-classifier", "fmnist-classifier-seed1"):  # the smoke scale's extractor check
+            for m in ("fid", "kid", "precision", "recall"):
+                assert len([r for r in by[m] if r["extractor"] == extractor]) == len(spec.eval.settings), (m, extractor)
         fid = by["fid"][0]
         assert fid["extractor"] == "fmnist-classifier" and fid["n"] == spec.eval.fid_samples and fid["value"] > 0
-        assert fid["run_id"] == run.run_id and fid["reference"] == "fashion_mnist:train:2000"
+        assert fid["run_id"] == run.run_id and fid["reference"] == "fashion_mnist:test:2000"
+        assert [(r["sampler"], r["n"]) for r in by["solver_rms"]] == [("ddim", 16)]  # DDIM eta 0, not DDPM
         assert set(fid) == set(RUN_COLUMNS)  # rows describe the run; spec, scale and axes come at collect
         nll = by["nll_bpd"][0]
         assert nll["strata"] == spec.eval.nll_strata and nll["n"] == spec.eval.nll_images
