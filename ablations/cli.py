@@ -70,15 +70,16 @@ def _print_table(rows: list[dict], last=()):
 
 def _warn(spec):
     """Runs that train but cannot answer their question: each reason once, with the run ids, on stderr."""
-    from core.unet import TIME_BLIND
+    from core.unet import time_blind
     blind = {}
     for r in spec.runs:
-        pair = (r.config.norm, r.config.conditioning)
-        if pair in TIME_BLIND:
-            blind.setdefault(pair, []).append(r.run_id)
-    for (norm, conditioning), ids in blind.items():
+        c = r.config
+        why = time_blind(c.norm, c.conditioning, c.groups, [c.model_channels * m for m in c.mults])
+        if why:
+            blind.setdefault((c.norm, c.conditioning, why), []).append(r.run_id)
+    for (norm, conditioning, why), ids in blind.items():
         click.echo(f"warning: {spec.path}: norm {norm!r} with conditioning {conditioning!r} in run(s) "
-                   f"{', '.join(ids)}: {TIME_BLIND[(norm, conditioning)]}", err=True)
+                   f"{', '.join(ids)}: {why}", err=True)
 
 
 def _expanded(spec, runs):

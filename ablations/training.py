@@ -60,8 +60,9 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
+# the config fields build_model reads: runs equal in these share a model shape
 ARCHITECTURE = ("dataset", "variance", "model_channels", "mults", "res_blocks", "attention", "heads", "dropout",
-                "norm", "groups")  # the config fields build_model reads: runs equal in these share a model shape
+                "norm", "groups", "conditioning")
 
 
 def architecture(cfg) -> tuple:

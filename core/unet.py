@@ -52,6 +52,17 @@ TIME_BLIND = {("instance", "add"): "instance norm subtracts each channel's spati
                                    "'scale_shift'"}
 
 
+def time_blind(norm: str, conditioning: str, groups: int, widths) -> str | None:
+    """Why a U-Net whose ResBlocks have these channel `widths` cannot see t, or None. GroupNorm with
+    gcd(groups, C) = C groups at every width is instance norm, and blind with 'add' for the same reason."""
+    if (norm, conditioning) in TIME_BLIND:
+        return TIME_BLIND[(norm, conditioning)]
+    if norm == "group" and conditioning == "add" and all(math.gcd(groups, c) == c for c in widths):
+        return (f"groups = {groups} gives one channel per group at every width {sorted(set(widths))}, which is "
+                "instance norm: " + TIME_BLIND[("instance", "add")].split(", so ", 1)[1] + " or fewer groups")
+    return None
+
+
 def timestep_embedding(t, dim: int, max_period: float = 10000.0):
     """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, Sec. 3.5): (B,) -> (B, dim)."""
     half = dim // 2

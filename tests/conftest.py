@@ -15,6 +15,7 @@ T = 100
 model_channels = 8
 mults = [1, 2]
 res_blocks = 1
+groups = 4
 batch = 16
 train_steps = {steps}
 checkpoint_every = {every}

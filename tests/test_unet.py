@@ -69,11 +69,11 @@ def test_paper_scale_has_the_ddpm_cifar10_models_35_7m_parameters():
     assert round(n / 1e6, 1) == 35.7, n
 
 
-def _two_timesteps(norm, conditioning):
+def _two_timesteps(norm, conditioning, groups=8):
     """Largest output difference of one eval-mode model at t = 10 and t = 900, same x."""
     torch.manual_seed(0)
     net = UNet(channels=1, base=16, mults=(1, 2), res_blocks=1, norm=norm, conditioning=conditioning,
-               groups=8, resolution=8).eval()
+               groups=groups, resolution=8).eval()
     with torch.no_grad():
         for p in net.parameters():  # a trained-looking net: zero-init biases would hide nothing here
             p.add_(0.1 * torch.randn_like(p))
@@ -94,6 +94,17 @@ def test_instance_norm_with_add_conditioning_cannot_see_the_timestep(norm):
         assert add < 1e-5 and (norm, "add") in TIME_BLIND
     else:
         assert add > 1e-2 and (norm, "add") not in TIME_BLIND
+
+
+@pytest.mark.parametrize("groups", [32, 8])
+def test_group_norm_with_one_channel_per_group_is_as_blind_as_instance_norm(groups):
+    """Widths 16 and 32 with groups = 32 give GroupNorm(C, C) everywhere: instance norm, blind to t under 'add'.
+    `time_blind` says so, and only then."""
+    from core.unet import time_blind
+    add = _two_timesteps("group", "add", groups=groups)
+    why = time_blind("group", "add", groups, [16, 32])
+    assert (add < 1e-5) == (why is not None) == (groups == 32)
+    assert time_blind("group", "scale_shift", groups, [16, 32]) is None
 
 
 def test_scale_shift_is_norm_times_one_plus_s_plus_b():
