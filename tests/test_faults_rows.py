@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -235,9 +237,15 @@ def test_a_torn_append_does_not_count_as_written_anywhere(tmp_path):
     folder = run_folder(tmp_path / "runs", run.run_id)
     folder.mkdir(parents=True)
     fid5 = {**_good(run.run_id, steps=5), "append_id": "b", "append_rows": 1}
-    fid3 = {**_good(run.run_id, steps=3), "append_id": "a", "append_rows": 8}
-    (folder / "rows.jsonl").write_text(json.dumps(fid3) + "\n" + json.dumps(fid5) + "\n")
-    assert [s.steps for s in runner.missing(spec, run, folder) if s != "nll"] == [3]
+
+    def missing_steps(fid3_rows):
+        fid3 = {**_good(run.run_id, steps=3), "append_id": "a", "append_rows": fid3_rows}
+        (folder / "rows.jsonl").write_text(json.dumps(fid3) + "\n" + json.dumps(fid5) + "\n")
+        return Counter(s.steps for s in runner.missing(spec, run, folder) if s != "nll"), fid3
+
+    whole, _ = missing_steps(1)  # the same row, its append complete
+    torn, fid3 = missing_steps(8)
+    assert torn[3] == whole[3] + 1 and torn[5] == whole[5]  # only the torn FID row is missing again
     assert read_rows(folder / "rows.jsonl") == ([fid5], 1)
 
 
@@ -302,6 +310,7 @@ def test_after_a_kill_list_shows_the_newest_checkpoints_step(tmp_path):
     run_id = load_spec(path).runs[0].run_id
     folder = run_folder(runs, run_id)
     folder.mkdir(parents=True)
+    write_json(folder / "config.json", {"run_id": run_id, "train": asdict(load_spec(path).runs[0].config)})
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     write_json(folder / "status.json", {"state": "running", "pid": int(dead), "host": os.uname().nodename, "step": 0})

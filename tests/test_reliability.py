@@ -47,7 +47,7 @@ MALFORMED = [
     ("T < 2", _edit("T = 100", "T = 1"), "base.T", ">= 2"),
     ("negative lr", _edit("[base]\n", "[base]\nlr = -1.0\n"), "base.lr", "> 0"),
     ("negative weight_decay", _edit("[base]\n", "[base]\nweight_decay = -1.0\n"), "base.weight_decay", ">= 0"),
-    ("zero groups", _edit("[base]\n", "[base]\ngroups = 0\n"), "base.groups", ">= 1"),
+    ("zero groups", _edit("groups = 4", "groups = 0"), "base.groups", ">= 1"),
     ("empty mults", _edit("mults = [1, 2]", "mults = []"), "base.mults", "non-empty"),
     ("zero mult", _edit("mults = [1, 2]", "mults = [0, 2]"), "base.mults", ">= 1"),
     ("dropout 1", _edit("[base]\n", "[base]\ndropout = 1.0\n"), "base.dropout", "[0, 1)"),
