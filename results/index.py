@@ -68,7 +68,7 @@ def write_index(results_root) -> Path:
     if forest(family, root):
         lines += ["", "Each finding's paired difference with its CI, the paper's direction shaded:", "",
                   "![forest](forest.png)"]
-    check = extractor_check(found_tables)
+    check = extractor_check(found_tables) + sample_seed_check(found_tables)
     totals = _totals([rows for _, _, rows in found_tables])
     lines += ["", *check] if check else []
     lines += ["", *totals] if totals else []
@@ -102,6 +102,32 @@ def extractor_check(found_tables) -> list[str]:
             lines.append(f"Extractor check: the Spearman rank correlation of FID between `{x}` and `{y}` over the "
                          f"{len(both)} cells both scored ({', '.join(sorted(set(both['folder'])))}; mean over seeds) "
                          f"is {rho:.3f}.")
+    return lines
+
+
+def sample_seed_check(found_tables) -> list[str]:
+    """Where rows hold FID for the same model and cell at two sample seeds (other x_T and noise, the same
+    weights): per folder, the mean and largest |FID(seed a) - FID(seed b)| over those (model, cell) pairs,
+    beside the training seeds' std of the same cells: how much of a cell's spread is the sample set."""
+    lines = []
+    for name, _, rows in found_tables:
+        d = rows[(rows["metric"] == "fid") & rows["value"].notna()]
+        if "sample_seed" not in d or d["sample_seed"].nunique() < 2:
+            continue
+        if "extractor" in d and d["extractor"].nunique() > 1:
+            d = d[d["extractor"] == d["extractor"].iloc[0]]
+        key = [c for c in d.columns if c not in NOT_CELL and c != "sample_seed"]
+        by = d.groupby([*key, "seed"], dropna=False)["value"]
+        two = d.groupby([*key, "seed", "sample_seed"], dropna=False)["value"].mean().unstack("sample_seed").dropna()
+        if two.shape[1] < 2 or two.empty:
+            continue
+        a, b = sorted(two.columns)[:2]
+        gap = (two[a] - two[b]).abs()
+        spread = by.mean().groupby(key, dropna=False).std().dropna()
+        train = f"; the training seeds' std of those cells is {spread.mean():.3g} on average" if len(spread) else ""
+        lines.append(f"Sample-set noise ({name}): over the {len(gap)} (model, cell) pairs scored at sample seeds "
+                     f"{a} and {b}, |FID({a}) − FID({b})| is {gap.mean():.3g} on average (largest {gap.max():.3g})"
+                     f"{train}.")
     return lines
 
 

@@ -157,7 +157,8 @@ NOTES = {  # spec -> what a reader must know before reading its verdicts (markdo
 
 def _select(rows: pd.DataFrame, metric: str, cell: dict) -> pd.Series:
     """Per-seed values of one cell (seed -> value). The FID-like settings are taken at the spec's first
-    sampler setting when the cell does not name one, and at the first extractor when the rows hold two."""
+    sampler setting when the cell does not name one, at the first extractor when the rows hold two, and at
+    the lowest sample seed when they hold two."""
     d = rows[(rows["metric"] == metric) & rows["value"].notna()]
     for col, value in cell.items():
         if col in d:
@@ -166,6 +167,8 @@ def _select(rows: pd.DataFrame, metric: str, cell: dict) -> pd.Series:
             d = d.iloc[:0]
     if "extractor" in d and d["extractor"].nunique() > 1:
         d = d[d["extractor"] == d["extractor"].iloc[0]]
+    if "sample_seed" in d and d["sample_seed"].nunique() > 1:  # a second sample set is the noise check's
+        d = d[d["sample_seed"] == d["sample_seed"].min()]
     if metric in ("fid", "kid") and "sampler" not in cell and not d.empty:
         first = d.iloc[0]
         d = d[(d["sampler"] == first["sampler"]) & (d["steps"] == first["steps"]) & (d["eta"] == first["eta"])]

@@ -344,3 +344,26 @@ def test_the_sample_figure_has_a_row_per_setting_and_a_column_per_seed():
     norm = ROOT / "results" / "norm-cpu"
     names, seeds, _ = grid_cells(pd.read_csv(norm / "rows.csv"), axes_of(pd.read_csv(norm / "rows.csv"))[0], norm)
     assert names[0].startswith("norm=group\n") and len(names) == 4 and seeds == [0, 1, 2]
+
+
+def test_the_index_shows_the_sample_set_noise_and_verdicts_keep_the_first_sample_seed(tmp_path):
+    """Two models (seeds) x two cells, each scored at sample seeds 0 and 1. |FID(0) - FID(1)| is 3, 2, 1, 4
+    (mean 2.5, largest 4); the cells' means over sample seeds are (101.5, 109) and (50.5, 72), whose std
+    over seeds is 7.5/sqrt(2) and 21.5/sqrt(2), 10.25 on average. A verdict reads sample seed 0 only."""
+    from results.index import write_index
+    from results.verdicts import _select
+
+    fids = {("ddim", 10): {0: (100.0, 103.0), 1: (110.0, 108.0)}, ("ddim", 20): {0: (50.0, 51.0), 1: (70.0, 74.0)}}
+    rows = [{"run_id": f"r{seed}", "ablation": "sampler-cpu", "scale": "cpu", "seed": seed, "phase": "eval",
+             "metric": "fid", "sampler": sampler, "steps": steps, "eta": 0.0, "clip_x0": True, "spacing": "leading",
+             "n": 1000, "extractor": "fmnist-classifier", "sample_seed": k, "value": v}
+            for (sampler, steps), by_seed in fids.items() for seed, pair in by_seed.items() for k, v in enumerate(pair)]
+    from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
+    table = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys([*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS])))
+    (tmp_path / "sampler-cpu").mkdir()
+    table.to_csv(tmp_path / "sampler-cpu" / "rows.csv", index=False)
+    index = write_index(tmp_path).read_text()
+    assert ("Sample-set noise (sampler-cpu): over the 4 (model, cell) pairs scored at sample seeds 0 and 1, "
+            "|FID(0) − FID(1)| is 2.5 on average (largest 4); the training seeds' std of those cells is 10.3 on "
+            "average.") in index
+    assert _select(table, "fid", {"sampler": "ddim", "steps": 10}).tolist() == [100.0, 110.0]
