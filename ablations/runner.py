@@ -97,8 +97,13 @@ def wanted(spec: Spec, run: Run) -> dict:
 def missing(spec: Spec, run: Run, folder) -> list:
     """The sampler settings (and "nll") whose rows this spec needs and the run does not have yet (a torn
     append's rows do not count: `read_rows`)."""
-    have = {key(r) for r in read_rows(Path(folder) / ROWS)[0]}
+    have = _have(folder)
     return [what for k, what in wanted(spec, run).items() if k not in have]
+
+
+def _have(folder) -> set:
+    """The eval keys of the rows the run holds (a torn append's rows do not count)."""
+    return {key(r) for r in read_rows(Path(folder) / ROWS)[0]}
 
 
 def config_id(record: dict) -> str:
@@ -387,19 +392,19 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
     cfg, ev = run.config, spec.eval
     schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
     ema.eval()
-    todo = missing(spec, run, folder)  # every task computes it before any task writes
-    groups = _groups(spec, run, folder)  # {setting: [(kind, extractor)]}
+    have = _have(folder)  # every task reads it before any task writes
+    groups = _groups(spec, run, have)  # {setting: [(kind, extractor)]}
+    nll_missing = any(k not in have for k, what in wanted(spec, run).items() if what == "nll")
     kept = {s: load_images(folder / samples_name(*s, sample_seed=ev.sample_seed), ev.fid_samples) for s in groups}
     to_sample = [s for s in groups if any_true(kept[s] is None, device)]  # every task agrees
     refs = {s.clip_x0 for s in groups if ("solver", None) in groups[s]}
     ref_path = {c: folder / solver_reference_name(cfg.T, c, sample_seed=ev.sample_seed) for c in refs}
     solver_refs = {c: load_images(ref_path[c], ev.solver_images) for c in refs}
     new_refs = [c for c in sorted(refs) if any_true(solver_refs[c] is None, device)]
-    needs_model = to_sample or new_refs or "nll" in todo
+    needs_model = to_sample or new_refs or nll_missing
     forward, compile_s = compiled(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]), device) \
         if needs_model else (ema, 0)
     first = [("compile_s", compile_s, {})] if cfg.compile and needs_model else []  # with the first rows written
-    have = {key(r) for r in read_rows(Path(folder) / ROWS)[0]}
     for c in new_refs:
         ref_setting = solver_reference(cfg.T, c)
         with _bar(ev.solver_images, f"solver reference {label(*ref_setting)}", progress) as bar:
@@ -436,7 +441,7 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
         for kind, extractor in kinds:
             emit(_score(kind, extractor, images, solver_refs.get(s.clip_x0), run, cols, ev, log=log, s=s,
                         cache_root=fid_cache(runs_root), data_root=data_root, progress=progress))
-    if "nll" in todo:
+    if nll_missing:
         test = _images(cfg.dataset, "test", data_root, download)[:ev.nll_images]
         with _bar(len(test), "NLL", progress) as bar:
             r = nll(forward, schedule, cfg, test, strata=ev.nll_strata, seed=ev.sample_seed, device=device,
@@ -452,11 +457,11 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
 GROUP = {"fid": "fid", "recall": "prc", "solver_rms": "solver"}  # the metric keying a row group -> the group
 
 
-def _groups(spec, run, folder) -> dict:
-    """{setting: [(group, extractor)]} of the row groups the spec needs and the run lacks, in wanted's
-    order; group is "fid" (fid, kid, kid_std, fid_wall_s), "prc" (precision, recall) or "solver"."""
+def _groups(spec, run, have: set) -> dict:
+    """{setting: [(group, extractor)]} of the row groups the spec needs and the run lacks (`have`: its
+    eval keys), in wanted's order; group is "fid" (fid, kid, kid_std, fid_wall_s), "prc" (precision,
+    recall) or "solver"."""
     from ablations.schema import EVAL_KEY
-    have = {key(r) for r in read_rows(Path(folder) / ROWS)[0]}
     out = {}
     for k, s in wanted(spec, run).items():
         if s != "nll" and k not in have:
