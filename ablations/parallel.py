@@ -40,3 +40,13 @@ def gather_objects(obj) -> list:
     out = [None] * world()
     dist.all_gather_object(out, obj)
     return out
+
+
+def from_main(obj):
+    """Rank 0's `obj` on every task: a decision only rank 0 may take (it alone reads and writes the
+    run's folder) is then taken once, and every task follows it."""
+    if world() == 1:
+        return obj
+    out = [obj]
+    dist.broadcast_object_list(out, src=0)
+    return out[0]

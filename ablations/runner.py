@@ -47,7 +47,7 @@ from ablations.layout import (
     sample_grid_name,
     write_status,
 )
-from ablations.parallel import any_true, is_main, world
+from ablations.parallel import any_true, from_main, is_main, rank, world
 from ablations.schema import key, label, parse, problem, read_rows, row
 from ablations.spec import Run, Spec
 from ablations.training import NonFiniteLoss, total_steps, train
@@ -287,21 +287,15 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
     if run.config.compile:  # compiled kernels are cached on disk, so a grid's later runs skip most compile time
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache(runs_root).resolve()))
     folder = run_folder(runs_root, run.run_id)
-    bad_folder = check_folder(run, runs_root)
-    if bad_folder:  # `ablate run` reports it before it starts; a SLURM job ends here
-        print(bad_folder, file=sys.stderr, flush=True)
-        return INVALID
-    main = is_main()  # with several tasks, only rank 0 writes
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if main and not (folder / CONFIG).exists():
-            write_json(folder / CONFIG, {"run_id": run.run_id, "train": asdict(run.config)})
-    except OSError as e:  # a full disk before the run's first file: the run fails, the grid goes on
-        print(f"run {run.run_id} failed before it started: {e}", file=sys.stderr, flush=True)
-        return FAILED
+    main = is_main()  # with several tasks, only rank 0 reads the folder's bookkeeping and writes
+    outcome = from_main(_open_folder(run, runs_root, folder) if main else None)  # every task follows rank 0
+    if outcome is not None:
+        return outcome
     if is_complete(spec, run, runs_root):
         return DONE
-    log = _logger(folder, progress) if main else (lambda msg: None)
+    # another task's messages go to its own SLURM log (stderr), so a failure there is read, not guessed
+    log = _logger(folder, progress) if main else (lambda msg: print(f"[task {rank()}] {msg}", file=sys.stderr,
+                                                                     flush=True))
     status = write_status if main else (lambda *a, **k: None)
     cfg = run.config
     provenance = {"device": str(device), "torch": torch.__version__, "commit": git_commit(), "host": platform.node(),
@@ -318,9 +312,6 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
                 raise ValueError(f"not a row ({bad[1]}): {bad[0]}")
             append_jsonl(folder / ROWS, rows)
 
-    if main:
-        for tmp in orphans(folder):
-            tmp.unlink(missing_ok=True)
     try:
         status(folder, RUNNING, step=last_step(folder))
         images = _images(cfg.dataset, "train", data_root, download)
@@ -366,6 +357,25 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         _record(run.run_id, f"failed: {why}", lambda: status(folder, FAILED, reason=why, step=step),
                 lambda: log(f"run {run.run_id} failed:\n{detail}"))
     return FAILED
+
+
+def _open_folder(run, runs_root, folder) -> str | None:
+    """Check the run's folder, create it with its config.json and remove the temp files a kill left:
+    None when the run may go on, else the state it ends in (INVALID, or FAILED on a full disk)."""
+    bad_folder = check_folder(run, runs_root)
+    if bad_folder:  # `ablate run` reports it before it starts; a SLURM job ends here
+        print(bad_folder, file=sys.stderr, flush=True)
+        return INVALID
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / CONFIG).exists():
+            write_json(folder / CONFIG, {"run_id": run.run_id, "train": asdict(run.config)})
+        for tmp in orphans(folder):
+            tmp.unlink(missing_ok=True)
+    except OSError as e:  # a full disk before the run's first file: the run fails, the grid goes on
+        print(f"run {run.run_id} failed before it started: {e}", file=sys.stderr, flush=True)
+        return FAILED
+    return None
 
 
 def _record(run_id, what, *writes):

@@ -39,7 +39,7 @@ class RunJob:
     def __call__(self, run_id: str) -> str:
         import torch
 
-        from ablations.parallel import is_main
+        from ablations.parallel import from_main, is_main
         from slurm.distributed import init_from_slurm
         if os.environ.get("SLURM_CPUS_PER_TASK"):
             torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
@@ -50,10 +50,10 @@ class RunJob:
                              "code changed after it was submitted; submit again")
         folder = run_folder(self.runs_root, run_id)
         init_from_slurm()
+        ok, holder = from_main(claim.acquire(folder) if is_main() else None)  # every task skips, or none
+        if not ok:
+            return f"skipped: run {run_id} is claimed by {holder}"
         if is_main():
-            ok, holder = claim.acquire(folder)
-            if not ok:
-                return f"skipped: run {run_id} is claimed by {holder}"
             _note_start(folder)
         self._stop, result = threading.Event(), []
         worker = threading.Thread(target=lambda: result.append(runner.run_one(

@@ -225,6 +225,21 @@ def test_two_task_gloo_run_trains_and_writes_rows(cluster, tmp_path):
     assert "x2 tasks" in (run_folder(runs, spec.runs[0].run_id) / "log.txt").read_text()
 
 
+def test_two_tasks_skip_together_a_run_another_process_holds(cluster, tmp_path):
+    """Only task 0 takes the claim and checks the folder; every task follows its decision, so a held
+    run is skipped by both tasks (task 1 alone would train into a collective nobody joins)."""
+    from ablations import claim
+    from slurm.dispatch import RunJob, executor_for
+    path = _spec(tmp_path, "held", norms='["group"]', steps=4, every=2)
+    spec, runs = load_spec(path), tmp_path / "runs"
+    run = spec.runs[0]
+    assert claim.acquire(run_folder(runs, run.run_id))[0]  # held by this test's process, alive
+    ex, _ = executor_for(spec, runs, partition="debug", tasks_per_node=2, cpus_per_task=1, time_min=5)
+    results = ex.submit(RunJob(path, spec.scale, runs), run.run_id).results()
+    assert len(results) == 2 and all(r.startswith(f"skipped: run {run.run_id} is claimed") for r in results), results
+    assert not (run_folder(runs, run.run_id) / "rows.jsonl").exists()
+
+
 def test_debug_executor_runs_the_same_code_as_ablate_run(tmp_path):
     """submitit's debug executor (in-process, no cluster) trains the same weights as `ablate run`."""
     from slurm.dispatch import submit
