@@ -18,7 +18,8 @@ COLUMNS = {
     "metric": "what was measured (METRICS)",
     "value": "the number",
     "phase": "train or eval: the part of the run that produced it",
-    "train_step": "optimizer steps done when it was measured (train rows)",
+    "train_step": "optimizer steps done when it was measured (train rows), or of the checkpoint whose EMA "
+                  "weights were scored (eval rows; empty in eval rows from before checkpoints were scored)",
     # the sampler setting (eval rows)
     "sampler": "ddpm | ddim | dpmpp_2m | heun",
     "steps": "sampling steps S",
@@ -44,9 +45,9 @@ SETTING = ("sampler", "steps", "eta", "clip_x0", "spacing")
 PROTOCOL = ("n", "extractor", "reference", "sample_seed", "strata")
 PROVENANCE = ("device", "torch", "commit", "host", "cpu", "timestamp")
 RUN_COLUMNS = tuple(COLUMNS)
-# An eval row is identified by these (with run_id); a row with the same key is never written twice.
-EVAL_KEY = ("metric", "phase", *SETTING, *PROTOCOL)
-IDENTITY = ("run_id", *EVAL_KEY, "train_step")  # any row's, train rows included: `collect` keeps one per identity
+# A row is identified by these (with run_id); a row with the same key is never written twice.
+EVAL_KEY = ("metric", "phase", *SETTING, *PROTOCOL, "train_step")
+IDENTITY = ("run_id", *EVAL_KEY)  # any row's, train rows included: `collect` keeps one per identity
 PHASES = ("train", "eval")
 SPEC_COLUMNS = ("ablation", "scale", "seed")  # + the axes; attached by `ablate collect`
 STATUS_COLUMNS = ("status", "reason")
@@ -54,7 +55,9 @@ STATUS_COLUMNS = ("status", "reason")
 METRICS = {
     "train_loss": "mean training loss over the steps since the previous row",
     "train_img_per_s": "training images/s over all segments of a resumed run, compile time excluded",
-    "train_wall_s": "training wall seconds, summed over all segments",
+    "train_wall_s": "training wall seconds to the row's train_step, summed over all segments",
+    "train_images": "training images seen to the row's train_step (steps x batch)",
+    "train_flops": "training FLOPs to the row's train_step: images x the U-Net's forward + backward per image",
     "compile_s": "torch.compile seconds: the first compiled step's excess (train), or the first forward (eval)",
     "peak_mem_mb": "peak GPU memory allocated, or the process's peak RSS on CPU (MB), per phase",
     "fid": "Frechet distance in the extractor's feature space",
