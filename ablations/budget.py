@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from ablations.data import SHAPES
-from ablations.config import TrainConfig
-from ablations.training import ARCHITECTURE, architecture, build_model
+from ablations.data import SHAPES, SIZES
+from ablations.config import TrainConfig, eval_steps, scored_at
+from ablations.training import ARCHITECTURE, architecture, build_model, total_steps
 from core.samplers import nfe
 
 
@@ -39,12 +39,17 @@ def _per_image(arch: tuple) -> tuple[float, float]:
 
 def run_flops(cfg, ev, steps_left: int, todo=None) -> dict:
     """{train, sample, nll}: FLOPs still to do for one run with `steps_left` training steps and the
-    evaluations `todo` (its settings and "nll", as `runner.missing` gives them; default: all of ev's)."""
-    todo = [*ev.settings, "nll"] if todo is None else list(dict.fromkeys(todo))  # a setting once, whatever it lacks
+    evaluations `todo`: (train_step, setting or "nll") pairs, as `runner.missing` gives them (default:
+    every setting and the NLL at every checkpoint the spec scores, `config.eval_steps`)."""
+    if todo is None:
+        total = total_steps(cfg, SIZES[cfg.dataset]["train"])
+        todo = [(at, w) for at in eval_steps(ev, total) for w in (*scored_at(ev, total, at), "nll")]
+    todo = list(dict.fromkeys(todo))  # a setting once per checkpoint, whatever it lacks
     fwd, both = per_image(cfg)
-    sample = sum(ev.fid_samples * nfe(s.sampler, s.steps) for s in todo if s != "nll") * fwd
+    sample = sum(ev.fid_samples * nfe(s.sampler, s.steps) for _, s in todo if s not in ("nll", "cost")) * fwd
+    nll_passes = sum(1 for _, s in todo if s == "nll")
     return {"train": steps_left * cfg.batch * both, "sample": sample,
-            "nll": ev.nll_images * (ev.nll_strata or cfg.T) * fwd if "nll" in todo else 0}
+            "nll": nll_passes * ev.nll_images * (ev.nll_strata or cfg.T) * fwd}
 
 
 def measured_flops_per_s(cfg, device, steps: int = 3) -> float:

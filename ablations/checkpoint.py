@@ -3,7 +3,7 @@ Names come from ablations/layout.py."""
 import torch
 
 from ablations.io import atomic_write
-from ablations.layout import checkpoint_name, checkpoints
+from ablations.layout import checkpoint_name, checkpoint_step, checkpoints
 
 KEEP = 2  # checkpoints kept per run
 KEYS = ("step", "model", "ema", "opt", "lr_sched", "gen")
@@ -13,11 +13,19 @@ def save_torch(path, obj):
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def save_checkpoint(folder, step: int, state: dict):
-    """Write ckpt-<step>.pt, then delete all but the newest KEEP."""
+def save_checkpoint(folder, step: int, state: dict, keep=()):
+    """Write ckpt-<step>.pt, then delete all but the newest KEEP and those of the steps in `keep`
+    (the checkpoints a spec scores: `eval_at`)."""
     save_torch(folder / checkpoint_name(step), state)
     for old in checkpoints(folder)[:-KEEP]:
-        old.unlink()
+        if checkpoint_step(old) not in keep:
+            old.unlink()
+
+
+def load_step(folder, step: int, device) -> dict | None:
+    """The state of the checkpoint at `step`, or None when the run did not keep it."""
+    path = folder / checkpoint_name(step)
+    return torch.load(path, map_location=device, weights_only=False) if path.exists() else None
 
 
 def load_latest(folder, device, log=None):

@@ -52,9 +52,10 @@ def _invalid(spec, runs, runs_root) -> dict:
 
 
 def _migrate(runs_root):
-    from ablations.migrate import migrate, set_aside_stale_nll
+    from ablations.migrate import migrate, set_aside_stale_nll, share_across_steps
     if os.path.isdir(runs_root):
         migrate(runs_root, echo=click.echo)
+        share_across_steps(runs_root, echo=click.echo)
         set_aside_stale_nll(runs_root, echo=click.echo)
 
 

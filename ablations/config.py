@@ -55,12 +55,25 @@ class TrainConfig:
     seed: int = 0
 
     def run_id(self) -> str:
-        """A short stable hash of the resolved config: every field of ALWAYS_HASHED, and each later field
-        only where it differs from its default, so adding a field renames no existing run."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict's JSON, without its deep copy
-        values = {k: v for k, v in values.items() if k in ALWAYS_HASHED or v != TRAIN_FIELDS[k].default}
-        blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+        """A short stable hash of the resolved config: every field of ALWAYS_HASHED but the ones that
+        only say where training stops (UNTIL), and each later field only where it differs from its
+        default, so adding a field renames no run. Nothing in training depends on where it stops (the
+        LR warm-up ends at a fixed step, then the LR is constant; the EMA warm-up counts updates), so
+        a run trained to 2,800 steps is, for its first 700, the 700-step run: one run serves both."""
+        return _hash(self, ALWAYS_HASHED - UNTIL)
+
+    def legacy_run_id(self) -> str:
+        """The id before runs were shared across train_steps (train_steps and epochs hashed): the name
+        of run folders written before, which `ablations.migrate` moves to run_id()."""
+        return _hash(self, ALWAYS_HASHED)
+
+
+def _hash(cfg, always) -> str:
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg)}  # asdict's JSON, without its deep copy
+    values = {k: v for k, v in values.items()
+              if k in always or (k not in ALWAYS_HASHED and v != TRAIN_FIELDS[k].default)}
+    blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 # The fields of the run store as first committed (b90d786): always in the hash, as then. A field added
@@ -70,6 +83,7 @@ ALWAYS_HASHED = frozenset((
     "model_channels", "mults", "res_blocks", "attention", "heads", "dropout", "groups", "optimizer", "lr",
     "weight_decay", "warmup", "grad_clip", "ema_decay", "batch", "flip", "train_steps", "epochs",
     "checkpoint_every", "bf16", "compile", "channels_last", "seed"))
+UNTIL = frozenset(("train_steps", "epochs"))  # where training stops: not part of the run's identity
 
 
 @dataclass(frozen=True)
@@ -90,11 +104,23 @@ class EvalConfig:
     nll_strata: int = 16  # K: one timestep per stratum, per image; 0 = exact sum over all T
     grid_images: int = 64  # images in each sample-grid PNG
     solver_images: int = 0  # solver_rms over the first this many images of each deterministic setting; 0: none
+    eval_at: tuple = ()  # training steps whose checkpoints are scored (kept whatever the pruning); the last always is
+    last_only: tuple = ()  # settings scored at the last checkpoint only (`curve = false` in [[eval.setting]])
+
+
+def eval_steps(ev: EvalConfig, total: int) -> tuple:
+    """The checkpoints a spec scores, ascending: eval_at and the last training step."""
+    return tuple(sorted({*ev.eval_at, total}))
+
+
+def scored_at(ev: EvalConfig, total: int, step: int) -> tuple:
+    """The settings scored at checkpoint `step`: all at the last, those not last_only before it."""
+    return ev.settings if step == total else tuple(s for s in ev.settings if s not in ev.last_only)
 
 
 TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
-EVAL_FIELDS = {f.name: f for f in fields(EvalConfig) if f.name != "settings"}
-SETTING_KEYS = set(Setting._fields)
+EVAL_FIELDS = {f.name: f for f in fields(EvalConfig) if f.name not in ("settings", "last_only")}
+SETTING_KEYS = set(Setting._fields) | {"curve"}  # curve: scored at every checkpoint of eval_at (default), or last
 
 # Valid values, checked (with the key as the user wrote it) before anything runs: field -> (test, text).
 RANGES = {

@@ -96,19 +96,26 @@ def last_step(folder) -> int:
     return checkpoint_step(found[-1]) if found else 0
 
 
-def sample_grid_name(sampler: str, steps: int, eta: float, clip_x0: bool, spacing: str = "leading") -> str:
+def sample_grid_name(sampler: str, steps: int, eta: float, clip_x0: bool, spacing: str = "leading", *,
+                     train_step: int | None = None) -> str:
+    """The sample grid PNG of a setting at checkpoint `train_step` (None: the name before checkpoints were scored)."""
     spaced = "" if spacing in (None, "leading") or spacing != spacing else f"-{spacing}"
-    return f"samples-{sampler}-{int(steps)}-eta{float(eta):g}" + ("" if clip_x0 else "-noclip") + spaced + ".png"
+    at = "" if train_step is None else f"-step{int(train_step)}"
+    return (f"samples-{sampler}-{int(steps)}-eta{float(eta):g}" + ("" if clip_x0 else "-noclip") + spaced + at
+            + ".png")
 
 
 def samples_name(sampler: str, steps: int, eta: float, clip_x0: bool, spacing: str = "leading", *,
-                 sample_seed: int) -> str:
-    """The kept images of a sampler setting: image i is the same for any count, so one file serves every n."""
-    return sample_grid_name(sampler, steps, eta, clip_x0, spacing)[:-len(".png")] + f"-seed{int(sample_seed)}.npz"
+                 sample_seed: int, train_step: int | None = None) -> str:
+    """The kept images of a sampler setting at a checkpoint: image i is the same for any count, so one
+    file serves every n."""
+    return (sample_grid_name(sampler, steps, eta, clip_x0, spacing, train_step=train_step)[:-len(".png")]
+            + f"-seed{int(sample_seed)}.npz")
 
 
-def solver_reference_name(T: int, clip_x0: bool, *, sample_seed: int) -> str:
-    return f"solver-ref-ddim{int(T)}" + ("" if clip_x0 else "-noclip") + f"-seed{int(sample_seed)}.npz"
+def solver_reference_name(T: int, clip_x0: bool, *, sample_seed: int, train_step: int | None = None) -> str:
+    at = "" if train_step is None else f"-step{int(train_step)}"
+    return f"solver-ref-ddim{int(T)}" + ("" if clip_x0 else "-noclip") + f"-seed{int(sample_seed)}{at}.npz"
 
 
 def read_status(folder) -> dict:

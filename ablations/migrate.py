@@ -14,6 +14,7 @@ stratified ones written before the strata were geometric (`core.likelihood.strat
 NLL is computed again.
 """
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -128,3 +129,77 @@ def set_aside_stale_nll(root, echo=print) -> int:
                  f"migrated/{ROWS}; the NLL is computed again on the next run")
             count += 1
     return count
+
+
+SAMPLES = re.compile(r"(samples-.+?)(-seed\d+\.npz|\.png)")
+SOLVER_REF = re.compile(r"(solver-ref-ddim\d+(?:-noclip)?-seed\d+)(\.npz)")
+
+
+def share_across_steps(root, echo=print) -> int:
+    """Rename every run folder named by its config's legacy id (train_steps hashed:
+    `TrainConfig.legacy_run_id`) to its run id, which leaves train_steps out; returns how many moved.
+
+    In the folder first (so a kill midway is redone by the next call): rows.jsonl's run_id becomes the
+    new id, and eval rows without a train_step get the step of the run's last checkpoint (they scored
+    its final weights); config.json's run_id too; kept samples, sample grids and solver references get
+    that step in their names. When the new id's folder exists already (the same config trained to
+    another train_steps), the folder trained further keeps the id and the other goes to
+    `_migrated/steps/`. A folder a live process holds is left for a later call."""
+    from ablations.data import SIZES
+    from ablations.layout import last_step
+    root, moved = Path(root), 0
+    for folder in sorted(p for p in root.iterdir() if RUN_ID.fullmatch(p.name) and p.is_dir()):
+        record = read_json(folder / CONFIG)
+        try:
+            cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["train"].items()})
+        except (TypeError, KeyError, ValueError, AttributeError):
+            continue  # not a config: `ablate list` reports the folder
+        new = cfg.run_id()
+        if folder.name == new or folder.name != cfg.legacy_run_id():
+            continue
+        if (h := claim.read(folder)) and claim.alive(h):
+            echo(f"migrate: {folder.name} is held by {claim.describe(h)}; it moves to {new} on a later command")
+            continue
+        step = last_step(folder) or (cfg.epochs * (SIZES[cfg.dataset]["train"] // cfg.batch) if cfg.epochs
+                                     else cfg.train_steps)
+        _rename_inside(folder, new, step)
+        target = run_folder(root, new)
+        if target.exists():
+            keep, other = (folder, target) if last_step(folder) > last_step(target) else (target, folder)
+            aside = root / "_migrated" / "steps" / other.name
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            other.rename(aside)
+            if keep is folder:
+                folder.rename(target)
+            echo(f"migrate: {folder.name} and {new} are one run trained to different train_steps; the one trained "
+                 f"further is {new}, the other is kept in {aside}")
+        else:
+            folder.rename(target)
+            echo(f"migrate: {folder.name} -> {new} (run ids leave train_steps out; its eval rows scored step {step})")
+        moved += 1
+    return moved
+
+
+def _rename_inside(folder, new: str, step: int):
+    lines = []
+    path = folder / ROWS
+    for line in (path.read_text(errors="replace").splitlines(keepends=True) if path.exists() else []):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            r = None
+        if not isinstance(r, dict):
+            lines.append(line)
+            continue
+        r["run_id"] = new
+        if r.get("phase") == "eval" and r.get("train_step") is None:
+            r["train_step"] = step
+        lines.append(json.dumps(r) + "\n")
+    if path.exists():
+        write_text(path, "".join(lines))
+    record = read_json(folder / CONFIG)
+    write_json(folder / CONFIG, {**record, "run_id": new})
+    for p in folder.iterdir():
+        m = SAMPLES.fullmatch(p.name) or SOLVER_REF.fullmatch(p.name)
+        if m and not re.search(r"-step\d+$", m.group(1)):
+            p.rename(folder / f"{m.group(1)}-step{step}{m.group(2)}")

@@ -22,7 +22,7 @@ import torch
 from ablations import claim
 from ablations import data as datasets
 from ablations.evaluation import compiled, generate, nll, peak_memory_mb
-from ablations.config import TrainConfig
+from ablations.config import TrainConfig, eval_steps, scored_at
 from ablations.io import DiskFull, append_jsonl, atomic_write, read_json, write_json
 from ablations.layout import (
     CLAIM,
@@ -50,7 +50,7 @@ from ablations.layout import (
 from ablations.parallel import any_true, from_main, is_main, rank, world
 from ablations.schema import key, label, parse, problem, read_rows, row
 from ablations.spec import Run, Spec
-from ablations.training import NonFiniteLoss, total_steps, train
+from ablations.training import NonFiniteLoss, build_model, memory_format, total_steps, train
 from core.likelihood import STRATA_SPACING
 from core.samplers import nfe
 from core.schedules import make_schedule
@@ -69,36 +69,45 @@ def reference(dataset: str, split: str, n: int) -> str:
 
 
 def wanted(spec: Spec, run: Run) -> dict:
-    """{eval row key: setting or "nll"} of the rows this spec needs from this run. Per sampler setting
-    and extractor (fid_extractor, then extra_extractors): the FID/KID rows (keyed by `fid`) and the
-    precision/recall rows (keyed by `recall`); per deterministic setting, with solver_images > 0, the
-    `solver_rms` row; and the NLL rows. `_groups` names the row group each missing key stands for."""
+    """{row key: (train_step, setting or "nll")} of the rows this spec needs from this run, at every
+    checkpoint it scores (`config.eval_steps`; the settings of `config.scored_at` there). Per sampler
+    setting and extractor (fid_extractor, then extra_extractors): the FID/KID rows (keyed by `fid`) and
+    the precision/recall rows (keyed by `recall`); per deterministic setting, with solver_images > 0,
+    the `solver_rms` row; and the NLL rows. `_groups` names the row group each missing key stands for."""
     from ablations.evaluation import deterministic
     from ablations.fidelity import prc_count
     cfg, ev = run.config, spec.eval
     fid_ref = reference(cfg.dataset, ev.fid_reference, ev.fid_reference_n)
     k = prc_count(ev.fid_samples, ev.fid_reference_n or datasets.SIZES[cfg.dataset][ev.fid_reference])
     prc_ref = reference(cfg.dataset, ev.fid_reference, k)
+    total = run_steps(run)
     out = {}
-    for s in ev.settings:
-        cols = dict(phase="eval", **s._asdict(), sample_seed=ev.sample_seed)
-        for ext in (ev.fid_extractor, *ev.extra_extractors):
-            out[key(row(run.run_id, "fid", 0, **cols, n=ev.fid_samples, extractor=ext, reference=fid_ref))] = s
-            out[key(row(run.run_id, "recall", 0, **cols, n=k, extractor=ext, reference=prc_ref))] = s
-        if ev.solver_images and deterministic(s):
-            out[key(row(run.run_id, "solver_rms", 0, **cols, n=ev.solver_images,
-                        reference=solver_reference_label(cfg.T)))] = s
-    nll_key = key(row(run.run_id, "nll_bpd", 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
-                      reference=reference(cfg.dataset, "test", ev.nll_images), strata=ev.nll_strata or cfg.T,
-                      clip_x0=NLL_CLIP_X0, spacing=nll_spacing(ev.nll_strata, cfg.T)))
-    return {**out, nll_key: "nll"}
+    for at in eval_steps(ev, total):
+        for s in scored_at(ev, total, at):
+            cols = dict(phase="eval", **s._asdict(), sample_seed=ev.sample_seed, train_step=at)
+            for ext in (ev.fid_extractor, *ev.extra_extractors):
+                out[key(row(run.run_id, "fid", 0, **cols, n=ev.fid_samples, extractor=ext, reference=fid_ref))] = (at, s)
+                out[key(row(run.run_id, "recall", 0, **cols, n=k, extractor=ext, reference=prc_ref))] = (at, s)
+            if ev.solver_images and deterministic(s):
+                out[key(row(run.run_id, "solver_rms", 0, **cols, n=ev.solver_images,
+                            reference=solver_reference_label(cfg.T)))] = (at, s)
+        out[key(row(run.run_id, "nll_bpd", 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
+                    reference=reference(cfg.dataset, "test", ev.nll_images), strata=ev.nll_strata or cfg.T,
+                    clip_x0=NLL_CLIP_X0, spacing=nll_spacing(ev.nll_strata, cfg.T), train_step=at))] = (at, "nll")
+        out[key(row(run.run_id, "train_flops", 0, phase="train", train_step=at, n=cfg.batch))] = (at, "cost")
+    return out
+
+
+def run_steps(run: Run) -> int:
+    """The training steps the run's spec asks for (train_steps, or epochs of the training set)."""
+    return total_steps(run.config, datasets.SIZES[run.config.dataset]["train"])
 
 
 def missing(spec: Spec, run: Run, folder) -> list:
-    """The sampler settings (and "nll") whose rows this spec needs and the run does not have yet (a torn
-    append's rows do not count: `read_rows`)."""
+    """(train_step, setting or "nll" or "cost") of the rows this spec needs and the run does not have
+    yet, each once (a torn append's rows do not count: `read_rows`)."""
     have = _have(folder)
-    return [what for k, what in wanted(spec, run).items() if k not in have]
+    return list(dict.fromkeys(what for k, what in wanted(spec, run).items() if k not in have))
 
 
 def _have(folder) -> set:
@@ -159,6 +168,9 @@ def state(spec: Spec, run: Run, runs_root) -> dict:
         holder = claim.read(folder)
         if not pid_alive(st) and not (holder and claim.alive(holder)):
             st = {**st, "state": INTERRUPTED}
+    elif st["state"] == DONE and last_step(folder) < run_steps(run):  # trained for a shorter spec
+        st = {**st, "state": INTERRUPTED, "reason": f"trained {last_step(folder)} of the {run_steps(run)} steps "
+                                                    "this spec asks for; re-run to go on"}
     elif st["state"] == DONE and missing(spec, run, folder):
         st = {**st, "state": NEEDS_EVAL}
     return st
@@ -317,25 +329,30 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         images = _images(cfg.dataset, "train", data_root, download)
         if main:
             _tidy_rows(folder, last_step(folder), log)
-        if last_step(folder) < total_steps(cfg, len(images)):
+        total = total_steps(cfg, len(images))
+        if last_step(folder) < total:
             log(f"run {run.run_id} {run.axes} seed {cfg.seed}: training on {device} x{world()} tasks")
         else:
-            log(f"run {run.run_id}: trained; evaluating {len(missing(spec, run, folder))} missing row group(s)")
+            log(f"run {run.run_id}: trained; scoring {len(missing(spec, run, folder))} missing row group(s)")
+        model = {"ema": build_model(cfg).to(device, memory_format=memory_format(cfg)).requires_grad_(False)}
+        score = functools.partial(score_checkpoints, spec, run, folder, model, emit, log, device=device,
+                                  data_root=data_root, download=download, runs_root=runs_root,
+                                  should_stop=should_stop, progress=progress and main)
+        score(upto=last_step(folder))  # the checkpoints a stopped run reached but had not scored
         result = train(cfg, folder, images, device=device, progress=progress, stop_at=stop_at,
                        should_stop=should_stop, log=log, on_log=lambda step, loss: emit(
-                           [row(run.run_id, "train_loss", loss, phase="train", train_step=step, n=cfg.batch)]))
+                           [row(run.run_id, "train_loss", loss, phase="train", train_step=step, n=cfg.batch)]),
+                       keep=eval_steps(spec.eval, total), on_checkpoint=lambda step: score(upto=step))
         if result["step"] < result["total"]:
             status(folder, INTERRUPTED, step=result["step"], total=result["total"])
             log(f"interrupted at step {result['step']}/{result['total']} (checkpoint saved); re-run to resume")
             return INTERRUPTED
-        have = {r["metric"] for r in read_rows(folder / ROWS)[0] if r["phase"] == "train"}
-        if main and "train_wall_s" not in have and result["steps_timed"]:
-            emit([row(run.run_id, m, v, phase="train", train_step=result["step"], n=cfg.batch) for m, v in (
-                ("train_img_per_s", result["img_per_s"]), ("train_wall_s", result["wall_s"]),
-                ("peak_mem_mb", peak_memory_mb(device)),
-                *((("compile_s", result["compile_s"]),) if cfg.compile else ()))])
-        evaluate(spec, run, folder, result["ema"], emit, log, device=device, data_root=data_root,
-                 download=download, runs_root=runs_root, should_stop=should_stop, progress=progress and main)
+        score(upto=result["step"])
+        have = _have(folder)
+        peak = row(run.run_id, "peak_mem_mb", peak_memory_mb(device), phase="train", train_step=result["step"],
+                   n=cfg.batch)
+        if main and result["steps_timed"] and key(peak) not in have:
+            emit([peak])
         status(folder, DONE, step=result["step"], total=result["total"])
         log(f"run {run.run_id} done")
         return DONE
@@ -390,9 +407,52 @@ def _record(run_id, what, *writes):
             return
 
 
-def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, runs_root, should_stop=None,
-             progress=False):
-    """The rows this spec needs and the run lacks. Per sampler setting: its images, from the kept
+def score_checkpoints(spec, run, folder, model, emit, log, *, upto, device, data_root, download, runs_root,
+                      should_stop=None, progress=False) -> dict:
+    """Evaluate every checkpoint the spec scores, up to step `upto`, that lacks rows: oldest first, each
+    from the EMA weights its checkpoint file holds (so scoring while training goes on and after it ends
+    give the same rows). `model` is the U-Net the weights are loaded into, compiled once for every
+    checkpoint: {"forward": ...} caches its compiled forward between calls."""
+    from ablations.checkpoint import load_step
+    for at in eval_steps(spec.eval, run_steps(run)):
+        if at > upto:
+            break
+        have = from_main(_have(folder) if is_main() else None)  # task 0 reads; every task follows
+        if all(k in have for k, (step, _) in wanted(spec, run).items() if step == at):
+            continue
+        state = load_step(folder, at, device)
+        if state is None:
+            raise FileNotFoundError(
+                f"run {run.run_id}: the checkpoint of step {at} was not kept (the run trained to "
+                f"{last_step(folder)} under a spec whose eval_at did not name {at}), so its rows cannot be made "
+                f"without training again: move {folder} away, or drop {at} from eval_at")
+        model["ema"].load_state_dict(state["ema"])
+        if is_main() and not any(k in have for k, (step, w) in wanted(spec, run).items() if step == at and w == "cost"):
+            emit(cost_rows(run, state))
+        log(f"  scoring the checkpoint of step {at}")
+        evaluate(spec, run, folder, model, emit, log, at=at, have=have, device=device, data_root=data_root,
+                 download=download, runs_root=runs_root, should_stop=should_stop, progress=progress)
+    return model
+
+
+def cost_rows(run, state) -> list:
+    """What training cost to a checkpoint, from the checkpoint itself: images, FLOPs, wall seconds and
+    images/s (compile time excluded), and the compile seconds when compiled."""
+    from ablations.budget import per_image
+    cfg, at = run.config, state["step"]
+    images = at * cfg.batch
+    rate = state["steps_timed"] * cfg.batch / (state["wall_s"] - state.get("compile_s", 0.0)) \
+        if state["steps_timed"] else float("nan")
+    return [row(run.run_id, m, v, phase="train", train_step=at, n=cfg.batch) for m, v in (
+        ("train_images", images), ("train_wall_s", state["wall_s"]), ("train_img_per_s", rate),
+        *((("compile_s", state.get("compile_s", 0.0)),) if cfg.compile else ()),
+        ("train_flops", images * per_image(cfg)[1]))]  # train_flops last: its presence marks the group done
+
+
+def evaluate(spec, run, folder, model, emit, log, *, at, have, device, data_root, download, runs_root,
+             should_stop=None, progress=False):
+    """The rows this spec needs at checkpoint `at` and the run lacks (`have`, its row keys), scored with
+    model["ema"] (the checkpoint's EMA weights). Per sampler setting: its images, from the kept
     samples file when it holds enough (no sampling), else generated, kept (with a sample grid and
     throughput rows); then each missing group in one append: per extractor FID/KID, per extractor
     precision/recall, and solver_rms against the run's kept DDIM endpoints (computed once). Then the
@@ -401,20 +461,22 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
     from ablations.layout import samples_name, solver_reference_name
     cfg, ev = run.config, spec.eval
     schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
-    ema.eval()
-    have = _have(folder)  # every task reads it before any task writes
-    groups = _groups(spec, run, have)  # {setting: [(kind, extractor)]}
-    nll_missing = any(k not in have for k, what in wanted(spec, run).items() if what == "nll")
-    kept = {s: load_images(folder / samples_name(*s, sample_seed=ev.sample_seed), ev.fid_samples) for s in groups}
+    ema = model["ema"].eval()
+    groups = _groups(spec, run, have, at)  # {setting: [(kind, extractor)]}
+    nll_missing = any(k not in have for k, what in wanted(spec, run).items() if what == (at, "nll"))
+    kept = {s: load_images(folder / samples_name(*s, sample_seed=ev.sample_seed, train_step=at), ev.fid_samples)
+            for s in groups}
     to_sample = [s for s in groups if any_true(kept[s] is None, device)]  # every task agrees
     refs = {s.clip_x0 for s in groups if ("solver", None) in groups[s]}
-    ref_path = {c: folder / solver_reference_name(cfg.T, c, sample_seed=ev.sample_seed) for c in refs}
+    ref_path = {c: folder / solver_reference_name(cfg.T, c, sample_seed=ev.sample_seed, train_step=at) for c in refs}
     solver_refs = {c: load_images(ref_path[c], ev.solver_images) for c in refs}
     new_refs = [c for c in sorted(refs) if any_true(solver_refs[c] is None, device)]
     needs_model = to_sample or new_refs or nll_missing
-    forward, compile_s = compiled(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]), device) \
-        if needs_model else (ema, 0)
-    first = [("compile_s", compile_s, {})] if cfg.compile and needs_model else []  # with the first rows written
+    first = []
+    if needs_model and "forward" not in model:
+        model["forward"], compile_s = compiled(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]), device)
+        first = [("compile_s", compile_s, {})] if cfg.compile else []  # with the first rows written
+    forward = model.get("forward", ema)
     for c in new_refs:
         ref_setting = solver_reference(cfg.T, c)
         with _bar(ev.solver_images, f"solver reference {label(*ref_setting)}", progress) as bar:
@@ -426,7 +488,8 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
     for s, kinds in groups.items():
         if should_stop is not None and any_true(should_stop(), device):
             raise Interrupted
-        cols = dict(phase="eval", **s._asdict(), nfe=nfe(s.sampler, s.steps), sample_seed=ev.sample_seed)
+        cols = dict(phase="eval", **s._asdict(), nfe=nfe(s.sampler, s.steps), sample_seed=ev.sample_seed,
+                    train_step=at)
         images = kept[s]
         if s in to_sample:
             with _bar(ev.fid_samples, f"sampling {label(*s)}", progress) as bar:
@@ -439,9 +502,10 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
                 ("nfe_per_s", ev.fid_samples * cols["nfe"] / seconds), ("sample_wall_s", seconds),
                 ("peak_mem_mb", peak_memory_mb(device)))) if key(r) not in have])
             first = []
-            atomic_write(folder / sample_grid_name(*s), lambda tmp: _save_grid(tmp, images[:ev.grid_images]))
+            atomic_write(folder / sample_grid_name(*s, train_step=at),
+                         lambda tmp: _save_grid(tmp, images[:ev.grid_images]))
             # kept last: a kill before it samples the setting again (its throughput rows are not repeated)
-            atomic_write(folder / samples_name(*s, sample_seed=ev.sample_seed),
+            atomic_write(folder / samples_name(*s, sample_seed=ev.sample_seed, train_step=at),
                          functools.partial(write_images, images_uint8=images))
             log(f"  {label(*s)}: {ev.fid_samples} images kept, {ev.fid_samples / seconds:.1f} img/s")
         elif not is_main():
@@ -458,7 +522,7 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
                     batch=ev.sample_batch, clip_x0=NLL_CLIP_X0, progress=bar)
         cols = dict(phase="eval", n=len(test), sample_seed=ev.sample_seed, strata=r["strata"],
                     reference=reference(cfg.dataset, "test", len(test)), clip_x0=NLL_CLIP_X0,
-                    spacing=nll_spacing(ev.nll_strata, cfg.T))
+                    spacing=nll_spacing(ev.nll_strata, cfg.T), train_step=at)
         emit([row(run.run_id, m, v, **cols) for m, v, _ in (
             *first, ("nll_wall_s", r["seconds"], {}), ("nll_bpd", r["bpd"], {}))])
         log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")
@@ -467,14 +531,14 @@ def evaluate(spec, run, folder, ema, emit, log, *, device, data_root, download, 
 GROUP = {"fid": "fid", "recall": "prc", "solver_rms": "solver"}  # the metric keying a row group -> the group
 
 
-def _groups(spec, run, have: set) -> dict:
-    """{setting: [(group, extractor)]} of the row groups the spec needs and the run lacks (`have`: its
-    eval keys), in wanted's order; group is "fid" (fid, kid, kid_std, fid_wall_s), "prc" (precision,
-    recall) or "solver"."""
+def _groups(spec, run, have: set, at: int) -> dict:
+    """{setting: [(group, extractor)]} of the row groups the spec needs at checkpoint `at` and the run
+    lacks (`have`: its row keys), in wanted's order; group is "fid" (fid, kid, kid_std, fid_wall_s),
+    "prc" (precision, recall) or "solver"."""
     from ablations.schema import EVAL_KEY
     out = {}
-    for k, s in wanted(spec, run).items():
-        if s != "nll" and k not in have:
+    for k, (step, s) in wanted(spec, run).items():
+        if step == at and s not in ("nll", "cost") and k not in have:
             out.setdefault(s, []).append((GROUP[k[0]], k[EVAL_KEY.index("extractor")]))
     return out
 

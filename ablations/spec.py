@@ -21,7 +21,7 @@ import torch
 
 from ablations.config import EVAL_FIELDS, RANGES, SETTING_KEYS, TRAIN_FIELDS, EvalConfig, Setting, TrainConfig
 from ablations.data import DATASETS, SHAPES, SIZES
-from ablations.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model
+from ablations.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model, total_steps
 from core.diffusion import LEARNED, VARIANCES
 from core.losses import LOSSES
 from core.parameterizations import PREDICTIONS
@@ -335,16 +335,23 @@ def _eval(values, runs) -> EvalConfig:
         where = "fid_extractor" if ev.fid_extractor == "inception-v3-compat" else "extra_extractors"
         _check_inception(ev.inception_weights, lambda msg: err(
             "inception_weights" if "inception_weights" in values else where, msg))
+    for run in runs:
+        total = total_steps(run.config, SIZES[run.config.dataset]["train"])
+        if list(ev.eval_at) != sorted(set(ev.eval_at)) or any(not 1 <= s <= total for s in ev.eval_at):
+            raise err("eval_at", f"{list(ev.eval_at)} must be distinct training steps in ascending order within "
+                                 f"1..{total} (run {run.run_id} trains {total} steps); valid: e.g. "
+                                 f"[{max(1, total // 4)}, {max(1, total // 2)}, {total}]")
     if "setting" not in values:
         return ev
     tables, path, key = values["setting"]
-    settings = _settings(tables, key, _errors(path), ev, runs)
-    return replace(ev, settings=tuple(settings))
+    settings, last_only = _settings(tables, key, _errors(path), ev, runs)
+    return replace(ev, settings=tuple(settings), last_only=tuple(last_only))
 
 
-def _settings(tables, key, err, ev, runs) -> list[Setting]:
+def _settings(tables, key, err, ev, runs) -> tuple[list[Setting], list[Setting]]:
+    """(every setting, those with `curve = false`: scored at the last checkpoint only)."""
     _typed(tables, list, key, err)
-    settings = []
+    settings, last_only = [], []
     for i, s in enumerate(tables):
         where = f"{key}[{i}]"
         _typed(s, dict, where, err)
@@ -378,13 +385,16 @@ def _settings(tables, key, err, ev, runs) -> list[Setting]:
             raise err(f"{where}.spacing", f"spacing 'karras' needs alpha_bar[T-1] > 0, but run {zero_snr[0]} has a "
                                           "zero terminal SNR (its sigma_max is infinite); valid choices with it: "
                                           "'leading', 'trailing', 'linspace'")
-        settings += [Setting(name, st, eta, clip, sp) for st in lists["steps"] for eta in lists["eta"]
-                     for clip in lists["clip_x0"] for sp in lists["spacing"]]
+        these = [Setting(name, st, eta, clip, sp) for st in lists["steps"] for eta in lists["eta"]
+                 for clip in lists["clip_x0"] for sp in lists["spacing"]]
+        settings += these
+        if not _typed(s.get("curve", True), bool, f"{where}.curve", err):
+            last_only += these
     if len(set(settings)) != len(settings):
         raise err(key, f"duplicate sampler settings in {[tuple(s) for s in settings]}")
     if not settings:
         raise err(key, "no sampler settings; give at least one [[eval.setting]] table")
-    return settings
+    return settings, last_only
 
 
 def _check_inception(path, err):

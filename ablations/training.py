@@ -33,7 +33,7 @@ from torch import nn
 
 from ablations.checkpoint import load_latest, save_checkpoint
 from ablations.data import SHAPES, to_model
-from ablations.parallel import all_mean, any_true, is_main, rank, world
+from ablations.parallel import all_mean, any_true, barrier, is_main, rank, world
 from ablations.seeds import derive
 from core.diffusion import out_channels, q_sample
 from core.losses import loss_terms
@@ -144,7 +144,8 @@ def recompute_bn_stats(model, batches):
     model.train(was)
 
 
-def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=True, should_stop=None, log=None):
+def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=True, should_stop=None, log=None,
+          keep=(), on_checkpoint=None):
     """Train (or resume) the run in `run_dir` on uint8 `images` (N, C, H, W). Returns a dict with the
     model, its EMA, the steps done, and `wall_s` and `steps_timed`: training time and steps summed over
     every segment of a resumed run (kept in the checkpoint, so a killed segment's lost steps are not
@@ -152,7 +153,9 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
 
     `on_log(step, mean_loss)` is called every ~1% of training. `stop_at` ends the call after that step
     (tests use it to interrupt); `should_stop()` is polled each step and, when true, checkpoints and
-    returns early (the SLURM timeout/preemption path).
+    returns early (the SLURM timeout/preemption path). The checkpoints of the steps in `keep` are never
+    pruned; `on_checkpoint(step)` is called on every task after each of them is written (evaluation
+    while training goes on), and its time is not counted as training time.
     """
     device = torch.device(device)
     deterministic(device)
@@ -183,7 +186,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
             recompute_bn_stats(ema, stats_batches)
         if not is_main():
             return
-        save_checkpoint(run_dir, step, {
+        save_checkpoint(run_dir, step, keep=keep, state={
             "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
             "lr_sched": lr_sched.state_dict(), "gen": gen.get_state(), "loss_sum": loss_sum, "loss_n": loss_n,
             "wall_s": wall + time.perf_counter() - t0, "steps_timed": timed + step - start_step,
@@ -247,8 +250,13 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
             if on_log and is_main():
                 on_log(step, loss_sum / loss_n)
             loss_sum, loss_n = 0.0, 0
-        if step % cfg.checkpoint_every == 0 or step == total:
+        if step % cfg.checkpoint_every == 0 or step == total or step in keep:
             save()
+            if on_checkpoint is not None and step in keep:
+                paused = time.perf_counter()
+                barrier()  # task 0 has written the checkpoint every task reads
+                on_checkpoint(step)
+                t0 += time.perf_counter() - paused
         if bar is not None:
             rate = (step - start_step) * cfg.batch / (time.perf_counter() - t0)
             bar.update(1)

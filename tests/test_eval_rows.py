@@ -41,14 +41,14 @@ def test_a_new_metric_comes_from_the_kept_samples(tmp_path, monkeypatch):
     for sampler in ("ddim", "ddpm"):
         for m in ("fid", "kid", "kid_std", "precision", "recall"):
             assert (m, sampler, "fmnist-classifier") in by, (m, sampler)
-        kept = load_images(folder / samples_name(sampler, 5, 0.0, True, sample_seed=0), 32)
+        kept = load_images(folder / samples_name(sampler, 5, 0.0, True, sample_seed=0, train_step=4), 32)
         assert kept is not None and kept.shape == (32, 1, 28, 28)
     p = by[("precision", "ddim", "fmnist-classifier")]
     assert p["n"] == 32 and p["reference"] == "fashion_mnist:train:32" and 0 <= p["value"] <= 1
     solver = [r for r in rows if r["metric"] == "solver_rms"]
     assert [r["sampler"] for r in solver] == ["ddim"]  # the deterministic setting only, not DDPM
     assert solver[0]["n"] == 8 and solver[0]["reference"] == "ddim:100" and solver[0]["value"] > 0
-    assert (folder / solver_reference_name(100, True, sample_seed=0)).exists()
+    assert (folder / solver_reference_name(100, True, sample_seed=0, train_step=4)).exists()
 
     def no_sampling(*a, **k):
         raise AssertionError("sampled again")

@@ -59,7 +59,8 @@ def test_a_config_named_by_two_specs_is_trained_once_and_evaluated_per_spec(tmp_
     # the ETA counts the shared run's missing setting only, and the new run in full
     from ablations.budget import run_flops
     fresh = spec_b.runs[1]
-    left = [run_flops(shared.config, spec_b.eval, 0, [s for s in spec_b.eval.settings if s.steps == 8]),
+    last = shared.config.train_steps
+    left = [run_flops(shared.config, spec_b.eval, 0, [(last, s) for s in spec_b.eval.settings if s.steps == 8]),
             run_flops(fresh.config, spec_b.eval, fresh.config.train_steps)]
     assert f"{sum(sum(w.values()) for w in left) / 1e12:.3g} TFLOP" in out
     assert left[0]["train"] == left[0]["nll"] == 0 < left[0]["sample"]
