@@ -80,9 +80,10 @@ _REFERENCES = {}
 
 
 def _reference(spec, run, tmp_path):
-    """The same run trained locally without interruption, with the job's thread count (once per run id)."""
-    if run.run_id in _REFERENCES:
-        return _REFERENCES[run.run_id]
+    """The same run trained locally without interruption, with the job's thread count (once per run id and
+    train_steps: the id leaves train_steps out)."""
+    if (run.run_id, run.config.train_steps) in _REFERENCES:
+        return _REFERENCES[(run.run_id, run.config.train_steps)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -91,8 +92,8 @@ def _reference(spec, run, tmp_path):
         train(run.config, out, images, device="cpu", progress=False)
     finally:
         torch.set_num_threads(threads)
-    _REFERENCES[run.run_id] = _weights(out)
-    return _REFERENCES[run.run_id]
+    _REFERENCES[(run.run_id, run.config.train_steps)] = _weights(out)
+    return _REFERENCES[(run.run_id, run.config.train_steps)]
 
 
 def test_array_submission_failures_status_and_idempotent_resubmit(cluster, tmp_path):
@@ -197,6 +198,7 @@ def test_timeout_signal_checkpoints_requeues_and_resumes_bitwise_identical(clust
     # of training on this machine, so it needs one or two requeues on a fast or a slow machine alike.
     steps = max(300, int(1.6 * 50 * _steps_per_second(tmp_path)))
     path = _spec(tmp_path, "timeout", norms='["layer"]', steps=steps, every=1000)
+    path.write_text(path.read_text().replace("[eval]\n", f"[eval]\neval_at = [{steps // 3}, {2 * steps // 3}]\n"))
     spec, runs = load_spec(path), tmp_path / "runs"
     out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--time", "2",
                   "--signal-delay", "60", "--max-requeues", "6", "--runs-root", runs)
@@ -208,11 +210,15 @@ def test_timeout_signal_checkpoints_requeues_and_resumes_bitwise_identical(clust
     ref = _reference(spec, spec.runs[0], tmp_path)
     got = _weights(run_folder(runs, spec.runs[0].run_id))
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+    rows, _ = read_jsonl(run_folder(runs, spec.runs[0].run_id) / "rows.jsonl")
+    scored = [r["train_step"] for r in rows if r["metric"] in ("fid", "nll_bpd", "train_flops")]
+    assert sorted(scored) == sorted([steps // 3, 2 * steps // 3, steps] * 3), scored  # each checkpoint once
     print(f"timeout requeues: {states[0]['requeues']}")
 
 
 def test_two_task_gloo_run_trains_and_writes_rows(cluster, tmp_path):
-    path = _spec(tmp_path, "ddp", norms='["group"]', steps=4, every=2)
+    path = _spec(tmp_path, "ddp", norms='["group"]', steps=6, every=2)
+    path.write_text(path.read_text().replace("[eval]\n", "[eval]\neval_at = [2, 4]\n"))  # 3 checkpoints scored
     spec, runs = load_spec(path), tmp_path / "runs"
     out = _ablate("submit", path, "--partition", "debug", "--tasks-per-node", "2", "--cpus-per-task", "1",
                   "--runs-root", runs)
@@ -221,7 +227,7 @@ def test_two_task_gloo_run_trains_and_writes_rows(cluster, tmp_path):
     assert states[0]["state"] == "done", states
     rows, _ = read_jsonl(run_folder(runs, spec.runs[0].run_id) / "rows.jsonl")
     fids = [r for r in rows if r["metric"] == "fid"]
-    assert len(fids) == 1 and fids[0]["n"] == 32  # samples gathered from both tasks
+    assert sorted(r["train_step"] for r in fids) == [2, 4, 6] and all(r["n"] == 32 for r in fids)  # both tasks' samples
     assert "x2 tasks" in (run_folder(runs, spec.runs[0].run_id) / "log.txt").read_text()
 
 
