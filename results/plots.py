@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from ablations.layout import sample_grid_name  # noqa: E402
 from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS, label  # noqa: E402
@@ -299,11 +299,12 @@ def short(a: str, b: str) -> tuple[str, str]:
 CURVE_METRICS = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recall", "nll_bpd": "bits/dim"}
 
 
-def _log_images(ax):
+def _log_images(ax, images):
+    """A log x axis ticked at the checkpoints' image counts themselves (a curve spans about one decade)."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(images))))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.ticklabel_format(axis="x", style="plain")
 
 
 def curves(rows, axis, out_dir):
@@ -337,8 +338,10 @@ def curves(rows, axis, out_dir):
         hue = axis or "setting_steps"
         style = "setting_steps" if axis and m["setting_steps"].nunique() > 1 else None
         sns.lineplot(data=m, x="train_images", y="value", hue=hue, style=style, marker="o", errorbar=t_band, ax=ax,
-                     legend=ax is axs[0, -1])
-        _log_images(ax)
+                     legend=bool(style) or ax is axs[0, -1])  # a panel's own line styles need its own legend
+        if style and ax is not axs[0, -1]:
+            ax.legend(fontsize=6, loc="best")
+        _log_images(ax, m["train_images"])
         one = f" ({m['setting_steps'].iloc[0]})" if m["setting_steps"].nunique() == 1 and metric != "nll_bpd" else ""
         ax.set(xlabel="training images seen", ylabel=CURVE_METRICS[metric] + one)
         ax.tick_params(axis="x", labelsize=7, rotation=20)
@@ -376,7 +379,7 @@ def differences(found: list[dict], out_dir, name="differences"):
         for v in c:
             ax.annotate(v["verdict"], (v["train_images"], v["diff"]), textcoords="offset points", xytext=(0, 6),
                         ha="center", fontsize=6, color=VERDICT_COLOURS.get(v["verdict"], "tab:gray"))
-        _log_images(ax)
+        _log_images(ax, x)
         ab, shared = short(c[-1]["a"], c[-1]["b"])
         ax.set_title(f"{f.metric}: {ab}" + (f"\n({shared})" if shared else ""), fontsize=8, loc="left")
         ax.set(xlabel="training images seen", ylabel=f"a − b ({f.metric})")
