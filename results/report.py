@@ -153,7 +153,7 @@ def write_report(out_dir) -> Path:
     at_last = summary if len(steps) < 2 else summary[summary["train_step"].isna() | (summary["train_step"] == steps[-1])]
     parts += metric_tables(at_last, axis) + checkpoint_tables(summary, axis)
     curves = [v for v in verdicts.assess(verdicts.tables(out_dir.parent)) if v["folder"] == out_dir.name]
-    parts += verdicts.section(rows, spec_of(rows), verdicts.last(curves))  # Holm over the whole index
+    parts += verdicts.section(rows, spec_of(rows), verdicts.last(curves), curves)  # Holm over the whole index
     parts += verdicts.over_training(curves)
     figures = [f for f in FIGURES if (out_dir / f"{f}.png").exists()]
     if figures:

@@ -147,6 +147,10 @@ CHECKED = {
         "term and 63 in t = 1-9 (eps model: 1.7 and 1.3); t ≥ 10 add 3.9 (eps: 1.0).",
     ),
 }
+# The checked lines that quote a trajectory measured outside the suite: shown while a folder's rows hold one
+# checkpoint; where they hold the curve, `over_line` gives it from the rows instead.
+AD_HOC = tuple(line for lines in CHECKED.values() for line in lines
+               if line.startswith(("- **The answer is the model's training", "- **Training length turns it")))
 CHECKED_TITLE = "Where it does not reproduce: what was checked"
 CHECKED_ANCHOR = "where-it-does-not-reproduce-what-was-checked"  # GitHub's anchor of that heading
 NO_PAPER = {"norm": "No published table compares group, batch, layer and instance norm in a DDPM U-Net; "
@@ -495,8 +499,10 @@ def verdict_text(v: dict) -> str:
     return text
 
 
-def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None) -> list[str]:
-    """The report's verdict section (markdown lines); `found` is this folder's share of the index's family."""
+def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None,
+            curves: list[dict] | None = None) -> list[str]:
+    """The report's verdict section (markdown lines); `found` is this folder's share of the index's family
+    (its last checkpoint), `curves` its share at every checkpoint (assess's entries)."""
     lines = ["## Verdict", "", RULE, ""]
     lines += [NO_PAPER[spec], ""] if spec in NO_PAPER else []
     found = verdicts(rows, spec) if found is None else found
@@ -516,7 +522,10 @@ def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None) -> l
     lines += ["### Notes", "", *extra, ""] if extra else []
     off = [v for v in found if checked(v)]
     if off:
-        lines += [f"### {CHECKED_TITLE}", "", *map(per_seed, off), *consistency(rows, spec), *CHECKED.get(spec, ()), ""]
+        over = [c for c in trajectories(curves or []) if checked(c[-1])]
+        typed = [line for line in CHECKED.get(spec, ()) if not any(len(c) > 1 for c in over) or line not in AD_HOC]
+        lines += [f"### {CHECKED_TITLE}", "", *map(per_seed, off), *(over_line(c) for c in over if len(c) > 1),
+                  *consistency(rows, spec), *typed, ""]
     return lines
 
 
@@ -556,6 +565,14 @@ def checked(v: dict) -> bool:
     """Whether a verdict gets the "what was checked" section: a published finding that did not reproduce,
     on seeds enough for a test."""
     return v["verdict"] in ("disagrees", "inconclusive") and v["finding"].expect != "differs" and v["seeds"] > 1
+
+
+def over_line(curve: list[dict]) -> str:
+    """A finding's paired difference at each checkpoint, from the rows (markdown line)."""
+    v = curve[-1]
+    at = "; ".join(f"{pm(x['diff'], x['diff_ci'])} at {step_text(x['train_step'])} ({x['seeds']} seeds)" for x in curve)
+    return (f"- **{v['finding'].metric}: {v['a']} − {v['b']} over training** ({v['level']:.0%} CI): {at}. "
+            f"Verdict: {trajectory_text(curve)}; {settled_text(curve)}.")
 
 
 def per_seed(v: dict) -> str:

@@ -190,3 +190,21 @@ def test_one_checkpoint_draws_no_curve(tmp_path):
     report = (tmp_path / "prediction-cpu" / "report.md").read_text()
     assert "## Over training" not in report and "Verdicts over training" not in report
     assert "| one checkpoint (2,800 steps) | one checkpoint |" in (tmp_path / "README.md").read_text()
+
+
+def test_the_report_gives_the_trajectory_from_the_rows_not_typed():
+    """Where the rows hold the curve, what-was-checked gives a − b at each checkpoint from them and drops the
+    typed trajectory measured outside the suite; with one checkpoint the typed line stays."""
+    from results.verdicts import AD_HOC, section
+    typed = next(line for line in AD_HOC if line.startswith("- **Training length"))
+    rows = _pred(MIXED + [[4.0, -6.0, 1.0], [2.0, -3.0, 4.0]])  # inconclusive throughout
+    found = assess([("prediction-cpu", "prediction", rows)])
+    text = "\n".join(section(rows, "prediction", last(found), found))
+    assert "what was checked" in text and typed not in text
+    assert ("- **fid: prediction=eps, DDIM η=0 · 20 steps − prediction=x0, DDIM η=0 · 20 steps over training** "
+            "(95% CI): 0.3333 ± 13 at 350 (3 seeds); ") in text
+    half = 4.303 * (13 / 3) ** 0.5  # d = 2, -3, 4: mean 1, sd sqrt(13); the t table's 0.975 quantile at 2 dof
+    assert f"1 ± {half:.2g} at 2,800 (3 seeds). Verdict: inconclusive from 350; settled from 350 steps." in text
+    one = _pred([[4.0, -6.0, 1.0]], STEPS[-1:])
+    found = assess([("prediction-cpu", "prediction", one)])
+    assert typed in "\n".join(section(one, "prediction", last(found), found))
