@@ -10,12 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from ablations.layout import sample_grid_name  # noqa: E402
 from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS, label  # noqa: E402
 from results import verdicts  # noqa: E402
-from results.table import ci95  # noqa: E402
+from results.table import checkpointed, checkpoints, ci95, cost, final  # noqa: E402
 
 NOT_AXES = {*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS}
 
@@ -296,14 +296,110 @@ def short(a: str, b: str) -> tuple[str, str]:
         ", ".join(common)
 
 
+CURVE_METRICS = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recall", "nll_bpd": "bits/dim"}
+
+
+def _log_images(ax, images):
+    """A log x axis ticked at the checkpoints' image counts themselves (a curve spans about one decade)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(images))))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def curves(rows, axis, out_dir):
+    """Each metric of CURVE_METRICS against training images seen (log x), a panel per metric, a line per axis
+    value (per sampler setting without an axis; a line style per setting where an axis has several), each
+    with its seed band (t_band); for the settings scored at two checkpoints or more. Nothing for one."""
+    rows = checkpointed(rows)
+    if len(checkpoints(rows)) < 2:
+        return []
+    images = cost(rows)[["run_id", "train_step", "train_images"]]
+    d = rows[rows["metric"].isin(list(CURVE_METRICS)) & rows["value"].notna() & rows["train_step"].notna()]
+    d = d.merge(images, on=["run_id", "train_step"], how="left")
+    d = d[d["train_images"].notna()]
+    if d.empty:
+        return []
+    d = with_labels(d.assign(**{c: d[c] if c in d else None for c in ("sampler", "steps", "eta")}))
+    d.loc[d["metric"] == "nll_bpd", "setting_steps"] = "NLL bound"
+    panels = []
+    for metric in CURVE_METRICS:
+        m = first_extractor(d[d["metric"] == metric])
+        if "sample_seed" in m and m["sample_seed"].nunique() > 1:
+            m = m[m["sample_seed"] == m["sample_seed"].min()]
+        along = m.groupby("setting_steps")["train_step"].nunique()
+        m = m[m["setting_steps"].isin(along[along >= 2].index)]
+        if not m.empty:
+            panels.append((metric, m))
+    if not panels:
+        return []
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (metric, m) in zip(axs[0], panels):
+        hue = axis or "setting_steps"
+        style = "setting_steps" if axis and m["setting_steps"].nunique() > 1 else None
+        sns.lineplot(data=m, x="train_images", y="value", hue=hue, style=style, marker="o", errorbar=t_band, ax=ax,
+                     legend=bool(style) or ax is axs[0, -1])  # a panel's own line styles need its own legend
+        if style and ax is not axs[0, -1]:
+            ax.legend(fontsize=6, loc="best")
+        _log_images(ax, m["train_images"])
+        one = f" ({m['setting_steps'].iloc[0]})" if m["setting_steps"].nunique() == 1 and metric != "nll_bpd" else ""
+        ax.set(xlabel="training images seen", ylabel=CURVE_METRICS[metric] + one)
+        ax.tick_params(axis="x", labelsize=7, rotation=20)
+    if axs[0, -1].get_legend():
+        sns.move_legend(axs[0, -1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7)
+    fig.subplots_adjust(wspace=0.35)
+    return save_figure(fig, out_dir, "curves")
+
+
+def differences(found: list[dict], out_dir, name="differences"):
+    """Each finding's paired difference a − b against training images seen (log x), one panel per finding,
+    with its CI band (95%; 90% for parity) and zero marked; the parity margin shaded. For findings scored at
+    two checkpoints or more with training images known."""
+    shown = [c for c in verdicts.trajectories(found)
+             if len([v for v in c if v["seeds"] >= 1 and v["train_images"] == v["train_images"]]) >= 2]
+    if not shown:
+        return []
+    cols = min(3, len(shown))
+    rows_n = -(-len(shown) // cols)
+    fig, axs = plt.subplots(rows_n, cols, figsize=(4.4 * cols, 3.2 * rows_n), squeeze=False)
+    for ax in axs.flat[len(shown):]:
+        ax.set_visible(False)
+    for ax, c in zip(axs.flat, shown):
+        c = [v for v in c if v["seeds"] >= 1 and v["train_images"] == v["train_images"]]
+        x = [v["train_images"] for v in c]
+        y = [v["diff"] for v in c]
+        half = [v["diff_ci"] if v["diff_ci"] == v["diff_ci"] else 0.0 for v in c]
+        f = c[-1]["finding"]
+        ax.plot(x, y, "o-", color="tab:blue")
+        ax.fill_between(x, [a - h for a, h in zip(y, half)], [a + h for a, h in zip(y, half)], color="tab:blue",
+                        alpha=0.2, lw=0, label=f"{c[-1]['level']:.0%} CI over seeds")
+        if f.expect == "parity":
+            ax.axhspan(-f.margin, f.margin, color="tab:green", alpha=0.12, lw=0, label="parity margin")
+        ax.axhline(0, color="black", lw=0.8)
+        for v in c:
+            ax.annotate(v["verdict"], (v["train_images"], v["diff"]), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=6, color=VERDICT_COLOURS.get(v["verdict"], "tab:gray"))
+        _log_images(ax, x)
+        ab, shared = short(c[-1]["a"], c[-1]["b"])
+        ax.set_title(f"{f.metric}: {ab}" + (f"\n({shared})" if shared else ""), fontsize=8, loc="left")
+        ax.set(xlabel="training images seen", ylabel=f"a − b ({f.metric})")
+        ax.tick_params(labelsize=7)
+        ax.tick_params(axis="x", rotation=20)
+        ax.legend(fontsize=6, loc="best")
+    fig.subplots_adjust(hspace=0.7, wspace=0.35)
+    return save_figure(fig, out_dir, name)
+
+
 def plot_all(out_dir) -> list[Path]:
     """Every figure of one results folder; the forest plot's p-values are Holm-adjusted over the whole
-    index (every folder beside this one)."""
+    index (every folder beside this one). The one-checkpoint figures show the last checkpoint; `curves`
+    and `differences` exist where the rows hold two checkpoints or more."""
     out_dir = Path(out_dir)
-    rows = pd.read_csv(out_dir / "rows.csv")
+    rows = checkpointed(pd.read_csv(out_dir / "rows.csv"))
     axes = axes_of(rows)
     axis = axes[0] if axes else None
     sns.set_theme(style="whitegrid", context="paper")
     found = [v for v in verdicts.assess(verdicts.tables(out_dir.parent)) if v["folder"] == out_dir.name]
-    return [*(p for fn in (fid_vs_steps, bars, loss_curves, throughput, sample_grids) for p in fn(rows, axis, out_dir)),
-            *forest(found, out_dir)]
+    at_last = final(rows)
+    return [*(p for fn in (fid_vs_steps, bars, loss_curves, throughput, sample_grids) for p in fn(at_last, axis, out_dir)),
+            *forest(verdicts.last(found), out_dir), *curves(rows, axis, out_dir), *differences(found, out_dir)]

@@ -5,7 +5,7 @@ import pandas as pd
 
 from results import verdicts
 from results.plots import axes_of, with_labels
-from results.table import spec_of
+from results.table import checkpointed, checkpoints, spec_of
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -60,6 +60,7 @@ def protocol(rows: pd.DataFrame) -> list[str]:
         f"{vals(nll, 'strata')}, in {layout} strata; x0 clipped in the bound: {vals(nll, 'clip_x0')}",
         *([EQUAL_STRATA] if layout == "equal" else []),
         *kid_note(rows),
+        f"- checkpoints scored (training step): {', '.join(f'{int(s):,}' for s in checkpoints(rows) if s == s) or '-'}",
         f"- seeds: {vals(rows, 'seed')}; runs: {rows['run_id'].nunique()}",
         f"- device: {vals(rows, 'device')}; torch: {vals(rows, 'torch')}; host: {vals(rows, 'host')}",
         f"- commit: {vals(rows, 'commit')}",
@@ -87,7 +88,8 @@ TABLES = (("FID by sampler setting", "fid", True), ("KID by sampler setting", "k
            True),
           ("Bits/dim", "nll_bpd", False), ("Training images/s", "train_img_per_s", False),
           ("Sampling images/s", "sample_img_per_s", True))
-FIGURES = ("fid_vs_steps", "bars", "forest", "loss", "throughput", "samples")
+FIGURES = ("fid_vs_steps", "bars", "forest", "curves", "differences", "loss", "throughput", "samples")
+CURVES = (("FID", "fid"), ("KID", "kid"), ("Precision", "precision"), ("Recall", "recall"), ("Bits/dim", "nll_bpd"))
 
 
 def metric_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
@@ -103,9 +105,39 @@ def metric_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
     return parts
 
 
+def checkpoint_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
+    """Each metric of CURVES at every checkpoint (a column per training step), for the cells scored at two
+    checkpoints or more; nothing when the table holds one checkpoint."""
+    eval_ = summary[summary["phase"] == "eval"]
+    if "train_step" not in eval_ or eval_["train_step"].nunique() < 2:
+        return []
+    parts = ["## Over training", "",
+             "Mean ± 95% CI over seeds at each checkpoint (columns: the training step of the EMA weights scored); "
+             "the tables above are the last checkpoint's.", ""]
+    for title, metric in CURVES:
+        d = eval_[eval_["metric"] == metric]
+        if "extractor" in d and d["extractor"].nunique() > 1:
+            d = d[d["extractor"] == d["extractor"].dropna().iloc[0]]
+        if "sample_seed" in d and d["sample_seed"].nunique() > 1:
+            d = d[d["sample_seed"] == d["sample_seed"].min()]
+        index = [axis] if axis else []
+        if metric != "nll_bpd":
+            d = with_labels(d).rename(columns={"setting_steps": "sampler setting"})
+            index.append("sampler setting")
+        index = index or ["ablation"]
+        d = d.assign(cell=[_cell(m, c, n) for m, c, n in zip(d["mean"], d["ci95"], d["seeds"])])
+        table = d.pivot_table(index=index, columns="train_step", values="cell", aggfunc="first")
+        table = table[table.notna().sum(axis=1) >= 2]
+        if table.empty:
+            continue
+        table.columns = [f"{int(c):,}" for c in table.columns]
+        parts += [f"### {title} by checkpoint", "", markdown(table.fillna("-").reset_index()), ""]
+    return parts
+
+
 def write_report(out_dir) -> Path:
     out_dir = Path(out_dir)
-    rows, summary = pd.read_csv(out_dir / "rows.csv"), pd.read_csv(out_dir / "summary.csv")
+    rows, summary = checkpointed(pd.read_csv(out_dir / "rows.csv")), pd.read_csv(out_dir / "summary.csv")
     axes = axes_of(rows)
     axis = axes[0] if axes else None
     name = rows["ablation"].iloc[0]
@@ -117,9 +149,12 @@ def write_report(out_dir) -> Path:
              *protocol(rows), "", "## Runs", "",
              markdown(runs[["run_id", *([axis] if axis else []), "seed", "status", "reason"]]
                       .astype(object).fillna("")), ""]
-    parts += metric_tables(summary, axis)
-    family = verdicts.assess(verdicts.tables(out_dir.parent))  # Holm over the whole index
-    parts += verdicts.section(rows, spec_of(rows), [v for v in family if v["folder"] == out_dir.name])
+    steps = checkpoints(rows)
+    at_last = summary if len(steps) < 2 else summary[summary["train_step"].isna() | (summary["train_step"] == steps[-1])]
+    parts += metric_tables(at_last, axis) + checkpoint_tables(summary, axis)
+    curves = [v for v in verdicts.assess(verdicts.tables(out_dir.parent)) if v["folder"] == out_dir.name]
+    parts += verdicts.section(rows, spec_of(rows), verdicts.last(curves), curves)  # Holm over the whole index
+    parts += verdicts.over_training(curves)
     figures = [f for f in FIGURES if (out_dir / f"{f}.png").exists()]
     if figures:
         parts += ["## Figures", ""] + [f"![{f}]({f}.png)" for f in figures] + [""]

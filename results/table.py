@@ -4,7 +4,11 @@ This package reads files only: it never imports torch or model code. `ablate col
 run as plain values (its folder, the spec, scale, seed and axis values), and the columns come from
 ablations/schema.py. rows.csv has one row per run x number, with every run's status and failure
 reason; failed runs are never dropped. summary.csv has the mean, std, 95% CI half-width (Student's
-t) and n over seeds for each cell, a cell being every column that distinguishes a number.
+t) and n over seeds for each cell, a cell being every column that distinguishes a number, the checkpoint
+(`train_step`) included: a run scored at several checkpoints has a cell per checkpoint.
+
+An eval row written before checkpoints were scored has an empty train_step; `checkpointed` reads it as the
+run's last checkpoint (its last training step), so such a folder is a table of one checkpoint.
 """
 import math
 import shutil
@@ -81,13 +85,80 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
 
 def cell_columns(axes: list[str]) -> list[str]:
     """The columns that distinguish a number: everything but the seed, the run and provenance."""
-    return ["ablation", "scale", *axes, "metric", "phase", *SETTING, "nfe", *PROTOCOL]
+    return ["ablation", "scale", *axes, "metric", "phase", "train_step", *SETTING, "nfe", *PROTOCOL]
 
 
 def summarize(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """Mean, std, 95% CI and `seeds` (how many values: one per training seed) per cell (cell_columns)."""
+    table = checkpointed(table)
     done = table[(table["metric"] != "train_loss") & (table["metric"] != "status") & table["value"].notna()]
     g = done.groupby(cell_columns(axes), dropna=False)["value"]
     out = g.agg(mean="mean", std="std", seeds="count").reset_index()
     out["ci95"] = [ci95(s, n) for s, n in zip(out["std"], out["seeds"])]
     return out
+
+
+def checkpointed(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows with every eval row's empty train_step read as its run's last training step: such rows
+    predate checkpoint scoring and scored the run's final EMA weights. Rows without a train_step column,
+    or a run without train rows, keep theirs empty (one checkpoint, the last)."""
+    if not {"train_step", "phase", "run_id"} <= set(rows.columns):
+        return rows
+    last = rows[rows["phase"] == "train"].groupby("run_id")["train_step"].max()
+    empty = (rows["phase"] == "eval") & rows["train_step"].isna()
+    if not empty.any() or last.empty:
+        return rows
+    return rows.assign(train_step=rows["train_step"].where(~empty, rows["run_id"].map(last)))
+
+
+def checkpoints(rows: pd.DataFrame) -> list[float]:
+    """The training steps the table's eval rows scored, ascending (`checkpointed` rows); [nan] when they
+    name none (one checkpoint, the last), [] when there are no eval rows."""
+    if "train_step" not in rows:
+        return [math.nan] if len(rows) else []
+    steps = rows.loc[rows["phase"] == "eval", "train_step"] if "phase" in rows else rows["train_step"]
+    if steps.empty:
+        return []
+    found = sorted(steps.dropna().unique())
+    return found + ([math.nan] if steps.isna().any() and not found else [])
+
+
+def at_step(rows: pd.DataFrame, step: float) -> pd.DataFrame:
+    """The rows measured at checkpoint `step` (nan: the rows that name none)."""
+    if "train_step" not in rows:
+        return rows
+    return rows[rows["train_step"].isna()] if step != step else rows[rows["train_step"] == step]
+
+
+def final(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows at the table's last checkpoint, with the training loss curve and rows that name no step:
+    what every one-checkpoint figure and table shows."""
+    rows = checkpointed(rows)
+    steps = checkpoints(rows)
+    if len(steps) < 2:
+        return rows
+    return rows[(rows["metric"] == "train_loss") | rows["train_step"].isna() | (rows["train_step"] == steps[-1])]
+
+
+COST = ("train_images", "train_flops", "train_wall_s")
+
+
+def cost(rows: pd.DataFrame) -> pd.DataFrame:
+    """Training cost to each checkpoint of each run: run_id, train_step, train_images, train_flops and
+    train_wall_s, from the train rows at that step. Rows from before train_images existed give images as
+    train_step x batch (a train row's n); FLOPs and wall time they lack stay empty (NaN)."""
+    rows = checkpointed(rows)
+    out = pd.DataFrame(columns=["run_id", "train_step", *COST])
+    if not {"train_step", "phase", "run_id", "n"} <= set(rows.columns):
+        return out
+    scored = rows[(rows["phase"] == "eval") & rows["train_step"].notna()][["run_id", "train_step"]]
+    scored = scored.drop_duplicates().sort_values(["run_id", "train_step"], ignore_index=True)
+    if scored.empty:
+        return out
+    train = rows[rows["phase"] == "train"]
+    at = train[train["metric"].isin(COST)].pivot_table(index=["run_id", "train_step"], columns="metric",
+                                                        values="value", aggfunc="first")
+    got = scored.join(at, on=["run_id", "train_step"]).reindex(columns=list(out.columns))
+    batch = train.groupby("run_id")["n"].first()
+    guess = got["train_step"] * got["run_id"].map(batch)
+    return got.assign(train_images=got["train_images"].astype(float).fillna(guess.astype(float)))

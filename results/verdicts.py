@@ -15,6 +15,11 @@ when its adjusted p is below alpha. A question's comparisons without a published
 question's) are exploratory: a family of their own, so that they cost the published findings no power. It disagrees when its reverse (a > b; |d| > margin) passes the same
 correction over the family of reverses; otherwise it is inconclusive. A finding whose cells hold another
 finding's numbers (DDIM eta=1 is DDPM bit for bit) counts once; one seed has no test: "n/a (1 seed)".
+
+Runs scored at several checkpoints (eval rows' train_step) get a verdict at each, corrected within the
+checkpoint's family (the findings scored at that train_step; every question's last checkpoint together is
+the verdicts' family). A finding is settled from the first checkpoint after which its verdict no longer
+changes, unsettled when its last two checkpoints differ (`settled`).
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +28,7 @@ import pandas as pd
 
 from ablations.schema import label
 from results import stats
-from results.table import ci95, spec_of
+from results.table import at_step, checkpointed, checkpoints, ci95, cost, final, spec_of
 
 ALPHA = 0.05
 RULE = ("Verdicts test paired per-seed differences d = a − b (Student's t over seeds). A finding 'a lower "
@@ -35,7 +40,13 @@ RULE = ("Verdicts test paired per-seed differences d = a − b (Student's t over
         "when its adjusted "
         "p < 0.05, **disagrees** when its reverse (a > b; |d| > margin) passes the same correction over the "
         "reverses, and is **inconclusive** otherwise. A finding on the same numbers as another (DDIM η=1 is DDPM "
-        "bit for bit) counts once; with one seed there is no test: **n/a (1 seed)**.")
+        "bit for bit) counts once; with one seed there is no test: **n/a (1 seed)**. Where runs are scored at several "
+        "checkpoints, each checkpoint is decided the same way, with a Holm family per checkpoint: the same "
+        "findings at that train_step. Every question's last checkpoint belongs to one family, the verdicts' (the "
+        "family above, whatever each question's training length), so the verdict the index reports is corrected "
+        "as if each run were scored once, and the earlier checkpoints, which ask how far training must go rather "
+        "than which choice wins, cost it no power. A finding is **settled** from the first checkpoint after which "
+        "its verdict no longer changes, and **unsettled** when its last two checkpoints differ.")
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,10 @@ CHECKED = {
         "term and 63 in t = 1-9 (eps model: 1.7 and 1.3); t ≥ 10 add 3.9 (eps: 1.0).",
     ),
 }
+# The checked lines that quote a trajectory measured outside the suite: shown while a folder's rows hold one
+# checkpoint; where they hold the curve, `over_line` gives it from the rows instead.
+AD_HOC = tuple(line for lines in CHECKED.values() for line in lines
+               if line.startswith(("- **The answer is the model's training", "- **Training length turns it")))
 CHECKED_TITLE = "Where it does not reproduce: what was checked"
 CHECKED_ANCHOR = "where-it-does-not-reproduce-what-was-checked"  # GitHub's anchor of that heading
 NO_PAPER = {"norm": "No published table compares group, batch, layer and instance norm in a DDPM U-Net; "
@@ -245,10 +260,25 @@ def decide(v: dict) -> str:
 
 
 def assess(tables: list[tuple[str, str, pd.DataFrame]]) -> list[dict]:
-    """Every finding of every table (folder, spec, rows), with raw and Holm-adjusted p-values over the
-    family of all distinct findings with two seeds or more (`family` is its size) and its verdict."""
-    found = [v for folder, spec, rows in tables for f in FINDINGS if f.spec == spec
-             if (v := measure(rows, f, folder)) is not None]
+    """Every finding of every table (folder, spec, rows) at each checkpoint the rows scored, with raw and
+    Holm-adjusted p-values over its family (`family` is its size, `checkpoint` its name) and its verdict.
+    Each entry has `train_step`, `last` (the folder's last checkpoint: the verdict) and `train_images`
+    (mean over the runs, NaN where unknown). Holm's family is one checkpoint: the distinct findings with
+    two seeds or more that the index scores at the same train_step; every question's last checkpoint
+    together is one (the verdicts' family, whatever each question's training length)."""
+    found = []
+    for folder, spec, rows in tables:
+        rows = checkpointed(rows)
+        steps = checkpoints(rows)
+        images = cost(rows).groupby("train_step")["train_images"].mean()
+        for i, step in enumerate(steps):
+            at, last = at_step(rows, step), i == len(steps) - 1
+            for f in FINDINGS:
+                v = measure(at, f, folder) if f.spec == spec else None
+                if v is not None and (last or v["seeds"]):  # a cell scored only at the end: no earlier verdict
+                    v.update(train_step=step, last=last, train_images=images.get(step, NAN),
+                             checkpoint="last" if last else step, key=("last" if last else step, *v["key"]))
+                    found.append(v)
     first = {}
     for v in found:
         if v["seeds"] >= 2:
@@ -256,8 +286,8 @@ def assess(tables: list[tuple[str, str, pd.DataFrame]]) -> list[dict]:
             v["same_as"] = None if original is v else original
     tested = [v for v in found if v["seeds"] >= 2 and v["same_as"] is None]
     size = {}
-    for name in dict.fromkeys(family_of(v["finding"]) for v in tested):
-        members = [v for v in tested if family_of(v["finding"]) == name]
+    for name in dict.fromkeys(_family(v) for v in tested):
+        members = [v for v in tested if _family(v) == name]
         size[name] = len(members)
         for v, p in zip(members, stats.holm([v["p"] for v in members])):
             v["p_holm"] = p
@@ -267,8 +297,71 @@ def assess(tables: list[tuple[str, str, pd.DataFrame]]) -> list[dict]:
     for v in found:
         if v["same_as"] is not None:
             v.update(p_holm=v["same_as"]["p_holm"], p_reverse_holm=v["same_as"]["p_reverse_holm"])
-        v.update(family=size.get(family_of(v["finding"]), 0), verdict=decide(v))
+        v.update(family=size.get(_family(v), 0), verdict=decide(v))
     return found
+
+
+def _family(v: dict) -> tuple:
+    return family_of(v["finding"]), v["checkpoint"]
+
+
+def last(found: list[dict]) -> list[dict]:
+    """The verdicts: each finding at its folder's last checkpoint."""
+    return [v for v in found if v["last"]]
+
+
+def trajectories(found: list[dict]) -> list[list[dict]]:
+    """Each finding's entries over its checkpoints (ascending), one list per finding, in `last` order."""
+    by = {}
+    for v in found:
+        by.setdefault((v["folder"], id(v["finding"])), []).append(v)
+    return [sorted(by[(v["folder"], id(v["finding"]))], key=lambda x: x["train_step"]) for v in last(found)]
+
+
+def settled(curve: list[dict]) -> tuple[str, float]:
+    """("one checkpoint", its step); ("unsettled", nan) when the last two checkpoints' verdicts differ; else
+    ("settled", the first checkpoint after which the verdict no longer changes)."""
+    said = [v["verdict"] for v in curve]
+    if len(said) == 1:
+        return "one checkpoint", curve[0]["train_step"]
+    if said[-1] != said[-2]:
+        return "unsettled", NAN
+    k = len(said) - 1
+    while k > 0 and said[k - 1] == said[-1]:
+        k -= 1
+    return "settled", curve[k]["train_step"]
+
+
+def step_text(step) -> str:
+    return "-" if step != step else f"{int(step):,}"
+
+
+def trajectory_text(curve: list[dict]) -> str:
+    """The verdicts over training in words, e.g. "inconclusive at 350-700, agrees from 1,400"; the final
+    run of one verdict reads "from" when the finding is settled."""
+    state, _ = settled(curve)
+    if state == "one checkpoint":
+        step = curve[0]["train_step"]
+        return "one checkpoint" + (f" ({step_text(step)} steps)" if step == step else "")
+    runs = []
+    for v in curve:
+        if runs and runs[-1][0] == v["verdict"]:
+            runs[-1][2] = v["train_step"]
+        else:
+            runs.append([v["verdict"], v["train_step"], v["train_step"]])
+    words = []
+    for i, (said, lo, hi) in enumerate(runs):
+        if i == len(runs) - 1 and state == "settled":
+            words.append(f"{said} from {step_text(lo)}")
+        else:
+            words.append(f"{said} at {step_text(lo)}" + (f"-{step_text(hi)}" if hi != lo else ""))
+    return ", ".join(words)
+
+
+def settled_text(curve: list[dict]) -> str:
+    state, step = settled(curve)
+    return (f"settled from {step_text(step)} steps" if state == "settled" else
+            "unsettled: the last two checkpoints differ" if state == "unsettled" else "one checkpoint")
 
 
 def family_of(f: Finding) -> str:
@@ -288,7 +381,7 @@ def verdicts(rows: pd.DataFrame, spec: str, folder: str = "", family: list[dict]
     which holds this folder's) or, without one, over these findings alone."""
     if family is None:
         family = assess([(folder, spec, rows)])
-    return [v for v in family if v["folder"] == folder]
+    return [v for v in last(family) if v["folder"] == folder]
 
 
 def consistency(rows: pd.DataFrame, spec: str) -> list[str]:
@@ -406,11 +499,14 @@ def verdict_text(v: dict) -> str:
     return text
 
 
-def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None) -> list[str]:
-    """The report's verdict section (markdown lines); `found` is this folder's share of the index's family."""
+def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None,
+            curves: list[dict] | None = None) -> list[str]:
+    """The report's verdict section (markdown lines); `found` is this folder's share of the index's family
+    (its last checkpoint), `curves` its share at every checkpoint (assess's entries)."""
     lines = ["## Verdict", "", RULE, ""]
     lines += [NO_PAPER[spec], ""] if spec in NO_PAPER else []
     found = verdicts(rows, spec) if found is None else found
+    rows = final(rows)  # the notes and checks read the last checkpoint, as the verdicts do
     if not found:
         return lines + ([] if spec in NO_PAPER else ["No published finding is compared by this spec's cells.", ""])
     lines += [*family_lines(found), "",
@@ -426,8 +522,32 @@ def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None) -> l
     lines += ["### Notes", "", *extra, ""] if extra else []
     off = [v for v in found if checked(v)]
     if off:
-        lines += [f"### {CHECKED_TITLE}", "", *map(per_seed, off), *consistency(rows, spec), *CHECKED.get(spec, ()), ""]
+        over = [c for c in trajectories(curves or []) if checked(c[-1])]
+        typed = [line for line in CHECKED.get(spec, ()) if not any(len(c) > 1 for c in over) or line not in AD_HOC]
+        lines += [f"### {CHECKED_TITLE}", "", *map(per_seed, off), *(over_line(c) for c in over if len(c) > 1),
+                  *consistency(rows, spec), *typed, ""]
     return lines
+
+
+def over_training(found: list[dict]) -> list[str]:
+    """The report's verdicts at every checkpoint (markdown lines), from one folder's share of `assess`: a
+    row per finding, a column per checkpoint with a − b, its CI and the verdict; nothing for one checkpoint."""
+    curves = trajectories(found)
+    steps = sorted({v["train_step"] for c in curves for v in c if v["train_step"] == v["train_step"]})
+    if len(steps) < 2:
+        return []
+    lines = ["### Verdicts over training", "",
+             "Each finding at every checkpoint scored (columns: training step): a − b with its CI, the verdict and "
+             "the Holm-adjusted p within the checkpoint's family.", "",
+             "| metric | a | b | " + " | ".join(step_text(s) for s in steps) + " | over training | settled |",
+             "|---|---|---|" + "---|" * len(steps) + "---|---|"]
+    for c in curves:
+        at = {v["train_step"]: v for v in c}
+        cells = [f"{diff_text(at[s])}: {at[s]['verdict']} (p {p_text(at[s]['p_holm'])})" if s in at else "-"
+                 for s in steps]
+        lines.append(f"| {c[-1]['finding'].metric} | {c[-1]['a']} | {c[-1]['b']} | " + " | ".join(cells) +
+                     f" | {trajectory_text(c)} | {settled_text(c)} |")
+    return lines + [""]
 
 
 def family_lines(found: list[dict]) -> list[str]:
@@ -445,6 +565,14 @@ def checked(v: dict) -> bool:
     """Whether a verdict gets the "what was checked" section: a published finding that did not reproduce,
     on seeds enough for a test."""
     return v["verdict"] in ("disagrees", "inconclusive") and v["finding"].expect != "differs" and v["seeds"] > 1
+
+
+def over_line(curve: list[dict]) -> str:
+    """A finding's paired difference at each checkpoint, from the rows (markdown line)."""
+    v = curve[-1]
+    at = "; ".join(f"{pm(x['diff'], x['diff_ci'])} at {step_text(x['train_step'])} ({x['seeds']} seeds)" for x in curve)
+    return (f"- **{v['finding'].metric}: {v['a']} − {v['b']} over training** ({v['level']:.0%} CI): {at}. "
+            f"Verdict: {trajectory_text(curve)}; {settled_text(curve)}.")
 
 
 def per_seed(v: dict) -> str:

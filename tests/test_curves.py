@@ -1,0 +1,210 @@
+"""Curves over training on hand-made rows: a summary cell per checkpoint, verdicts per checkpoint with a Holm
+family per train_step, the settled rule, the cost to each checkpoint, and old rows read as one checkpoint."""
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
+from results import stats
+from results.table import checkpointed, checkpoints, cost, summarize
+from results.verdicts import assess, last, settled, settled_text, trajectories, trajectory_text
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = [350, 700, 1400, 2800]
+BATCH = 32
+DDIM20 = {"sampler": "ddim", "steps": 20, "eta": 0.0, "clip_x0": True, "spacing": "leading"}
+COLUMNS = list(dict.fromkeys([*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS, "prediction", "schedule"]))
+
+
+def _runs(spec, axis, a, b, diffs, steps, metric="fid", base=200.0, setting=DDIM20):
+    """Rows of a spec with cells axis=a and axis=b over seeds: at checkpoint steps[k], a − b on seed i is
+    diffs[k][i] (b reads base + 10 i - step / 100). Train rows at every checkpoint carry the cost: images,
+    FLOPs (1e9 a step) and wall seconds (0.5 a step, 0.6 for a)."""
+    rows = []
+    for value in (a, b):
+        for seed in range(len(diffs[0])):
+            run = {"run_id": f"{spec}-{value}-{seed}", "ablation": f"{spec}-cpu", "scale": "cpu", "seed": seed,
+                   axis: value, "status": "done"}
+            for k, step in enumerate(steps):
+                v = base + 10 * seed - step / 100 + (diffs[k][seed] if value == a else 0.0)
+                cell = setting if metric != "nll_bpd" else {}
+                rows.append({**run, **cell, "metric": metric, "phase": "eval", "train_step": step, "n": 1000,
+                             "sample_seed": 0, "value": v})
+                slow = 0.6 if value == a else 0.5
+                rows += [{**run, "metric": m, "phase": "train", "train_step": step, "n": BATCH, "value": x}
+                         for m, x in (("train_images", step * BATCH), ("train_flops", 1e9 * step),
+                                      ("train_wall_s", slow * step), ("train_img_per_s", BATCH / slow))]
+                rows.append({**run, "metric": "train_loss", "phase": "train", "train_step": step, "n": BATCH,
+                             "value": 1.0 / step})
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+def _pred(diffs, steps=STEPS):
+    return _runs("prediction", "prediction", "eps", "x0", diffs, steps)
+
+
+def _sched(diffs, steps=STEPS):
+    return _runs("schedule", "schedule", "cosine", "linear", diffs, steps, metric="nll_bpd", base=4.0)
+
+
+MIXED, LATE = [[5.0, -5.0, 1.0], [3.0, -4.0, 2.0]], [[-10.0, -11.0, -12.0], [-20.0, -22.0, -25.0]]
+NLL = [[-0.5, -0.52, -0.55]] * 4
+
+
+def _curve(found, folder, metric):
+    (c,) = [c for c in trajectories(found) if c[-1]["folder"] == folder and c[-1]["finding"].metric == metric]
+    return c
+
+
+def test_summary_has_a_cell_per_checkpoint():
+    rows = _pred(MIXED + LATE)
+    s = summarize(rows, ["prediction"])
+    fid = s[s["metric"] == "fid"].sort_values(["prediction", "train_step"])
+    assert list(fid["train_step"]) == STEPS * 2 and (fid["seeds"] == 3).all()
+    eps = fid[fid["prediction"] == "eps"].set_index("train_step")["mean"]
+    for k, step in enumerate(STEPS):  # b's mean is 210 - step / 100; a adds the mean difference
+        assert math.isclose(eps[step], 210 - step / 100 + sum((MIXED + LATE)[k]) / 3)
+    wall = s[s["metric"] == "train_wall_s"]
+    assert len(wall) == 2 * len(STEPS)  # the cost to each checkpoint is a cell too
+
+
+def test_verdicts_per_checkpoint_with_a_holm_family_per_train_step():
+    """Two questions scored at the same four checkpoints: at each, the family is the two findings at that
+    train_step (m = 2), so each adjusted p is Holm over the two raw p-values of that checkpoint alone."""
+    found = assess([("prediction-cpu", "prediction", _pred(MIXED + LATE)),
+                    ("schedule-cpu", "schedule", _sched(NLL))])
+    assert len(found) == 8 and len(last(found)) == 2
+    for step in STEPS:
+        pair = [v for v in found if v["train_step"] == step]
+        assert len(pair) == 2 and {v["family"] for v in pair} == {2}
+        for v, p in zip(pair, stats.holm([v["p"] for v in pair])):
+            assert v["p_holm"] == p
+    pred = _curve(found, "prediction-cpu", "fid")
+    assert [v["verdict"] for v in pred] == ["inconclusive", "inconclusive", "agrees", "agrees"]
+    assert [v["train_images"] for v in pred] == [s * BATCH for s in STEPS]
+    assert settled(pred) == ("settled", 1400)
+    assert trajectory_text(pred) == "inconclusive at 350-700, agrees from 1,400"
+    assert settled_text(pred) == "settled from 1,400 steps"
+    sched = _curve(found, "schedule-cpu", "nll_bpd")
+    assert trajectory_text(sched) == "agrees from 350" and settled(sched) == ("settled", 350)
+
+
+def test_every_questions_last_checkpoint_is_the_verdicts_family():
+    """A question trained to 1,400 steps and one to 2,800: at 1,400 the first is at its end, so its verdict
+    joins the 2,800-step question's in the last family (m = 2), and the longer question's 1,400-step
+    finding is a family of one."""
+    found = assess([("prediction-cpu", "prediction", _pred(MIXED + LATE)),
+                    ("schedule-cpu", "schedule", _sched(NLL[:3], STEPS[:3]))])
+    final = last(found)
+    assert {v["train_step"] for v in final} == {2800, 1400} and {v["family"] for v in final} == {2}
+    for v, p in zip(final, stats.holm([v["p"] for v in final])):
+        assert v["p_holm"] == p
+    (mid,) = [v for v in found if v["folder"] == "prediction-cpu" and v["train_step"] == 1400]
+    assert mid["family"] == 1 and mid["p_holm"] == mid["p"]
+
+
+def test_a_finding_whose_last_two_checkpoints_differ_is_unsettled():
+    back = MIXED + [LATE[0], [5.0, -6.0, 2.0]]  # agrees at 1,400, mixed again at 2,800
+    found = assess([("prediction-cpu", "prediction", _pred(back))])
+    c = _curve(found, "prediction-cpu", "fid")
+    assert [v["verdict"] for v in c] == ["inconclusive", "inconclusive", "agrees", "inconclusive"]
+    assert settled(c)[0] == "unsettled" and settled_text(c).startswith("unsettled")
+    assert trajectory_text(c) == "inconclusive at 350-700, agrees at 1,400, inconclusive at 2,800"
+
+
+def test_a_cell_scored_only_at_the_last_checkpoint_has_one_verdict():
+    rows = _pred(MIXED + LATE)
+    ddpm = rows[(rows["metric"] == "fid") & (rows["train_step"] == 2800)].assign(sampler="ddpm")
+    more = pd.concat([rows, ddpm, ddpm.assign(sampler="ddim", steps=10), ddpm.assign(steps=10)],
+                     ignore_index=True).drop(columns="prediction").assign(ablation="sampler-cpu")
+    more = more[more["run_id"].str.contains("eps")]
+    found = assess([("sampler-cpu", "sampler", more)])
+    ten = [v for v in found if v["a"] == "DDIM η=0 · 10 steps" and v["b"] == "DDPM · 10 steps"
+           and v["finding"].metric == "fid"]
+    assert len(ten) == 1 and ten[0]["last"] and ten[0]["train_step"] == 2800
+    assert trajectory_text([ten[0]]) == "one checkpoint (2,800 steps)"
+    twenty = [v for v in found if v["a"] == "DDIM η=0 · 20 steps" and v["finding"].metric == "fid"]
+    assert len(twenty) == 1  # DDIM-20 is scored at every checkpoint, DDPM-20 only at the last
+
+
+def test_old_rows_without_a_train_step_are_one_checkpoint_the_last():
+    """Committed rows predate checkpoint scoring: their eval rows' train_step is empty. They read as the run's
+    last training step, and decide as the same rows would with that step written in."""
+    rows = pd.read_csv(ROOT / "results" / "prediction-cpu" / "rows.csv")
+    assert rows.loc[rows["phase"] == "eval", "train_step"].isna().all()
+    last_step = rows.loc[rows["phase"] == "train", "train_step"].max()
+    filled = checkpointed(rows)
+    assert checkpoints(filled) == [last_step] and (filled.loc[filled["phase"] == "eval", "train_step"] == last_step).all()
+    written = rows.assign(train_step=rows["train_step"].fillna(last_step))
+    old, new = assess([("prediction-cpu", "prediction", rows)]), assess([("prediction-cpu", "prediction", written)])
+    assert [(v["verdict"], v["p"], v["p_holm"], v["diff"]) for v in old] == \
+        [(v["verdict"], v["p"], v["p_holm"], v["diff"]) for v in new]
+    assert all(trajectory_text([v]) == f"one checkpoint ({int(last_step):,} steps)" for v in old)
+    spent = cost(rows)
+    batch = rows.loc[rows["metric"] == "train_loss", "n"].iloc[0]
+    assert (spent["train_images"] == last_step * batch).all() and spent["train_flops"].isna().all()
+    assert spent["train_wall_s"].notna().all() and len(spent) == rows["run_id"].nunique()
+    s = summarize(rows, ["prediction"])
+    assert (s.loc[s["phase"] == "eval", "train_step"] == last_step).all()
+
+
+def test_the_grid_time_counts_each_runs_last_train_wall_once():
+    from results.index import _hours
+    rows = _pred(MIXED + LATE)
+    train = rows[rows["metric"] == "train_wall_s"]
+    ends = train[train["train_step"] == 2800]["value"].sum()
+    assert _hours(rows) == f"{ends / 3600:.2f} h" != f"{train['value'].sum() / 3600:.2f} h"
+
+
+def test_curves_reach_the_figures_the_report_and_the_index(tmp_path):
+    from results.index import regenerate
+    for name, rows in (("prediction-cpu", _pred(MIXED + LATE)), ("schedule-cpu", _sched(NLL))):
+        (tmp_path / name).mkdir()
+        rows.to_csv(tmp_path / name / "rows.csv", index=False)
+    regenerate(tmp_path)
+    for name in ("prediction-cpu", "schedule-cpu"):
+        for fig in ("curves", "differences"):
+            assert (tmp_path / name / f"{fig}.png").stat().st_size > 1000, (name, fig)
+    report = (tmp_path / "prediction-cpu" / "report.md").read_text()
+    assert "checkpoints scored (training step): 350, 700, 1,400, 2,800" in report
+    assert "### FID by checkpoint" in report and "| prediction | sampler setting | 350 | 700 | 1,400 | 2,800 |" in report
+    assert "### Verdicts over training" in report
+    assert "| inconclusive at 350-700, agrees from 1,400 | settled from 1,400 steps |" in report
+    assert "![curves](curves.png)" in report and "![differences](differences.png)" in report
+    index = (tmp_path / "README.md").read_text()
+    assert "| over training | settled |" in index
+    assert "| **agrees** | inconclusive at 350-700, agrees from 1,400 | settled from 1,400 steps |" in index
+    # the cost to each checkpoint: 2,800 steps of 32 images, 1e9 FLOPs a step, 0.5 or 0.6 s a step
+    assert "| prediction-cpu | 2,800 | 6 | 89,600 | 2.8 TFLOP | 23.3 min to 28.0 min | 2.57 h |" in index
+
+
+def test_one_checkpoint_draws_no_curve(tmp_path):
+    from results.index import regenerate
+    (tmp_path / "prediction-cpu").mkdir()
+    rows = _pred(LATE[1:], STEPS[-1:])
+    rows.to_csv(tmp_path / "prediction-cpu" / "rows.csv", index=False)
+    regenerate(tmp_path)
+    assert not (tmp_path / "prediction-cpu" / "curves.png").exists()
+    assert not (tmp_path / "prediction-cpu" / "differences.png").exists()
+    report = (tmp_path / "prediction-cpu" / "report.md").read_text()
+    assert "## Over training" not in report and "Verdicts over training" not in report
+    assert "| one checkpoint (2,800 steps) | one checkpoint |" in (tmp_path / "README.md").read_text()
+
+
+def test_the_report_gives_the_trajectory_from_the_rows_not_typed():
+    """Where the rows hold the curve, what-was-checked gives a − b at each checkpoint from them and drops the
+    typed trajectory measured outside the suite; with one checkpoint the typed line stays."""
+    from results.verdicts import AD_HOC, section
+    typed = next(line for line in AD_HOC if line.startswith("- **Training length"))
+    rows = _pred(MIXED + [[4.0, -6.0, 1.0], [2.0, -3.0, 4.0]])  # inconclusive throughout
+    found = assess([("prediction-cpu", "prediction", rows)])
+    text = "\n".join(section(rows, "prediction", last(found), found))
+    assert "what was checked" in text and typed not in text
+    assert ("- **fid: prediction=eps, DDIM η=0 · 20 steps − prediction=x0, DDIM η=0 · 20 steps over training** "
+            "(95% CI): 0.3333 ± 13 at 350 (3 seeds); ") in text
+    half = 4.303 * (13 / 3) ** 0.5  # d = 2, -3, 4: mean 1, sd sqrt(13); the t table's 0.975 quantile at 2 dof
+    assert f"1 ± {half:.2g} at 2,800 (3 seeds). Verdict: inconclusive from 350; settled from 350 steps." in text
+    one = _pred([[4.0, -6.0, 1.0]], STEPS[-1:])
+    found = assess([("prediction-cpu", "prediction", one)])
+    assert typed in "\n".join(section(one, "prediction", last(found), found))
