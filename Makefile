@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup compiler data cluster test demo bench results clean
+.PHONY: setup compiler data cluster test demo bench results curves clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,20 @@ demo: setup compiler data
 
 # Every committed figure, report and results/README.md, redrawn from the committed rows alone.
 results: setup
+	$(VENV)/bin/ablate results
+
+# Every training answer as a curve (the curve scale, README "Sizing"): two one-thread workers share one runs
+# root, the claims give each run to one of them, and they take the questions in opposite orders; stopped, it
+# resumes where it stood (run it again). Then each question's table (results/<question>-curve/) and the index.
+CURVES_ROOT ?= runs-curves
+CURVES      := prediction schedule loss norm
+curves: setup compiler data
+	( for q in $(CURVES); do OMP_NUM_THREADS=1 $(VENV)/bin/ablate run ablations/$$q.toml --scale curve \
+		--runs-root $(CURVES_ROOT) --no-progress || exit 1; done ) & \
+	( for q in $$(echo $(CURVES) | tr ' ' '\n' | tac); do OMP_NUM_THREADS=1 $(VENV)/bin/ablate run ablations/$$q.toml \
+		--scale curve --runs-root $(CURVES_ROOT) --no-progress || exit 1; done ) & \
+	wait
+	for q in $(CURVES); do $(VENV)/bin/ablate collect ablations/$$q.toml --scale curve --runs-root $(CURVES_ROOT) || exit 1; done
 	$(VENV)/bin/ablate results
 
 # Micro-benchmarks (not part of the tests): JSON, tidy table, ratios and a plot under results/bench/.
