@@ -198,8 +198,10 @@ def grid_cells(rows, axis, out_dir) -> tuple[list[str], list[int], dict]:
     d = with_labels(first_extractor(rows[rows["metric"] == "fid"])).drop_duplicates(["run_id", "setting_steps"])
     found = {}
     for r in d.itertuples(index=False):
-        f = Path(out_dir) / "samples" / f"{r.run_id}-{sample_grid_name(r.sampler, r.steps, r.eta, r.clip_x0, r.spacing)}"
-        if f.exists():
+        step = None if pd.isna(r.train_step) else int(r.train_step)
+        names = [sample_grid_name(r.sampler, r.steps, r.eta, r.clip_x0, r.spacing, train_step=at) for at in (step, None)]
+        f = next((f for f in (Path(out_dir) / "samples" / f"{r.run_id}-{n}" for n in names) if f.exists()), None)
+        if f is not None:  # the checkpoint's grid, or (rows from before checkpoints were scored) the run's one
             who = f"{axis}={getattr(r, axis)}\n" if axis else ""
             found[(who + r.setting_steps, int(r.seed))] = f
     return list(dict.fromkeys(name for name, _ in found)), sorted({seed for _, seed in found}), found

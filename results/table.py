@@ -66,7 +66,8 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
         for r in got:
             rows.append({**{c: r.get(c) for c in RUN_COLUMNS}, **attached, "run_id": run["run_id"], **extra})
             if r.get("metric") == "fid":
-                grid = folder / sample_grid_name(*(r[c] for c in SETTING))
+                step = r.get("train_step")  # None in rows from before checkpoints were scored
+                grid = folder / sample_grid_name(*(r[c] for c in SETTING), train_step=step)
                 if grid.exists():
                     shutil.copyfile(grid, out_dir / "samples" / f"{run['run_id']}-{grid.name}")
     order = ["run_id", *SPEC_COLUMNS, *axes, "metric", "value", "phase", "train_step", *SETTING, "nfe", *PROTOCOL,

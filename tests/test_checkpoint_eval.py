@@ -189,3 +189,22 @@ def test_a_legacy_folder_moves_to_the_id_without_train_steps(tmp_path):
     assert {r["run_id"] for r in moved} == {new.name}
     assert {r["train_step"] for r in moved if r["phase"] == "eval"} == {4}
     assert missing(spec, run, new) == []
+
+
+def test_collect_copies_each_checkpoints_sample_grid_and_plots_the_last(tmp_path):
+    spec = _curve_spec(tmp_path)
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    assert run_one(spec, spec.runs[0], runs, progress=False) == "done"
+    result = CliRunner().invoke(main, ["collect", str(spec.path), "--runs-root", str(runs), "--results-root", str(out)])
+    assert result.exit_code == 0, result.output
+    copied = sorted(p.name.split("-", 1)[1] for p in (out / spec.name / "samples").glob("*.png"))
+    assert copied == ["samples-ddim-5-eta0-step2.png", "samples-ddim-5-eta0-step4.png",
+                      "samples-ddim-5-eta0-step6.png", "samples-ddpm-5-eta0-step6.png"]
+    import pandas as pd
+
+    from results.plots import grid_cells
+    from results.table import checkpointed, final
+    rows = final(checkpointed(pd.read_csv(out / spec.name / "rows.csv")))
+    _, _, found = grid_cells(rows, "norm", out / spec.name)
+    assert sorted(f.name.split("-", 1)[1] for f in found.values()) == ["samples-ddim-5-eta0-step6.png",
+                                                                        "samples-ddpm-5-eta0-step6.png"]
