@@ -178,3 +178,42 @@ def test_a_min_snr_run_logs_the_unweighted_mse_beside_its_loss(tmp_path):
     mse = {r["train_step"]: r["value"] for r in rows if r["metric"] == "train_mse"}
     assert sorted(loss) == sorted(mse) == [1, 2, 3, 4]
     assert all(loss[s] <= mse[s] * (1 + 1e-6) for s in loss) and any(loss[s] < 0.99 * mse[s] for s in loss)
+
+
+def test_the_weighting_finding_is_decided_at_each_checkpoint():
+    """min-SNR's finding (Hang et al. 2023, Fig. 1) compares min_snr with uniform on FID, per seed, at every
+    checkpoint the rows scored: here min_snr is 20 FID lower at 175 and 350 steps and level at 700."""
+    import pandas as pd
+
+    from results.verdicts import FINDINGS, assess
+    (finding,) = [f for f in FINDINGS if f.spec == "weighting"]
+    assert (finding.metric, finding.expect, finding.a, finding.b) == (
+        "fid", "lower", {"weighting": "min_snr"}, {"weighting": "uniform"})
+    gap, spread = {175: -20.0, 350: -20.0, 700: 0.0}, (0.0, 1.0, -1.0)  # min_snr - uniform: mean, per seed
+    rows = pd.DataFrame([{"metric": "fid", "phase": "eval", "train_step": step, "seed": s, "weighting": w,
+                          "sampler": "ddim", "steps": 20, "eta": 0.0, "spacing": "leading", "clip_x0": True,
+                          "value": 300.0 - step / 10 + 7 * s + (gap[step] + spread[s] if w == "min_snr" else 0.0)}
+                         for step in gap for s in range(3) for w in ("min_snr", "uniform")])
+    found = {v["train_step"]: v for v in assess([("weighting-cpu", "weighting", rows)])}
+    assert sorted(found) == [175, 350, 700]
+    assert found[175]["verdict"] == found[350]["verdict"] == "agrees"
+    assert found[700]["verdict"] == "inconclusive" and found[700]["last"]
+
+
+def test_the_loss_plot_draws_the_unweighted_mse_beside_the_loss(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from results import plots
+    figures = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out_dir, name: figures.setdefault(name, fig) and [])
+    rows = pd.DataFrame([{"metric": m, "phase": "train", "train_step": step, "seed": s, "weighting": w,
+                          "prediction": "eps", "value": 1.0 / step + (0.1 if m == "train_mse" else 0.0)}
+                         for m in ("train_loss", "train_mse") for step in (1, 2, 3) for s in range(2)
+                         for w in ("uniform", "min_snr")])
+
+    def curves(d):
+        figures.clear()
+        plots.loss_curves(d, "weighting", tmp_path)
+        return [line for ax in figures["loss"].axes for line in ax.get_lines() if len(line.get_xdata())]
+    assert len(curves(rows)) == 4  # loss and MSE of each weighting
+    assert len(curves(rows[rows["metric"] == "train_loss"])) == 2  # rows from before train_mse: the loss only
