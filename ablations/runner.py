@@ -341,7 +341,8 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         score(upto=last_step(folder))  # the checkpoints a stopped run reached but had not scored
         result = train(cfg, folder, images, device=device, progress=progress, stop_at=stop_at,
                        should_stop=should_stop, log=log, on_log=lambda step, means: emit(
-                           [row(run.run_id, m, v, phase="train", train_step=step, n=cfg.batch) for m, v in means.items()]),
+                           [row(run.run_id, m, v, phase="train", train_step=step, n=cfg.batch)
+                            for m, v in means.items()]),
                        keep=eval_steps(spec.eval, total), on_checkpoint=lambda step: score(upto=step))
         if result["step"] < result["total"]:
             status(folder, INTERRUPTED, step=result["step"], total=result["total"])

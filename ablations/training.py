@@ -191,7 +191,8 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
             return
         save_checkpoint(run_dir, step, keep=keep, state={
             "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-            "lr_sched": lr_sched.state_dict(), "gen": gen.get_state(), "loss_sum": loss_sum, "loss_n": loss_n, "mse_sum": mse_sum,
+            "lr_sched": lr_sched.state_dict(), "gen": gen.get_state(), "loss_sum": loss_sum, "loss_n": loss_n,
+            "mse_sum": mse_sum,
             "wall_s": wall + time.perf_counter() - t0, "steps_timed": timed + step - start_step,
             "compile_s": compiling + compile_time()})
 

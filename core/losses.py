@@ -19,24 +19,22 @@ LOSSES = {
 }
 
 
-
-
 def uniform(snr, s2):
     """Each target's own MSE, unweighted: L_simple as Ho et al. (2020, Eq. 14) wrote it for eps."""
     return torch.ones_like(snr)
 
 
 def min_snr(snr, s2, snr_gamma: float = 5.0):
-    """Min-SNR-gamma (Hang et al. 2023, Eq. 6 and App. B; gamma = 5, their default, Sec. 4): the x0 MSE
-    weighted by min(SNR, gamma), i.e. the eps MSE by min(SNR, gamma) / SNR = min(1, gamma / SNR)."""
+    """Min-SNR-gamma (Hang et al. 2023, Sec. 3 and App. B; gamma = 5 is their default): the x0 MSE weighted
+    by min(SNR, gamma), i.e. the eps MSE by min(SNR, gamma) / SNR = min(1, gamma / SNR)."""
     return torch.clamp(snr_gamma / snr, max=1.0) * s2  # SNR = 0 (zero terminal SNR): 1 on eps, s2 = 0 there
 
 
 def p2(snr, s2, p2_gamma: float = 1.0, p2_k: float = 1.0):
     """P2 (Choi et al. 2022, Eq. 8): lambda'_t = lambda_t / (k + SNR)^gamma on the VLB terms L_t, with
     lambda_t DDPM's weight that turns L_t into L_simple's eps MSE (Ho et al. 2020, Eq. 14; Choi et al. Eq. 5).
-    Relative to L_simple the eps MSE is thus weighted by 1 / (k + SNR)^gamma. k = 1 and gamma = 1 are the
-    paper's (Sec. 3.2: k = 1 for simplicity; gamma = 1 in its main experiments)."""
+    Relative to L_simple the eps MSE is thus weighted by 1 / (k + SNR)^gamma. The defaults are the paper's:
+    k = 1 (set so for simplicity) and gamma = 1 (most of its experiments)."""
     return (p2_k + snr) ** -p2_gamma * s2
 
 
