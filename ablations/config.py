@@ -27,6 +27,10 @@ class TrainConfig:
     variance: str = "fixed_small"  # "fixed_small" | "fixed_large" | "learned_range"
     loss: str = "simple"  # "simple" | "hybrid" | "vlb"
     vlb_weight: float = 0.001  # lambda in hybrid = mse + lambda * T * vb
+    weighting: str = "uniform"  # "uniform" | "min_snr" | "p2": the mse term's weight over t (core/losses.py)
+    snr_gamma: float = 5.0  # min_snr's gamma: the x0 MSE weighted by min(SNR, gamma) (Hang et al. 2023)
+    p2_gamma: float = 1.0  # p2's gamma: the eps MSE weighted by 1 / (k + SNR)^gamma (Choi et al. 2022)
+    p2_k: float = 1.0  # p2's k
     norm: str = "group"  # "group" | "batch" | "layer" | "instance"
     conditioning: str = "add"  # "add" | "scale_shift": how a ResBlock takes the time embedding (core/unet.py)
     model_channels: int = 32  # U-Net width of the first level
@@ -126,6 +130,9 @@ SETTING_KEYS = set(Setting._fields) | {"curve"}  # curve: scored at every checkp
 RANGES = {
     "T": (lambda v: v >= 2, "an integer >= 2"),
     "vlb_weight": (lambda v: v >= 0, "a number >= 0"),
+    "snr_gamma": (lambda v: v > 0, "a number > 0"),
+    "p2_gamma": (lambda v: v >= 0, "a number >= 0 (0: uniform)"),
+    "p2_k": (lambda v: v > 0, "a number > 0 (it bounds the weight where SNR -> 0)"),
     "model_channels": (lambda v: v >= 1, "an integer >= 1"),
     "mults": (lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of integers >= 1"),
     "res_blocks": (lambda v: v >= 1, "an integer >= 1"),

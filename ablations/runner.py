@@ -48,7 +48,7 @@ from ablations.layout import (
     write_status,
 )
 from ablations.parallel import any_true, from_main, is_main, rank, world
-from ablations.schema import key, label, parse, problem, read_rows, row
+from ablations.schema import CURVES, key, label, parse, problem, read_rows, row
 from ablations.spec import Run, Spec
 from ablations.training import NonFiniteLoss, build_model, memory_format, total_steps, train
 from core.likelihood import STRATA_SPACING
@@ -340,8 +340,9 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
                                   should_stop=should_stop, progress=progress and main)
         score(upto=last_step(folder))  # the checkpoints a stopped run reached but had not scored
         result = train(cfg, folder, images, device=device, progress=progress, stop_at=stop_at,
-                       should_stop=should_stop, log=log, on_log=lambda step, loss: emit(
-                           [row(run.run_id, "train_loss", loss, phase="train", train_step=step, n=cfg.batch)]),
+                       should_stop=should_stop, log=log, on_log=lambda step, means: emit(
+                           [row(run.run_id, m, v, phase="train", train_step=step, n=cfg.batch)
+                            for m, v in means.items()]),
                        keep=eval_steps(spec.eval, total), on_checkpoint=lambda step: score(upto=step))
         if result["step"] < result["total"]:
             status(folder, INTERRUPTED, step=result["step"], total=result["total"])
@@ -593,7 +594,7 @@ def _save_grid(path, images_uint8):
 
 
 def _tidy_rows(folder, step, log):
-    """On resume, under the run's claim: forget training loss rows logged after the checkpoint we resume
+    """On resume, under the run's claim: forget training loss and MSE rows logged after the checkpoint we resume
     from (training logs them again), and set aside in rows.partial.jsonl the rows of an append that was
     cut short and the lines that are not rows (`ablations.schema.parse`), so the missing rows are
     written once. Each file is replaced atomically; the set-aside lines are written first."""
@@ -605,7 +606,7 @@ def _tidy_rows(folder, step, log):
     for line, kind, obj in parse(data):
         if kind != "row":
             aside.append(line + b"\n")
-        elif obj["metric"] == "train_loss" and (obj["train_step"] or 0) > step:
+        elif obj["metric"] in CURVES and (obj["train_step"] or 0) > step:
             dropped += 1
         else:
             keep.append(line + b"\n")

@@ -53,7 +53,8 @@ SPEC_COLUMNS = ("ablation", "scale", "seed")  # + the axes; attached by `ablate 
 STATUS_COLUMNS = ("status", "reason")
 
 METRICS = {
-    "train_loss": "mean training loss over the steps since the previous row",
+    "train_loss": "mean training loss over the steps since the previous row (weighted, where `weighting` weights it)",
+    "train_mse": "mean unweighted MSE of the training target over the same steps as train_loss",
     "train_img_per_s": "training images/s over all segments of a resumed run, compile time excluded",
     "train_wall_s": "training wall seconds to the row's train_step, summed over all segments",
     "train_images": "training images seen to the row's train_step (steps x batch)",
@@ -71,6 +72,8 @@ METRICS = {
     "sample_wall_s": "seconds to generate the n images", "fid_wall_s": "seconds for the FID pass",
     "nll_bpd": "negative log-likelihood bound, bits/dim", "nll_wall_s": "seconds for the NLL pass",
 }
+
+CURVES = ("train_loss", "train_mse")  # logged every ~1% of training: curves, not summaries
 
 
 def row(run_id: str, metric: str, value, **cols) -> dict:

@@ -23,7 +23,7 @@ from ablations.config import EVAL_FIELDS, RANGES, SETTING_KEYS, TRAIN_FIELDS, Ev
 from ablations.data import DATASETS, SHAPES, SIZES
 from ablations.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model, total_steps
 from core.diffusion import LEARNED, VARIANCES
-from core.losses import LOSSES
+from core.losses import LOSSES, PARAMS, WEIGHTINGS
 from core.parameterizations import PREDICTIONS
 from core.registry import lookup
 from core.samplers import SAMPLERS, TAKES_ETA
@@ -33,7 +33,7 @@ from core.unet import CONDITIONINGS, NORMS, feature_sides
 SCALES = Path(__file__).resolve().parent / "scales.toml"
 CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "prediction": PREDICTIONS, "variance": VARIANCES,
            "loss": LOSSES, "norm": NORMS, "conditioning": CONDITIONINGS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS,
-           "spacing": SPACINGS}
+           "spacing": SPACINGS, "weighting": WEIGHTINGS}
 TOP_KEYS = {"name", "description", "seeds", "base", "grid", "eval", "scale", "default_scale"}
 SCALE_KEYS = {"base", "eval", "seeds"}
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -241,6 +241,15 @@ def _resolve(values) -> TrainConfig:
     if cfg.variance in LEARNED and cfg.loss == "simple":
         raise err("variance", f"variance {cfg.variance!r} needs loss 'hybrid' or 'vlb', got loss 'simple'; "
                               "valid choices for that variance: 'hybrid', 'vlb'")
+    if cfg.weighting != "uniform" and cfg.loss == "vlb":
+        raise err("weighting", f"weighting {cfg.weighting!r} weights the mse term, which loss 'vlb' does not have; "
+                               "valid losses for it: 'simple', 'hybrid'")
+    for name, params in PARAMS.items():
+        for p in params:
+            if p not in PARAMS[cfg.weighting] and getattr(cfg, p) != TRAIN_FIELDS[p].default:
+                raise err(p, f"{getattr(cfg, p)!r} is read only by weighting {name!r}, but the run's weighting is "
+                             f"{cfg.weighting!r}: it would rename the run and change nothing; remove it or set "
+                             f"weighting = {name!r}")
     sides = feature_sides(SHAPES[cfg.dataset][1], cfg.mults)
     if not set(cfg.attention) <= set(sides):
         raise err("attention", f"{list(cfg.attention)} names feature-map sides the model does not have; valid "

@@ -36,7 +36,7 @@ from ablations.data import SHAPES, to_model
 from ablations.parallel import all_mean, any_true, barrier, is_main, rank, world
 from ablations.seeds import derive
 from core.diffusion import out_channels, q_sample
-from core.losses import loss_terms
+from core.losses import PARAMS, loss_terms
 from core.schedules import make_schedule
 from core.unet import UNet
 
@@ -151,7 +151,8 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     every segment of a resumed run (kept in the checkpoint, so a killed segment's lost steps are not
     counted twice).
 
-    `on_log(step, mean_loss)` is called every ~1% of training. `stop_at` ends the call after that step
+    `on_log(step, means)` is called every ~1% of training with the means since the previous call,
+    {"train_loss": the loss trained on, "train_mse": its unweighted MSE}. `stop_at` ends the call after that step
     (tests use it to interrupt); `should_stop()` is polled each step and, when true, checkpoints and
     returns early (the SLURM timeout/preemption path). The checkpoints of the steps in `keep` are never
     pruned; `on_checkpoint(step)` is called on every task after each of them is written (evaluation
@@ -170,6 +171,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     step, total = 0, total_steps(cfg, len(images))
 
     wall, timed, compiling, loss_sum, loss_n = 0.0, 0, 0.0, 0.0, 0  # totals over earlier segments; loss since the last row
+    mse_sum = 0.0  # the unweighted MSE over the same loss_n steps
     state = load_latest(run_dir, device, log=log)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -180,6 +182,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         step = state["step"]
         wall, timed, loss_sum, loss_n = state["wall_s"], state["steps_timed"], state["loss_sum"], state["loss_n"]
         compiling = state.get("compile_s", 0.0)
+        mse_sum = state.get("mse_sum", 0.0 if loss_n == 0 else float("nan"))  # unknown in older checkpoints
 
     def save():
         if stats_batches:  # every task: each evaluates its own EMA
@@ -189,6 +192,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         save_checkpoint(run_dir, step, keep=keep, state={
             "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
             "lr_sched": lr_sched.state_dict(), "gen": gen.get_state(), "loss_sum": loss_sum, "loss_n": loss_n,
+            "mse_sum": mse_sum,
             "wall_s": wall + time.perf_counter() - t0, "steps_timed": timed + step - start_step,
             "compile_s": compiling + compile_time()})
 
@@ -230,9 +234,10 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             out = forward(xt, t)
         terms = loss_terms(schedule, out.float(), x0, xt, t, noise, prediction=cfg.prediction,
-                           variance=cfg.variance, loss=cfg.loss, vlb_weight=cfg.vlb_weight)
+                           variance=cfg.variance, loss=cfg.loss, vlb_weight=cfg.vlb_weight, weighting=cfg.weighting,
+                           **{p: getattr(cfg, p) for p in PARAMS[cfg.weighting]})
         loss = terms["loss"].mean()
-        value = all_mean(loss.detach()).item()
+        value, mse = all_mean(torch.stack([loss.detach(), terms["mse"].mean().detach()])).tolist()
         if not math.isfinite(value):
             raise NonFiniteLoss(step, value)
         opt.zero_grad(set_to_none=True)
@@ -245,11 +250,11 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         step += 1
         if step == start_step + 1:
             first_s = time.perf_counter() - t0
-        loss_sum, loss_n = loss_sum + value, loss_n + 1
+        loss_sum, mse_sum, loss_n = loss_sum + value, mse_sum + mse, loss_n + 1
         if step % log_every == 0 or step == total:
             if on_log and is_main():
-                on_log(step, loss_sum / loss_n)
-            loss_sum, loss_n = 0.0, 0
+                on_log(step, {"train_loss": loss_sum / loss_n, "train_mse": mse_sum / loss_n})
+            loss_sum, mse_sum, loss_n = 0.0, 0.0, 0
         if step % cfg.checkpoint_every == 0 or step == total or step in keep:
             save()
             if on_checkpoint is not None and step in keep:

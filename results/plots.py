@@ -140,14 +140,24 @@ def bars(rows, axis, out_dir):
     return save_figure(fig, out_dir, "bars")
 
 
+LOSS_NAMES = {"train_loss": "loss trained on", "train_mse": "unweighted MSE"}
+
+
 def loss_curves(rows, axis, out_dir):
-    """Training loss, one panel per training target (`prediction`): eps, x0 and v MSE are not on one scale."""
+    """Training loss, one panel per training target (`prediction`): eps, x0 and v MSE are not on one scale.
+    Where the rows hold `train_mse`, it is drawn dashed beside the loss: a weighting whose weights are below 1
+    lowers the loss, not the MSE."""
     d = rows[rows["metric"] == "train_loss"]
     if d.empty:
         return []
+    mse = rows[rows["metric"] == "train_mse"]
+    style = None
+    if not mse.empty:
+        d, style = pd.concat([d, mse]).assign(curve=lambda x: x["metric"].map(LOSS_NAMES)), "curve"
     targets = sorted(d["prediction"].dropna().unique()) if "prediction" in d else []
     col = "prediction" if len(targets) > 1 else None
     g = sns.relplot(data=d, kind="line", x="train_step", y="value", hue=axis, col=col, errorbar=t_band,
+                    style=style, style_order=list(LOSS_NAMES.values()) if style else None,
                     height=3.2, aspect=1.2, facet_kws={"sharey": False})
     g.set(yscale="log", ylabel="training loss", xlabel="training step")
     if col:

@@ -18,8 +18,8 @@ import pandas as pd
 
 from ablations.io import atomic_write
 from ablations.layout import ROWS, read_status, sample_grid_name
-from ablations.schema import (IDENTITY, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING, SPEC_COLUMNS, STATUS_COLUMNS,
-                              read_rows)
+from ablations.schema import (CURVES, IDENTITY, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING, SPEC_COLUMNS,
+                              STATUS_COLUMNS, read_rows)
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom; 1.96 (the normal's) beyond.
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -92,7 +92,7 @@ def cell_columns(axes: list[str]) -> list[str]:
 def summarize(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """Mean, std, 95% CI and `seeds` (how many values: one per training seed) per cell (cell_columns)."""
     table = checkpointed(table)
-    done = table[(table["metric"] != "train_loss") & (table["metric"] != "status") & table["value"].notna()]
+    done = table[~table["metric"].isin(CURVES) & (table["metric"] != "status") & table["value"].notna()]
     g = done.groupby(cell_columns(axes), dropna=False)["value"]
     out = g.agg(mean="mean", std="std", seeds="count").reset_index()
     out["ci95"] = [ci95(s, n) for s, n in zip(out["std"], out["seeds"])]
@@ -138,7 +138,7 @@ def final(rows: pd.DataFrame) -> pd.DataFrame:
     steps = checkpoints(rows)
     if len(steps) < 2:
         return rows
-    return rows[(rows["metric"] == "train_loss") | rows["train_step"].isna() | (rows["train_step"] == steps[-1])]
+    return rows[rows["metric"].isin(CURVES) | rows["train_step"].isna() | (rows["train_step"] == steps[-1])]
 
 
 COST = ("train_images", "train_flops", "train_wall_s")
