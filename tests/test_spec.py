@@ -104,7 +104,7 @@ def test_malformed_spec_is_rejected_before_any_run_starts(tmp_path, case, edit, 
 
 
 def test_unknown_scale_lists_the_choices():
-    with pytest.raises(SpecError, match=r"unknown scale 'huge'; valid choices: 'smoke', 'cpu', 'paper'"):
+    with pytest.raises(SpecError, match=r"unknown scale 'huge'; valid choices: 'smoke', 'cpu', 'curve', 'paper'"):
         load_spec(ROOT / "ablations" / "norm.toml", "huge")
 
 
