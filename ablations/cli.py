@@ -477,6 +477,36 @@ OVERRIDES = "overrides.json"
 
 
 @main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--tensorboard", is_flag=True, help="TensorBoard event files under <run>/tb/.")
+@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
+@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+@_set_option
+def export(spec_path, tensorboard, scale, runs_root, overrides):
+    """Write each run's TensorBoard event files from its rows.jsonl, for runs that have none (runs made
+    without the `tracking` extra). Needs tensorboard: pip install -e '.[tracking]'.
+
+    \b
+    Example:
+      ablate export ablations/demo.toml --tensorboard && tensorboard --logdir runs
+    """
+    from ablations import tracking
+    if not tensorboard:
+        raise click.ClickException("nothing to export: give --tensorboard")
+    if tracking.writer_class() is None:
+        raise click.ClickException("--tensorboard needs the tensorboard package: pip install -e '.[tracking]'")
+    spec = _load(spec_path, scale, overrides)
+    _folder_option(runs_root, "--runs-root")
+    invalid = _invalid(spec, spec.runs, runs_root)
+    done = [r.run_id for r in spec.runs if r.run_id not in invalid
+            and tracking.export(run_folder(runs_root, r.run_id), r.config)]
+    click.echo(f"{len(done)} of {len(spec.runs)} runs exported to <run>/{tracking.TB}/ (the others have no rows "
+               f"or have event files already)" + (f": {', '.join(done)}" if done else ""))
+    if invalid:
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("target", metavar="SPEC|RESULTS_DIR", type=click.Path(exists=True))
 @click.option("--scale", help="Which scale of the spec. Default: the spec's.")
 @click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ablations import claim
+from ablations import claim, tracking
 from ablations import data as datasets
 from ablations.evaluation import compiled, generate, nll, peak_memory_mb
 from ablations.config import TrainConfig, eval_steps, scored_at
@@ -329,7 +329,22 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
             if bad:
                 raise ValueError(f"not a row ({bad[1]}): {bad[0]}")
             append_jsonl(folder / ROWS, rows)
+            track(lambda: events.add(rows))
 
+    def track(write):
+        """TensorBoard, from the rows just appended (the `tracking` extra): a failure there is logged and
+        ends tracking, never the run (the rows are the record)."""
+        nonlocal events
+        try:
+            if events is not None:
+                write()
+        except Exception as e:  # noqa: BLE001
+            events = None
+            log(f"TensorBoard event files stopped ({type(e).__name__}: {e}); rebuild them from the rows with "
+                "`ablate export SPEC --tensorboard` after removing tb/")
+
+    resumed = last_step(folder)
+    events = tracking.events(folder, cfg, purge_step=resumed + 1 if resumed else None) if main else None
     try:
         status(folder, RUNNING, step=last_step(folder))
         images = _images(cfg.dataset, "train", data_root, download)
@@ -379,6 +394,8 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         detail = why if isinstance(e, DiskFull) else traceback.format_exc()  # a full disk needs no traceback
         _record(run.run_id, f"failed: {why}", lambda: status(folder, FAILED, reason=why, step=step),
                 lambda: log(f"run {run.run_id} failed:\n{detail}"))
+    finally:
+        track(lambda: events.close())
     return FAILED
 
 
