@@ -203,7 +203,7 @@ def _eta(spec, todo, runs_root, device) -> str:
         folder = run_folder(runs_root, r.run_id)
         steps_left = max(0, total_steps(r.config, SIZES[r.config.dataset]["train"]) - last_step(folder))
         work.append(budget.run_flops(r.config, spec.eval, steps_left, runner.missing(spec, r, folder)))
-    return budget.eta(work, budget.measured_flops_per_s(todo[0].config, device))
+    return budget.eta(work, budget.measured_rates(todo[0].config, spec.eval, device))
 
 
 @main.command(name="list")
