@@ -94,7 +94,8 @@ def _expanded(spec, runs):
     """The --dry-run listing: run ids, axis values, seeds and the values the overrides set, without
     looking at any folder."""
     from ablations.spec import parse_override
-    fields = [p[1] for p in (parse_override(o)[0] for o in spec.overrides) if len(p) == 2 and p[0] == "base"]
+    keys = [parse_override(o)[0] for o in spec.overrides]
+    fields = [p[-1] for p in keys if p[:-1] == ["base"] or (len(p) == 4 and p[0] == "scale" and p[2] == "base")]
     return [{"run_id": r.run_id, **r.axes, "seed": r.config.seed, **{f: getattr(r.config, f) for f in fields}}
             for r in runs]
 

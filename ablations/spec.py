@@ -82,7 +82,7 @@ def _errors(path, overrides=()):
 
 
 def _related(override_key, key) -> bool:
-    return any(a == b or a.startswith(b + ".") or a.startswith(b + "[")
+    return any(a == b or a.startswith((b + ".", b + "["))
                for a, b in ((key, override_key), (override_key, key)))
 
 
