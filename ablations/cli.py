@@ -117,6 +117,8 @@ def main():
       ablate run ablations/norm.toml --dry-run       # list the expanded runs and their ids
       ablate list ablations/sampler.toml --scale cpu # runs, their status and who holds them
       ablate release ablations/norm.toml --only RUN_ID  # remove a run's claim by hand
+      ablate run ablations/demo.toml --set base.lr=1e-3  # a spec key changed for one command
+      ablate export ablations/demo.toml --tensorboard    # event files for runs made without tensorboard
     """
 
 

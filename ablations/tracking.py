@@ -61,7 +61,11 @@ class Events:
         self.writer, self.grids = None, set()
 
     def add(self, rows):
+        """`rows`: those just appended to rows.jsonl. When the run has no event files yet, all of its rows
+        (segments written without tensorboard come first)."""
         if self.writer is None:
+            if not (self.folder / TB).exists():
+                rows = read_rows(self.folder / ROWS)[0]
             self.writer = writer_class()(str(self.folder / TB), purge_step=self.purge_step)
             self.grids = _logged_grids(self.folder)
         for tag, value, step in scalars(rows, self.cfg):
@@ -105,6 +109,6 @@ def export(folder, cfg) -> bool:
     if not rows or (Path(folder) / TB).exists():
         return False
     ev = Events(folder, cfg)
-    ev.add(rows)
+    ev.add(rows)  # every row: the run has no event files
     ev.close()
     return True
