@@ -1,4 +1,4 @@
-"""What runs cost in FLOPs, and an ETA from one quick measured step on this machine.
+"""What runs cost in FLOPs, and an ETA from warm measured steps on this machine.
 
 FLOPs are counted by torch.utils.flop_counter (convolutions, matmuls, attention) per image:
 - training: steps x batch x (forward + backward);
@@ -7,13 +7,14 @@ FLOPs are counted by torch.utils.flop_counter (convolutions, matmuls, attention)
 The FID pass and elementwise work are left out; they are a few percent at the scales here.
 """
 import functools
+import statistics
 import time
 
 import torch
 
 from ablations.data import SHAPES, SIZES
 from ablations.config import TrainConfig, eval_steps, scored_at
-from ablations.training import ARCHITECTURE, architecture, build_model, total_steps
+from ablations.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model, total_steps
 from core.samplers import nfe
 
 
@@ -52,28 +53,74 @@ def run_flops(cfg, ev, steps_left: int, todo=None) -> dict:
             "nll": nll_passes * ev.nll_images * (ev.nll_strata or cfg.T) * fwd}
 
 
-def measured_flops_per_s(cfg, device, steps: int = 3) -> float:
-    """FLOP/s of a few eager forward + backward passes of cfg's U-Net at its batch size (at most 64),
-    after one warm-up pass."""
-    batch = min(cfg.batch, 64)
+def timed(fn, *, warmup: int = 2, steps: int = 5, sync=lambda: None) -> float:
+    """The median seconds of one call of `fn` over `steps` calls after `warmup` untimed ones: a cold
+    process's first calls (allocator, kernel selection, lazy imports) are not the rate a run trains at."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measured_rates(cfg, ev, device, *, warmup: int = 2, steps: int = 5) -> dict:
+    """{train, sample} FLOP/s of cfg's U-Net here, each the median of warm calls (`timed`): a training
+    step (eager forward, backward and the run's optimizer at its batch, at most 64) and a sampling batch (the
+    no-grad forward at the eval's sample_batch, at most 256, which the NLL uses too)."""
+    fwd, both = per_image(cfg)
+    sync = (lambda: torch.cuda.synchronize(device)) if torch.device(device).type == "cuda" else (lambda: None)
     model = build_model(cfg).to(device).train()
+    opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batch = min(cfg.batch, 64)
     x = torch.randn(batch, *SHAPES[cfg.dataset], device=device)
     t = torch.randint(0, cfg.T, (batch,), device=device)
-    model(x, t).square().mean().backward()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
         model(x, t).square().mean().backward()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-    return steps * batch * per_image(cfg)[1] / (time.perf_counter() - t0)
+        opt.step()
+
+    train = batch * both / timed(train_step, warmup=warmup, steps=steps, sync=sync)
+    n = min(ev.sample_batch, 256)
+    xs = torch.randn(n, *SHAPES[cfg.dataset], device=device)
+    ts = torch.randint(0, cfg.T, (n,), device=device)
+    model.eval()
+    with torch.no_grad():
+        sample = n * fwd / timed(lambda: model(xs, ts), warmup=warmup, steps=steps, sync=sync)
+    return {"train": train, "sample": sample}
 
 
-def eta(work: list[dict], rate: float) -> str:
-    """One line: the total FLOPs of `work` (run_flops dicts), and the time at `rate` FLOP/s."""
+def flops_rate(rate: float) -> str:
+    """A FLOP/s rate with three significant digits in sensible units (never a rounded-away 0)."""
+    for unit, scale in (("TFLOP/s", 1e12), ("GFLOP/s", 1e9), ("MFLOP/s", 1e6), ("kFLOP/s", 1e3)):
+        if rate >= scale:
+            return f"{rate / scale:.3g} {unit}"
+    return f"{rate:.3g} FLOP/s"
+
+
+def duration(seconds: float) -> str:
+    """`45 s`, `13 min`, `2.4 h`."""
+    if seconds < 90:
+        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.2g} h"
+
+
+def eta(work: list[dict], rates: dict) -> str:
+    """One line: the total FLOPs of `work` (run_flops dicts), and the time at the measured `rates`
+    (training FLOPs at the training rate, sampling and NLL at the sampling rate)."""
     total = sum(sum(w.values()) for w in work)
     parts = {k: sum(w[k] for w in work) for k in ("train", "sample", "nll")}
+    if min(rates.values()) <= 0:
+        raise ValueError(f"a measured rate is not positive: {rates}")
+    seconds = parts["train"] / rates["train"] + (parts["sample"] + parts["nll"]) / rates["sample"]
     split = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in parts.items())
-    return (f"ETA ~{total / rate / 60:.0f} min: {total / 1e12:.3g} TFLOP ({split}) at {rate / 1e9:.0f} GFLOP/s, "
-            f"measured on a quick training step here (compile time and the FID pass not included)")
+    return (f"ETA ~{duration(seconds)}: {total / 1e12:.3g} TFLOP ({split}); training at {flops_rate(rates['train'])}, "
+            f"sampling at {flops_rate(rates['sample'])}, each the median of warm eager steps here (compile "
+            f"time, compile's speed-up and the FID pass not included)")

@@ -20,11 +20,18 @@ from ablations.training import total_steps
 RUNS_ROOT = os.environ.get("ABLATE_RUNS_ROOT", "runs")
 
 
-def _load(spec_path, scale):
+def _load(spec_path, scale, overrides=()):
     try:
-        return load_spec(spec_path, scale)
+        return load_spec(spec_path, scale, overrides=overrides)
     except SpecError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _set_option(f):
+    """--set KEY=VALUE (repeatable): a spec key changed for this command (ablations/spec.py)."""
+    return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a spec key, e.g. base.lr=1e-3, eval.fid_samples=2000, "
+                             "scale.cpu.base.batch=64 (repeatable; the value is TOML, a bare word a string).")(f)
 
 
 def _folder_option(path, option):
@@ -44,7 +51,7 @@ def _invalid(spec, runs, runs_root) -> dict:
     each reported on one line."""
     found = {}
     for r in runs:
-        why = runner.check_folder(r, runs_root)
+        why = runner.check_folder(r, runs_root, spec.overrides)
         if why:
             found[r.run_id] = why
             click.echo(f"error: {why}", err=True)
@@ -84,8 +91,19 @@ def _warn(spec):
 
 
 def _expanded(spec, runs):
-    """The --dry-run listing: run ids, axis values and seeds, without looking at any folder."""
-    return [{"run_id": r.run_id, **r.axes, "seed": r.config.seed} for r in runs]
+    """The --dry-run listing: run ids, axis values, seeds and the values the overrides set, without
+    looking at any folder."""
+    from ablations.spec import parse_override
+    keys = [parse_override(o)[0] for o in spec.overrides]
+    fields = [p[-1] for p in keys if p[:-1] == ["base"] or (len(p) == 4 and p[0] == "scale" and p[2] == "base")]
+    return [{"run_id": r.run_id, **r.axes, "seed": r.config.seed, **{f: getattr(r.config, f) for f in fields}}
+            for r in runs]
+
+
+def _echo_overrides(spec):
+    if spec.overrides:
+        click.echo(f"overrides: {' '.join(spec.overrides)}; eval: fid_samples {spec.eval.fid_samples}, "
+                   f"{len(spec.eval.settings)} sampler setting(s)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -99,6 +117,8 @@ def main():
       ablate run ablations/norm.toml --dry-run       # list the expanded runs and their ids
       ablate list ablations/sampler.toml --scale cpu # runs, their status and who holds them
       ablate release ablations/norm.toml --only RUN_ID  # remove a run's claim by hand
+      ablate run ablations/demo.toml --set base.lr=1e-3  # a spec key changed for one command
+      ablate export ablations/demo.toml --tensorboard    # event files for runs made without tensorboard
     """
 
 
@@ -114,7 +134,8 @@ def main():
 @click.option("--device", help="torch device; default: cuda when present, else cpu.")
 @click.option("--workers", default=1, show_default=True, help="Local worker processes (each gets cores/N threads).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device, workers, no_progress):
+@_set_option
+def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device, workers, no_progress, overrides):
     """Train and evaluate every run of SPEC locally; complete runs are skipped.
 
     \b
@@ -122,8 +143,9 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
       ablate run ablations/demo.toml
       ablate run ablations/loss.toml --scale smoke --runs-root /tmp/runs
       ablate run ablations/norm.toml --only 3f2a9c01de
+      ablate run ablations/demo.toml --set base.lr=1e-3 --set eval.fid_samples=2000 --dry-run
     """
-    spec = _load(spec_path, scale)
+    spec = _load(spec_path, scale, overrides)
     _warn(spec)
     runs = [r for r in spec.runs if not only or r.run_id in only]
     unknown = set(only) - {r.run_id for r in spec.runs}
@@ -131,6 +153,7 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
         raise click.ClickException(f"{spec_path}: unknown run ids {sorted(unknown)}; "
                                    f"see `ablate run {spec_path} --dry-run`")
     if dry_run:
+        _echo_overrides(spec)
         _print_table(_expanded(spec, runs))
         return
     _folder_option(runs_root, "--runs-root")
@@ -147,7 +170,7 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
                                  initargs=(workers,)) as pool:
             states = {}
-            job = (spec_path, scale, [r.run_id for r in todo], runs_root, kw)
+            job = (spec_path, scale, overrides, [r.run_id for r in todo], runs_root, kw)
             for part in pool.map(_run_in_worker, [job] * workers):
                 states.update(part)
     else:
@@ -183,21 +206,23 @@ def _eta(spec, todo, runs_root, device) -> str:
         folder = run_folder(runs_root, r.run_id)
         steps_left = max(0, total_steps(r.config, SIZES[r.config.dataset]["train"]) - last_step(folder))
         work.append(budget.run_flops(r.config, spec.eval, steps_left, runner.missing(spec, r, folder)))
-    return budget.eta(work, budget.measured_flops_per_s(todo[0].config, device))
+    return budget.eta(work, budget.measured_rates(todo[0].config, spec.eval, device))
 
 
 @main.command(name="list")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--scale", help="Which scale of the spec. Default: the spec's.")
 @click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
-def list_runs(spec_path, scale, runs_root):
+@_set_option
+def list_runs(spec_path, scale, runs_root, overrides):
     """Show the runs of SPEC and their status (pending, running, done, needs-eval, failed).
 
     \b
     Example:
       ablate list ablations/demo.toml
+      ablate list ablations/demo.toml --set base.lr=1e-3
     """
-    spec = _load(spec_path, scale)
+    spec = _load(spec_path, scale, overrides)
     _folder_option(runs_root, "--runs-root")
     _migrate(runs_root)
     rows = runner.table(spec, runs_root)
@@ -283,8 +308,8 @@ def _worker_init(workers):
 
 
 def _run_in_worker(args):
-    spec_path, scale, run_ids, runs_root, kw = args
-    spec = load_spec(spec_path, scale)
+    spec_path, scale, overrides, run_ids, runs_root, kw = args
+    spec = load_spec(spec_path, scale, overrides=overrides)
     runs = [r for r in spec.runs if r.run_id in run_ids]
     return runner.run_all(spec, runs, runs_root, echo=lambda msg: None, should_stop=_WORKER_STOP.is_set,
                           **{**kw, "progress": False})
@@ -312,7 +337,8 @@ def _run_in_worker(args):
 @click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
 @click.option("--data-root", type=click.Path(file_okay=False), help="Dataset folder as seen from the nodes.")
 @click.option("--dry-run", is_flag=True, help="Print the sbatch parameters and the runs; submit nothing.")
-def submit(spec_path, scale, runs_root, data_root, dry_run, **params):
+@_set_option
+def submit(spec_path, scale, runs_root, data_root, dry_run, overrides, **params):
     """Submit every incomplete run of SPEC to SLURM as one job array, and return at once.
 
     \b
@@ -322,7 +348,7 @@ def submit(spec_path, scale, runs_root, data_root, dry_run, **params):
     """
     from slurm.dispatch import executor_for, pending_runs
     from slurm.dispatch import submit as do_submit
-    spec = _load(spec_path, scale)
+    spec = _load(spec_path, scale, overrides)
     _folder_option(runs_root, "--runs-root")
     _warn(spec)
     _migrate(runs_root)
@@ -332,6 +358,7 @@ def submit(spec_path, scale, runs_root, data_root, dry_run, **params):
     if dry_run:
         ex, given = executor_for(spec, runs_root, **params)
         click.echo(f"executor: {ex.cluster}")
+        _echo_overrides(spec)
         for k, v in sorted(given.items()):  # the values that become #SBATCH lines
             click.echo(f"  {k} = {v}")
         click.echo(f"{len(todo)} of {len(spec.runs)} runs would be submitted:")
@@ -341,7 +368,7 @@ def submit(spec_path, scale, runs_root, data_root, dry_run, **params):
     if not todo:
         click.echo(f"0 jobs submitted: all {len(spec.runs)} runs of {spec.name} are complete or running.")
         return
-    jobs = do_submit(spec, runs_root, data_root=data_root, **params)
+    jobs = do_submit(spec, runs_root, data_root=data_root, **params)  # its jobs load the spec with the overrides
     ids = " ".join(j.job_id for j in jobs)
     if len(jobs) == 1:  # submitit sends a single task as a plain job, not an array
         click.echo(f"submitted 1 job: {ids}")
@@ -410,15 +437,19 @@ def _results_dir(target, scale, results_root) -> str:
 @click.option("--scale", help="Which scale of the spec. Default: the spec's.")
 @click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
 @click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False))
-def collect(spec_path, scale, runs_root, results_root):
+@_set_option
+def collect(spec_path, scale, runs_root, results_root, overrides):
     """Gather every run's rows into results/<spec>/rows.csv (tidy, long) and summary.csv.
 
     \b
     Example:
       ablate collect ablations/demo.toml && ablate plot ablations/demo.toml && ablate report ablations/demo.toml
+      ablate collect ablations/demo.toml --set base.lr=1e-3   # the runs of `ablate run ... --set base.lr=1e-3`
+
+    With --set, the overrides are written to results/<spec>/overrides.json (removed when collected without).
     """
     from results.table import collect as do_collect
-    spec = _load(spec_path, scale)
+    spec = _load(spec_path, scale, overrides)
     _folder_option(runs_root, "--runs-root")
     _folder_option(results_root, "--results-root")
     _migrate(runs_root)
@@ -426,11 +457,55 @@ def collect(spec_path, scale, runs_root, results_root):
     invalid = _invalid(spec, spec.runs, runs_root)
     runs = [r for r in _describe(spec, runs_root) if r["run_id"] not in invalid]
     c = do_collect(runs, out, axes=[*spec.axes, *(a for a in AXES if a not in spec.axes)])
+    _write_overrides(out, spec)
     click.echo(f"{out}/rows.csv: {c['rows']} rows from {c['runs']} runs ({c['failed']} failed); "
                f"{c['skipped']} lines that are not rows skipped (half-written or malformed); "
                f"{c['duplicates']} duplicate rows dropped")
     if invalid:
         click.echo(f"error: {len(invalid)} invalid run folder(s) not collected: {', '.join(invalid)}", err=True)
+        sys.exit(1)
+
+
+def _write_overrides(out, spec):
+    """results/<spec>/overrides.json: the --set pairs the table was collected with (none: no file)."""
+    from ablations.io import write_json
+    path = Path(out) / OVERRIDES
+    if spec.overrides:
+        write_json(path, {"spec": str(spec.path), "scale": spec.scale, "overrides": list(spec.overrides)})
+    else:
+        path.unlink(missing_ok=True)
+
+
+OVERRIDES = "overrides.json"
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--tensorboard", is_flag=True, help="TensorBoard event files under <run>/tb/.")
+@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
+@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+@_set_option
+def export(spec_path, tensorboard, scale, runs_root, overrides):
+    """Write each run's TensorBoard event files from its rows.jsonl, for runs that have none (runs made
+    without the `tracking` extra). Needs tensorboard: pip install -e '.[tracking]'.
+
+    \b
+    Example:
+      ablate export ablations/demo.toml --tensorboard && tensorboard --logdir runs
+    """
+    from ablations import tracking
+    if not tensorboard:
+        raise click.ClickException("nothing to export: give --tensorboard")
+    if tracking.writer_class() is None:
+        raise click.ClickException("--tensorboard needs the tensorboard package: pip install -e '.[tracking]'")
+    spec = _load(spec_path, scale, overrides)
+    _folder_option(runs_root, "--runs-root")
+    invalid = _invalid(spec, spec.runs, runs_root)
+    done = [r.run_id for r in spec.runs if r.run_id not in invalid
+            and tracking.export(run_folder(runs_root, r.run_id), r.config)]
+    click.echo(f"{len(done)} of {len(spec.runs)} runs exported to <run>/{tracking.TB}/ (the others have no rows "
+               f"or have event files already)" + (f": {', '.join(done)}" if done else ""))
+    if invalid:
         sys.exit(1)
 
 

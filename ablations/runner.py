@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ablations import claim
+from ablations import claim, tracking
 from ablations import data as datasets
 from ablations.evaluation import compiled, generate, nll, peak_memory_mb
 from ablations.config import TrainConfig, eval_steps, scored_at
@@ -121,7 +121,13 @@ def config_id(record: dict) -> str:
     return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in train.items()}).run_id()
 
 
-def check_folder(run: Run, runs_root) -> str | None:
+def config_record(run: Run, overrides=()) -> dict:
+    """A new run folder's config.json: the id, the resolved config (the id hashes only `train`), and the
+    --set overrides of the command that made the folder."""
+    return {"run_id": run.run_id, "train": asdict(run.config), "overrides": list(overrides)}
+
+
+def check_folder(run: Run, runs_root, overrides=()) -> str | None:
     """Why the run's folder does not hold the run its id names, or None when it does or does not exist
     yet. A missing config.json is written from the spec when the folder holds none of a run's results,
     only its bookkeeping (claim, status, log: a start killed before its first write); otherwise the
@@ -141,7 +147,7 @@ def check_folder(run: Run, runs_root) -> str | None:
         if others:
             return (f"{folder}: no {CONFIG}, but the folder holds {', '.join(others[:3])}"
                     f"{', ...' if len(others) > 3 else ''}; not touched: restore {CONFIG} or move the folder away")
-        write_json(path, {"run_id": run.run_id, "train": asdict(run.config)})
+        write_json(path, config_record(run, overrides))
         return None
     record = read_json(path)
     if record is None:
@@ -160,7 +166,7 @@ def state(spec: Spec, run: Run, runs_root) -> dict:
     """The run's status, with `state` one of pending, running, interrupted, done, needs-eval, failed,
     unknown (status.json unreadable) or invalid (`check_folder`; the reason says why)."""
     folder = run_folder(runs_root, run.run_id)
-    bad_folder = check_folder(run, runs_root)
+    bad_folder = check_folder(run, runs_root, spec.overrides)
     if bad_folder:
         return {"state": INVALID, "reason": bad_folder}
     st = read_status(folder)
@@ -300,7 +306,7 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache(runs_root).resolve()))
     folder = run_folder(runs_root, run.run_id)
     main = is_main()  # with several tasks, only rank 0 reads the folder's bookkeeping and writes
-    outcome = from_main(_open_folder(run, runs_root, folder) if main else None)  # every task follows rank 0
+    outcome = from_main(_open_folder(run, runs_root, folder, spec.overrides) if main else None)  # all follow rank 0
     if outcome is not None:
         return outcome
     if is_complete(spec, run, runs_root):
@@ -323,7 +329,22 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
             if bad:
                 raise ValueError(f"not a row ({bad[1]}): {bad[0]}")
             append_jsonl(folder / ROWS, rows)
+            track(lambda: events.add(rows))
 
+    def track(write):
+        """TensorBoard, from the rows just appended (the `tracking` extra): a failure there is logged and
+        ends tracking, never the run (the rows are the record)."""
+        nonlocal events
+        try:
+            if events is not None:
+                write()
+        except Exception as e:  # noqa: BLE001
+            events = None
+            log(f"TensorBoard event files stopped ({type(e).__name__}: {e}); rebuild them from the rows with "
+                "`ablate export SPEC --tensorboard` after removing tb/")
+
+    resumed = last_step(folder)
+    events = tracking.events(folder, cfg, purge_step=resumed + 1 if resumed else None) if main else None
     try:
         status(folder, RUNNING, step=last_step(folder))
         images = _images(cfg.dataset, "train", data_root, download)
@@ -374,20 +395,22 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         detail = why if isinstance(e, DiskFull) else traceback.format_exc()  # a full disk needs no traceback
         _record(run.run_id, f"failed: {why}", lambda: status(folder, FAILED, reason=why, step=step),
                 lambda: log(f"run {run.run_id} failed:\n{detail}"))
+    finally:
+        track(lambda: events.close())
     return FAILED
 
 
-def _open_folder(run, runs_root, folder) -> str | None:
+def _open_folder(run, runs_root, folder, overrides=()) -> str | None:
     """Check the run's folder, create it with its config.json and remove the temp files a kill left:
     None when the run may go on, else the state it ends in (INVALID, or FAILED on a full disk)."""
-    bad_folder = check_folder(run, runs_root)
+    bad_folder = check_folder(run, runs_root, overrides)
     if bad_folder:  # `ablate run` reports it before it starts; a SLURM job ends here
         print(bad_folder, file=sys.stderr, flush=True)
         return INVALID
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / CONFIG).exists():
-            write_json(folder / CONFIG, {"run_id": run.run_id, "train": asdict(run.config)})
+            write_json(folder / CONFIG, config_record(run, overrides))
         for tmp in orphans(folder):
             tmp.unlink(missing_ok=True)
     except OSError as e:  # a full disk before the run's first file: the run fails, the grid goes on

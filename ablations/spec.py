@@ -9,6 +9,12 @@ field by field, the last of: the config defaults, the spec's `base`/`eval`/`seed
 the spec's own `scale.<name>` table (which may override anything). A grid axis is a list of values of
 the config field it names, or a list of tables that set several fields together
 (e.g. `loss = [{loss = "simple", ...}, ...]`).
+
+Overrides (`ablate run SPEC --set base.lr=1e-3`) are `key=value` pairs, the value a TOML value (a bare
+word is a string). `base.*`, `eval.*` and `seeds` form the topmost layer (above the spec's own scale
+table); any other key (`scale.cpu.base.batch`, `grid.lr`, `name`) replaces that key of the file's
+table. Either way each is validated by the same code as the key in the file, and an error names the
+override.
 """
 import functools
 import itertools
@@ -37,6 +43,8 @@ CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "prediction": PREDICTIONS
 TOP_KEYS = {"name", "description", "seeds", "base", "grid", "eval", "scale", "default_scale"}
 SCALE_KEYS = {"base", "eval", "seeds"}
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+NAME_PART = re.compile(r"[A-Za-z0-9_-]+")  # one part of an override's dotted key
+BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")  # an override value taken as a string
 
 
 class SpecError(ValueError):
@@ -61,10 +69,61 @@ class Spec:
     axes: tuple  # grid axes; empty when the spec compares eval settings on one config
     runs: tuple
     eval: EvalConfig
+    overrides: tuple = ()  # the --set pairs, as given ("base.lr=1e-3")
 
 
-def _errors(path):
-    return lambda key, msg: SpecError(f"{path}: key '{key}': {msg}")
+def _errors(path, overrides=()):
+    """The error factory of a file: an error on a key an override set (or a key above or below it)
+    names the override."""
+    def err(key, msg):
+        given = next((o for o in overrides if _related(o.split("=", 1)[0], key)), None)
+        return SpecError(f"{path}: " + (f"--set {given}: " if given else "") + f"key '{key}': {msg}")
+    return err
+
+
+def _related(override_key, key) -> bool:
+    return any(a == b or a.startswith((b + ".", b + "["))
+               for a, b in ((key, override_key), (override_key, key)))
+
+
+def _maker(where):
+    """An error factory from what a value remembers of where it came from: a file, or a factory."""
+    return where if callable(where) else _errors(where)
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`base.lr=1e-3` -> (["base", "lr"], 0.001): the value parsed as a TOML value, a bare word as a
+    string."""
+    k, eq, v = text.partition("=")
+    parts = k.strip().split(".")
+    if not eq or not all(NAME_PART.fullmatch(p) for p in parts):
+        raise SpecError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. base.lr=1e-3 or "
+                        "scale.cpu.base.batch=64")
+    try:
+        return parts, tomllib.loads(f"v = {v.strip()}")["v"]
+    except tomllib.TOMLDecodeError as e:
+        if BARE.fullmatch(v.strip()):
+            return parts, v.strip()
+        raise SpecError(f"--set {text}: value {v.strip()!r} is not a TOML value ({e}); valid: a number, "
+                        'true/false, a "string", a [list], an {inline = "table"} or a bare word') from None
+
+
+def _apply(raw, overrides, path) -> tuple[dict, object, object]:
+    """Split the overrides: `base.*`, `eval.*` and `seeds` into a top layer table; the rest set into
+    the file's table `raw` (changed in place). Returns (top layer, its error factory, the file's)."""
+    top = {}
+    ours = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in SCALE_KEYS]
+    err = _errors(path, [o for o in overrides if o not in ours])
+    for text in overrides:
+        parts, value = parse_override(text)
+        table = top if parts[0] in SCALE_KEYS else raw
+        for i, p in enumerate(parts[:-1]):
+            table = table.setdefault(p, {})
+            if not isinstance(table, dict):
+                raise err(".".join(parts[:i + 1]), f"is {type(table).__name__}, not a table, so it has no key "
+                                                   f"{parts[i + 1]!r}")
+        table[parts[-1]] = value
+    return top, _errors(path, ours), err
 
 
 def _read(path) -> dict:
@@ -105,9 +164,10 @@ def _scale_block(table, prefix, path, err) -> dict:
     return block
 
 
-def load_spec(path, scale: str | None = None, scales_path=SCALES) -> Spec:
-    path = Path(path)
-    raw, err = _read(path), _errors(path)
+def load_spec(path, scale: str | None = None, scales_path=SCALES, overrides=()) -> Spec:
+    path, overrides = Path(path), tuple(overrides)
+    raw = _read(path)
+    top, top_err, err = _apply(raw, overrides, path)
     _known(raw, TOP_KEYS, "", err)
     name = _typed(raw.get("name"), str, "name", err)
     if not NAME.fullmatch(name):
@@ -120,21 +180,33 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES) -> Spec:
     if scale is not None and scale not in valid:
         key = "default_scale" if scale == raw.get("default_scale") else "scale"
         raise err(key, f"unknown scale {scale!r}; valid choices: {', '.join(map(repr, valid)) or 'none'}")
+    for text in overrides:  # a scale's table that is not run would change nothing
+        parts = text.split("=", 1)[0].strip().split(".")
+        if parts[0] == "scale" and len(parts) > 1 and parts[1] != scale:
+            raise err(".".join(parts[:2]), f"scale {parts[1]!r} is not the scale run ({scale!r}), so this "
+                                           f"override would change nothing; valid: scale.{scale}.<key> or base.<key>")
 
     # lowest precedence first: the spec, the shared scale, the spec's own table for that scale
-    layers = [_scale_block({k: raw[k] for k in SCALE_KEYS if k in raw}, "", path, err)]
+    layers = [_scale_block({k: raw[k] for k in SCALE_KEYS if k in raw}, "", err, err)]
     if scale in shared:
         layers.append(shared[scale])
     if scale in own:
         _typed(own[scale], dict, f"scale.{scale}", err)
         _known(own[scale], SCALE_KEYS, f"scale.{scale}.", err)
-        layers.append(_scale_block(own[scale], f"scale.{scale}", path, err))
+        layers.append(_scale_block(own[scale], f"scale.{scale}", err, err))
+    if top:
+        layers.append(_scale_block(top, "", top_err, top_err))
     base = {k: v for layer in layers for k, v in layer["base"].items()}
     evals = {k: v for layer in layers for k, v in layer["eval"].items()}
-    seeds = next((layer["seeds"] for layer in reversed(layers) if "seeds" in layer), ([0], path, "seeds"))
+    seeds = next((layer["seeds"] for layer in reversed(layers) if "seeds" in layer), ([0], err, "seeds"))
 
     grid = _typed(raw.get("grid", {}), dict, "grid", err)
     points = [_axis(axis, values, err) for axis, values in grid.items()]
+    for k in top.get("base", {}):  # the grid sets its fields over base: such an override would change nothing
+        axis = next((a for a, p in zip(grid, points) if any(k in sets for _, sets in p)), None)
+        if axis is not None:
+            raise top_err(f"base.{k}", f"grid axis {axis!r} sets {k!r} in every run, so this override would "
+                                       f"change nothing; valid: --set grid.{axis}=[...] to change the axis")
     runs, seen = [], {}
     for combo in itertools.product(*points):
         values, labels = dict(base), {}
@@ -150,7 +222,7 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES) -> Spec:
             seen[run.run_id] = f"{labels} (seed {seed})"
             runs.append(run)
     ev = _eval(evals, runs)
-    return Spec(name if scale is None else f"{name}-{scale}", path, scale, tuple(grid), tuple(runs), ev)
+    return Spec(name if scale is None else f"{name}-{scale}", path, scale, tuple(grid), tuple(runs), ev, overrides)
 
 
 def _known(table, allowed, prefix, err):
@@ -235,8 +307,7 @@ def _resolve(values) -> TrainConfig:
         _, where, key = values.get(field, (None, None, None))
         if where is None:
             return SpecError(f"default of '{field}': {msg}")
-        make = where if callable(where) else _errors(where)
-        return make(key, msg)
+        return _maker(where)(key, msg)
 
     if cfg.variance in LEARNED and cfg.loss == "simple":
         raise err("variance", f"variance {cfg.variance!r} needs loss 'hybrid' or 'vlb', got loss 'simple'; "
@@ -291,13 +362,13 @@ def _eval(values, runs) -> EvalConfig:
     the Setting list."""
     from ablations import classifier
     from ablations.fidelity import EXTRACTORS, FMNIST_ONLY
-    checked = {k: _check_value(key, k, v, EVAL_FIELDS[k].default, _errors(path))
+    checked = {k: _check_value(key, k, v, EVAL_FIELDS[k].default, _maker(path))
                for k, (v, path, key) in values.items() if k != "setting"}
     ev = EvalConfig(**checked)
 
     def err(field, msg):
         _, path, key = values.get(field, (None, None, None))
-        return _errors(path)(key, msg) if path else SpecError(f"default of eval '{field}' ({msg})")
+        return _maker(path)(key, msg) if path else SpecError(f"default of eval '{field}' ({msg})")
 
     try:
         lookup(EXTRACTORS, ev.fid_extractor, "fid_extractor")
@@ -353,7 +424,7 @@ def _eval(values, runs) -> EvalConfig:
     if "setting" not in values:
         return ev
     tables, path, key = values["setting"]
-    settings, last_only = _settings(tables, key, _errors(path), ev, runs)
+    settings, last_only = _settings(tables, key, _maker(path), ev, runs)
     return replace(ev, settings=tuple(settings), last_only=tuple(last_only))
 
 

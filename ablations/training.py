@@ -89,6 +89,16 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(derive("data_order", seed, epoch)))
 
 
+def warm(cfg, step: int) -> float:
+    """The learning rate of the `step`-th update (1 for the first) as a fraction of `lr`: linear warm-up
+    over `warmup` steps (Ho et al. 2020, App. B: 5,000), then 1."""
+    return min(1.0, step / cfg.warmup) if cfg.warmup > 0 else 1.0
+
+
+def lr_at(cfg, step: int) -> float:
+    return cfg.lr * warm(cfg, step)
+
+
 def ema_decay_at(decay: float, t: int, warmup: bool) -> float:
     """The decay of the t-th EMA update (t = 1 for the first): `decay`, or with `warmup`
     min(decay, (1 + t) / (10 + t)) (tf.train.ExponentialMovingAverage's num_updates rule)."""
@@ -165,8 +175,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     model = build_model(cfg).to(device, memory_format=memory_format(cfg))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0  # noqa: E731
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, warm)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warm(cfg, s + 1))
     gen = torch.Generator(device).manual_seed(derive("train_noise", cfg.seed))
     step, total = 0, total_steps(cfg, len(images))
 

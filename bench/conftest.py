@@ -9,14 +9,18 @@ model, steps, batch, threads, torch), and the ratios are computed from those col
 - ours_over_diffusers: our loop / diffusers' scheduler loop on the identical model, per S;
 - per_image_over_per_batch: a loop with one generator per image / one generator per batch;
 - train_over_matmul, train_over_conv: a training step's FLOP/s / the fp32 matmul's or 1x1 conv's;
+- train_over_bf16_matmul, infer_over_bf16_matmul: a bf16 (autocast) variant's FLOP/s / the bf16 matmul's,
+  measured only on CPUs with AVX512-BF16 or AMX-BF16 (bench/cpu.py);
 - infer_over_matmul, infer_over_conv: the same for the sampling forward (no grad, batch 250);
 - fid_cold_over_cached: FID with the reference statistics computed / read from the cache;
 - large_over_small: an `ablate` command on the 2,000-run grid / on the 100-run grid (runs in `batch`).
-Every row also carries the machine's two rooflines (matmul_gflops, conv_gflops) from the same run.
+Every row also carries the machine's rooflines (matmul_gflops, conv_gflops, bf16_matmul_gflops) from the
+same run, and every benchmark the CPU's model and bf16 flags (cpu_model, avx512f, avx512_bf16, amx_bf16).
 """
 import pytest
 import torch
 
+from bench.cpu import cpu_info
 from core.schedules import make_schedule
 from core.unet import UNet
 
@@ -44,8 +48,8 @@ MODELS = {"stub": Stub, "unet": small_unet}
 
 
 def describe(benchmark, **info):
-    """Record what a benchmark times as columns (with the thread count and torch version)."""
-    benchmark.extra_info.update(threads=torch.get_num_threads(), torch=torch.__version__, **info)
+    """Record what a benchmark times as columns (with the thread count, torch version and the CPU)."""
+    benchmark.extra_info.update(threads=torch.get_num_threads(), torch=torch.__version__, **cpu_info(), **info)
 
 
 @pytest.fixture(scope="session")
@@ -68,8 +72,10 @@ def ratios(benchmarks: list[dict]) -> list[dict]:
             b["stats"]["median"], {**e, "mean_s": b["stats"]["mean"]})
     get = lambda *k: med.get(k, (None, None))[0]  # noqa: E731
     rate = lambda kind: (lambda m: m and m[1]["flop"] / m[0])(med.get((kind, "torch", None, None, None, None, None)))  # noqa: E731
-    matmul, conv = rate("matmul"), rate("conv")
-    machine = {"matmul_gflops": matmul and matmul / 1e9, "conv_gflops": conv and conv / 1e9}
+    matmul, conv, bf16 = rate("matmul"), rate("conv"), rate("matmul_bf16")
+    machine = {"matmul_gflops": matmul and matmul / 1e9, "conv_gflops": conv and conv / 1e9,
+               "bf16_matmul_gflops": bf16 and bf16 / 1e9}
+    over_bf16 = lambda flops, variant: bf16 and variant == "bf16" and flops / bf16 or None  # noqa: E731
     out = []
     for (kind, impl, sampler, model, steps, batch, variant), (t, e) in med.items():
         if kind == "loop" and impl == "ours":
@@ -88,12 +94,14 @@ def ratios(benchmarks: list[dict]) -> list[dict]:
             flops = e["flop"] / t
             out.append({"kind": "train_step", "model": model, "variant": variant, "batch": batch,
                         "train_gflops": flops / 1e9, "train_img_per_s": batch / t,
-                        "train_over_matmul": matmul and flops / matmul, "train_over_conv": conv and flops / conv})
+                        "train_over_matmul": matmul and flops / matmul, "train_over_conv": conv and flops / conv,
+                        "train_over_bf16_matmul": over_bf16(flops, variant)})
         elif kind == "infer":
             flops = e["flop"] / t
             out.append({"kind": "sample_forward", "model": model, "variant": variant, "batch": batch,
                         "infer_gflops": flops / 1e9, "infer_img_per_s": batch / t,
-                        "infer_over_matmul": matmul and flops / matmul, "infer_over_conv": conv and flops / conv})
+                        "infer_over_matmul": matmul and flops / matmul, "infer_over_conv": conv and flops / conv,
+                        "infer_over_bf16_matmul": over_bf16(flops, variant)})
         elif kind == "command":
             sizes = sorted(k[5] for k in med if k[0] == "command" and k[6] == variant)
             if len(sizes) > 1 and batch == sizes[-1]:
@@ -107,7 +115,10 @@ def ratios(benchmarks: list[dict]) -> list[dict]:
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
+    from bench.cpu import bf16_skip_reason
     output_json["ratios"] = ratios(output_json["benchmarks"])
+    info = cpu_info()
+    output_json["cpu"] = {**info, "bf16_skipped": bf16_skip_reason(info)}  # recorded even when bf16 is skipped
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

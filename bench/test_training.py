@@ -1,15 +1,19 @@
 """Training-step and sampling-forward throughput, and their fractions of the machine's practical rooflines
-(a fp32 matmul, and the same GEMM work as a 1x1 convolution)."""
+(a fp32 matmul, and the same GEMM work as a 1x1 convolution); in bf16 autocast against a bf16 matmul, on
+CPUs with native bf16 only (bench/cpu.py: skipped elsewhere, with the CPU's flags as the reason)."""
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.conftest import describe, small_unet
+from bench.cpu import bf16_skip_reason, cpu_info
 from core.diffusion import q_sample
 from core.losses import loss_terms
 from core.schedules import make_schedule
 
 N, BATCH = 2048, 128
+NO_BF16 = bf16_skip_reason(cpu_info())
+needs_bf16 = pytest.mark.skipif(NO_BF16 is not None, reason=NO_BF16 or "")
 
 
 def test_matmul_roofline(benchmark):
@@ -27,14 +31,28 @@ def test_conv_roofline(benchmark):
         benchmark(torch.nn.functional.conv2d, x, w)
 
 
-VARIANTS = {"contiguous": (torch.contiguous_format, False), "channels_last": (torch.channels_last, False),
-            "compiled": (torch.channels_last, True)}  # compiled = torch.compile (inductor) + channels_last
+@needs_bf16
+def test_matmul_roofline_bf16(benchmark):
+    """The bf16 roofline: a 2048x2048 bf16 matmul (AVX512-BF16 / AMX kernels)."""
+    a, b = torch.randn(N, N, dtype=torch.bfloat16), torch.randn(N, N, dtype=torch.bfloat16)
+    describe(benchmark, kind="matmul_bf16", implementation="torch", flop=2 * N**3)
+    benchmark(torch.mm, a, b)
 
 
-@pytest.mark.parametrize("memory_format", list(VARIANTS))
+VARIANTS = {"contiguous": (torch.contiguous_format, False, False), "channels_last": (torch.channels_last, False, False),
+            "compiled": (torch.channels_last, True, False),  # compiled = torch.compile (inductor) + channels_last
+            "bf16": (torch.contiguous_format, False, True)}  # eager, bf16 autocast (as `bf16 = true` trains)
+BF16_ONLY = {"bf16"}
+
+
+def _variants(names):
+    return [pytest.param(v, marks=needs_bf16) if v in BF16_ONLY else v for v in names]
+
+
+@pytest.mark.parametrize("memory_format", _variants(VARIANTS))
 def test_train_step(benchmark, memory_format):
     """One optimizer step of the demo's U-Net on a batch of 128 28x28 images (L_simple, eps)."""
-    fmt, compile_ = VARIANTS[memory_format]
+    fmt, compile_, bf16 = VARIANTS[memory_format]
     model = small_unet().train().to(memory_format=fmt)
     forward = torch.compile(model) if compile_ else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
@@ -46,7 +64,9 @@ def test_train_step(benchmark, memory_format):
         t = torch.randint(0, 1000, (BATCH,), generator=g)
         noise = torch.randn(x0.shape, generator=g).contiguous(memory_format=fmt)
         xt = q_sample(schedule, x0, t, noise)
-        loss = loss_terms(schedule, forward(xt, t), x0, xt, t, noise, prediction="eps", variance="fixed_small",
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = forward(xt, t)
+        loss = loss_terms(schedule, out.float(), x0, xt, t, noise, prediction="eps", variance="fixed_small",
                           loss="simple")["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -57,10 +77,10 @@ def test_train_step(benchmark, memory_format):
     benchmark.pedantic(step, rounds=5, warmup_rounds=2 if compile_ else 1)
 
 
-@pytest.mark.parametrize("variant", ["eager", "compiled"])
+@pytest.mark.parametrize("variant", _variants(["eager", "compiled", "bf16"]))
 def test_sample_forward(benchmark, variant):
-    """The sampling forward of the demo's U-Net: no grad, batch 250 (the demo's sample batch), eager or
-    compiled (inductor, channels_last weights), as evaluation runs it."""
+    """The sampling forward of the demo's U-Net: no grad, batch 250 (the demo's sample batch), eager,
+    compiled (inductor, channels_last weights) or eager in bf16 autocast, as evaluation runs it."""
     model = small_unet().eval().requires_grad_(False)
     if variant == "compiled":
         model = model.to(memory_format=torch.channels_last)
@@ -69,7 +89,8 @@ def test_sample_forward(benchmark, variant):
     with torch.no_grad():
         flop = _flops(lambda: model(x, t))
         describe(benchmark, kind="infer", implementation="ours", model="unet", variant=variant, batch=250, flop=flop)
-        benchmark.pedantic(forward, args=(x, t), rounds=5, warmup_rounds=2 if variant == "compiled" else 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+            benchmark.pedantic(forward, args=(x, t), rounds=5, warmup_rounds=2 if variant == "compiled" else 1)
 
 
 def _flops(fn) -> int:

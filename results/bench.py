@@ -2,7 +2,9 @@
 
 bench.csv has one row per benchmark with what it timed as columns (the `extra_info` that every
 benchmark records: implementation, sampler, model, steps, batch, threads, torch); ratios.csv has one
-row per comparison and one column per quantity (bench/conftest.py defines them).
+row per comparison and one column per quantity (bench/conftest.py defines them). The CPU's model and bf16
+flags (cpu_model, avx512f, avx512_bf16, amx_bf16; bench/cpu.py) are columns of every bench.csv row, and
+bf16_skipped says why the bf16 benchmarks did not run, where they did not.
 """
 import json
 from pathlib import Path
@@ -16,7 +18,8 @@ from results.table import write_csv
 def bench_table(json_path) -> tuple[pd.DataFrame, pd.DataFrame]:
     raw = json.loads(Path(json_path).read_text())
     machine = raw.get("machine_info", {})
-    rows = [{"benchmark": b["name"], **b.get("extra_info", {}), "median_s": b["stats"]["median"],
+    cpu = raw.get("cpu", {})  # the machine's CPU flags, recorded by bench/conftest.py
+    rows = [{"benchmark": b["name"], **cpu, **b.get("extra_info", {}), "median_s": b["stats"]["median"],
              "mean_s": b["stats"]["mean"], "stddev_s": b["stats"]["stddev"], "rounds": b["stats"]["rounds"],
              "cpu": machine.get("cpu", {}).get("brand_raw"), "python": machine.get("python_version"),
              "datetime": raw.get("datetime")} for b in raw["benchmarks"]]

@@ -25,9 +25,9 @@ SUBMISSIONS = "submissions.jsonl"
 class RunJob:
     """Callable submitted per array task: `RunJob(...)(run_id)`."""
 
-    def __init__(self, spec_path, scale, runs_root, data_root=None, max_requeues=3, device=None):
+    def __init__(self, spec_path, scale, runs_root, data_root=None, max_requeues=3, device=None, overrides=()):
         self.args = dict(spec_path=str(spec_path), scale=scale, runs_root=str(runs_root), data_root=data_root,
-                         max_requeues=max_requeues, device=device)
+                         max_requeues=max_requeues, device=device, overrides=list(overrides))
         self.__dict__.update(self.args)
 
     def __getstate__(self):
@@ -43,7 +43,7 @@ class RunJob:
         from slurm.distributed import init_from_slurm
         if os.environ.get("SLURM_CPUS_PER_TASK"):
             torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
-        spec = load_spec(self.spec_path, self.scale)
+        spec = load_spec(self.spec_path, self.scale, overrides=self.overrides)
         run = next((r for r in spec.runs if r.run_id == run_id), None)
         if run is None:
             raise ValueError(f"run {run_id} is no longer in {self.spec_path} (scale {self.scale}): the spec or the "
@@ -136,7 +136,8 @@ def submit(spec: Spec, runs_root, *, data_root=None, device=None, max_requeues=3
     if not todo:
         return []
     ex, _ = executor_for(spec, runs_root, max_requeues=max_requeues, **params)
-    job = RunJob(spec.path, spec.scale, runs_root, data_root=data_root, max_requeues=max_requeues, device=device)
+    job = RunJob(spec.path, spec.scale, runs_root, data_root=data_root, max_requeues=max_requeues, device=device,
+                 overrides=spec.overrides)
     jobs = ex.map_array(job, [r.run_id for r in todo])
     record = [{"job_id": j.job_id, "run_id": r.run_id, "submitted": time.time(), "cluster": ex.cluster,
                "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr)} for j, r in zip(jobs, todo)]

@@ -33,3 +33,44 @@ def test_loop_ratios_use_the_forward_timed_inside_the_same_loop():
     assert loop["loop_over_forward"] == 3.0 / 2.5  # means over the same rounds
     assert loop["forward_over_floor"] == 2.5 / (19 * 0.25)
     assert loop["ours_over_diffusers"] == 2.9 / 3.2  # medians
+
+
+SAPPHIRE = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu
+"""
+EPYC_AVX2 = """processor\t: 0
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx avx2 fma
+"""
+
+
+def test_the_cpu_model_and_bf16_flags_are_read_from_cpuinfo():
+    from bench.cpu import bf16_skip_reason, parse_cpuinfo
+    spr = parse_cpuinfo(SAPPHIRE)
+    assert spr == {"cpu_model": "Intel(R) Xeon(R) Platinum 8480+", "avx512f": True, "avx512_bf16": True,
+                   "amx_bf16": True}  # the first processor's line
+    assert bf16_skip_reason(spr) is None
+    epyc = parse_cpuinfo(EPYC_AVX2)
+    assert epyc == {"cpu_model": "AMD EPYC", "avx512f": False, "avx512_bf16": False, "amx_bf16": False}
+    why = bf16_skip_reason(epyc)
+    assert "AMD EPYC" in why and "avx512_bf16=no" in why and "amx_bf16=no" in why and "avx512f=no" in why
+    assert bf16_skip_reason({**epyc, "avx512_bf16": True}) is None  # AVX512-BF16 without AMX (Zen 4) is native
+
+
+def test_bf16_variants_are_held_to_the_bf16_matmul_roofline():
+    from bench.conftest import ratios
+
+    def bench(kind, impl, median, **info):
+        return {"stats": {"median": median, "mean": median}, "extra_info": {"kind": kind, "implementation": impl,
+                                                                             **info}}
+    found = ratios([bench("matmul", "torch", 1.0, flop=200e9), bench("matmul_bf16", "torch", 1.0, flop=400e9),
+                    bench("train", "ours", 2.0, model="unet", variant="bf16", batch=128, flop=300e9),
+                    bench("train", "ours", 2.0, model="unet", variant="contiguous", batch=128, flop=300e9)])
+    by = {r["variant"]: r for r in found if r["kind"] == "train_step"}
+    assert by["bf16"]["train_over_bf16_matmul"] == 150e9 / 400e9 and by["bf16"]["bf16_matmul_gflops"] == 400
+    assert by["contiguous"]["train_over_bf16_matmul"] is None  # fp32 is held to the fp32 rooflines
+    assert by["bf16"]["train_over_matmul"] == 150e9 / 200e9

@@ -222,6 +222,11 @@ def test_release_never_removes_another_process_claim(tmp_path, sleeper):
 
 # --- run folders against their ids ----------------------------------------------------------------------
 
+def _files(folder) -> dict:
+    """Every file under a run folder (its TensorBoard tb/ too) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_a_tampered_config_is_reported_and_its_run_not_trained_evaluated_or_collected(trained, tmp_path):
     path, runs, run, folder = _copy(trained, tmp_path)
     record = json.loads((folder / "config.json").read_text())
@@ -229,7 +234,7 @@ def test_a_tampered_config_is_reported_and_its_run_not_trained_evaluated_or_coll
     (folder / "config.json").write_text(json.dumps(record))
     other = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["train"].items()}).run_id()
     (folder / "rows.jsonl").write_text("")  # the run would need evaluating, were it trusted
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = _files(folder)
 
     listing = _ablate("list", path, "--runs-root", runs)
     _one_line_error(listing, str(folder / "config.json"), other, run.run_id)
@@ -240,7 +245,7 @@ def test_a_tampered_config_is_reported_and_its_run_not_trained_evaluated_or_coll
     out = tmp_path / "res"
     collected = _ablate("collect", path, "--runs-root", runs, "--results-root", out)
     _one_line_error(collected, "invalid run folder", run.run_id)
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # neither trained nor evaluated
+    assert _files(folder) == before  # neither trained nor evaluated
     assert run.run_id not in set(pd.read_csv(out / "faults" / "rows.csv")["run_id"])
 
 
@@ -260,10 +265,10 @@ def test_a_missing_config_is_rewritten_when_the_folder_holds_nothing_else(tmp_pa
 def test_a_missing_config_beside_other_files_is_reported_and_left_alone(trained, tmp_path):
     path, runs, run, folder = _copy(trained, tmp_path)
     (folder / "config.json").unlink()
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = _files(folder)
     for cmd in (["list"], ["run", "--no-progress"], ["collect", "--results-root", tmp_path / "res"]):
         _one_line_error(_ablate(cmd[0], path, "--runs-root", runs, *cmd[1:]), str(folder), "no config.json")
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert _files(folder) == before
 
 
 def test_an_unreadable_status_is_reported_not_shown_pending(trained, tmp_path):
