@@ -15,7 +15,7 @@ from ablations.config import TrainConfig, eval_steps, scored_at
 from ablations.io import write_json
 from ablations.layout import checkpoint_step, checkpoints, read_status, run_folder
 from ablations.runner import missing, run_one, wanted
-from ablations.schema import read_rows
+from ablations.schema import CURVES, read_rows
 from ablations.spec import SpecError, load_spec
 from ablations.training import train
 
@@ -37,7 +37,7 @@ def _scores(folder) -> dict:
     assert skipped == 0
     out = {}
     for r in rows:
-        if r["metric"] in TIMING or r["metric"] == "train_loss":
+        if r["metric"] in TIMING or r["metric"] in CURVES:  # logged by the training loop, not scored
             continue
         k = (r["metric"], r["train_step"], r["sampler"], r["extractor"])
         assert k not in out, f"row {k} written twice"
