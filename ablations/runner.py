@@ -432,17 +432,19 @@ def _record(run_id, what, *writes):
 
 
 def score_checkpoints(spec, run, folder, model, emit, log, *, upto, device, data_root, download, runs_root,
-                      should_stop=None, progress=False) -> dict:
+                      should_stop=None, progress=False):
     """Evaluate every checkpoint the spec scores, up to step `upto`, that lacks rows: oldest first, each
     from the EMA weights its checkpoint file holds (so scoring while training goes on and after it ends
     give the same rows). `model` is the U-Net the weights are loaded into, compiled once for every
     checkpoint: {"forward": ...} caches its compiled forward between calls."""
     from ablations.checkpoint import load_step
+    need = wanted(spec, run)
     for at in eval_steps(spec.eval, run_steps(run)):
         if at > upto:
             break
         have = from_main(_have(folder) if is_main() else None)  # task 0 reads; every task follows
-        if all(k in have for k, (step, _) in wanted(spec, run).items() if step == at):
+        lacking = {k: what for k, (step, what) in need.items() if step == at and k not in have}
+        if not lacking:
             continue
         state = load_step(folder, at, device)
         if state is None:
@@ -451,12 +453,12 @@ def score_checkpoints(spec, run, folder, model, emit, log, *, upto, device, data
                 f"{last_step(folder)} under a spec whose eval_at did not name {at}), so its rows cannot be made "
                 f"without training again: move {folder} away, or drop {at} from eval_at")
         model["ema"].load_state_dict(state["ema"])
-        if is_main() and not any(k in have for k, (step, w) in wanted(spec, run).items() if step == at and w == "cost"):
+        if is_main() and "cost" in lacking.values():
             emit(cost_rows(run, state))
         log(f"  scoring the checkpoint of step {at}")
-        evaluate(spec, run, folder, model, emit, log, at=at, have=have, device=device, data_root=data_root,
-                 download=download, runs_root=runs_root, should_stop=should_stop, progress=progress)
-    return model
+        evaluate(spec, run, folder, model, emit, log, at=at, have=have, lacking=lacking, device=device,
+                 data_root=data_root, download=download, runs_root=runs_root, should_stop=should_stop,
+                 progress=progress)
 
 
 def cost_rows(run, state) -> list:
@@ -473,9 +475,10 @@ def cost_rows(run, state) -> list:
         ("train_flops", images * per_image(cfg)[1]))]  # train_flops last: its presence marks the group done
 
 
-def evaluate(spec, run, folder, model, emit, log, *, at, have, device, data_root, download, runs_root,
+def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, data_root, download, runs_root,
              should_stop=None, progress=False):
-    """The rows this spec needs at checkpoint `at` and the run lacks (`have`, its row keys), scored with
+    """The rows this spec needs at checkpoint `at` and the run lacks (`lacking`: {row key: setting, "nll"
+    or "cost"}; `have`: the run's row keys), scored with
     model["ema"] (the checkpoint's EMA weights). Per sampler setting: its images, from the kept
     samples file when it holds enough (no sampling), else generated, kept (with a sample grid and
     throughput rows); then each missing group in one append: per extractor FID/KID, per extractor
@@ -486,8 +489,8 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, device, data_root
     cfg, ev = run.config, spec.eval
     schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
     ema = model["ema"].eval()
-    groups = _groups(spec, run, have, at)  # {setting: [(kind, extractor)]}
-    nll_missing = any(k not in have for k, what in wanted(spec, run).items() if what == (at, "nll"))
+    groups = _groups(lacking)  # {setting: [(kind, extractor)]}
+    nll_missing = "nll" in lacking.values()
     kept = {s: load_images(folder / samples_name(*s, sample_seed=ev.sample_seed, train_step=at), ev.fid_samples)
             for s in groups}
     to_sample = [s for s in groups if any_true(kept[s] is None, device)]  # every task agrees
@@ -555,14 +558,13 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, device, data_root
 GROUP = {"fid": "fid", "recall": "prc", "solver_rms": "solver"}  # the metric keying a row group -> the group
 
 
-def _groups(spec, run, have: set, at: int) -> dict:
-    """{setting: [(group, extractor)]} of the row groups the spec needs at checkpoint `at` and the run
-    lacks (`have`: its row keys), in wanted's order; group is "fid" (fid, kid, kid_std, fid_wall_s),
-    "prc" (precision, recall) or "solver"."""
+def _groups(lacking: dict) -> dict:
+    """{setting: [(group, extractor)]} of the row groups behind the `lacking` row keys, in wanted's
+    order; group is "fid" (fid, kid, kid_std, fid_wall_s), "prc" (precision, recall) or "solver"."""
     from ablations.schema import EVAL_KEY
     out = {}
-    for k, (step, s) in wanted(spec, run).items():
-        if step == at and s not in ("nll", "cost") and k not in have:
+    for k, s in lacking.items():
+        if s not in ("nll", "cost"):
             out.setdefault(s, []).append((GROUP[k[0]], k[EVAL_KEY.index("extractor")]))
     return out
 

@@ -1,6 +1,7 @@
 """Evaluation at checkpoints: eval_at's checkpoints are kept and scored, while training goes on or
 after it ends, with the same rows; one run serves every train_steps; legacy folders move to the id
 that leaves train_steps out."""
+import inspect
 import json
 import shutil
 from dataclasses import asdict, replace
@@ -126,13 +127,13 @@ def test_a_run_stopped_during_scoring_resumes_it(tmp_path):
     trains on and scores the rest, each row once."""
     spec = _curve_spec(tmp_path)
     run = spec.runs[0]
-    calls = []
 
-    def stop():  # polled per training step and per sampler setting; true at the first scoring poll
-        calls.append(1)
-        return len(calls) == 3
+    def stop():  # polled per training step and per sampler setting: true at the first poll of scoring
+        return inspect.stack()[1].function == "evaluate"
     assert run_one(spec, run, tmp_path / "runs", progress=False, should_stop=stop) == "interrupted"
     folder = run_folder(tmp_path / "runs", run.run_id)
+    assert [checkpoint_step(p) for p in checkpoints(folder)] == [2]  # stopped while step 2 was scored
+    assert not [k for k in _scores(folder) if k[0] == "fid"]
     assert run_one(spec, run, tmp_path / "runs", progress=False) == "done"
     reference = tmp_path / "ref"
     assert run_one(spec, run, reference, progress=False) == "done"
