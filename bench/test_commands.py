@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ablations.layout import CONFIG, ROWS, STATUS, run_folder
-from ablations.schema import row
-from ablations.spec import load_spec
+from ablations.store.layout import CONFIG, ROWS, STATUS, run_folder
+from ablations.store.schema import row
+from ablations.grid.spec import load_spec
 from bench.conftest import describe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def grids(tmp_path_factory):
 
 
 def _ablate(*args):
-    r = subprocess.run([sys.executable, "-m", "ablations.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "ablations.commands.cli", *map(str, args)], cwd=ROOT, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return r.stdout
@@ -92,6 +92,6 @@ def test_command(benchmark, grids, command, grid):
 
 
 def test_import(benchmark):
-    describe(benchmark, kind="import", implementation="ours", variant="ablations.cli")
-    benchmark.pedantic(subprocess.run, args=([sys.executable, "-c", "import ablations.cli"],),
+    describe(benchmark, kind="import", implementation="ours", variant="ablations.commands.cli")
+    benchmark.pedantic(subprocess.run, args=([sys.executable, "-c", "import ablations.commands.cli"],),
                        kwargs={"cwd": ROOT, "check": True}, rounds=3, iterations=1)

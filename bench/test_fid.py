@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from ablations.classifier import load_classifier
-from ablations.data import load, to_model
-from ablations.fidelity import fid
+from ablations.metrics.classifier import load_classifier
+from ablations.running.data import load, to_model
+from ablations.metrics.fidelity import fid
 from bench.conftest import describe
 
 N = 2000

@@ -1,6 +1,6 @@
 """Dispatch a spec's grid to SLURM through submitit: one job array, non-blocking, idempotent.
 
-The submitted callable, `RunJob`, runs `ablations.runner.run_one` (the same code as `ablate run`).
+The submitted callable, `RunJob`, runs `ablations.running.runner.run_one` (the same code as `ablate run`).
 It implements submitit's checkpoint protocol: on the timeout or preemption signal, `checkpoint()`
 asks the training loop to stop at the next step boundary, waits for it to save a checkpoint, and
 returns a new submission of itself, which submitit requeues. The requeued job resumes from that
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import submitit
 
-from ablations import claim, runner
-from ablations.io import append_jsonl, read_jsonl
-from ablations.layout import DONE, FAILED, INTERRUPTED, RUNNING, read_status, run_folder, spec_folder, write_status
-from ablations.spec import Spec, load_spec
+from ablations.store import claim
+from ablations.running import runner
+from ablations.store.io import append_jsonl, read_jsonl
+from ablations.store.layout import DONE, FAILED, INTERRUPTED, RUNNING, read_status, run_folder, spec_folder, write_status
+from ablations.grid.spec import Spec, load_spec
 
 SUBMISSIONS = "submissions.jsonl"
 
@@ -39,7 +40,7 @@ class RunJob:
     def __call__(self, run_id: str) -> str:
         import torch
 
-        from ablations.parallel import from_main, is_main
+        from ablations.running.parallel import from_main, is_main
         from slurm.distributed import init_from_slurm
         if os.environ.get("SLURM_CPUS_PER_TASK"):
             torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ablations.cli import main
-from ablations.spec import load_spec
+from ablations.commands.cli import main
+from ablations.grid.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = """

@@ -1,5 +1,7 @@
-"""The house rules: core/ is the math and the model (torch and the standard library only), and
-results/ reads files (neither torch nor model code). Checked on the source and in a fresh interpreter."""
+"""The house rules: core/ is the math and the model (torch and the standard library only); ablations/ shows
+the specs a researcher edits, with the suite in sub-packages named for their jobs; the reporting package reads
+files (neither torch nor model code); results/ holds results and no code. Checked on the source and in a fresh
+interpreter."""
 import ast
 import subprocess
 import sys
@@ -31,17 +33,35 @@ def test_core_holds_only_the_math_and_the_model():
         assert not outside, f"{path.name} imports {sorted(outside)}"
 
 
-@pytest.mark.parametrize("package, forbidden", [("results", {"torch", "core", "torchvision", "torch_fidelity"}),
+SUITE = {"commands", "grid", "metrics", "reporting", "running", "store"}  # ablations/'s sub-packages (README)
+
+
+def test_ablations_shows_the_specs_and_the_suite_sits_in_its_sub_packages():
+    top = ROOT / "ablations"
+    assert {p.name for p in top.glob("*.py")} == {"__init__.py"}
+    assert (top / "scales.toml").is_file() and len(list(top.glob("*.toml"))) > 1
+    assert {p.name for p in top.iterdir() if p.is_dir() and p.name != "__pycache__"} == SUITE
+    for package in SUITE:
+        assert (top / package / "__init__.py").is_file(), package
+
+
+def test_results_holds_results_and_no_code():
+    assert not [p for p in (ROOT / "results").rglob("*.py")], "results/ holds Python"
+
+
+@pytest.mark.parametrize("package, forbidden", [("ablations/reporting", {"torch", "core", "torchvision",
+                                                                         "torch_fidelity"}),
                                                 ("core", {"ablations", "results", "slurm", "bench"})])
 def test_import_direction_in_source(package, forbidden):
-    for path in (ROOT / package).glob("*.py"):
+    for path in (ROOT / package).rglob("*.py"):
         assert not _imports(path) & forbidden, f"{path} imports {sorted(_imports(path) & forbidden)}"
 
 
-def test_results_and_the_run_folder_layout_load_without_torch():
-    code = ("import sys; import results.table, results.plots, results.report, results.bench; "
-            "import ablations.layout, ablations.schema, ablations.seeds, ablations.io, ablations.migrate, "
-            "ablations.config, ablations.claim; "
+def test_reporting_and_the_run_folder_layout_load_without_torch():
+    code = ("import sys; import ablations.reporting.table, ablations.reporting.plots, ablations.reporting.report, "
+            "ablations.reporting.bench, ablations.reporting.index, ablations.reporting.verdicts; "
+            "import ablations.store.layout, ablations.store.schema, ablations.grid.seeds, ablations.store.io, ablations.store.migrate, "
+            "ablations.grid.config, ablations.store.claim; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'core', 'torchvision')); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -52,8 +72,8 @@ NAMEDTUPLE_API = {"_fields", "_asdict", "_replace", "_make"}  # public, undersco
 
 
 def test_no_private_names_are_imported_across_modules():
-    for package in ("core", "ablations", "results", "slurm", "bench"):
-        for path in (ROOT / package).glob("*.py"):
+    for package in ("core", "ablations", "slurm", "bench"):
+        for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom):
                     assert not [a.name for a in node.names if a.name.startswith("_")], f"{path}: {ast.dump(node)}"

@@ -4,8 +4,8 @@ import time
 import pytest
 from torch import nn
 
-from ablations import budget
-from ablations.config import EvalConfig, TrainConfig
+from ablations.running import budget
+from ablations.grid.config import EvalConfig, TrainConfig
 
 TINY = TrainConfig(T=100, model_channels=8, mults=(1, 2), res_blocks=1, groups=4, batch=8)
 COLD_S = 2.0  # a cold process's first call: far slower than a warm step of the tiny net (0.3 s at a load of 8 on 2 cores)

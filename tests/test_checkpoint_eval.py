@@ -10,15 +10,15 @@ import pytest
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from ablations import data
-from ablations.cli import main
-from ablations.config import TrainConfig, eval_steps, scored_at
-from ablations.io import write_json
-from ablations.layout import checkpoint_step, checkpoints, read_status, run_folder
-from ablations.runner import missing, run_one, wanted
-from ablations.schema import CURVES, read_rows
-from ablations.spec import SpecError, load_spec
-from ablations.training import train
+from ablations.running import data
+from ablations.commands.cli import main
+from ablations.grid.config import TrainConfig, eval_steps, scored_at
+from ablations.store.io import write_json
+from ablations.store.layout import checkpoint_step, checkpoints, read_status, run_folder
+from ablations.running.runner import missing, run_one, wanted
+from ablations.store.schema import CURVES, read_rows
+from ablations.grid.spec import SpecError, load_spec
+from ablations.running.training import train
 
 TIMING = {"sample_img_per_s", "nfe_per_s", "sample_wall_s", "peak_mem_mb", "fid_wall_s", "nll_wall_s",
           "compile_s", "train_wall_s", "train_img_per_s"}
@@ -57,7 +57,7 @@ def test_run_id_leaves_out_where_training_stops():
 
 
 def test_eval_steps_and_settings_scored_at_each():
-    from ablations.config import EvalConfig, Setting
+    from ablations.grid.config import EvalConfig, Setting
     ddim, ddpm = Setting("ddim", 5, 0.0, True), Setting("ddpm", 5, 0.0, True)
     ev = EvalConfig(settings=(ddim, ddpm), eval_at=(2, 4), last_only=(ddpm,))
     assert eval_steps(ev, 6) == (2, 4, 6) and eval_steps(EvalConfig(), 6) == (6,)
@@ -203,8 +203,8 @@ def test_collect_copies_each_checkpoints_sample_grid_and_plots_the_last(tmp_path
                       "samples-ddim-5-eta0-step6.png", "samples-ddpm-5-eta0-step6.png"]
     import pandas as pd
 
-    from results.plots import grid_cells
-    from results.table import checkpointed, final
+    from ablations.reporting.plots import grid_cells
+    from ablations.reporting.table import checkpointed, final
     rows = final(checkpointed(pd.read_csv(out / spec.name / "rows.csv")))
     _, _, found = grid_cells(rows, "norm", out / spec.name)
     assert sorted(f.name.split("-", 1)[1] for f in found.values()) == ["samples-ddim-5-eta0-step6.png",

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
-from results import stats
-from results.table import checkpointed, checkpoints, cost, summarize
-from results.verdicts import assess, last, settled, settled_text, trajectories, trajectory_text
+from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
+from ablations.reporting import stats
+from ablations.reporting.table import checkpointed, checkpoints, cost, summarize
+from ablations.reporting.verdicts import assess, last, settled, settled_text, trajectories, trajectory_text
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = [350, 700, 1400, 2800]
@@ -150,7 +150,7 @@ def test_old_rows_without_a_train_step_are_one_checkpoint_the_last():
 
 
 def test_the_grid_time_counts_each_runs_last_train_wall_once():
-    from results.index import _hours
+    from ablations.reporting.index import _hours
     rows = _pred(MIXED + LATE)
     train = rows[rows["metric"] == "train_wall_s"]
     ends = train[train["train_step"] == 2800]["value"].sum()
@@ -158,7 +158,7 @@ def test_the_grid_time_counts_each_runs_last_train_wall_once():
 
 
 def test_curves_reach_the_figures_the_report_and_the_index(tmp_path):
-    from results.index import regenerate
+    from ablations.reporting.index import regenerate
     for name, rows in (("prediction-cpu", _pred(MIXED + LATE)), ("schedule-cpu", _sched(NLL))):
         (tmp_path / name).mkdir()
         rows.to_csv(tmp_path / name / "rows.csv", index=False)
@@ -180,7 +180,7 @@ def test_curves_reach_the_figures_the_report_and_the_index(tmp_path):
 
 
 def test_one_checkpoint_draws_no_curve(tmp_path):
-    from results.index import regenerate
+    from ablations.reporting.index import regenerate
     (tmp_path / "prediction-cpu").mkdir()
     rows = _pred(LATE[1:], STEPS[-1:])
     rows.to_csv(tmp_path / "prediction-cpu" / "rows.csv", index=False)
@@ -195,7 +195,7 @@ def test_one_checkpoint_draws_no_curve(tmp_path):
 def test_the_report_gives_the_trajectory_from_the_rows_not_typed():
     """Where the rows hold the curve, what-was-checked gives a − b at each checkpoint from them and drops the
     typed trajectory measured outside the suite; with one checkpoint the typed line stays."""
-    from results.verdicts import AD_HOC, section
+    from ablations.reporting.verdicts import AD_HOC, section
     typed = next(line for line in AD_HOC if line.startswith("- **Training length"))
     rows = _pred(MIXED + [[4.0, -6.0, 1.0], [2.0, -3.0, 4.0]])  # inconclusive throughout
     found = assess([("prediction-cpu", "prediction", rows)])

@@ -6,12 +6,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from ablations import evaluation, runner
-from ablations.cli import main
-from ablations.evaluation import load_images
-from ablations.io import read_jsonl
-from ablations.layout import run_folder, samples_name, solver_reference_name
-from ablations.spec import SpecError, load_spec
+from ablations.running import evaluation, runner
+from ablations.commands.cli import main
+from ablations.running.evaluation import load_images
+from ablations.store.io import read_jsonl
+from ablations.store.layout import run_folder, samples_name, solver_reference_name
+from ablations.grid.spec import SpecError, load_spec
 
 EXTRA = '[eval]\nextra_extractors = ["fmnist-classifier-seed1"]\n'
 DDPM = '[[eval.setting]]\nsampler = "ddpm"\nsteps = 5\n'

@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ablations.config import Setting, TrainConfig
-from ablations.evaluation import compiled, generate, nll
-from ablations.training import build_model
+from ablations.grid.config import Setting, TrainConfig
+from ablations.running.evaluation import compiled, generate, nll
+from ablations.running.training import build_model
 from core.schedules import make_schedule
 
 CFG = TrainConfig(T=50, model_channels=8, mults=(1, 2), res_blocks=1, groups=8)
@@ -102,7 +102,7 @@ def test_samples_do_not_depend_on_the_task_count(tmp_path):
 def test_solver_rms_is_zero_for_the_reference_and_falls_with_steps():
     """Image i starts from the same x_T in every setting, so DDIM (eta 0) over all T steps reproduces the
     reference endpoints exactly, and coarser DDIM discretisations sit further from them."""
-    from ablations.evaluation import solver_reference, solver_rms
+    from ablations.running.evaluation import solver_reference, solver_rms
     cfg = replace(CFG, T=1000)
     model, schedule = _model(), make_schedule("linear", cfg.T)
     ref_setting = solver_reference(cfg.T, True)
@@ -118,7 +118,7 @@ def test_solver_rms_is_zero_for_the_reference_and_falls_with_steps():
 
 
 def test_solver_rms_is_the_mean_per_image_rms_in_pixel_units():
-    from ablations.evaluation import solver_rms
+    from ablations.running.evaluation import solver_rms
     ref = torch.full((2, 1, 2, 2), 127, dtype=torch.uint8)
     x = ref.clone()
     x[0, 0, 0, 0] += 255 - 127  # one pixel of image 0 off by 128 levels = 128 / 127.5 in [-1, 1] units
@@ -132,15 +132,15 @@ def test_solver_rms_is_the_mean_per_image_rms_in_pixel_units():
     (Setting("ddpm", 10, 0.0, True), False), (Setting("dpmpp_2m", 10, 0.0, True, "trailing"), True),
     (Setting("heun", 5, 0.0, False), True)])
 def test_deterministic_settings_are_the_ode_solvers(setting, expected):
-    from ablations.evaluation import deterministic
+    from ablations.running.evaluation import deterministic
     assert deterministic(setting) is expected
 
 
 def test_kept_images_round_trip_and_a_short_file_is_not_enough(tmp_path):
     from functools import partial
 
-    from ablations.evaluation import load_images, write_images
-    from ablations.io import atomic_write
+    from ablations.running.evaluation import load_images, write_images
+    from ablations.store.io import atomic_write
     x = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     atomic_write(tmp_path / "s.npz", partial(write_images, images_uint8=x))
     assert torch.equal(load_images(tmp_path / "s.npz", 5), x) and torch.equal(load_images(tmp_path / "s.npz", 3), x[:3])

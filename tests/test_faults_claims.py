@@ -16,12 +16,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from ablations import budget, claim, spec as spec_module
-from ablations.cli import main
-from ablations.config import TrainConfig
-from ablations.layout import boot_id, pid_alive, read_status, run_folder, start_time
-from ablations.spec import load_spec
-from ablations.training import ARCHITECTURE, build_model
+from ablations.running import budget
+from ablations.store import claim
+from ablations.grid import spec as spec_module
+from ablations.commands.cli import main
+from ablations.grid.config import TrainConfig
+from ablations.store.layout import boot_id, pid_alive, read_status, run_folder, start_time
+from ablations.grid.spec import load_spec
+from ablations.running.training import ARCHITECTURE, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = tiny_spec("faults")
@@ -93,7 +95,7 @@ def test_an_empty_claim_does_not_block_its_run(tmp_path):
     folder = run_folder(tmp_path / "runs", load_spec(path).runs[0].run_id)
     folder.mkdir(parents=True)
     (folder / "claim.json").write_bytes(b"")
-    r = subprocess.run([sys.executable, "-m", "ablations.cli", "run", str(path), "--runs-root", str(tmp_path / "runs"),
+    r = subprocess.run([sys.executable, "-m", "ablations.commands.cli", "run", str(path), "--runs-root", str(tmp_path / "runs"),
                         "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{folder / 'claim.json'}: empty; it counts as no claim" in r.stderr
@@ -156,7 +158,7 @@ def test_ablate_run_takes_over_a_reused_pid_claim(trained, tmp_path, sleeper):
     _claim(folder, pid=sleeper.pid, start=start_time(sleeper.pid) + 7, boot=boot_id(), since=time.time() - 45)
     listing = _ablate("list", path, "--runs-root", runs).output
     assert f"{socket.gethostname()} pid {sleeper.pid}, 45 s (stale)" in listing, listing
-    r = subprocess.run([sys.executable, "-m", "ablations.cli", "run", str(path), "--runs-root", str(runs),
+    r = subprocess.run([sys.executable, "-m", "ablations.commands.cli", "run", str(path), "--runs-root", str(runs),
                         "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "waiting for" not in r.stdout, r.stdout + r.stderr
     assert read_status(folder)["state"] == "done" and not (folder / "claim.json").exists()

@@ -21,16 +21,17 @@ import torch
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-import ablations.io
-from ablations import claim, runner
-from ablations.cli import _stopped, main
-from ablations.data import load
-from ablations.fidelity import fid
-from ablations.io import write_json
-from ablations.layout import orphans, read_status, run_folder
-from ablations.schema import IDENTITY, key, read_rows, row
-from ablations.spec import load_spec
-from results.table import collect
+import ablations.store.io
+from ablations.store import claim
+from ablations.running import runner
+from ablations.commands.cli import _stopped, main
+from ablations.running.data import load
+from ablations.metrics.fidelity import fid
+from ablations.store.io import write_json
+from ablations.store.layout import orphans, read_status, run_folder
+from ablations.store.schema import IDENTITY, key, read_rows, row
+from ablations.grid.spec import load_spec
+from ablations.reporting.table import collect
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = tiny_spec("torn", sample_steps="[3, 5]")  # two sampler settings: the first one's append is torn
@@ -88,8 +89,8 @@ class FullDisk:
     def __init__(self, monkeypatch, root, marker, cut):
         self.root, self.marker, self.cut, self.full, self.torn = str(root), marker, cut, False, None
         self.real, self.real_usage = os.write, shutil.disk_usage
-        monkeypatch.setattr(ablations.io.os, "write", self.write)
-        monkeypatch.setattr(ablations.io.shutil, "disk_usage", self.usage)
+        monkeypatch.setattr(ablations.store.io.os, "write", self.write)
+        monkeypatch.setattr(ablations.store.io.shutil, "disk_usage", self.usage)
         status = runner.write_status
         monkeypatch.setattr(runner, "write_status", lambda *a, **k: self.refuse() or status(*a, **k))
 
@@ -289,7 +290,7 @@ def test_sigterm_while_waiting_on_a_claim_does_not_claim_a_checkpoint(tmp_path):
     folder = run_folder(runs, run_id)
     assert claim.acquire(folder)[0]  # held by this (live) process
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "ablations.cli", "run", str(path), "--runs-root", str(runs),
+        proc = subprocess.Popen([sys.executable, "-m", "ablations.commands.cli", "run", str(path), "--runs-root", str(runs),
                                  "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         t0 = time.time()

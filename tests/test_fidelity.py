@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ablations import classifier, fidelity
-from ablations.data import load, to_model
-from ablations.fidelity import InceptionWeightsMissing, fid
+from ablations.metrics import classifier, fidelity
+from ablations.running.data import load, to_model
+from ablations.metrics.fidelity import InceptionWeightsMissing, fid
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ablations.cli import main
-from ablations.layout import run_folder
-from ablations.runner import config_id
-from ablations.spec import SpecError, load_spec, parse_override
+from ablations.commands.cli import main
+from ablations.store.layout import run_folder
+from ablations.running.runner import config_id
+from ablations.grid.spec import SpecError, load_spec, parse_override
 from conftest import tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,14 +14,14 @@ import torch
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from ablations import data
-from ablations.cli import main
-from ablations.config import TrainConfig
-from ablations.io import read_jsonl, write_json
-from ablations.layout import checkpoints, read_status, run_folder
-from ablations.schema import key
-from ablations.spec import SpecError, load_spec
-from ablations.training import train
+from ablations.running import data
+from ablations.commands.cli import main
+from ablations.grid.config import TrainConfig
+from ablations.store.io import read_jsonl, write_json
+from ablations.store.layout import checkpoints, read_status, run_folder
+from ablations.store.schema import key
+from ablations.grid.spec import SpecError, load_spec
+from ablations.running.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = tiny_spec("rel", sample_steps="[3, 5]")
@@ -127,7 +127,7 @@ def test_a_spec_that_is_not_text_gets_one_line(tmp_path):
 
 
 def _run(spec_path, runs, *extra, env=None, check=True):
-    r = subprocess.run([sys.executable, "-m", "ablations.cli", "run", str(spec_path), "--runs-root", str(runs),
+    r = subprocess.run([sys.executable, "-m", "ablations.commands.cli", "run", str(spec_path), "--runs-root", str(runs),
                         "--no-progress", *extra], cwd=ROOT, capture_output=True, text=True, timeout=900,
                        env={**os.environ, **(env or {})})
     assert not check or r.returncode == 0, r.stdout + r.stderr
@@ -136,7 +136,7 @@ def _run(spec_path, runs, *extra, env=None, check=True):
 
 KILLER = """
 import os, sys
-from ablations import runner
+from ablations.running import runner
 writes, armed = [0], [False]
 kill_at = int(os.environ["KILL_AT"])
 def killing(fn):
@@ -154,7 +154,7 @@ def armed_evaluate(*a, **k):
     armed[0] = True
     return evaluate(*a, **k)
 runner.evaluate = armed_evaluate
-from ablations.cli import main
+from ablations.commands.cli import main
 sys.exit(main())
 """
 
@@ -245,7 +245,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_a_rerun_resumes(tmp_path):
     runs = tmp_path / "runs"
     run = load_spec(path).runs[0]
     folder = run_folder(runs, run.run_id)
-    proc = subprocess.Popen([sys.executable, "-m", "ablations.cli", "run", str(path), "--runs-root", str(runs),
+    proc = subprocess.Popen([sys.executable, "-m", "ablations.commands.cli", "run", str(path), "--runs-root", str(runs),
                              "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.time()
     while not checkpoints(folder):
@@ -318,7 +318,7 @@ def test_overlapping_runs_with_one_killed_end_as_a_serial_run(tmp_path):
     serial, runs = tmp_path / "serial", tmp_path / "runs"
     _run(a, serial)
     _run(b, serial)
-    cmd = [sys.executable, "-m", "ablations.cli", "run"]
+    cmd = [sys.executable, "-m", "ablations.commands.cli", "run"]
     pa, pb = (subprocess.Popen([*cmd, str(p), "--runs-root", str(runs), "--no-progress"], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in (a, b))
     t0 = time.time()

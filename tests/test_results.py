@@ -4,9 +4,9 @@ from pathlib import Path
 import pandas as pd
 from click.testing import CliRunner
 
-from ablations.cli import main
-from ablations.layout import run_folder
-from results.table import ci95
+from ablations.commands.cli import main
+from ablations.store.layout import run_folder
+from ablations.reporting.table import ci95
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,7 @@ def test_make_results_redraws_everything_from_the_committed_rows_alone(tmp_path)
 def test_index_counts_a_shared_run_once_and_evaluation_compile_time():
     """Each question's wall time includes its shared baseline; the scale's total counts that run once, and
     evaluation compile seconds (outside train_wall_s) are part of both."""
-    from results.index import _hours, _totals
+    from ablations.reporting.index import _hours, _totals
 
     def rows(spec, runs):
         return pd.DataFrame([{"run_id": r, "ablation": spec, "scale": "cpu", "metric": m, "phase": p, "value": v}
@@ -129,7 +129,7 @@ T_TABLE = [(1, 6.314, 0.95), (2, 1.886, 0.90), (2, 2.920, 0.95), (2, 4.303, 0.97
 
 
 def test_the_t_distribution_matches_the_t_table():
-    from results.stats import t_cdf, t_quantile
+    from ablations.reporting.stats import t_cdf, t_quantile
     for dof, t, q in T_TABLE:
         assert abs(t_cdf(t, dof) - q) < 2e-4 and abs(t_cdf(-t, dof) - (1 - q)) < 2e-4, (dof, t)
         assert abs(t_quantile(q, dof) - t) < 2e-3, (dof, q)
@@ -157,8 +157,8 @@ def test_holm_over_the_index_counts_a_duplicate_once_and_decides_reverses():
     known: 0.005, 0.02, 0.025, 0.1 and, for a finding the rows contradict, 0.995 (its reverse 0.005). Holm
     over the m = 5 distinct findings multiplies the k-th smallest by m - k + 1 (then takes the running max);
     the eta=1 finding repeats the DDIM-10 vs DDPM-10 numbers and is counted once."""
-    from results.stats import holm
-    from results.verdicts import assess
+    from ablations.reporting.stats import holm
+    from ablations.reporting.verdicts import assess
 
     ddim = {"sampler": "ddim", "eta": 0.0, "spacing": "leading", "clip_x0": True}
     ddpm = {**ddim, "sampler": "ddpm"}
@@ -202,7 +202,7 @@ def test_parity_is_tost_against_the_findings_absolute_margin():
     table's 0.99 quantile it is 0.01 (agrees, 90% CI inside ±5); with mean 3 and (5 - 3) / se at the 0.90
     quantile it is 0.10 (inconclusive); with mean 20 and (20 - 5) / se at the 0.995 quantile the reverse
     (|d| > 5, each side at alpha / 2) has p = 2 x 0.005 (disagrees)."""
-    from results.verdicts import FINDINGS, assess
+    from ablations.reporting.verdicts import FINDINGS, assess
 
     parity = next(f for f in FINDINGS if f.spec == "prediction" and f.expect == "parity")
     assert parity.margin == 5.0 and parity.why
@@ -226,7 +226,7 @@ def test_parity_is_tost_against_the_findings_absolute_margin():
 
 
 def test_one_seed_reads_na_and_is_outside_the_family():
-    from results.verdicts import assess, section
+    from ablations.reporting.verdicts import assess, section
     ddim = {"sampler": "ddim", "eta": 0.0, "spacing": "leading", "clip_x0": True, "steps": 10}
     rows = pd.DataFrame([{"metric": "fid", "seed": 0, **ddim, "value": 138.2},
                          {"metric": "fid", "seed": 0, **ddim, "sampler": "ddpm", "value": 554.2}])
@@ -239,7 +239,7 @@ def test_one_seed_reads_na_and_is_outside_the_family():
 def test_the_loss_fid_finding_reads_ancestral_ddpm_and_awaits_it():
     """DDIM (eta=0) never reads the learned variance: the loss question's FID finding reads DDPM at 100
     respaced steps, and says that it awaits the rerun where the rows hold DDIM only."""
-    from results.verdicts import assess
+    from ablations.reporting.verdicts import assess
     cells = [("ddim", 20), ("ddpm", 100)]
 
     def rows(settings):
@@ -257,10 +257,10 @@ def test_the_index_shows_the_extractor_check_and_reports_show_the_new_metrics(tm
     """Two extractors on the same four cells: the index gives their FIDs' Spearman rank correlation,
     1 - 6 sum(d^2) / (n (n^2 - 1)) with rank differences (0, 1, -1, 0): 0.8. Precision, recall and
     solver_rms rows get their tables, and solver_rms explains DPM++-20 vs DPM++-10."""
-    from results.index import write_index
-    from results.report import metric_tables
-    from results.table import summarize
-    from results.verdicts import solver_note
+    from ablations.reporting.index import write_index
+    from ablations.reporting.report import metric_tables
+    from ablations.reporting.table import summarize
+    from ablations.reporting.verdicts import solver_note
 
     settings = [("dpmpp_2m", 10), ("dpmpp_2m", 20), ("ddim", 10), ("ddim", 20)]
     by_extractor = {"fmnist-classifier": [10.0, 20.0, 30.0, 40.0], "fmnist-classifier-seed1": [1.0, 3.0, 2.0, 4.0]}
@@ -272,7 +272,7 @@ def test_the_index_shows_the_extractor_check_and_reports_show_the_new_metrics(tm
             rows += [{**cell, "metric": "fid", "extractor": ex, "value": v[i] + seed} for ex, v in by_extractor.items()]
             rows += [{**cell, "metric": m, "extractor": "fmnist-classifier", "value": x}
                      for m, x in (("precision", 0.5 + i / 10), ("recall", 0.4), ("solver_rms", 0.2 / steps + seed * steps / 1000))]
-    from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
+    from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
     table = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys([*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS])))
     (tmp_path / "sampler-cpu").mkdir()
     table.to_csv(tmp_path / "sampler-cpu" / "rows.csv", index=False)
@@ -292,7 +292,7 @@ def test_the_index_shows_the_extractor_check_and_reports_show_the_new_metrics(tm
 def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(tmp_path):
     """The sampler's checks appear only where a finding disagrees or is inconclusive, and the per-seed
     differences and the η=1 ≡ DDPM line are computed from the rows, not typed."""
-    from results.verdicts import section
+    from ablations.reporting.verdicts import section
 
     def rows(ddim, ddpm, eta1, noclip=()):
         out = []
@@ -319,8 +319,8 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
     better = "\n".join(section(rows([60, 62, 61], [70, 72, 71], [70, 72, 71]), "sampler"))
     assert "| **agrees**" in better and "| **disagrees**" not in better and "what was checked" not in better
     # the index links a disagreement to that section
-    from results.index import write_index
-    from results.verdicts import CHECKED_ANCHOR, CHECKED_TITLE
+    from ablations.reporting.index import write_index
+    from ablations.reporting.verdicts import CHECKED_ANCHOR, CHECKED_TITLE
     (tmp_path / "sampler-cpu").mkdir()
     table = disagreeing.assign(ablation="sampler-cpu", scale="cpu", run_id="r", phase="eval")
     table.to_csv(tmp_path / "sampler-cpu" / "rows.csv")
@@ -332,7 +332,7 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
 def test_the_sample_figure_has_a_row_per_setting_and_a_column_per_seed():
     """sampler-cpu: 23 settings x 3 seeds, every panel present, each row one setting on every seed; a
     panel is drawn at 2.1 in (252 px at 120 dpi), so three seeds and the labels fit 1,200 px."""
-    from results.plots import LABEL_IN, PANEL_IN, axes_of, grid_cells
+    from ablations.reporting.plots import LABEL_IN, PANEL_IN, axes_of, grid_cells
     folder = ROOT / "results" / "sampler-cpu"
     rows = pd.read_csv(folder / "rows.csv")
     names, seeds, found = grid_cells(rows, None, folder)
@@ -350,15 +350,15 @@ def test_the_index_shows_the_sample_set_noise_and_verdicts_keep_the_first_sample
     """Two models (seeds) x two cells, each scored at sample seeds 0 and 1. |FID(0) - FID(1)| is 3, 2, 1, 4
     (mean 2.5, largest 4); the cells' means over sample seeds are (101.5, 109) and (50.5, 72), whose std
     over seeds is 7.5/sqrt(2) and 21.5/sqrt(2), 10.25 on average. A verdict reads sample seed 0 only."""
-    from results.index import write_index
-    from results.verdicts import _select
+    from ablations.reporting.index import write_index
+    from ablations.reporting.verdicts import _select
 
     fids = {("ddim", 10): {0: (100.0, 103.0), 1: (110.0, 108.0)}, ("ddim", 20): {0: (50.0, 51.0), 1: (70.0, 74.0)}}
     rows = [{"run_id": f"r{seed}", "ablation": "sampler-cpu", "scale": "cpu", "seed": seed, "phase": "eval",
              "metric": "fid", "sampler": sampler, "steps": steps, "eta": 0.0, "clip_x0": True, "spacing": "leading",
              "n": 1000, "extractor": "fmnist-classifier", "sample_seed": k, "value": v}
             for (sampler, steps), by_seed in fids.items() for seed, pair in by_seed.items() for k, v in enumerate(pair)]
-    from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
+    from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
     table = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys([*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS])))
     (tmp_path / "sampler-cpu").mkdir()
     table.to_csv(tmp_path / "sampler-cpu" / "rows.csv", index=False)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ablations.config import ALWAYS_HASHED, TRAIN_FIELDS, TrainConfig
-from ablations.spec import load_spec
+from ablations.grid.config import ALWAYS_HASHED, TRAIN_FIELDS, TrainConfig
+from ablations.grid.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW = {k: f.default for k, f in TRAIN_FIELDS.items() if k not in ALWAYS_HASHED}  # fields added after b90d786

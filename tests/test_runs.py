@@ -7,14 +7,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ablations import data
-from ablations.cli import main
-from ablations.config import TrainConfig
-from ablations.io import read_jsonl
-from ablations.layout import checkpoints, read_status, run_folder
-from ablations.schema import RUN_COLUMNS
-from ablations.spec import load_spec
-from ablations.training import train
+from ablations.running import data
+from ablations.commands.cli import main
+from ablations.grid.config import TrainConfig
+from ablations.store.io import read_jsonl
+from ablations.store.layout import checkpoints, read_status, run_folder
+from ablations.store.schema import RUN_COLUMNS
+from ablations.grid.spec import load_spec
+from ablations.running.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = TrainConfig(T=100, model_channels=8, mults=(1, 2), res_blocks=1, batch=8, train_steps=7, checkpoint_every=2, lr=1e-3,
@@ -29,7 +29,7 @@ def images():
 def test_smoke_grid_produces_finite_rows(smoke):
     spec, runs, result = smoke
     assert result.exit_code == 0, result.output
-    from ablations.budget import run_flops
+    from ablations.running.budget import run_flops
     total = sum(sum(run_flops(r.config, spec.eval, r.config.train_steps).values()) for r in spec.runs)
     assert "ETA ~" in result.output and f"{total / 1e12:.3g} TFLOP" in result.output  # printed before training
     for run in spec.runs:

@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from ablations import data
-from ablations.cli import main
-from ablations.io import read_jsonl
-from ablations.layout import checkpoint_step, checkpoints, read_status, run_folder
-from ablations.spec import load_spec
-from ablations.training import train
+from ablations.running import data
+from ablations.commands.cli import main
+from ablations.store.io import read_jsonl
+from ablations.store.layout import checkpoint_step, checkpoints, read_status, run_folder
+from ablations.grid.spec import load_spec
+from ablations.running.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -234,7 +234,7 @@ def test_two_task_gloo_run_trains_and_writes_rows(cluster, tmp_path):
 def test_two_tasks_skip_together_a_run_another_process_holds(cluster, tmp_path):
     """Only task 0 takes the claim and checks the folder; every task follows its decision, so a held
     run is skipped by both tasks (task 1 alone would train into a collective nobody joins)."""
-    from ablations import claim
+    from ablations.store import claim
     from slurm.dispatch import RunJob, executor_for
     path = _spec(tmp_path, "held", norms='["group"]', steps=4, every=2)
     spec, runs = load_spec(path), tmp_path / "runs"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ablations.cli import main
-from ablations.spec import SpecError, load_scales, load_spec
+from ablations.commands.cli import main
+from ablations.grid.spec import SpecError, load_scales, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = """

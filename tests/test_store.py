@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from ablations.cli import main
-from ablations.io import read_jsonl
-from ablations.layout import checkpoints, read_status, run_folder, run_ids
-from ablations.migrate import stale_nll
-from ablations.schema import key, label
-from ablations.spec import load_spec
+from ablations.commands.cli import main
+from ablations.store.io import read_jsonl
+from ablations.store.layout import checkpoints, read_status, run_folder, run_ids
+from ablations.store.migrate import stale_nll
+from ablations.store.schema import key, label
+from ablations.grid.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def test_a_config_named_by_two_specs_is_trained_once_and_evaluated_per_spec(tmp_
     out = _ablate("run", b, "--runs-root", runs, "--no-progress")
     assert "2 runs, 0 complete, 2 to run" in out  # the shared run needs b's extra setting
     # the ETA counts the shared run's missing setting only, and the new run in full
-    from ablations.budget import run_flops
+    from ablations.running.budget import run_flops
     fresh = spec_b.runs[1]
     last = shared.config.train_steps
     left = [run_flops(shared.config, spec_b.eval, 0, [(last, s) for s in spec_b.eval.settings if s.steps == 8]),
@@ -81,7 +81,7 @@ def test_two_ablate_runs_at_once_on_overlapping_grids_train_each_run_once(tmp_pa
     a = _spec(tmp_path, "a", '["group", "layer", "instance"]', steps=40)
     b = _spec(tmp_path, "b", '["instance", "layer", "batch"]', steps=40)
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "ablations.cli", "run"]
+    cmd = [sys.executable, "-m", "ablations.commands.cli", "run"]
     procs = [subprocess.Popen([*cmd, str(p), "--runs-root", str(runs), "--no-progress"], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in (a, b)]
     outs = [p.communicate(timeout=900)[0] for p in procs]

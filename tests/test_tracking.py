@@ -7,12 +7,12 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from ablations.cli import main
-from ablations.layout import ROWS, run_folder
-from ablations.schema import read_rows
-from ablations.spec import load_spec
-from ablations.tracking import TB, setting_word
-from ablations.training import lr_at
+from ablations.commands.cli import main
+from ablations.store.layout import ROWS, run_folder
+from ablations.store.schema import read_rows
+from ablations.grid.spec import load_spec
+from ablations.running.tracking import TB, setting_word
+from ablations.running.training import lr_at
 from conftest import tiny_spec
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",

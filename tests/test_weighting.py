@@ -9,10 +9,10 @@ import torch
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from ablations.cli import main
-from ablations.config import TRAIN_FIELDS, TrainConfig
-from ablations.layout import ROWS, run_folder
-from ablations.spec import SpecError, load_spec
+from ablations.commands.cli import main
+from ablations.grid.config import TRAIN_FIELDS, TrainConfig
+from ablations.store.layout import ROWS, run_folder
+from ablations.grid.spec import SpecError, load_spec
 from core.diffusion import coefs, q_sample
 from core.losses import PARAMS, WEIGHTINGS, loss_terms, mean_flat
 from core.parameterizations import PREDICTIONS
@@ -185,7 +185,7 @@ def test_the_weighting_finding_is_decided_at_each_checkpoint():
     checkpoint the rows scored: here min_snr is 20 FID lower at 175 and 350 steps and level at 700."""
     import pandas as pd
 
-    from results.verdicts import FINDINGS, assess
+    from ablations.reporting.verdicts import FINDINGS, assess
     (finding,) = [f for f in FINDINGS if f.spec == "weighting"]
     assert (finding.metric, finding.expect, finding.a, finding.b) == (
         "fid", "lower", {"weighting": "min_snr"}, {"weighting": "uniform"})
@@ -203,7 +203,7 @@ def test_the_weighting_finding_is_decided_at_each_checkpoint():
 def test_the_loss_plot_draws_the_unweighted_mse_beside_the_loss(monkeypatch, tmp_path):
     import pandas as pd
 
-    from results import plots
+    from ablations.reporting import plots
     figures = {}
     monkeypatch.setattr(plots, "save_figure", lambda fig, out_dir, name: figures.setdefault(name, fig) and [])
     rows = pd.DataFrame([{"metric": m, "phase": "train", "train_step": step, "seed": s, "weighting": w,

@@ -1,6 +1,6 @@
 """One run end to end: config.json -> train (or resume) -> evaluate -> rows in rows.jsonl.
 
-A run is stored once, in `<runs root>/<run_id>/` (ablations/layout.py), whichever specs name it. A
+A run is stored once, in `<runs root>/<run_id>/` (ablations/store/layout.py), whichever specs name it. A
 spec is a view over run ids plus its eval settings: evaluating a trained run for another spec adds
 only that spec's missing rows. The same code serves `ablate run`, SLURM jobs and submitit's debug
 executor; both local and SLURM runs hold the run's claim while they train or evaluate it.
@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
-from ablations import claim, tracking
-from ablations import data as datasets
-from ablations.evaluation import compiled, generate, nll, peak_memory_mb
-from ablations.config import TrainConfig, eval_steps, scored_at
-from ablations.io import DiskFull, append_jsonl, atomic_write, read_json, write_json
-from ablations.layout import (
+from ablations.store import claim
+from ablations.running import tracking
+from ablations.running import data as datasets
+from ablations.running.evaluation import compiled, generate, nll, peak_memory_mb
+from ablations.grid.config import TrainConfig, eval_steps, scored_at
+from ablations.store.io import DiskFull, append_jsonl, atomic_write, read_json, write_json
+from ablations.store.layout import (
     CLAIM,
     CONFIG,
     DONE,
@@ -47,10 +48,10 @@ from ablations.layout import (
     sample_grid_name,
     write_status,
 )
-from ablations.parallel import any_true, from_main, is_main, rank, world
-from ablations.schema import CURVES, key, label, parse, problem, read_rows, row
-from ablations.spec import Run, Spec
-from ablations.training import NonFiniteLoss, build_model, memory_format, total_steps, train
+from ablations.running.parallel import any_true, from_main, is_main, rank, world
+from ablations.store.schema import CURVES, key, label, parse, problem, read_rows, row
+from ablations.grid.spec import Run, Spec
+from ablations.running.training import NonFiniteLoss, build_model, memory_format, total_steps, train
 from core.likelihood import STRATA_SPACING
 from core.samplers import nfe
 from core.schedules import make_schedule
@@ -74,8 +75,8 @@ def wanted(spec: Spec, run: Run) -> dict:
     setting and extractor (fid_extractor, then extra_extractors): the FID/KID rows (keyed by `fid`) and
     the precision/recall rows (keyed by `recall`); per deterministic setting, with solver_images > 0,
     the `solver_rms` row; and the NLL rows. `_groups` names the row group each missing key stands for."""
-    from ablations.evaluation import deterministic
-    from ablations.fidelity import prc_count
+    from ablations.running.evaluation import deterministic
+    from ablations.metrics.fidelity import prc_count
     cfg, ev = run.config, spec.eval
     fid_ref = reference(cfg.dataset, ev.fid_reference, ev.fid_reference_n)
     k = prc_count(ev.fid_samples, ev.fid_reference_n or datasets.SIZES[cfg.dataset][ev.fid_reference])
@@ -116,7 +117,7 @@ def _have(folder) -> set:
 
 
 def config_id(record: dict) -> str:
-    """The run id a config.json's `train` table hashes to (ablations/config.py: TrainConfig.run_id)."""
+    """The run id a config.json's `train` table hashes to (ablations/grid/config.py: TrainConfig.run_id)."""
     train = record["train"]
     return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in train.items()}).run_id()
 
@@ -437,7 +438,7 @@ def score_checkpoints(spec, run, folder, model, emit, log, *, upto, device, data
     from the EMA weights its checkpoint file holds (so scoring while training goes on and after it ends
     give the same rows). `model` is the U-Net the weights are loaded into, compiled once for every
     checkpoint: {"forward": ...} caches its compiled forward between calls."""
-    from ablations.checkpoint import load_step
+    from ablations.store.checkpoint import load_step
     need = wanted(spec, run)
     for at in eval_steps(spec.eval, run_steps(run)):
         if at > upto:
@@ -464,7 +465,7 @@ def score_checkpoints(spec, run, folder, model, emit, log, *, upto, device, data
 def cost_rows(run, state) -> list:
     """What training cost to a checkpoint, from the checkpoint itself: images, FLOPs, wall seconds and
     images/s (compile time excluded), and the compile seconds when compiled."""
-    from ablations.budget import per_image
+    from ablations.running.budget import per_image
     cfg, at = run.config, state["step"]
     images = at * cfg.batch
     rate = state["steps_timed"] * cfg.batch / (state["wall_s"] - state.get("compile_s", 0.0)) \
@@ -484,8 +485,8 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, 
     throughput rows); then each missing group in one append: per extractor FID/KID, per extractor
     precision/recall, and solver_rms against the run's kept DDIM endpoints (computed once). Then the
     NLL rows, in one append."""
-    from ablations.evaluation import load_images, solver_reference, write_images
-    from ablations.layout import samples_name, solver_reference_name
+    from ablations.running.evaluation import load_images, solver_reference, write_images
+    from ablations.store.layout import samples_name, solver_reference_name
     cfg, ev = run.config, spec.eval
     schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
     ema = model["ema"].eval()
@@ -561,7 +562,7 @@ GROUP = {"fid": "fid", "recall": "prc", "solver_rms": "solver"}  # the metric ke
 def _groups(lacking: dict) -> dict:
     """{setting: [(group, extractor)]} of the row groups behind the `lacking` row keys, in wanted's
     order; group is "fid" (fid, kid, kid_std, fid_wall_s), "prc" (precision, recall) or "solver"."""
-    from ablations.schema import EVAL_KEY
+    from ablations.store.schema import EVAL_KEY
     out = {}
     for k, s in lacking.items():
         if s not in ("nll", "cost"):
@@ -571,8 +572,8 @@ def _groups(lacking: dict) -> dict:
 
 def _score(kind, extractor, images, solver_ref, run, cols, ev, *, log, s, cache_root, data_root, progress) -> list:
     """The rows of one group ("fid", "prc" or "solver") for one setting's images."""
-    from ablations.evaluation import solver_rms
-    from ablations.fidelity import fid, prc
+    from ablations.running.evaluation import solver_rms
+    from ablations.metrics.fidelity import fid, prc
     cfg = run.config
     if kind == "solver":
         m = ev.solver_images
@@ -621,7 +622,7 @@ def _save_grid(path, images_uint8):
 def _tidy_rows(folder, step, log):
     """On resume, under the run's claim: forget training loss and MSE rows logged after the checkpoint we resume
     from (training logs them again), and set aside in rows.partial.jsonl the rows of an append that was
-    cut short and the lines that are not rows (`ablations.schema.parse`), so the missing rows are
+    cut short and the lines that are not rows (`ablations.store.schema.parse`), so the missing rows are
     written once. Each file is replaced atomically; the set-aside lines are written first."""
     try:
         data = (folder / ROWS).read_bytes()

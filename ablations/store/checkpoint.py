@@ -1,9 +1,9 @@
 """Checkpoint files: written atomically and durably, read back newest first, a torn one set aside.
-Names come from ablations/layout.py."""
+Names come from ablations/store/layout.py."""
 import torch
 
-from ablations.io import atomic_write
-from ablations.layout import checkpoint_name, checkpoint_step, checkpoints
+from ablations.store.io import atomic_write
+from ablations.store.layout import checkpoint_name, checkpoint_step, checkpoints
 
 KEEP = 2  # checkpoints kept per run
 KEYS = ("step", "model", "ema", "opt", "lr_sched", "gen")

@@ -2,7 +2,7 @@
 truth), when tensorboard is installed (the `tracking` extra); W&B and aim import these files.
 
 Tags: `train/<metric>` for training rows (train_loss, train_img_per_s, ...) and `train/lr`, the learning
-rate of the step a train_loss row ends (ablations/training.py: `lr_at`); `eval/<metric>` for the NLL
+rate of the step a train_loss row ends (ablations/running/training.py: `lr_at`); `eval/<metric>` for the NLL
 and `eval/<metric>/<setting>[/<extractor>]` for sampler rows (setting as in the sample grid's name,
 e.g. `ddim-10-eta0`). Every value sits at its row's `train_step`. Sample grids are images
 `samples/<setting>` at the checkpoint they were drawn at.
@@ -11,10 +11,10 @@ import math
 import re
 from pathlib import Path
 
-from ablations.io import atomic_write
-from ablations.layout import ROWS, sample_grid_name
-from ablations.schema import read_rows
-from ablations.training import lr_at
+from ablations.store.io import atomic_write
+from ablations.store.layout import ROWS, sample_grid_name
+from ablations.store.schema import read_rows
+from ablations.running.training import lr_at
 
 TB = "tb"  # the event files' folder in a run folder
 GRIDS = "grids.txt"  # in it: the sample grids written as images

@@ -25,9 +25,9 @@ from pathlib import Path
 import tomllib
 import torch
 
-from ablations.config import EVAL_FIELDS, RANGES, SETTING_KEYS, TRAIN_FIELDS, EvalConfig, Setting, TrainConfig
-from ablations.data import DATASETS, SHAPES, SIZES
-from ablations.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model, total_steps
+from ablations.grid.config import EVAL_FIELDS, RANGES, SETTING_KEYS, TRAIN_FIELDS, EvalConfig, Setting, TrainConfig
+from ablations.running.data import DATASETS, SHAPES, SIZES
+from ablations.running.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model, total_steps
 from core.diffusion import LEARNED, VARIANCES
 from core.losses import LOSSES, PARAMS, WEIGHTINGS
 from core.parameterizations import PREDICTIONS
@@ -36,7 +36,7 @@ from core.samplers import SAMPLERS, TAKES_ETA
 from core.schedules import SCHEDULES, SPACINGS, check_prediction, make_schedule
 from core.unet import CONDITIONINGS, NORMS, feature_sides
 
-SCALES = Path(__file__).resolve().parent / "scales.toml"
+SCALES = Path(__file__).resolve().parent.parent / "scales.toml"
 CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "prediction": PREDICTIONS, "variance": VARIANCES,
            "loss": LOSSES, "norm": NORMS, "conditioning": CONDITIONINGS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS,
            "spacing": SPACINGS, "weighting": WEIGHTINGS}
@@ -360,8 +360,8 @@ def _model_error(arch: tuple) -> str | None:
 def _eval(values, runs) -> EvalConfig:
     """EvalConfig from {field: (value, file, key)}, checked against every run; `setting` expands into
     the Setting list."""
-    from ablations import classifier
-    from ablations.fidelity import EXTRACTORS, FMNIST_ONLY
+    from ablations.metrics import classifier
+    from ablations.metrics.fidelity import EXTRACTORS, FMNIST_ONLY
     checked = {k: _check_value(key, k, v, EVAL_FIELDS[k].default, _maker(path))
                for k, (v, path, key) in values.items() if k != "setting"}
     ev = EvalConfig(**checked)
@@ -384,7 +384,7 @@ def _eval(values, runs) -> EvalConfig:
         if name in FMNIST_ONLY and not classifier.WEIGHTS[name][0].exists():
             raise err("fid_extractor" if name == ev.fid_extractor else "extra_extractors",
                       f"{name!r} needs its weights at {classifier.WEIGHTS[name][0]}, which is missing; restore it "
-                      f"from git or retrain it with `python -m ablations.classifier`")
+                      f"from git or retrain it with `python -m ablations.metrics.classifier`")
     if len(set(extractors)) != len(extractors):
         raise err("extra_extractors", f"{list(ev.extra_extractors)} repeats an extractor of {list(extractors)} "
                                       f"(fid_extractor first); valid: distinct names of {sorted(EXTRACTORS)}")
@@ -479,7 +479,7 @@ def _settings(tables, key, err, ev, runs) -> tuple[list[Setting], list[Setting]]
 
 def _check_inception(path, err):
     """The Inception weights must exist and load, or FID fails after training."""
-    from ablations.fidelity import InceptionWeightsMissing, inception_weights
+    from ablations.metrics.fidelity import InceptionWeightsMissing, inception_weights
     try:
         found = inception_weights(path or None)
     except InceptionWeightsMissing as e:

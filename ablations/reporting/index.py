@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.io import write_text
-from ablations.schema import PROVENANCE, SETTING, STATUS_COLUMNS
-from results import verdicts
-from results.table import cost
+from ablations.store.io import write_text
+from ablations.store.schema import PROVENANCE, SETTING, STATUS_COLUMNS
+from ablations.reporting import verdicts
+from ablations.reporting.table import cost
 
 WALL = ("train_wall_s", "sample_wall_s", "fid_wall_s", "nll_wall_s")
 
@@ -51,7 +51,7 @@ def _machine(rows: pd.DataFrame) -> str:
 def write_index(results_root) -> Path:
     """results/README.md: every finding of every folder, Holm-adjusted over the whole index, its forest
     plot (results/forest.png), the extractor check where the rows hold two extractors, and the totals."""
-    from results.plots import forest
+    from ablations.reporting.plots import forest
     root = Path(results_root)
     found_tables = verdicts.tables(root)
     curves = verdicts.assess(found_tables)
@@ -200,9 +200,9 @@ def _totals(tables: list[pd.DataFrame]) -> list[str]:
 
 def regenerate(results_root) -> list[Path]:
     """Every committed summary, figure and report, then this index, from each folder's rows.csv alone."""
-    from results.plots import NOT_AXES, plot_all
-    from results.report import write_report
-    from results.table import summarize, write_csv
+    from ablations.reporting.plots import NOT_AXES, plot_all
+    from ablations.reporting.report import write_report
+    from ablations.reporting.table import summarize, write_csv
     written = []
     for folder in folders(results_root):
         rows = pd.read_csv(folder / "rows.csv")

@@ -6,7 +6,7 @@
         status.json             state, step, reason, pid, requeues/restarts
         claim.json              who is training or evaluating it now (a SLURM job or a local pid)
         ckpt-<step:08d>.pt      the last two checkpoints
-        rows.jsonl              one JSON row per number (ablations/schema.py)
+        rows.jsonl              one JSON row per number (ablations/store/schema.py)
         rows.partial.jsonl      lines set aside on resume: rows of a torn append, lines that are not rows
         samples-<setting>.png   a sample grid per sampler setting
         samples-<setting>-seed<sample_seed>.npz   its generated images (uint8), scored by every metric
@@ -22,13 +22,13 @@ import socket
 import time
 from pathlib import Path
 
-from ablations.io import read_json, write_json
+from ablations.store.io import read_json, write_json
 
 CONFIG, STATUS, CLAIM, ROWS, LOG = "config.json", "status.json", "claim.json", "rows.jsonl", "log.txt"
 PARTIAL = "rows.partial.jsonl"
 PENDING, RUNNING, INTERRUPTED, DONE, FAILED = "pending", "running", "interrupted", "done", "failed"
 UNKNOWN = "unknown"  # status.json is there but cannot be read
-INVALID = "invalid"  # the folder does not hold the run its id names (ablations/runner.py: `check_folder`)
+INVALID = "invalid"  # the folder does not hold the run its id names (ablations/running/runner.py: `check_folder`)
 NEEDS_EVAL = "needs-eval"  # trained, but the spec asks for rows not yet written
 RUN_ID = re.compile(r"[0-9a-f]{10}")
 CHECKPOINT = re.compile(r"ckpt-(\d{8})\.pt")
@@ -75,7 +75,7 @@ def checkpoints(folder) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-ORPHAN = re.compile(r"\..+\.tmp|tmp[a-z0-9_]{8}")  # ablations/io.py's temp names; torch-fidelity's own, of old
+ORPHAN = re.compile(r"\..+\.tmp|tmp[a-z0-9_]{8}")  # ablations/store/io.py's temp names; torch-fidelity's own, of old
 
 
 def orphans(folder, older_than_s: float = 0.0) -> list[Path]:

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablations.config import Setting
-from ablations.data import SHAPES, to_model, to_uint8
-from ablations.parallel import gather_objects, rank, world
-from ablations.seeds import derive
+from ablations.grid.config import Setting
+from ablations.running.data import SHAPES, to_model, to_uint8
+from ablations.running.parallel import gather_objects, rank, world
+from ablations.grid.seeds import derive
 from core.likelihood import nll_bpd
 from core.samplers import sample
 
@@ -106,7 +106,7 @@ def solver_rms(images_uint8, reference_uint8) -> float:
 
 def write_images(path, images_uint8):
     """Write generated uint8 images (N, C, H, W) as `images` in a compressed .npz at `path` (a temporary
-    name: wrap this in `ablations.io.atomic_write`)."""
+    name: wrap this in `ablations.store.io.atomic_write`)."""
     if images_uint8.dtype != torch.uint8:
         raise ValueError(f"kept samples must be uint8, got {images_uint8.dtype}")
     with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path

@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from ablations.data import SHAPES, SIZES
-from ablations.config import TrainConfig, eval_steps, scored_at
-from ablations.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model, total_steps
+from ablations.running.data import SHAPES, SIZES
+from ablations.grid.config import TrainConfig, eval_steps, scored_at
+from ablations.running.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model, total_steps
 from core.samplers import nfe
 
 

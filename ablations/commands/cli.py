@@ -10,12 +10,12 @@ from pathlib import Path
 
 import click
 
-from ablations import budget, runner
-from ablations.data import SIZES
-from ablations.layout import DONE, INVALID, last_step, run_folder
-from ablations.schema import AXES
-from ablations.spec import SpecError, load_spec
-from ablations.training import total_steps
+from ablations.running import budget, runner
+from ablations.running.data import SIZES
+from ablations.store.layout import DONE, INVALID, last_step, run_folder
+from ablations.store.schema import AXES
+from ablations.grid.spec import SpecError, load_spec
+from ablations.running.training import total_steps
 
 RUNS_ROOT = os.environ.get("ABLATE_RUNS_ROOT", "runs")
 
@@ -28,7 +28,7 @@ def _load(spec_path, scale, overrides=()):
 
 
 def _set_option(f):
-    """--set KEY=VALUE (repeatable): a spec key changed for this command (ablations/spec.py)."""
+    """--set KEY=VALUE (repeatable): a spec key changed for this command (ablations/grid/spec.py)."""
     return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                         help="Override a spec key, e.g. base.lr=1e-3, eval.fid_samples=2000, "
                              "scale.cpu.base.batch=64 (repeatable; the value is TOML, a bare word a string).")(f)
@@ -59,7 +59,7 @@ def _invalid(spec, runs, runs_root) -> dict:
 
 
 def _migrate(runs_root):
-    from ablations.migrate import migrate, set_aside_stale_nll, share_across_steps
+    from ablations.store.migrate import migrate, set_aside_stale_nll, share_across_steps
     if os.path.isdir(runs_root):
         migrate(runs_root, echo=click.echo)
         share_across_steps(runs_root, echo=click.echo)
@@ -93,7 +93,7 @@ def _warn(spec):
 def _expanded(spec, runs):
     """The --dry-run listing: run ids, axis values, seeds and the values the overrides set, without
     looking at any folder."""
-    from ablations.spec import parse_override
+    from ablations.grid.spec import parse_override
     keys = [parse_override(o)[0] for o in spec.overrides]
     fields = [p[-1] for p in keys if p[:-1] == ["base"] or (len(p) == 4 and p[0] == "scale" and p[2] == "base")]
     return [{"run_id": r.run_id, **r.axes, "seed": r.config.seed, **{f: getattr(r.config, f) for f in fields}}
@@ -187,7 +187,7 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
 
 def _stopped(todo, states) -> str:
     """What a Ctrl-C or SIGTERM left, as it happened: runs stopped with a checkpoint, runs never started."""
-    from ablations.layout import FAILED, INTERRUPTED
+    from ablations.store.layout import FAILED, INTERRUPTED
     said = {INTERRUPTED: "stopped with a checkpoint (training at a step boundary, or evaluation between "
                          "sampler settings)", None: "not started (held by another process, or not reached)",
             FAILED: "failed"}
@@ -252,7 +252,7 @@ def release(spec_path, only, scale, runs_root, force):
       ablate list ablations/norm.toml                       # the held_by column
       ablate release ablations/norm.toml --only 3f2a9c01de
     """
-    from ablations import claim
+    from ablations.store import claim
     spec = _load(spec_path, scale)
     _folder_option(runs_root, "--runs-root")
     unknown = sorted(set(only) - {r.run_id for r in spec.runs})
@@ -448,7 +448,7 @@ def collect(spec_path, scale, runs_root, results_root, overrides):
 
     With --set, the overrides are written to results/<spec>/overrides.json (removed when collected without).
     """
-    from results.table import collect as do_collect
+    from ablations.reporting.table import collect as do_collect
     spec = _load(spec_path, scale, overrides)
     _folder_option(runs_root, "--runs-root")
     _folder_option(results_root, "--results-root")
@@ -468,7 +468,7 @@ def collect(spec_path, scale, runs_root, results_root, overrides):
 
 def _write_overrides(out, spec):
     """results/<spec>/overrides.json: the --set pairs the table was collected with (none: no file)."""
-    from ablations.io import write_json
+    from ablations.store.io import write_json
     path = Path(out) / OVERRIDES
     if spec.overrides:
         write_json(path, {"spec": str(spec.path), "scale": spec.scale, "overrides": list(spec.overrides)})
@@ -493,7 +493,7 @@ def export(spec_path, tensorboard, scale, runs_root, overrides):
     Example:
       ablate export ablations/demo.toml --tensorboard && tensorboard --logdir runs
     """
-    from ablations import tracking
+    from ablations.running import tracking
     if not tensorboard:
         raise click.ClickException("nothing to export: give --tensorboard")
     if tracking.writer_class() is None:
@@ -520,7 +520,7 @@ def plot(target, scale, results_root):
     Example:
       ablate plot ablations/demo.toml
     """
-    from results.plots import plot_all
+    from ablations.reporting.plots import plot_all
     for p in plot_all(_results_dir(target, scale, results_root)):
         click.echo(p)
 
@@ -536,7 +536,7 @@ def report(target, scale, results_root):
     Example:
       ablate report ablations/demo.toml
     """
-    from results.report import write_report
+    from ablations.reporting.report import write_report
     click.echo(write_report(_results_dir(target, scale, results_root)))
 
 
@@ -550,7 +550,7 @@ def results_cmd(results_root):
     Example:
       ablate results
     """
-    from results.index import regenerate
+    from ablations.reporting.index import regenerate
     paths = regenerate(results_root)
     click.echo(f"{len(paths)} files regenerated; index: {paths[-1]}")
 
@@ -565,7 +565,7 @@ def bench(json_path, out):
     Example:
       pytest bench --benchmark-json=results/bench/bench.json && ablate bench results/bench/bench.json
     """
-    from results.bench import write_bench
+    from ablations.reporting.bench import write_bench
     for p in write_bench(json_path, out):
         click.echo(p)
 

@@ -18,11 +18,11 @@ import re
 import shutil
 from pathlib import Path
 
-from ablations.config import TRAIN_FIELDS, TrainConfig
-from ablations import claim
-from ablations.io import append_jsonl, read_json, read_jsonl, write_json, write_text
-from ablations.layout import CONFIG, ROWS, RUN_ID, run_folder, spec_folder
-from ablations.schema import row
+from ablations.grid.config import TRAIN_FIELDS, TrainConfig
+from ablations.store import claim
+from ablations.store.io import append_jsonl, read_json, read_jsonl, write_json, write_text
+from ablations.store.layout import CONFIG, ROWS, RUN_ID, run_folder, spec_folder
+from ablations.store.schema import row
 
 RENAMED = {"base": "model_channels", "ema": "ema_decay", "steps": "train_steps"}
 TRAIN_METRICS = {"train_loss", "train_img_per_s", "train_wall_s"}
@@ -145,8 +145,8 @@ def share_across_steps(root, echo=print) -> int:
     that step in their names. When the new id's folder exists already (the same config trained to
     another train_steps), the folder trained further keeps the id and the other goes to
     `_migrated/steps/`. A folder a live process holds is left for a later call."""
-    from ablations.data import SIZES
-    from ablations.layout import last_step
+    from ablations.running.data import SIZES
+    from ablations.store.layout import last_step
     root, moved = Path(root), 0
     for folder in sorted(p for p in root.iterdir() if RUN_ID.fullmatch(p.name) and p.is_dir()):
         record = read_json(folder / CONFIG)

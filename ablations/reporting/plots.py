@@ -1,6 +1,6 @@
 """Figures from rows.csv alone (this module never imports torch or model code): PNG and PDF.
 
-Every legend names a sampler setting with `ablations.schema.label`, e.g. "DDIM η=0 · 10 steps".
+Every legend names a sampler setting with `ablations.store.schema.label`, e.g. "DDIM η=0 · 10 steps".
 """
 from pathlib import Path
 
@@ -12,10 +12,10 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
-from ablations.layout import sample_grid_name  # noqa: E402
-from ablations.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS, label  # noqa: E402
-from results import verdicts  # noqa: E402
-from results.table import checkpointed, checkpoints, ci95, cost, final  # noqa: E402
+from ablations.store.layout import sample_grid_name  # noqa: E402
+from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS, label  # noqa: E402
+from ablations.reporting import verdicts  # noqa: E402
+from ablations.reporting.table import checkpointed, checkpoints, ci95, cost, final  # noqa: E402
 
 NOT_AXES = {*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS}
 

@@ -2,7 +2,7 @@
 
 A finding compares two cells of one spec's rows.csv on one metric. The cells are paired by training
 seed (the same seed's runs, or the same run for sampler settings), so the difference d = a - b is taken
-per seed and tested with Student's t over seeds (results/stats.py):
+per seed and tested with Student's t over seeds (ablations/reporting/stats.py):
 
 - "lower" (the paper found a < b): the one-sided paired t test of mean d < 0, shown with d's 95% CI;
 - "parity" (the paper found a = b): TOST (Schuirmann 1987) against an absolute margin fixed in the
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.schema import label
-from results import stats
-from results.table import at_step, checkpointed, checkpoints, ci95, cost, final, spec_of
+from ablations.store.schema import label
+from ablations.reporting import stats
+from ablations.reporting.table import at_step, checkpointed, checkpoints, ci95, cost, final, spec_of
 
 ALPHA = 0.05
 RULE = ("Verdicts test paired per-seed differences d = a − b (Student's t over seeds). A finding 'a lower "
@@ -167,7 +167,7 @@ NOTES = {  # spec -> what a reader must know before reading its verdicts (markdo
         "for t = 10 and t = 900 differs by 1.4e-6 with instance norm, against 0.25 with group or layer norm. The "
         "instance row is a model that does not know the noise level.",
         "- **Batch norm's EMA model runs with the live model's statistics.** The EMA copies the live model's "
-        "BatchNorm buffers (`ablations/training.py`): weights averaged over about the last 200 steps (decay "
+        "BatchNorm buffers (`ablations/running/training.py`): weights averaged over about the last 200 steps (decay "
         "0.995) with running statistics of roughly the last 10 (momentum 0.1). The batch row's FID and NLL "
         "carry that mismatch.",
     ),

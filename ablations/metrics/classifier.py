@@ -5,12 +5,12 @@ Retraining reproduces every tensor bitwise (two runs compared); the file's bytes
 differ per save because torch.save writes a unique serialization id into the archive.
 
 Registered with torch-fidelity as the feature extractor "fmnist-classifier" (FID layer
-"penultimate"). `python -m ablations.classifier` retrains it deterministically from the training split and
+"penultimate"). `python -m ablations.metrics.classifier` retrains it deterministically from the training split and
 prints its test accuracy and the sha256 of the weights; the committed weights are checked against
 their sha256 in WEIGHTS before they are loaded.
 
-"fmnist-classifier-seed1" is the same recipe with seed 1 (`python -m ablations.classifier --seed 1 --out
-ablations/weights/fmnist_classifier_seed1.pt`), a second extractor to check that FID's rankings do not
+"fmnist-classifier-seed1" is the same recipe with seed 1 (`python -m ablations.metrics.classifier --seed 1 --out
+ablations/metrics/weights/fmnist_classifier_seed1.pt`), a second extractor to check that FID's rankings do not
 hinge on one network's features. Measured: 92.88% test accuracy, 937 s with one thread on a 2-core Xeon
 shared with other jobs.
 """
@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablations.data import load, to_model
-from ablations.seeds import derive
+from ablations.running.data import load, to_model
+from ablations.grid.seeds import derive
 
 FOLDER = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = FOLDER / "fmnist_classifier.pt"
 FMNIST_CLASSIFIER_SHA256 = "c0bc0a627fffdb772811b0da5337456d09955ba851336915a8bdcbe7ca13399c"
-# extractor name -> (weights file, its sha256); each is trained by `python -m ablations.classifier --seed S`
+# extractor name -> (weights file, its sha256); each is trained by `python -m ablations.metrics.classifier --seed S`
 WEIGHTS = {
     "fmnist-classifier": (DEFAULT_WEIGHTS, FMNIST_CLASSIFIER_SHA256),
     "fmnist-classifier-seed1": (FOLDER / "fmnist_classifier_seed1.pt", "ac3301eaf1f091133259281b49903b76131b53b51138a38cf73300f1db598e50"),
@@ -67,12 +67,12 @@ def load_classifier(path=DEFAULT_WEIGHTS, expected_sha256: str | None = FMNIST_C
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Fashion-MNIST classifier weights not found at {path}; "
-                                "retrain them with `python -m ablations.classifier`")
+                                "retrain them with `python -m ablations.metrics.classifier`")
     actual = sha256(path)
     if expected_sha256 is not None and actual != expected_sha256:
         raise ValueError(f"sha256 mismatch for {path}: expected {expected_sha256}, got {actual}. "
                          "The file was modified or replaced; restore it from git or retrain with "
-                         "`python -m ablations.classifier` and update its sha256 in WEIGHTS.")
+                         "`python -m ablations.metrics.classifier` and update its sha256 in WEIGHTS.")
     net = Classifier()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval()
@@ -109,7 +109,7 @@ def train(epochs=4, seed=0, batch=128, lr=1e-3, data_root=None) -> tuple[Classif
 
 
 def main():
-    from ablations.checkpoint import save_torch
+    from ablations.store.checkpoint import save_torch
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="where to write the weights")
     p.add_argument("--epochs", type=int, default=4)

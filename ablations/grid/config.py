@@ -68,7 +68,7 @@ class TrainConfig:
 
     def legacy_run_id(self) -> str:
         """The id before runs were shared across train_steps (train_steps and epochs hashed): the name
-        of run folders written before, which `ablations.migrate` moves to run_id()."""
+        of run folders written before, which `ablations.store.migrate` moves to run_id()."""
         return _hash(self, ALWAYS_HASHED)
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablations.layout import CLAIM, pid_alive, process
+from ablations.store.layout import CLAIM, pid_alive, process
 
 
 class ClaimError(OSError):

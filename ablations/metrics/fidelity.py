@@ -1,14 +1,14 @@
 """FID (Heusel et al. 2017), KID (Binkowski et al. 2018) and precision/recall (Kynkaenniemi et al. 2019)
 through torch-fidelity, with the feature extractor always named in results.
 
-- "fmnist-classifier": the project's Fashion-MNIST classifier (ablations/classifier.py), penultimate layer.
+- "fmnist-classifier": the project's Fashion-MNIST classifier (ablations/metrics/classifier.py), penultimate layer.
 - "fmnist-classifier-seed1": the same recipe trained with seed 1, to check the first one's rankings.
 - "inception-v3-compat": torch-fidelity's standard Inception-v3 (2048-d pool features), used only when
   its weights are present; a missing file is an error, never a silent switch to another extractor.
 
 Reference statistics for (dataset, split, n, extractor, its weights, resolution) are computed once
 and cached under `cache_root`, keyed by a hash of those fields. The cache is written through
-ablations/io.py (the user's umask, fsync, temp names that the orphan cleanup knows).
+ablations/store/io.py (the user's umask, fsync, temp names that the orphan cleanup knows).
 """
 import contextlib
 import hashlib
@@ -22,10 +22,10 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from ablations import classifier
-from ablations.data import load, to_model
-from ablations.io import atomic_write
-from ablations.layout import orphans
+from ablations.metrics import classifier
+from ablations.running.data import load, to_model
+from ablations.store.io import atomic_write
+from ablations.store.layout import orphans
 from core.registry import lookup
 
 
@@ -80,7 +80,7 @@ ORPHAN_AGE_S = 3600  # a cache temp file this old has no live writer (a save tak
 def _cache_writes_through_io():
     """torch-fidelity saves its cache through a NamedTemporaryFile: mode 0600 whatever the umask, no
     fsync, and a name (`tmp<random>`) no cleanup looked for. While this is open, it saves with
-    ablations.io.atomic_write instead."""
+    ablations.store.io.atomic_write instead."""
     own = torch_fidelity.utils.torch_atomic_save
     torch_fidelity.utils.torch_atomic_save = lambda what, path: atomic_write(path, lambda tmp: torch.save(what, tmp))
     try:

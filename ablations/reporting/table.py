@@ -2,7 +2,7 @@
 
 This package reads files only: it never imports torch or model code. `ablate collect` hands it each
 run as plain values (its folder, the spec, scale, seed and axis values), and the columns come from
-ablations/schema.py. rows.csv has one row per run x number, with every run's status and failure
+ablations/store/schema.py. rows.csv has one row per run x number, with every run's status and failure
 reason; failed runs are never dropped. summary.csv has the mean, std, 95% CI half-width (Student's
 t) and n over seeds for each cell, a cell being every column that distinguishes a number, the checkpoint
 (`train_step`) included: a run scored at several checkpoints has a cell per checkpoint.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.io import atomic_write
-from ablations.layout import ROWS, read_status, sample_grid_name
-from ablations.schema import (CURVES, IDENTITY, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING, SPEC_COLUMNS,
+from ablations.store.io import atomic_write
+from ablations.store.layout import ROWS, read_status, sample_grid_name
+from ablations.store.schema import (CURVES, IDENTITY, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING, SPEC_COLUMNS,
                               STATUS_COLUMNS, read_rows)
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom; 1.96 (the normal's) beyond.
@@ -46,7 +46,7 @@ def write_csv(df: pd.DataFrame, path):
 def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
     """Gather the rows of `runs` (dicts with folder, run_id, ablation, scale, seed and the `axes`) into
     out_dir/rows.csv and summary.csv, and copy their sample grids to out_dir/samples/. Returns counts:
-    runs, rows, skipped (lines that are not rows, and rows of a torn append: ablations.schema.read_rows),
+    runs, rows, skipped (lines that are not rows, and rows of a torn append: ablations.store.schema.read_rows),
     duplicates (rows whose IDENTITY an earlier row has, dropped), failed."""
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)

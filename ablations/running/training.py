@@ -4,7 +4,7 @@ Determinism: the data order of epoch e is a permutation seeded by (seed, e), and
 reseeded from (seed, step, rank) every step, so neither needs state; on CUDA only deterministic
 kernels run; t and eps come from one
 generator whose state is checkpointed with the model, EMA, optimizer and lr schedule (every seed
-comes from ablations/seeds.py). A run resumed
+comes from ablations/grid/seeds.py). A run resumed
 from any checkpoint therefore ends bitwise identical to an uninterrupted one on the same machine.
 
 With several tasks (torch.distributed), every task draws the whole global batch's t and eps and
@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ablations.checkpoint import load_latest, save_checkpoint
-from ablations.data import SHAPES, to_model
-from ablations.parallel import all_mean, any_true, barrier, is_main, rank, world
-from ablations.seeds import derive
+from ablations.store.checkpoint import load_latest, save_checkpoint
+from ablations.running.data import SHAPES, to_model
+from ablations.running.parallel import all_mean, any_true, barrier, is_main, rank, world
+from ablations.grid.seeds import derive
 from core.diffusion import out_channels, q_sample
 from core.losses import PARAMS, loss_terms
 from core.schedules import make_schedule

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from results.plots import save_figure
-from results.table import write_csv
+from ablations.reporting.plots import save_figure
+from ablations.reporting.table import write_csv
 
 
 def bench_table(json_path) -> tuple[pd.DataFrame, pd.DataFrame]:

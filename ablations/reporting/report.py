@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from results import verdicts
-from results.plots import axes_of, with_labels
-from results.table import checkpointed, checkpoints, spec_of
+from ablations.reporting import verdicts
+from ablations.reporting.plots import axes_of, with_labels
+from ablations.reporting.table import checkpointed, checkpoints, spec_of
 
 
 def markdown(df: pd.DataFrame) -> str:
