@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bench.conftest import BATCH, Stub, describe, small_unet
+from core.diffusion import denoiser
 from core.samplers import SAMPLERS, nfe, plan, sample
 from core.schedules import spaced_timesteps
 
@@ -42,7 +43,8 @@ def test_one_step(benchmark, schedule, sampler):
     step = plan(schedule, 10, BATCH, "cpu")[3:4]
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        benchmark(SAMPLERS[sampler], net, x, step, prediction="eps", variance="fixed_small", eta=0.0,
+        benchmark(SAMPLERS[sampler], denoiser(net, prediction="eps", variance="fixed_small", clip_x0=True), x, step,
+                  prediction="eps", variance="fixed_small", eta=0.0,
                   clip_x0=True, generator=g, callback=None)
 
 

@@ -113,15 +113,49 @@ def split_output(model_output, xt, variance: str):
     return model_output, None
 
 
-def p_from_coefs(c: Coefs, model_output, xt, *, prediction: str, variance: str, clip_x0: bool = False):
-    """p(x_{t-1} | x_t) = N(mu, sigma^2): mu is the posterior mean at the predicted x0 (Eq. 7 with x0_hat)."""
+class Denoised(NamedTuple):
+    """What a denoiser makes of one model call at x_t."""
+
+    x0: torch.Tensor  # the predicted x0, clipped to [-1, 1] with clip_x0
+    out: torch.Tensor  # the model's prediction channels (eps, x0 or v, per `prediction`)
+    v: torch.Tensor | None  # its variance channels for a learned variance, else None
+
+
+def denoise(c: Coefs, model_output, xt, *, prediction: str, variance: str, clip_x0: bool = False) -> Denoised:
+    """The one "predict x0, then clip" step: x0_hat = to_x0(x_t, out) (eps: (x_t - sqrt(1 - alpha_bar) eps) /
+    sqrt(alpha_bar), Ho et al. Eq. 15; v: Salimans & Ho 2022, Sec. 4), clamped to [-1, 1] with `clip_x0`
+    (Ho et al. Sec. 3.3; improved-diffusion's `clip_denoised`)."""
     pred = lookup(PREDICTIONS, prediction, "prediction")
-    var_fn = lookup(VARIANCES, variance, "variance")
     out, v = split_output(model_output, xt, variance)
     x0 = pred.to_x0(xt, out, c)
     if clip_x0:
         x0 = x0.clamp(-1, 1)
-    return {"mean": posterior_mean(c, x0, xt), "log_variance": var_fn(c, v), "x0": x0, "out": out}
+    return Denoised(x0, out, v)
+
+
+def denoiser(model, *, prediction: str, variance: str, clip_x0: bool = False):
+    """D(x_t, t, c) -> Denoised: `model(x_t, t)` turned into a model of the denoised image, the contract of
+    k-diffusion's samplers (EDM's D_theta, Karras et al. 2022, Eq. 2). `t` is the LongTensor of original
+    indices the model sees; `c` the coefficients at it."""
+    lookup(PREDICTIONS, prediction, "prediction")
+    lookup(VARIANCES, variance, "variance")
+
+    def D(xt, t, c: Coefs) -> Denoised:
+        return denoise(c, model(xt, t), xt, prediction=prediction, variance=variance, clip_x0=clip_x0)
+    return D
+
+
+def p_from_denoised(c: Coefs, d: Denoised, xt, variance: str):
+    """p(x_{t-1} | x_t) = N(mu, sigma^2): mu is the posterior mean at the predicted x0 (Eq. 7 with x0_hat),
+    sigma^2 per `variance` (VARIANCES)."""
+    var_fn = lookup(VARIANCES, variance, "variance")
+    return {"mean": posterior_mean(c, d.x0, xt), "log_variance": var_fn(c, d.v), "x0": d.x0, "out": d.out}
+
+
+def p_from_coefs(c: Coefs, model_output, xt, *, prediction: str, variance: str, clip_x0: bool = False):
+    """p(x_{t-1} | x_t) of one model output (`p_from_denoised` of `denoise`)."""
+    d = denoise(c, model_output, xt, prediction=prediction, variance=variance, clip_x0=clip_x0)
+    return p_from_denoised(c, d, xt, variance)
 
 
 def p_mean_variance(schedule: Schedule, model_output, xt, t, *, prediction: str, variance: str,

@@ -3,9 +3,9 @@ import math
 
 import torch
 
-from core.diffusion import coefs, q_sample
+from core.diffusion import coefs, denoiser, q_sample
 from core.distributions import normal_kl, rand, randn
-from core.losses import mean_flat, vb_from_coefs
+from core.losses import mean_flat, vb_from_denoised
 from core.schedules import Schedule
 
 
@@ -56,6 +56,7 @@ def nll_bpd(model, schedule: Schedule, x0, *, prediction: str, variance: str, st
     `method` ("exact" or "stratified") and `strata` (model calls per example).
     """
     B, T = x0.shape[0], schedule.T
+    D = denoiser(model, prediction=prediction, variance=variance, clip_x0=clip_x0)
     blocks = stratify(T, strata)
     vb_sum = torch.zeros(B, dtype=torch.float64, device=x0.device)
     for lo, hi in blocks:
@@ -63,8 +64,8 @@ def nll_bpd(model, schedule: Schedule, x0, *, prediction: str, variance: str, st
         t = (lo + (u * (hi - lo)).long()).clamp(max=hi - 1)
         noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
         xt = q_sample(schedule, x0, t, noise)
-        vb = vb_from_coefs(coefs(schedule, t, like=x0), model(xt, t), x0, xt, t,
-                           prediction=prediction, variance=variance, clip_x0=clip_x0)
+        c = coefs(schedule, t, like=x0)
+        vb = vb_from_denoised(c, D(xt, t, c), x0, xt, t, variance=variance)
         vb_sum += (hi - lo) * vb.double()
     prior = prior_bpd(schedule, x0).double()
     return {"bpd": prior + vb_sum, "prior": prior, "vb": vb_sum,

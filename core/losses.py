@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from core.diffusion import LEARNED, Coefs, coefs, p_from_coefs, posterior_mean, split_output
+from core.diffusion import LEARNED, Coefs, Denoised, coefs, denoise, p_from_denoised, posterior_mean, split_output
 from core.distributions import discretized_gaussian_log_likelihood, normal_kl
 from core.parameterizations import PREDICTIONS
 from core.registry import lookup
@@ -79,10 +79,16 @@ def mean_flat(x):
 
 
 def vb_from_coefs(c: Coefs, model_output, x0, xt, t, *, prediction: str, variance: str, clip_x0: bool = False):
+    """The VLB term L_{t-1} in bits per dimension, per example, of one model output (`vb_from_denoised`)."""
+    d = denoise(c, model_output, xt, prediction=prediction, variance=variance, clip_x0=clip_x0)
+    return vb_from_denoised(c, d, x0, xt, t, variance=variance)
+
+
+def vb_from_denoised(c: Coefs, d: Denoised, x0, xt, t, *, variance: str):
     """The VLB term L_{t-1} in bits per dimension, per example (Ho et al. Eq. 5):
-    KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, the discretized decoder NLL at t = 0.
-    `clip_x0`: p's mean uses the predicted x0 clipped to [-1, 1], as the sampler's does."""
-    p = p_from_coefs(c, model_output, xt, prediction=prediction, variance=variance, clip_x0=clip_x0)
+    KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, the discretized decoder NLL at t = 0, with p's
+    mean at the denoiser's x0 (clipped to [-1, 1] if it clips, as the sampler's is)."""
+    p = p_from_denoised(c, d, xt, variance)
     log_var = p["log_variance"]
     kl = mean_flat(normal_kl(posterior_mean(c, x0, xt), c.log_var_small, p["mean"], log_var))
     nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * log_var))

@@ -8,12 +8,16 @@ samplers' last step lands on their x0 prediction). With `karras` spacing they ru
 instead, each at its nearest timestep (`core.schedules.karras`). The model is always called with the
 original timestep indices. All randomness comes from `generator`: one torch.Generator, or one per image (then
 every image is independent of the batch it is sampled in).
+
+Each sampler is `f(D, x, plan, *, prediction, variance, eta, clip_x0, generator, callback)`, where
+`D(x_t, t, c)` is the denoiser (`core.diffusion.denoiser`: the model's predicted x0, clipped or not),
+as k-diffusion's samplers take a model that returns the denoised image; `plan` lists (t, coefficients).
 """
 import math
 
 import torch
 
-from core.diffusion import Coefs, p_from_coefs, split_output, step_coefs
+from core.diffusion import Coefs, Denoised, denoise, denoiser, p_from_denoised, step_coefs
 from core.distributions import randn
 from core.parameterizations import PREDICTIONS
 from core.registry import lookup
@@ -22,24 +26,26 @@ from core.schedules import Schedule, check_prediction, spaced_schedule
 
 def ddim_mean_variance(c: Coefs, model_output, xt, *, prediction: str, variance: str, eta: float = 0.0,
                        clip_x0: bool = False):
+    """DDIM's x_{t-1} | x_t of one model output (`ddim_step` of `denoise`). Returns (mean, variance, x0)."""
+    d = denoise(c, model_output, xt, prediction=prediction, variance=variance, clip_x0=clip_x0)
+    return ddim_step(c, d, xt, prediction=prediction, eta=eta, clip_x0=clip_x0)
+
+
+def ddim_step(c: Coefs, d: Denoised, xt, *, prediction: str, eta: float, clip_x0: bool):
     """DDIM's x_{t-1} | x_t, Song et al. Eq. 12: mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - s^2) eps,
     variance s^2 = eta^2 (1 - ab_prev)/(1 - ab) (1 - ab/ab_prev). Returns (mean, variance, x0)."""
-    pred = lookup(PREDICTIONS, prediction, "prediction")
-    out, _ = split_output(model_output, xt, variance)
-    x0 = pred.to_x0(xt, out, c)
     var = eta**2 * (c.b_prev / c.b) ** 2 * (1 - (c.a / c.a_prev) ** 2)
-    d = _sqrt(c.b_prev**2 - var)  # the coefficient of eps
+    e = _sqrt(c.b_prev**2 - var)  # the coefficient of eps
     if clip_x0:
         # eps is re-derived from the clipped x0, eps = (x_t - a x0) / b, so the mean is linear in (x0, x_t)
-        x0 = x0.clamp(-1, 1)
-        return (c.a_prev - d * c.a / c.b) * x0 + (d / c.b) * xt, var, x0
-    return c.a_prev * x0 + d * pred.to_eps(xt, out, c), var, x0
+        return (c.a_prev - e * c.a / c.b) * d.x0 + (e / c.b) * xt, var, d.x0
+    return c.a_prev * d.x0 + e * PREDICTIONS[prediction].to_eps(xt, d.out, c), var, d.x0
 
 
-def ddpm(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
+def ddpm(D, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
     """Ancestral sampling, Ho et al. Alg. 2: x_{t-1} = mu(x_t) + sigma_t z, with z = 0 at the last step."""
     for i, (t, c) in enumerate(plan):
-        p = p_from_coefs(c, model(x, t), x, prediction=prediction, variance=variance, clip_x0=clip_x0)
+        p = p_from_denoised(c, D(x, t, c), x, variance)
         x = p["mean"]
         if i < len(plan) - 1:
             x = x + _exp(0.5 * p["log_variance"]) * _noise(x, generator)
@@ -48,11 +54,10 @@ def ddpm(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callb
     return x
 
 
-def ddim(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
+def ddim(D, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
     """DDIM, Song et al. Eq. 12; eta = 0 is deterministic, eta = 1 matches DDPM with fixed_small."""
     for i, (t, c) in enumerate(plan):
-        x, var, x0 = ddim_mean_variance(c, model(x, t), x, prediction=prediction, variance=variance,
-                                        eta=eta, clip_x0=clip_x0)
+        x, var, x0 = ddim_step(c, D(x, t, c), x, prediction=prediction, eta=eta, clip_x0=clip_x0)
         if eta > 0 and i < len(plan) - 1:
             x = x + _sqrt(var) * _noise(x, generator)
         if callback is not None:
@@ -60,20 +65,16 @@ def ddim(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callb
     return x
 
 
-def dpmpp_2m(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
+def dpmpp_2m(D, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
     """DPM-Solver++(2M), Lu et al. 2022b, Alg. 2, in lambda = log(a / b) with a = sqrt(alpha_bar),
     b = sqrt(1 - alpha_bar): x_t = (b_t / b_s) x_s - a_t (e^{-h} - 1) D, h = lambda_t - lambda_s,
     D = (1 + 1/2r) x0_s - 1/2r x0_prev, r = h_prev / h. First order (D = x0_s, i.e. DDIM) at the first
     step and at the last, whose target b = 0 (lambda = inf) makes it return x0_s (as diffusers'
     final_sigmas_type="zero", which subsumes lower_order_final for S < 15). With zero terminal SNR
     (a_s = 0, lambda = -inf) the next step's 1/r = 0, so it is first order too."""
-    pred = lookup(PREDICTIONS, prediction, "prediction")
     prev = None  # (lambda, x0) of the previous step
     for i, (t, c) in enumerate(plan):
-        out, _ = split_output(model(x, t), x, variance)
-        x0 = pred.to_x0(x, out, c)
-        if clip_x0:
-            x0 = x0.clamp(-1, 1)
+        x0 = D(x, t, c).x0
         lam, lam_next = _lambda(c.a, c.b), _lambda(c.a_prev, c.b_prev)
         d = x0
         if prev is not None and i < len(plan) - 1:
@@ -87,26 +88,20 @@ def dpmpp_2m(model, x, plan, *, prediction, variance, eta, clip_x0, generator, c
     return x
 
 
-def heun(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
+def heun(D, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
     """EDM's deterministic sampler, Karras et al. 2022, Alg. 1 (S_churn = 0), in the variance-exploding
     scaling y = x / a on the kept sigmas sigma = b / a: an Euler step to sigma_{i+1}, corrected by the
     mean of dy/dsigma = (y - x0) / sigma at both ends; Euler at the last step (to sigma = 0, i.e. x0).
     The model sees x = a y at the kept timestep of each sigma (the second call at that of sigma_{i+1}),
     so 2 S - 1 calls. Needs every kept alpha_bar > 0: zero terminal SNR makes sigma infinite."""
-    pred = lookup(PREDICTIONS, prediction, "prediction")
     if any(c.a == 0 for _, c in plan):
         raise ValueError("sampler 'heun' cannot start at alpha_bar = 0 (zero terminal SNR): its sigma = "
                          "sqrt((1 - alpha_bar) / alpha_bar) is infinite there; use 'dpmpp_2m', 'ddim' or 'ddpm', "
                          "or a spacing that does not keep t = T-1")
-
-    def denoise(y, t, c):
-        x0 = pred.to_x0(c.a * y, split_output(model(c.a * y, t), y, variance)[0], c)
-        return x0.clamp(-1, 1) if clip_x0 else x0
-
     y = x / plan[0][1].a
     for i, (t, c) in enumerate(plan):
         sigma = c.b / c.a
-        x0 = denoise(y, t, c)
+        x0 = D(c.a * y, t, c).x0
         if i == len(plan) - 1:
             y = x0
         else:
@@ -115,7 +110,7 @@ def heun(model, x, plan, *, prediction, variance, eta, clip_x0, generator, callb
             # Euler: y + (sigma_{i+1} - sigma_i) (y - x0) / sigma_i. The trapezoid's mean of the two slopes
             # then adds (sigma_{i+1} - sigma_i) / (2 sigma_{i+1}) (x0 - x0_next): the same step, 3 tensor ops.
             y_euler = torch.lerp(x0, y, ratio)
-            y = y_euler + 0.5 * (1 - 1 / ratio) * (x0 - denoise(y_euler, t_next, c_next))
+            y = y_euler + 0.5 * (1 - 1 / ratio) * (x0 - D(c_next.a * y_euler, t_next, c_next).x0)
         if callback is not None:
             callback(i, t, c.a_prev * y, x0)
     return y
@@ -187,5 +182,6 @@ def sample(model, schedule: Schedule, shape, *, sampler: str, steps: int, eta: f
     x = _noise(torch.empty(shape, device=device), generator) if x_T is None else x_T.to(device)
     if tuple(x.shape) != tuple(shape):
         raise ValueError(f"shape mismatch: x_T has shape {tuple(x.shape)}, expected {tuple(shape)}")
-    return loop(model, x, plan(schedule, steps, x.shape[0], device, spacing), prediction=prediction,
+    D = denoiser(model, prediction=prediction, variance=variance, clip_x0=clip_x0)
+    return loop(D, x, plan(schedule, steps, x.shape[0], device, spacing), prediction=prediction,
                 variance=variance, eta=float(eta), clip_x0=clip_x0, generator=generator, callback=callback)

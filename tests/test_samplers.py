@@ -164,3 +164,51 @@ def test_respaced_ddpm_with_learned_range_interpolates_the_respaced_beta_and_bet
 
     assert torch.allclose(got, by_hand(respaced=True), rtol=1e-10, atol=1e-12)
     assert (got - by_hand(respaced=False)).abs().max() > 1e-2  # the original schedule's beta_t would differ
+
+
+def test_every_sampler_and_the_likelihood_predict_x0_through_the_one_denoiser(monkeypatch):
+    """"Predict x0, then clip" is written once (`core.diffusion.denoise`): each model call of every sampler and
+    of nll_bpd goes through it, and a sampler's callback sees the x0 it returned (clipped with clip_x0)."""
+    import core.diffusion
+    from core.likelihood import nll_bpd
+    from core.samplers import SAMPLERS, nfe
+    s = make_schedule("cosine", 50)
+    model = lambda x, t: 4 * x  # noqa: E731 - predicts x0 far outside [-1, 1]
+    real, seen = core.diffusion.denoise, []
+
+    def spy(*args, **kw):
+        d = real(*args, **kw)
+        seen.append(d.x0)
+        return d
+    monkeypatch.setattr(core.diffusion, "denoise", spy)
+    for sampler in SAMPLERS:
+        seen.clear()
+        x0s = []
+        sample(model, s, (2, 1, 3, 3), sampler=sampler, steps=4, prediction="x0", variance="fixed_small",
+               clip_x0=True, generator=torch.Generator().manual_seed(0), device="cpu",
+               callback=lambda i, t, x, x0: x0s.append(x0))
+        assert len(seen) == nfe(sampler, 4), sampler
+        assert all(x0.abs().max() <= 1 for x0 in seen) and any((x0.abs() == 1).any() for x0 in seen)
+        assert all(any(x0 is d for d in seen) for x0 in x0s), sampler
+    seen.clear()
+    nll_bpd(model, s, torch.zeros(2, 1, 3, 3), prediction="x0", variance="fixed_small", strata=5,
+            generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 5
+
+
+def test_the_denoiser_is_the_unclipped_x0_clamped():
+    from core.diffusion import Denoised, denoiser
+    s = make_schedule("linear", 100)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0, 50, 99])
+    xt = 3 * torch.randn(3, 1, 2, 2, generator=g, dtype=torch.float64)
+    out = torch.randn(3, 2, 2, 2, generator=g, dtype=torch.float64)
+    c = coefs(s, t, like=xt)
+    for prediction in ("eps", "x0", "v"):
+        raw = denoiser(lambda x, t: out, prediction=prediction, variance="learned_range")(xt, t, c)
+        clipped = denoiser(lambda x, t: out, prediction=prediction, variance="learned_range", clip_x0=True)(xt, t, c)
+        assert isinstance(raw, Denoised) and torch.equal(raw.out, out[:, :1]) and torch.equal(raw.v, out[:, 1:])
+        assert torch.equal(raw.x0, PREDICTIONS[prediction].to_x0(xt, out[:, :1], c))
+        assert torch.equal(clipped.x0, raw.x0.clamp(-1, 1)) and (raw.x0.abs() > 1).any()
+    with pytest.raises(ValueError, match="unknown variance 'wide'"):
+        denoiser(lambda x, t: out, prediction="eps", variance="wide")
