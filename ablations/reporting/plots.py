@@ -12,6 +12,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
+from ablations.store.io import atomic_write  # noqa: E402
 from ablations.store.layout import sample_grid_name  # noqa: E402
 from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS, label  # noqa: E402
 from ablations.reporting import verdicts  # noqa: E402
@@ -48,10 +49,8 @@ def save_figure(fig, out_dir, name) -> list[Path]:
     """Write `name`.png and `name`.pdf atomically; close the figure."""
     paths = [Path(out_dir) / f"{name}.{ext}" for ext in ("png", "pdf")]
     for p in paths:
-        tmp = p.with_name(f".{p.name}.tmp")
         stamp = {"CreationDate": None} if p.suffix == ".pdf" else None  # the same bytes each time
-        fig.savefig(tmp, format=p.suffix[1:], bbox_inches="tight", dpi=120, metadata=stamp)
-        tmp.replace(p)
+        atomic_write(p, lambda tmp: fig.savefig(tmp, format=p.suffix[1:], bbox_inches="tight", dpi=120, metadata=stamp))
     plt.close(fig)
     return paths
 

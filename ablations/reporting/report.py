@@ -6,6 +6,7 @@ import pandas as pd
 from ablations.reporting import verdicts
 from ablations.reporting.plots import axes_of, with_labels
 from ablations.reporting.table import checkpointed, checkpoints, spec_of
+from ablations.store.io import write_text
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -159,7 +160,5 @@ def write_report(out_dir) -> Path:
     if figures:
         parts += ["## Figures", ""] + [f"![{f}]({f}.png)" for f in figures] + [""]
     path = out_dir / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(path)
+    write_text(path, "\n".join(parts))
     return path
