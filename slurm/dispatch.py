@@ -154,15 +154,8 @@ def submissions(spec: Spec, runs_root) -> dict:
 
 
 def queue_states(job_ids) -> dict:
-    """job id -> SLURM state, for jobs squeue still knows."""
-    if not job_ids:
-        return {}
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+    """job id -> SLURM state, for jobs squeue still knows (none when it cannot be asked)."""
+    return claim.squeue(job_ids) or {}
 
 
 def status_table(spec: Spec, runs_root) -> list[dict]:

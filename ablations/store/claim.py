@@ -34,14 +34,25 @@ def holder() -> dict:
 ALIVE = ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "CONFIGURING", "COMPLETING")  # squeue's %T states
 
 
-def job_alive(job_id: str) -> bool:
-    """Whether SLURM still knows the job as pending, running, requeued or suspended."""
+def squeue(job_ids) -> dict | None:
+    """job id -> state (`squeue -h -r -o "%i %T"`: array tasks one per line) of those of `job_ids` SLURM still
+    knows; None when squeue cannot be asked (not installed, or no answer in 30 s). The one squeue call."""
+    if not job_ids:
+        return {}  # an empty -j would list every job
     try:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                             timeout=30).stdout
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
+                             capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
+        return None
+    return dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+
+
+def job_alive(job_id: str) -> bool:
+    """Whether SLURM still knows the job (or any task of the array) as pending, running, requeued or suspended."""
+    states = squeue([job_id])
+    if states is None:
         return True  # cannot tell: be safe and treat it as alive
-    return any(s in out for s in ALIVE)
+    return any(s in ALIVE for s in states.values())
 
 
 def alive(h: dict) -> bool:
