@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablations.grid.seeds import derive
 from core.registry import lookup
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -83,6 +84,12 @@ def load(name: str, split: str, root=None, download: bool = False):
     fn = lookup(DATASETS, name, "dataset")
     lookup(SPLITS, split, "split")
     return fn(split, root, download)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order of the n training images in epoch `epoch`: a permutation seeded by (seed, epoch) alone, so a
+    resumed run, and a retrained classifier, sees the same batches. The one epoch permutation."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derive("data_order", seed, epoch)))
 
 
 def to_model(x_uint8):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ablations.store.checkpoint import load_latest, save_checkpoint
-from ablations.running.data import SHAPES, to_model
+from ablations.running.data import SHAPES, epoch_order, to_model
 from ablations.running.parallel import all_mean, any_true, barrier, is_main, rank, world
 from ablations.grid.seeds import derive
 from core.diffusion import out_channels, q_sample
@@ -83,10 +83,6 @@ def memory_format(cfg):
 
 def total_steps(cfg, n_train: int) -> int:
     return cfg.epochs * (n_train // cfg.batch) if cfg.epochs > 0 else cfg.train_steps
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(derive("data_order", seed, epoch)))
 
 
 def warm(cfg, step: int) -> float:
