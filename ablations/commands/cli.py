@@ -556,6 +556,29 @@ def results_cmd(results_root):
 
 
 @main.command()
+@click.option("--seed", default=0, show_default=True, help="Seeds the init and each epoch's data order.")
+@click.option("--epochs", default=4, show_default=True, help="Passes over the training split.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder with the Fashion-MNIST idx files.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write the weights. Default: "
+              "ablations/metrics/weights/fmnist_classifier.pt (the fmnist-classifier extractor's).")
+def classifier(seed, epochs, data_root, out):
+    """Retrain the Fashion-MNIST classifier behind the fmnist-classifier FID extractors, deterministically;
+    print its test accuracy and the sha256 of the weights (to compare with WEIGHTS in
+    ablations/metrics/classifier.py).
+
+    \b
+    Examples:
+      ablate classifier
+      ablate classifier --seed 1 --out ablations/metrics/weights/fmnist_classifier_seed1.pt
+    """
+    from ablations.metrics.classifier import DEFAULT_WEIGHTS, retrain, sha256
+    out = out or DEFAULT_WEIGHTS
+    acc, seconds = retrain(out, epochs, seed, data_root)
+    click.echo(f"test accuracy {acc:.4f}  ({seconds:.0f} s, {epochs} epochs, seed {seed})")
+    click.echo(f"sha256 {sha256(out)}  {out}")
+
+
+@main.command()
 @click.argument("json_path", metavar="BENCH_JSON", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", default=os.path.join(RESULTS_ROOT, "bench"), show_default=True, type=click.Path(file_okay=False))
 def bench(json_path, out):

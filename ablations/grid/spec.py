@@ -384,7 +384,7 @@ def _eval(values, runs) -> EvalConfig:
         if name in FMNIST_ONLY and not classifier.WEIGHTS[name][0].exists():
             raise err("fid_extractor" if name == ev.fid_extractor else "extra_extractors",
                       f"{name!r} needs its weights at {classifier.WEIGHTS[name][0]}, which is missing; restore it "
-                      f"from git or retrain it with `python -m ablations.metrics.classifier`")
+                      f"from git or retrain it with `ablate classifier`")
     if len(set(extractors)) != len(extractors):
         raise err("extra_extractors", f"{list(ev.extra_extractors)} repeats an extractor of {list(extractors)} "
                                       f"(fid_extractor first); valid: distinct names of {sorted(EXTRACTORS)}")

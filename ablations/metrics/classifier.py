@@ -5,16 +5,15 @@ Retraining reproduces every tensor bitwise (two runs compared); the file's bytes
 differ per save because torch.save writes a unique serialization id into the archive.
 
 Registered with torch-fidelity as the feature extractor "fmnist-classifier" (FID layer
-"penultimate"). `python -m ablations.metrics.classifier` retrains it deterministically from the training split and
-prints its test accuracy and the sha256 of the weights; the committed weights are checked against
+"penultimate"). `ablate classifier` retrains it deterministically from the training split and prints
+its test accuracy and the sha256 of the weights; the committed weights are checked against
 their sha256 in WEIGHTS before they are loaded.
 
-"fmnist-classifier-seed1" is the same recipe with seed 1 (`python -m ablations.metrics.classifier --seed 1 --out
+"fmnist-classifier-seed1" is the same recipe with seed 1 (`ablate classifier --seed 1 --out
 ablations/metrics/weights/fmnist_classifier_seed1.pt`), a second extractor to check that FID's rankings do not
 hinge on one network's features. Measured: 92.88% test accuracy, 937 s with one thread on a 2-core Xeon
 shared with other jobs.
 """
-import argparse
 import hashlib
 import time
 from pathlib import Path
@@ -23,13 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablations.running.data import load, to_model
-from ablations.grid.seeds import derive
+from ablations.running.data import epoch_order, load, to_model
 
 FOLDER = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = FOLDER / "fmnist_classifier.pt"
 FMNIST_CLASSIFIER_SHA256 = "c0bc0a627fffdb772811b0da5337456d09955ba851336915a8bdcbe7ca13399c"
-# extractor name -> (weights file, its sha256); each is trained by `python -m ablations.metrics.classifier --seed S`
+# extractor name -> (weights file, its sha256); each is trained by `ablate classifier --seed S`
 WEIGHTS = {
     "fmnist-classifier": (DEFAULT_WEIGHTS, FMNIST_CLASSIFIER_SHA256),
     "fmnist-classifier-seed1": (FOLDER / "fmnist_classifier_seed1.pt", "ac3301eaf1f091133259281b49903b76131b53b51138a38cf73300f1db598e50"),
@@ -67,12 +65,12 @@ def load_classifier(path=DEFAULT_WEIGHTS, expected_sha256: str | None = FMNIST_C
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Fashion-MNIST classifier weights not found at {path}; "
-                                "retrain them with `python -m ablations.metrics.classifier`")
+                                "retrain them with `ablate classifier`")
     actual = sha256(path)
     if expected_sha256 is not None and actual != expected_sha256:
         raise ValueError(f"sha256 mismatch for {path}: expected {expected_sha256}, got {actual}. "
                          "The file was modified or replaced; restore it from git or retrain with "
-                         "`python -m ablations.metrics.classifier` and update its sha256 in WEIGHTS.")
+                         "`ablate classifier` and update its sha256 in WEIGHTS.")
     net = Classifier()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval()
@@ -96,7 +94,7 @@ def train(epochs=4, seed=0, batch=128, lr=1e-3, data_root=None) -> tuple[Classif
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * (len(x) // batch))
     for epoch in range(epochs):
         net.train()
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(derive("data_order", seed, epoch)))
+        order = epoch_order(seed, epoch, len(x))
         for k in range(len(x) // batch):
             idx = order[k * batch:(k + 1) * batch]
             loss = F.cross_entropy(net(to_model(x[idx])), y[idx])
@@ -108,20 +106,10 @@ def train(epochs=4, seed=0, batch=128, lr=1e-3, data_root=None) -> tuple[Classif
     return net.eval(), accuracy(net, xt, yt)
 
 
-def main():
+def retrain(out=DEFAULT_WEIGHTS, epochs=4, seed=0, data_root=None) -> tuple[float, float]:
+    """`train`, then write the weights to `out` atomically: (test accuracy, seconds). `ablate classifier`."""
     from ablations.store.checkpoint import save_torch
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="where to write the weights")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", help="folder with the Fashion-MNIST idx files")
-    a = p.parse_args()
     t0 = time.perf_counter()
-    net, acc = train(a.epochs, a.seed, data_root=a.data_root)
-    save_torch(a.out, net.state_dict())
-    print(f"test accuracy {acc:.4f}  ({time.perf_counter() - t0:.0f} s, {a.epochs} epochs, seed {a.seed})")
-    print(f"sha256 {sha256(a.out)}  {a.out}")
-
-
-if __name__ == "__main__":
-    main()
+    net, acc = train(epochs, seed, data_root=data_root)
+    save_torch(out, net.state_dict())
+    return acc, time.perf_counter() - t0
