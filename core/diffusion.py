@@ -135,7 +135,7 @@ def denoise(c: Coefs, model_output, xt, *, prediction: str, variance: str, clip_
 
 def denoiser(model, *, prediction: str, variance: str, clip_x0: bool = False):
     """D(x_t, t, c) -> Denoised: `model(x_t, t)` turned into a model of the denoised image, the contract of
-    k-diffusion's samplers (EDM's D_theta, Karras et al. 2022, Eq. 2). `t` is the LongTensor of original
+    k-diffusion's samplers (EDM's denoiser D_theta, Karras et al. 2022, Sec. 2). `t` is the LongTensor of original
     indices the model sees; `c` the coefficients at it."""
     lookup(PREDICTIONS, prediction, "prediction")
     lookup(VARIANCES, variance, "variance")
