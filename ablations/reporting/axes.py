@@ -13,8 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from ablations.store.io import write_json
+from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
 
 FILE = "axes.json"
+NOT_AXES = {*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS}
 KEYS = {"spec": str, "ablation": str, "scale": (str, type(None)), "grid": list, "axes": list, "runs": dict}
 
 
@@ -84,12 +86,12 @@ def axis(record: dict) -> str | None:
 
 def from_rows(rows: pd.DataFrame, spec: str, grid) -> dict:
     """write's arguments for a folder collected before axes.json existed, from its rows.csv alone: the axis
-    columns (between the spec columns and `metric`, in order) and each run's values; `grid` names which
-    of them the spec's grid crosses (the rows cannot tell a grid axis from a standard one)."""
-    cols = list(rows.columns)
-    axes = cols[cols.index("seed") + 1:cols.index("metric")]
-    if list(grid) != axes[:len(grid)]:
-        raise AxesError(f"{spec}: grid {list(grid)!r} is not the leading axis columns {axes!r} of rows.csv")
+    columns (those that are not schema columns: ablations/store/schema.py), `grid` first, and each run's
+    values. `grid` names the spec's grid axes: the rows cannot tell a grid axis from a standard one."""
+    found = [c for c in rows.columns if c not in NOT_AXES]
+    if not set(grid) <= set(found):
+        raise AxesError(f"{spec}: grid {list(grid)!r}: not all columns of rows.csv; valid: {', '.join(found)}")
+    axes = [*grid, *(c for c in found if c not in grid)]
     first = rows.drop_duplicates("run_id")
     runs = [{c: _plain(r[c]) for c in ("run_id", "seed", *axes)} for _, r in first.iterrows()]
     return {"spec": spec, "ablation": str(first["ablation"].iloc[0]), "scale": _plain(first["scale"].iloc[0]),
