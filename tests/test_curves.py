@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
-from ablations.reporting import stats
+from ablations.reporting import axes, stats
 from ablations.reporting.table import checkpointed, checkpoints, cost, summarize
 from ablations.reporting.verdicts import assess, last, settled, settled_text, trajectories, trajectory_text
 
@@ -50,6 +50,14 @@ def _sched(diffs, steps=STEPS):
 
 MIXED, LATE = [[5.0, -5.0, 1.0], [3.0, -4.0, 2.0]], [[-10.0, -11.0, -12.0], [-20.0, -22.0, -25.0]]
 NLL = [[-0.5, -0.52, -0.55]] * 4
+
+
+def _folder(root, name, rows, axis) -> Path:
+    """A results folder of these rows: rows.csv, and axes.json naming `axis` as the grid's."""
+    (root / name).mkdir()
+    rows.to_csv(root / name / "rows.csv", index=False)
+    axes.write(root / name, **axes.from_rows(rows, f"ablations/{axis}.toml", [axis]))
+    return root / name
 
 
 def _curve(found, folder, metric):
@@ -159,9 +167,8 @@ def test_the_grid_time_counts_each_runs_last_train_wall_once():
 
 def test_curves_reach_the_figures_the_report_and_the_index(tmp_path):
     from ablations.reporting.index import regenerate
-    for name, rows in (("prediction-cpu", _pred(MIXED + LATE)), ("schedule-cpu", _sched(NLL))):
-        (tmp_path / name).mkdir()
-        rows.to_csv(tmp_path / name / "rows.csv", index=False)
+    _folder(tmp_path, "prediction-cpu", _pred(MIXED + LATE), "prediction")
+    _folder(tmp_path, "schedule-cpu", _sched(NLL), "schedule")
     regenerate(tmp_path)
     for name in ("prediction-cpu", "schedule-cpu"):
         for fig in ("curves", "differences"):
@@ -181,9 +188,7 @@ def test_curves_reach_the_figures_the_report_and_the_index(tmp_path):
 
 def test_one_checkpoint_draws_no_curve(tmp_path):
     from ablations.reporting.index import regenerate
-    (tmp_path / "prediction-cpu").mkdir()
-    rows = _pred(LATE[1:], STEPS[-1:])
-    rows.to_csv(tmp_path / "prediction-cpu" / "rows.csv", index=False)
+    _folder(tmp_path, "prediction-cpu", _pred(LATE[1:], STEPS[-1:]), "prediction")
     regenerate(tmp_path)
     assert not (tmp_path / "prediction-cpu" / "curves.png").exists()
     assert not (tmp_path / "prediction-cpu" / "differences.png").exists()

@@ -1,3 +1,4 @@
+import json
 import shutil
 from pathlib import Path
 
@@ -6,6 +7,7 @@ from click.testing import CliRunner
 
 from ablations.commands.cli import main
 from ablations.store.layout import run_folder
+from ablations.store.schema import AXES
 from ablations.reporting.table import ci95
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +37,12 @@ def test_collect_plot_report_from_the_table_alone(smoke, tmp_path):
     extractors = (spec.eval.fid_extractor, *spec.eval.extra_extractors)  # a cell per extractor
     assert set(fid["extractor"]) == set(extractors) and (fid["seeds"] == 1).all()
     assert (fid.groupby("extractor").size() == len(spec.runs) * len(spec.eval.settings)).all()
-    shutil.rmtree(copy)  # the plots and the report must need nothing but the table
-    _ablate("plot", spec.path, "--scale", "smoke", "--results-root", tmp_path / "res")
+    record = json.loads((folder / "axes.json").read_text())  # each run's identity, from its config.json
+    assert record["grid"] == list(spec.axes) == ["norm", "conditioning"] and record["scale"] == "smoke"
+    assert record["runs"] == {r.run_id: {"seed": r.config.seed, "conditioning": r.config.conditioning,
+                                         **{a: getattr(r.config, a) for a in AXES}} for r in spec.runs}
+    shutil.rmtree(copy)  # the plots and the report must need nothing but the results folder
+    _ablate("plot", spec.name, "--results-root", tmp_path / "res")
     _ablate("report", folder)
     for f in FIGURES:
         assert (folder / f"{f}.png").stat().st_size > 1000 and (folder / f"{f}.pdf").exists()
@@ -332,7 +338,7 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
 def test_the_sample_figure_has_a_row_per_setting_and_a_column_per_seed():
     """sampler-cpu: 23 settings x 3 seeds, every panel present, each row one setting on every seed; a
     panel is drawn at 2.1 in (252 px at 120 dpi), so three seeds and the labels fit 1,200 px."""
-    from ablations.reporting.plots import LABEL_IN, PANEL_IN, axes_of, grid_cells
+    from ablations.reporting.plots import LABEL_IN, PANEL_IN, grid_cells
     folder = ROOT / "results" / "sampler-cpu"
     rows = pd.read_csv(folder / "rows.csv")
     names, seeds, found = grid_cells(rows, None, folder)
@@ -342,7 +348,7 @@ def test_the_sample_figure_has_a_row_per_setting_and_a_column_per_seed():
     assert all(f.name.startswith(tuple(rows.loc[rows["seed"] == s, "run_id"])) for (_, s), f in found.items())
     assert (LABEL_IN + PANEL_IN * len(seeds)) * 120 <= 1200
     norm = ROOT / "results" / "norm-cpu"
-    names, seeds, _ = grid_cells(pd.read_csv(norm / "rows.csv"), axes_of(pd.read_csv(norm / "rows.csv"))[0], norm)
+    names, seeds, _ = grid_cells(pd.read_csv(norm / "rows.csv"), "norm", norm)
     assert names[0].startswith("norm=group\n") and len(names) == 4 and seeds == [0, 1, 2]
 
 

@@ -1,4 +1,8 @@
-"""The `ablate` command line."""
+"""The `ablate` command line.
+
+The results commands (plot, report, results) import no torch: the modules that train, run or load specs
+(ablations/running, ablations/grid/spec.py) are imported inside the commands that need them.
+"""
 import os
 import signal
 import sys
@@ -10,17 +14,36 @@ from pathlib import Path
 
 import click
 
-from ablations.running import budget, runner
-from ablations.running.data import SIZES
-from ablations.store.layout import DONE, INVALID, last_step, run_folder
+from ablations.grid.config import TRAIN_FIELDS, TrainConfig
+from ablations.store.io import read_json
+from ablations.store.layout import CONFIG, DONE, INVALID, last_step, run_folder
 from ablations.store.schema import AXES
-from ablations.grid.spec import SpecError, load_spec
-from ablations.running.training import total_steps
 
 RUNS_ROOT = os.environ.get("ABLATE_RUNS_ROOT", "runs")
+RESULTS_ROOT = os.environ.get("ABLATE_RESULTS_ROOT", "results")
+
+# The options every command shares, declared once: the spec's scale, the run store and the results folders.
+SCALE = click.option("--scale", help="Which scale of the spec (smoke, cpu, paper, ...). Default: the spec's.")
+RUNS = click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False),
+                    help="The run store: each run's folder is RUNS_ROOT/<run_id>/, shared by every spec that "
+                         "names the run. Env: ABLATE_RUNS_ROOT.")
+RESULTS = click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False),
+                       help="Where results folders go: RESULTS_ROOT/<spec>[-<scale>]/. Env: ABLATE_RESULTS_ROOT.")
+
+
+def _spec_options(f):
+    """--scale and --runs-root: every command that reads a spec's runs."""
+    return SCALE(RUNS(f))
+
+
+def _roots(f):
+    """--runs-root and --results-root: every results command (collect, plot, report, results, export) takes
+    both; plot, report and results read the results folders alone, never the runs."""
+    return RUNS(RESULTS(f))
 
 
 def _load(spec_path, scale, overrides=()):
+    from ablations.grid.spec import SpecError, load_spec
     try:
         return load_spec(spec_path, scale, overrides=overrides)
     except SpecError as e:
@@ -49,6 +72,7 @@ def _folder_option(path, option):
 def _invalid(spec, runs, runs_root) -> dict:
     """{run_id: why} for the runs whose folders do not hold the run their id names (runner.check_folder),
     each reported on one line."""
+    from ablations.running import runner
     found = {}
     for r in runs:
         why = runner.check_folder(r, runs_root, spec.overrides)
@@ -124,9 +148,7 @@ def main():
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--scale", help="Which scale of the spec to run (smoke, cpu, paper, ...). Default: the spec's.")
-@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False),
-              help="Where run folders go: RUNS_ROOT/<spec>/<run_id>/. Env: ABLATE_RUNS_ROOT.")
+@_spec_options
 @click.option("--dry-run", is_flag=True, help="List the expanded runs with their ids, and nothing else.")
 @click.option("--only", "only", multiple=True, metavar="RUN_ID", help="Run only these run ids (repeatable).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
@@ -145,6 +167,7 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
       ablate run ablations/norm.toml --only 3f2a9c01de
       ablate run ablations/demo.toml --set base.lr=1e-3 --set eval.fid_samples=2000 --dry-run
     """
+    from ablations.running import runner
     spec = _load(spec_path, scale, overrides)
     _warn(spec)
     runs = [r for r in spec.runs if not only or r.run_id in only]
@@ -201,6 +224,9 @@ def _stopped(todo, states) -> str:
 
 def _eta(spec, todo, runs_root, device) -> str:
     """The work left: each run's remaining training steps and its evaluations not yet in its rows."""
+    from ablations.running import budget, runner
+    from ablations.running.data import SIZES
+    from ablations.running.training import total_steps
     work = []
     for r in todo:
         folder = run_folder(runs_root, r.run_id)
@@ -211,8 +237,7 @@ def _eta(spec, todo, runs_root, device) -> str:
 
 @main.command(name="list")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
-@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+@_spec_options
 @_set_option
 def list_runs(spec_path, scale, runs_root, overrides):
     """Show the runs of SPEC and their status (pending, running, done, needs-eval, failed).
@@ -222,6 +247,7 @@ def list_runs(spec_path, scale, runs_root, overrides):
       ablate list ablations/demo.toml
       ablate list ablations/demo.toml --set base.lr=1e-3
     """
+    from ablations.running import runner
     spec = _load(spec_path, scale, overrides)
     _folder_option(runs_root, "--runs-root")
     _migrate(runs_root)
@@ -238,8 +264,7 @@ def list_runs(spec_path, scale, runs_root, overrides):
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--only", "only", multiple=True, required=True, metavar="RUN_ID",
               help="The run whose claim to remove (repeatable).")
-@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
-@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+@_spec_options
 @click.option("--force", is_flag=True, help="Remove it even when its holder is alive (a live process on this "
                                             "host, a SLURM job squeue knows).")
 def release(spec_path, only, scale, runs_root, force):
@@ -308,8 +333,9 @@ def _worker_init(workers):
 
 
 def _run_in_worker(args):
+    from ablations.running import runner
     spec_path, scale, overrides, run_ids, runs_root, kw = args
-    spec = load_spec(spec_path, scale, overrides=overrides)
+    spec = _load(spec_path, scale, overrides)
     runs = [r for r in spec.runs if r.run_id in run_ids]
     return runner.run_all(spec, runs, runs_root, echo=lambda msg: None, should_stop=_WORKER_STOP.is_set,
                           **{**kw, "progress": False})
@@ -317,7 +343,7 @@ def _run_in_worker(args):
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
+@_spec_options
 @click.option("--partition", "-p", help="sbatch --partition.")
 @click.option("--gpus-per-node", default=0, show_default=True, help="sbatch --gpus-per-node; >1 trains with DDP.")
 @click.option("--nodes", default=1, show_default=True, help="sbatch --nodes; >1 trains with DDP.")
@@ -334,7 +360,6 @@ def _run_in_worker(args):
               help="Seconds before the time limit that the checkpoint signal (USR2) is sent.")
 @click.option("--cluster", type=click.Choice(["slurm", "local", "debug"]),
               help="submitit executor; default: slurm when sbatch is found, else local.")
-@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
 @click.option("--data-root", type=click.Path(file_okay=False), help="Dataset folder as seen from the nodes.")
 @click.option("--dry-run", is_flag=True, help="Print the sbatch parameters and the runs; submit nothing.")
 @_set_option
@@ -379,8 +404,7 @@ def submit(spec_path, scale, runs_root, data_root, dry_run, overrides, **params)
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
-@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+@_spec_options
 def status(spec_path, scale, runs_root):
     """Each run's state (pending, running, requeued, done, failed, ...) from run folders and squeue.
 
@@ -397,8 +421,7 @@ def status(spec_path, scale, runs_root):
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
-@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+@_spec_options
 def cancel(spec_path, scale, runs_root):
     """scancel every job of SPEC that SLURM still knows.
 
@@ -411,43 +434,59 @@ def cancel(spec_path, scale, runs_root):
     click.echo(f"cancelled {len(ids)} jobs" + (f": {' '.join(ids)}" if ids else ""))
 
 
-RESULTS_ROOT = os.environ.get("ABLATE_RESULTS_ROOT", "results")
-
-
-def _describe(spec, runs_root) -> list[dict]:
-    """What results/ needs to know of each run, as plain values: its folder, the spec and scale, the
-    seed and the axis values (the grid's labels, then the standard axes from the config)."""
+def _describe(spec, runs, runs_root) -> list[dict]:
+    """What results/ needs to know of each run, as plain values taken from the run itself: its folder, the
+    spec and scale, and the seed and axis values of the resolved config its folder's config.json records
+    (the grid's axes labelled as the spec labels them, str(value), then the standard axes). A grid axis of
+    tables that names no config field keeps the spec's label; a run without a folder yet (a status row
+    only) takes the spec's config, the one its id hashes."""
     out = []
-    for r in spec.runs:
-        axes = {**r.axes, **{a: getattr(r.config, a) for a in AXES if a not in r.axes}}
-        out.append({"folder": str(run_folder(runs_root, r.run_id)), "run_id": r.run_id, "ablation": spec.name,
-                    "scale": spec.scale, "seed": r.config.seed, **axes})
+    for r in runs:
+        folder = run_folder(runs_root, r.run_id)
+        cfg = _recorded(folder) or r.config
+        axes = {a: str(getattr(cfg, a)) if a in TRAIN_FIELDS else label for a, label in r.axes.items()}
+        axes.update({a: getattr(cfg, a) for a in AXES if a not in axes})
+        out.append({"folder": str(folder), "run_id": r.run_id, "ablation": spec.name, "scale": spec.scale,
+                    "seed": cfg.seed, **axes})
     return out
 
 
-def _results_dir(target, scale, results_root) -> str:
-    """A results folder: given directly, or results_root/<spec name> for a spec file."""
-    if os.path.isdir(target):
-        return target
-    return os.path.join(results_root, _load(target, scale).name)
+def _recorded(folder) -> TrainConfig | None:
+    """The TrainConfig a run folder's config.json records (ablations/store/layout.py), or None without one."""
+    record = read_json(Path(folder) / CONFIG)
+    if record is None:
+        return None
+    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["train"].items()})
+
+
+def _results_dir(target, results_root) -> str:
+    """A results folder: the folder given, or results_root/<target>; the error says how to make one."""
+    for folder in (target, os.path.join(results_root, target)):
+        if os.path.isdir(folder):
+            return folder
+    hint = (f"; a spec file makes one: `ablate collect {target}`, then give results_root/<spec>[-<scale>]/"
+            if target.endswith(".toml") else "; `ablate collect SPEC` makes one")
+    raise click.ClickException(f"{target}: not a results folder (nor is {os.path.join(results_root, target)})"
+                               f"{hint}, e.g. {os.path.join(results_root, 'norm-cpu')}")
 
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
-@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
-@click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False))
+@SCALE
+@_roots
 @_set_option
 def collect(spec_path, scale, runs_root, results_root, overrides):
-    """Gather every run's rows into results/<spec>/rows.csv (tidy, long) and summary.csv.
+    """Gather every run's rows into results/<spec>/rows.csv (tidy, long) and summary.csv, and the runs'
+    identity (the spec, scale, axes and each run's axis values, from its config.json) into axes.json.
 
     \b
     Example:
-      ablate collect ablations/demo.toml && ablate plot ablations/demo.toml && ablate report ablations/demo.toml
+      ablate collect ablations/demo.toml && ablate plot results/demo && ablate report results/demo
       ablate collect ablations/demo.toml --set base.lr=1e-3   # the runs of `ablate run ... --set base.lr=1e-3`
 
     With --set, the overrides are written to results/<spec>/overrides.json (removed when collected without).
     """
+    from ablations.reporting import axes as identity
     from ablations.reporting.table import collect as do_collect
     spec = _load(spec_path, scale, overrides)
     _folder_option(runs_root, "--runs-root")
@@ -455,8 +494,10 @@ def collect(spec_path, scale, runs_root, results_root, overrides):
     _migrate(runs_root)
     out = os.path.join(results_root, spec.name)
     invalid = _invalid(spec, spec.runs, runs_root)
-    runs = [r for r in _describe(spec, runs_root) if r["run_id"] not in invalid]
-    c = do_collect(runs, out, axes=[*spec.axes, *(a for a in AXES if a not in spec.axes)])
+    runs = _describe(spec, [r for r in spec.runs if r.run_id not in invalid], runs_root)
+    axes = [*spec.axes, *(a for a in AXES if a not in spec.axes)]
+    c = do_collect(runs, out, axes=axes)
+    identity.write(out, str(spec.path), spec.name, spec.scale, spec.axes, axes, runs)
     _write_overrides(out, spec)
     click.echo(f"{out}/rows.csv: {c['rows']} rows from {c['runs']} runs ({c['failed']} failed); "
                f"{c['skipped']} lines that are not rows skipped (half-written or malformed); "
@@ -482,10 +523,10 @@ OVERRIDES = "overrides.json"
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--tensorboard", is_flag=True, help="TensorBoard event files under <run>/tb/.")
-@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
-@click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False))
+@SCALE
+@_roots
 @_set_option
-def export(spec_path, tensorboard, scale, runs_root, overrides):
+def export(spec_path, tensorboard, scale, runs_root, results_root, overrides):
     """Write each run's TensorBoard event files from its rows.jsonl, for runs that have none (runs made
     without the `tracking` extra). Needs tensorboard: pip install -e '.[tracking]'.
 
@@ -509,49 +550,60 @@ def export(spec_path, tensorboard, scale, runs_root, overrides):
         sys.exit(1)
 
 
+def _from_folder(make, *args):
+    """make(*args) for a results folder, its axes.json missing or malformed said as an error, not a trace."""
+    from ablations.reporting.axes import AxesError
+    try:
+        return make(*args)
+    except AxesError as e:
+        raise click.ClickException(str(e)) from None
+
+
 @main.command()
-@click.argument("target", metavar="SPEC|RESULTS_DIR", type=click.Path(exists=True))
-@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
-@click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False))
-def plot(target, scale, results_root):
-    """Figures (PNG and PDF) from rows.csv alone: FID vs steps, bars, loss curves, throughput, samples.
+@click.argument("folder", metavar="RESULTS_DIR")
+@_roots
+def plot(folder, runs_root, results_root):
+    """Figures (PNG and PDF) from a results folder alone (rows.csv, axes.json): FID vs steps, bars, loss
+    curves, throughput, samples. RESULTS_DIR is a folder `ablate collect` wrote, or its name under
+    --results-root; no spec is loaded and no run is read.
 
     \b
     Example:
-      ablate plot ablations/demo.toml
+      ablate plot results/norm-cpu
+      ablate plot norm-cpu --results-root /tmp/results
     """
     from ablations.reporting.plots import plot_all
-    for p in plot_all(_results_dir(target, scale, results_root)):
+    for p in _from_folder(plot_all, _results_dir(folder, results_root)):
         click.echo(p)
 
 
 @main.command()
-@click.argument("target", metavar="SPEC|RESULTS_DIR", type=click.Path(exists=True))
-@click.option("--scale", help="Which scale of the spec. Default: the spec's.")
-@click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False))
-def report(target, scale, results_root):
-    """results/<spec>/report.md: tables, figures and the protocol, from rows.csv and summary.csv.
+@click.argument("folder", metavar="RESULTS_DIR")
+@_roots
+def report(folder, runs_root, results_root):
+    """RESULTS_DIR/report.md: tables, figures and the protocol, from the folder alone (rows.csv, summary.csv,
+    axes.json); RESULTS_DIR as for `ablate plot`.
 
     \b
     Example:
-      ablate report ablations/demo.toml
+      ablate report results/norm-cpu
     """
     from ablations.reporting.report import write_report
-    click.echo(write_report(_results_dir(target, scale, results_root)))
+    click.echo(_from_folder(write_report, _results_dir(folder, results_root)))
 
 
 @main.command(name="results")
-@click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False))
-def results_cmd(results_root):
+@_roots
+def results_cmd(runs_root, results_root):
     """Redraw every summary, figure and report under RESULTS_ROOT, and its README.md index, from the
-    committed rows.csv files alone (no models, no runs folder).
+    committed rows.csv and axes.json files alone (no models, no runs folder).
 
     \b
     Example:
       ablate results
     """
     from ablations.reporting.index import regenerate
-    paths = regenerate(results_root)
+    paths = _from_folder(regenerate, results_root)
     click.echo(f"{len(paths)} files regenerated; index: {paths[-1]}")
 
 

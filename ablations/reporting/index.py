@@ -199,14 +199,15 @@ def _totals(tables: list[pd.DataFrame]) -> list[str]:
 
 
 def regenerate(results_root) -> list[Path]:
-    """Every committed summary, figure and report, then this index, from each folder's rows.csv alone."""
-    from ablations.reporting.plots import NOT_AXES, plot_all
+    """Every committed summary, figure and report, then this index, from each folder's rows.csv and
+    axes.json alone."""
+    from ablations.reporting import axes
+    from ablations.reporting.plots import plot_all
     from ablations.reporting.report import write_report
     from ablations.reporting.table import summarize, write_csv
     written = []
     for folder in folders(results_root):
         rows = pd.read_csv(folder / "rows.csv")
-        axes = [c for c in rows.columns if c not in NOT_AXES]
-        write_csv(summarize(rows, axes), folder / "summary.csv")
+        write_csv(summarize(rows, axes.checked(folder, rows)["axes"]), folder / "summary.csv")
         written += [folder / "summary.csv", *plot_all(folder), write_report(folder)]
     return written + [write_index(results_root)]

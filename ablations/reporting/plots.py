@@ -14,18 +14,9 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from ablations.store.io import atomic_write  # noqa: E402
 from ablations.store.layout import sample_grid_name  # noqa: E402
-from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS, label  # noqa: E402
-from ablations.reporting import verdicts  # noqa: E402
+from ablations.store.schema import label  # noqa: E402
+from ablations.reporting import axes, verdicts  # noqa: E402
 from ablations.reporting.table import checkpointed, checkpoints, ci95, cost, final  # noqa: E402
-
-NOT_AXES = {*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS}
-
-
-def axes_of(rows: pd.DataFrame) -> list[str]:
-    """The ablation axes that vary in this table, in column order; empty when the table compares
-    sampler settings on one config."""
-    return [c for c in rows.columns if c not in NOT_AXES and rows[c].nunique(dropna=True) > 1]
-
 
 def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
     """Adds `setting` (the sampler setting without steps) and `setting_steps` (with steps)."""
@@ -402,13 +393,13 @@ def differences(found: list[dict], out_dir, name="differences"):
 
 
 def plot_all(out_dir) -> list[Path]:
-    """Every figure of one results folder; the forest plot's p-values are Holm-adjusted over the whole
-    index (every folder beside this one). The one-checkpoint figures show the last checkpoint; `curves`
-    and `differences` exist where the rows hold two checkpoints or more."""
+    """Every figure of one results folder, its axis from the folder's axes.json (ablations/reporting/axes.py);
+    the forest plot's p-values are Holm-adjusted over the whole index (every folder beside this one). The
+    one-checkpoint figures show the last checkpoint; `curves` and `differences` exist where the rows hold two
+    checkpoints or more."""
     out_dir = Path(out_dir)
     rows = checkpointed(pd.read_csv(out_dir / "rows.csv"))
-    axes = axes_of(rows)
-    axis = axes[0] if axes else None
+    axis = axes.axis(axes.checked(out_dir, rows))
     sns.set_theme(style="whitegrid", context="paper")
     found = [v for v in verdicts.assess(verdicts.tables(out_dir.parent)) if v["folder"] == out_dir.name]
     at_last = final(rows)

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.reporting import verdicts
-from ablations.reporting.plots import axes_of, with_labels
+from ablations.reporting import axes, verdicts
+from ablations.reporting.plots import with_labels
 from ablations.reporting.table import checkpointed, checkpoints, spec_of
 from ablations.store.io import write_text
 
@@ -137,10 +137,10 @@ def checkpoint_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
 
 
 def write_report(out_dir) -> Path:
+    """out_dir/report.md from the folder alone: rows.csv, summary.csv and axes.json (its axis)."""
     out_dir = Path(out_dir)
     rows, summary = checkpointed(pd.read_csv(out_dir / "rows.csv")), pd.read_csv(out_dir / "summary.csv")
-    axes = axes_of(rows)
-    axis = axes[0] if axes else None
+    axis = axes.axis(axes.checked(out_dir, rows))
     name = rows["ablation"].iloc[0]
     runs = rows.drop_duplicates("run_id")
     what = (f"Axis: `{axis}`." if axis else
