@@ -439,7 +439,8 @@ def _results_dir(target, scale, results_root) -> str:
 @click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False))
 @_set_option
 def collect(spec_path, scale, runs_root, results_root, overrides):
-    """Gather every run's rows into results/<spec>/rows.csv (tidy, long) and summary.csv.
+    """Gather every run's rows into results/<spec>/rows.csv (tidy, long) and summary.csv, and the spec's
+    findings into findings.json.
 
     \b
     Example:
@@ -458,6 +459,7 @@ def collect(spec_path, scale, runs_root, results_root, overrides):
     runs = [r for r in _describe(spec, runs_root) if r["run_id"] not in invalid]
     c = do_collect(runs, out, axes=[*spec.axes, *(a for a in AXES if a not in spec.axes)])
     _write_overrides(out, spec)
+    write_findings(out, spec)
     click.echo(f"{out}/rows.csv: {c['rows']} rows from {c['runs']} runs ({c['failed']} failed); "
                f"{c['skipped']} lines that are not rows skipped (half-written or malformed); "
                f"{c['duplicates']} duplicate rows dropped")
@@ -477,6 +479,14 @@ def _write_overrides(out, spec):
 
 
 OVERRIDES = "overrides.json"
+
+
+def write_findings(out, spec):
+    """results/<spec>/findings.json: the spec's published findings and notes (ablations/grid/findings.py), which
+    the verdicts read from the folder alone."""
+    from ablations.grid.findings import FILE
+    from ablations.store.io import write_json
+    write_json(Path(out) / FILE, spec.findings)
 
 
 @main.command()
