@@ -36,14 +36,16 @@ def _spec(tmp_path, extra="", name="t"):
 @pytest.mark.parametrize("change, key, words", [
     (("source =", 'colour = "red"\nsource ='), "finding[0].colour",
      "unknown key 'colour'; valid keys: a, awaits, b, expect, margin, metric, paper, source, table, why"),
-    (('metric = "fid"', 'metric = "fidd"'), "finding[0].metric", "'fidd' is not one of the valid choices: 'train_loss'"),
+    (('metric = "fid"', 'metric = "fidd"'), "finding[0].metric",
+     "'fidd' is not one of the valid choices: 'train_loss'"),
     (('expect = "higher"', 'expect = "better"'), "finding[0].expect",
      "'better' is not one of the valid choices: 'lower', 'higher', 'parity', 'differs'"),
     (('a = { norm = "layer" }', 'a = { colour = "layer" }'), "finding[0].a.colour",
      "'colour' is not one of the valid choices: 'norm', 'schedule', 'prediction', 'loss', 'variance', 'sampler', "
      "'steps', 'eta', 'clip_x0', 'spacing'"),
     (('expect = "higher"', 'expect = "parity"'), "finding[0].margin", "a parity finding needs a margin > 0"),
-    (('expect = "higher"', 'expect = "lower"\nmargin = 5.0'), "finding[0].margin", "only a parity finding has a margin"),
+    (('expect = "higher"', 'expect = "lower"\nmargin = 5.0'), "finding[0].margin",
+     "only a parity finding has a margin"),
     (('paper = "layer norm gives worse samples than group norm (Nobody 2099, Table 9)"', ""), "finding[0].paper",
      "missing; a finding needs metric, a, b, expect, source, paper"),
 ])
@@ -109,6 +111,14 @@ def test_findings_travel_spec_to_collect_to_folder_to_verdicts(tmp_path):
                                  source="Nobody 2099", table="Table 9")
     (v,) = verdicts.assess(verdicts.tables(folder.parent), verdicts.read_all(folder.parent))
     assert v["finding"] == f and v["diff"] == 10.0 and v["seeds"] == 3 and v["verdict"] == "agrees"
+
+
+def test_a_folder_without_findings_says_so(tmp_path):
+    spec, folder = _collect(tmp_path, _spec(tmp_path, FINDING))
+    assert "| **agrees** |" in write_report(folder).read_text()
+    (folder / findings.FILE).unlink()  # collected before findings were data
+    report = write_report(folder).read_text()
+    assert verdicts.LACKING in report and "| **agrees** |" not in report and "No published finding" not in report
 
 
 def test_adding_a_finding_to_a_spec_changes_the_report_with_no_python_edit(tmp_path):

@@ -1,3 +1,4 @@
+import json
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def test_collect_plot_report_from_the_table_alone(smoke, tmp_path):
     folder = tmp_path / "res" / spec.name
     rows = pd.read_csv(folder / "rows.csv")
     assert set(rows["run_id"]) == {r.run_id for r in spec.runs}
+    assert json.loads((folder / "findings.json").read_text()) == spec.findings  # the norm question's
     assert {"fid", "nll_bpd", "train_loss", "train_img_per_s"} <= set(rows["metric"])
     assert (rows["status"] == "done").all()
     summary = pd.read_csv(folder / "summary.csv")

@@ -11,8 +11,8 @@ Top-level keys of a spec:
 - `no_paper`: what a reader must know when no published table compares the spec's cells.
 - `[[note]]`: what a reader must know beside the verdicts; `[[checked]]`: what was checked where a finding
   does not reproduce. Each is a markdown line, `text`, whose `{name}` fields are computed from the rows by
-  its `values` tables (`of = "ratio"`: the mean of cell a over cell b's, in `format`; `of = "range"`: the
-  cell's lowest and highest value, floored and ceiled to `step`), with `ad_hoc = true` where it quotes a
+  its `values` tables (`of = "ratio"`: the mean of cell a over cell b's, in `format`; `of = "range"`: cell
+  a's lowest and highest per-seed value, or the metric's where a is empty, floored and ceiled to `step`), with `ad_hoc = true` where it quotes a
   trajectory measured outside the suite (shown only while the rows hold one checkpoint); or `computed`, a
   line the verdicts compute from the rows in full (COMPUTED).
 
@@ -97,10 +97,10 @@ def _finding(f, key, columns, err) -> dict:
     return {"metric": _choice(f["metric"], tuple(METRICS), f"{key}.metric", err),
             "a": _cell(f["a"], f"{key}.a", columns, err), "b": _cell(f["b"], f"{key}.b", columns, err),
             "expect": expect, "margin": float(margin), "why": f.get("why", ""),
-            "source": _text(f["source"], f"{key}.source", err), "table": _text(f.get("table", ""), f"{key}.table",
-                                                                                  err, empty=True),
-            "paper": _text(f["paper"], f"{key}.paper", err), "awaits": _text(f.get("awaits", ""), f"{key}.awaits",
-                                                                             err, empty=True)}
+            "source": _text(f["source"], f"{key}.source", err),
+            "table": _text(f.get("table", ""), f"{key}.table", err, empty=True),
+            "paper": _text(f["paper"], f"{key}.paper", err),
+            "awaits": _text(f.get("awaits", ""), f"{key}.awaits", err, empty=True)}
 
 
 def _line(x, key, columns, err) -> dict:
@@ -134,7 +134,8 @@ def _quantity(q, key, columns, err) -> dict:
     out = {"of": of, "metric": _choice(q.get("metric"), tuple(METRICS), f"{key}.metric", err),
            "a": _cell(q.get("a", {}), f"{key}.a", columns, err, empty=of == "range")}
     if of == "ratio":
-        out.update(b=_cell(q.get("b"), f"{key}.b", columns, err), format=_text(q.get("format", ".3g"), f"{key}.format", err))
+        out.update(b=_cell(q.get("b"), f"{key}.b", columns, err),
+                   format=_text(q.get("format", ".3g"), f"{key}.format", err))
         try:
             format(1.0, out["format"])
         except ValueError:

@@ -1,10 +1,13 @@
 """Verdicts decided by code: each question's published findings, held against our paired differences.
 
-A finding compares two cells of one spec's rows.csv on one metric. The cells are paired by training
+The findings are data: a spec's [[finding]] tables (ablations/grid/findings.py), which `ablate collect` writes
+into the results folder as findings.json (`read`); this module holds only the rule. A finding compares two
+cells of one spec's rows.csv on one metric. The cells are paired by training
 seed (the same seed's runs, or the same run for sampler settings), so the difference d = a - b is taken
 per seed and tested with Student's t over seeds (ablations/reporting/stats.py):
 
 - "lower" (the paper found a < b): the one-sided paired t test of mean d < 0, shown with d's 95% CI;
+- "higher" (the paper found a > b): the one-sided paired t test of mean d > 0, likewise;
 - "parity" (the paper found a = b): TOST (Schuirmann 1987) against an absolute margin fixed in the
   finding with its reason: p < 0.05 exactly when d's 90% CI lies inside +-margin;
 - "differs" (no published direction, e.g. the norm question): the two-sided paired t test.
@@ -78,7 +81,9 @@ class Published:
 
 
 FILE = "findings.json"  # in each results folder
-NONE = Published()
+NONE = Published()  # a folder without findings.json
+LACKING = (f"This folder holds no {FILE}, so no finding is decided here: `ablate collect SPEC` writes the spec's "
+           "findings into it.")
 CHECKED_TITLE = "Where it does not reproduce: what was checked"
 CHECKED_ANCHOR = "where-it-does-not-reproduce-what-was-checked"  # GitHub's anchor of that heading
 DDPM = {"sampler": "ddpm", "spacing": "leading", "clip_x0": True}  # the sampler cells `sampler_identity` reads
@@ -398,8 +403,9 @@ COMPUTED = {"sampler_identity": sampler_identity, "heun": heun_note, "solver": s
 
 def quantity(rows: pd.DataFrame, q: dict) -> str:
     """A number a typed line quotes, from the rows (ablations/grid/findings.py): "ratio", the mean over seeds
-    of cell a over cell b's, in q's format; "range", cell a's lowest and highest value, floored and ceiled
-    to q's step ("-" where the rows lack the cells)."""
+    of cell a over cell b's, in q's format; "range", the lowest and highest of cell a's per-seed values
+    (every value of the metric when a is empty), floored and ceiled to q's step; "-" where the rows lack
+    the cells."""
     a = _select(rows, q["metric"], q["a"]) if q["a"] else rows.loc[rows["metric"] == q["metric"], "value"].dropna()
     if a.empty:
         return "-"
@@ -466,11 +472,12 @@ def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None,
     (its last checkpoint), `curves` its share at every checkpoint (assess's entries), `published` the
     folder's findings.json (`read`)."""
     out = ["## Verdict", "", RULE, ""]
-    out += [published.no_paper, ""] if published.no_paper else []
+    out += [published.no_paper, ""] if published.no_paper else [LACKING, ""] if not published.spec else []
     found = verdicts(rows, spec, found=published) if found is None else found
     rows = final(rows)  # the notes and checks read the last checkpoint, as the verdicts do
     if not found:
-        return out + ([] if published.no_paper else ["No published finding is compared by this spec's cells.", ""])
+        said = published.no_paper or not published.spec
+        return out + ([] if said else ["No published finding is compared by this spec's cells.", ""])
     out += [*family_lines(found), "",
               "| metric | a | b | paper | a (mean ± CI) | b (mean ± CI) | a − b | seeds | p | p (Holm) | verdict |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
