@@ -1,6 +1,7 @@
 """Curves over training on hand-made rows: a summary cell per checkpoint, verdicts per checkpoint with a Holm
 family per train_step, the settled rule, the cost to each checkpoint, and old rows read as one checkpoint."""
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -8,9 +9,10 @@ import pandas as pd
 from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
 from ablations.reporting import axes, stats
 from ablations.reporting.table import checkpointed, checkpoints, cost, summarize
-from ablations.reporting.verdicts import assess, last, settled, settled_text, trajectories, trajectory_text
+from ablations.reporting.verdicts import assess, last, read, settled, settled_text, trajectories, trajectory_text
 
 ROOT = Path(__file__).resolve().parent.parent
+FOUND = {name: read(ROOT / "results" / name) for name in ("prediction-cpu", "schedule-cpu", "sampler-cpu")}  # collected
 STEPS = [350, 700, 1400, 2800]
 BATCH = 32
 DDIM20 = {"sampler": "ddim", "steps": 20, "eta": 0.0, "clip_x0": True, "spacing": "leading"}
@@ -57,6 +59,7 @@ def _folder(root, name, rows, axis) -> Path:
     (root / name).mkdir()
     rows.to_csv(root / name / "rows.csv", index=False)
     axes.write(root / name, **axes.from_rows(rows, f"ablations/{axis}.toml", [axis]))
+    shutil.copy(ROOT / "results" / name / "findings.json", root / name)  # as collect writes it
     return root / name
 
 
@@ -81,7 +84,7 @@ def test_verdicts_per_checkpoint_with_a_holm_family_per_train_step():
     """Two questions scored at the same four checkpoints: at each, the family is the two findings at that
     train_step (m = 2), so each adjusted p is Holm over the two raw p-values of that checkpoint alone."""
     found = assess([("prediction-cpu", "prediction", _pred(MIXED + LATE)),
-                    ("schedule-cpu", "schedule", _sched(NLL))])
+                    ("schedule-cpu", "schedule", _sched(NLL))], FOUND)
     assert len(found) == 8 and len(last(found)) == 2
     for step in STEPS:
         pair = [v for v in found if v["train_step"] == step]
@@ -103,7 +106,7 @@ def test_every_questions_last_checkpoint_is_the_verdicts_family():
     joins the 2,800-step question's in the last family (m = 2), and the longer question's 1,400-step
     finding is a family of one."""
     found = assess([("prediction-cpu", "prediction", _pred(MIXED + LATE)),
-                    ("schedule-cpu", "schedule", _sched(NLL[:3], STEPS[:3]))])
+                    ("schedule-cpu", "schedule", _sched(NLL[:3], STEPS[:3]))], FOUND)
     final = last(found)
     assert {v["train_step"] for v in final} == {2800, 1400} and {v["family"] for v in final} == {2}
     for v, p in zip(final, stats.holm([v["p"] for v in final])):
@@ -114,7 +117,7 @@ def test_every_questions_last_checkpoint_is_the_verdicts_family():
 
 def test_a_finding_whose_last_two_checkpoints_differ_is_unsettled():
     back = MIXED + [LATE[0], [5.0, -6.0, 2.0]]  # agrees at 1,400, mixed again at 2,800
-    found = assess([("prediction-cpu", "prediction", _pred(back))])
+    found = assess([("prediction-cpu", "prediction", _pred(back))], FOUND)
     c = _curve(found, "prediction-cpu", "fid")
     assert [v["verdict"] for v in c] == ["inconclusive", "inconclusive", "agrees", "inconclusive"]
     assert settled(c)[0] == "unsettled" and settled_text(c).startswith("unsettled")
@@ -127,7 +130,7 @@ def test_a_cell_scored_only_at_the_last_checkpoint_has_one_verdict():
     more = pd.concat([rows, ddpm, ddpm.assign(sampler="ddim", steps=10), ddpm.assign(steps=10)],
                      ignore_index=True).drop(columns="prediction").assign(ablation="sampler-cpu")
     more = more[more["run_id"].str.contains("eps")]
-    found = assess([("sampler-cpu", "sampler", more)])
+    found = assess([("sampler-cpu", "sampler", more)], FOUND)
     ten = [v for v in found if v["a"] == "DDIM η=0 · 10 steps" and v["b"] == "DDPM · 10 steps"
            and v["finding"].metric == "fid"]
     assert len(ten) == 1 and ten[0]["last"] and ten[0]["train_step"] == 2800
@@ -145,7 +148,8 @@ def test_old_rows_without_a_train_step_are_one_checkpoint_the_last():
     filled = checkpointed(rows)
     assert checkpoints(filled) == [last_step] and (filled.loc[filled["phase"] == "eval", "train_step"] == last_step).all()
     written = rows.assign(train_step=rows["train_step"].fillna(last_step))
-    old, new = assess([("prediction-cpu", "prediction", rows)]), assess([("prediction-cpu", "prediction", written)])
+    old, new = assess([("prediction-cpu", "prediction", rows)], FOUND), assess([("prediction-cpu", "prediction", written)],
+                                                                              FOUND)
     assert [(v["verdict"], v["p"], v["p_holm"], v["diff"]) for v in old] == \
         [(v["verdict"], v["p"], v["p_holm"], v["diff"]) for v in new]
     assert all(trajectory_text([v]) == f"one checkpoint ({int(last_step):,} steps)" for v in old)
@@ -200,16 +204,18 @@ def test_one_checkpoint_draws_no_curve(tmp_path):
 def test_the_report_gives_the_trajectory_from_the_rows_not_typed():
     """Where the rows hold the curve, what-was-checked gives a − b at each checkpoint from them and drops the
     typed trajectory measured outside the suite; with one checkpoint the typed line stays."""
-    from ablations.reporting.verdicts import AD_HOC, section
-    typed = next(line for line in AD_HOC if line.startswith("- **Training length"))
+    from ablations.reporting.verdicts import section
+    published = FOUND["prediction-cpu"]
+    (typed,) = [x["text"] for x in published.checked if x.get("ad_hoc")]
+    assert typed.startswith("- **Training length")
     rows = _pred(MIXED + [[4.0, -6.0, 1.0], [2.0, -3.0, 4.0]])  # inconclusive throughout
-    found = assess([("prediction-cpu", "prediction", rows)])
-    text = "\n".join(section(rows, "prediction", last(found), found))
+    found = assess([("prediction-cpu", "prediction", rows)], FOUND)
+    text = "\n".join(section(rows, "prediction", last(found), found, published))
     assert "what was checked" in text and typed not in text
     assert ("- **fid: prediction=eps, DDIM η=0 · 20 steps − prediction=x0, DDIM η=0 · 20 steps over training** "
             "(95% CI): 0.3333 ± 13 at 350 (3 seeds); ") in text
     half = 4.303 * (13 / 3) ** 0.5  # d = 2, -3, 4: mean 1, sd sqrt(13); the t table's 0.975 quantile at 2 dof
     assert f"1 ± {half:.2g} at 2,800 (3 seeds). Verdict: inconclusive from 350; settled from 350 steps." in text
     one = _pred([[4.0, -6.0, 1.0]], STEPS[-1:])
-    found = assess([("prediction-cpu", "prediction", one)])
-    assert typed in "\n".join(section(one, "prediction", last(found), found))
+    found = assess([("prediction-cpu", "prediction", one)], FOUND)
+    assert typed in "\n".join(section(one, "prediction", last(found), found, published))

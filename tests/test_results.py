@@ -15,6 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ["fid_vs_steps", "bars", "loss", "throughput", "samples"]
 
 
+def _found(*folders):
+    """folder -> its committed findings.json (what `ablate collect` wrote from the spec)."""
+    from ablations.reporting.verdicts import read
+    return {name: read(ROOT / "results" / name) for name in folders}
+
+
 def _ablate(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
@@ -30,6 +36,7 @@ def test_collect_plot_report_from_the_table_alone(smoke, tmp_path):
     folder = tmp_path / "res" / spec.name
     rows = pd.read_csv(folder / "rows.csv")
     assert set(rows["run_id"]) == {r.run_id for r in spec.runs}
+    assert json.loads((folder / "findings.json").read_text()) == spec.findings  # the norm question's
     assert {"fid", "nll_bpd", "train_loss", "train_img_per_s"} <= set(rows["metric"])
     assert (rows["status"] == "done").all()
     summary = pd.read_csv(folder / "summary.csv")
@@ -181,7 +188,8 @@ def test_holm_over_the_index_counts_a_duplicate_once_and_decides_reverses():
                     *pair("fid", {**ddim, "steps": 20}, {**ddpm, "steps": 20}, d20),
                     *pair("fid", {**ddim, "steps": 50}, {**ddpm, "steps": 50}, d50)],
     })
-    found = {(v["folder"], v["finding"].metric, v["a"], v["b"]): v for v in assess(tables)}
+    committed = _found("loss-cpu", "schedule-cpu", "sampler-cpu")
+    found = {(v["folder"], v["finding"].metric, v["a"], v["b"]): v for v in assess(tables, committed)}
     raw = {"loss": 0.005, "schedule": 0.02, "10": 0.10, "20": 0.025, "50": 0.995}
     by = {"loss": found[("loss-cpu", "nll_bpd", "loss=hybrid", "loss=simple")],
           "schedule": found[("schedule-cpu", "nll_bpd", "schedule=cosine", "schedule=linear")],
@@ -199,7 +207,7 @@ def test_holm_over_the_index_counts_a_duplicate_once_and_decides_reverses():
     assert abs(by["50"]["p_reverse_holm"] - 0.025) < 1e-3
     eta = found[("sampler-cpu", "fid", "DDIM η=0 · 10 steps", "DDIM η=1 · 10 steps")]
     assert eta["same_as"] is by["10"] and eta["p_holm"] == by["10"]["p_holm"]
-    without = assess([t for t in tables if t[1] != "loss"])  # a smaller family: smaller corrections
+    without = assess([t for t in tables if t[1] != "loss"], committed)  # a smaller family: smaller corrections
     assert {v["family"] for v in without} == {4}
 
 
@@ -208,9 +216,10 @@ def test_parity_is_tost_against_the_findings_absolute_margin():
     table's 0.99 quantile it is 0.01 (agrees, 90% CI inside ±5); with mean 3 and (5 - 3) / se at the 0.90
     quantile it is 0.10 (inconclusive); with mean 20 and (20 - 5) / se at the 0.995 quantile the reverse
     (|d| > 5, each side at alpha / 2) has p = 2 x 0.005 (disagrees)."""
-    from ablations.reporting.verdicts import FINDINGS, assess
+    from ablations.reporting.verdicts import assess
 
-    parity = next(f for f in FINDINGS if f.spec == "prediction" and f.expect == "parity")
+    committed = _found("prediction-cpu")
+    parity = next(f for f in committed["prediction-cpu"].findings if f.expect == "parity")
     assert parity.margin == 5.0 and parity.why
     base = [230.0, 240.0, 250.0]
 
@@ -220,7 +229,7 @@ def test_parity_is_tost_against_the_findings_absolute_margin():
         rows = pd.DataFrame([{"metric": "fid", "seed": s, "prediction": p, "sampler": "ddim", "steps": 20,
                               "eta": 0.0, "value": b + (x if p == "v" else 0.0)}
                              for s, (b, x) in enumerate(zip(base, d)) for p in ("v", "eps")])
-        (v,) = assess([("prediction-cpu", "prediction", rows)])  # eps vs x0 has no x0 cells: absent
+        (v,) = assess([("prediction-cpu", "prediction", rows)], committed)  # eps vs x0 has no x0 cells: absent
         return v
     inside = tost(0.0, 6.965)
     assert abs(inside["p"] - 0.01) < 2e-4 and inside["verdict"] == "agrees" and inside["level"] == 0.90
@@ -236,9 +245,9 @@ def test_one_seed_reads_na_and_is_outside_the_family():
     ddim = {"sampler": "ddim", "eta": 0.0, "spacing": "leading", "clip_x0": True, "steps": 10}
     rows = pd.DataFrame([{"metric": "fid", "seed": 0, **ddim, "value": 138.2},
                          {"metric": "fid", "seed": 0, **ddim, "sampler": "ddpm", "value": 554.2}])
-    (v,) = assess([("demo", "demo", rows)])
+    (v,) = assess([("demo", "demo", rows)], _found("demo"))
     assert v["verdict"] == "n/a (1 seed)" and v["family"] == 0 and v["p"] != v["p"] and v["diff"] == 138.2 - 554.2
-    text = "\n".join(section(rows, "demo"))
+    text = "\n".join(section(rows, "demo", published=_found("demo")["demo"]))
     assert "| **n/a (1 seed)**" in text and "what was checked" not in text
 
 
@@ -253,9 +262,10 @@ def test_the_loss_fid_finding_reads_ancestral_ddpm_and_awaits_it():
                               "spacing": "leading", "clip_x0": True, "value": 250.0 + s + (9.0 * (sampler == "ddim") if
                                                                                           loss == "hybrid" else 0.0)}
                              for s in range(3) for loss in ("hybrid", "simple") for sampler, steps in settings])
-    (waiting,) = assess([("loss-cpu", "loss", rows(cells[:1]))])
+    committed = _found("loss-cpu")
+    (waiting,) = assess([("loss-cpu", "loss", rows(cells[:1]))], committed)
     assert waiting["verdict"] == "awaits the rerun" and "never reads the learned variance" in waiting["finding"].awaits
-    (read,) = assess([("loss-cpu", "loss", rows(cells))])
+    (read,) = assess([("loss-cpu", "loss", rows(cells))], committed)
     assert read["a"].startswith("DDPM · 100 steps") and read["diff"] == 0.0 and read["verdict"] == "agrees"
 
 
@@ -299,6 +309,7 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
     """The sampler's checks appear only where a finding disagrees or is inconclusive, and the per-seed
     differences and the η=1 ≡ DDPM line are computed from the rows, not typed."""
     from ablations.reporting.verdicts import section
+    sampler = _found("sampler-cpu")["sampler-cpu"]
 
     def rows(ddim, ddpm, eta1, noclip=()):
         out = []
@@ -310,24 +321,25 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
                     for sampler, eta, clip, v in cells for m, k in (("fid", 1.0), ("kid", 0.8))]
         return pd.DataFrame(out)
     disagreeing = rows([75, 80, 78], [70, 72, 71], [70.01, 72, 71.03], noclip=[(60, 70), (61, 72), (62, 71)])
-    worse = "\n".join(section(disagreeing, "sampler"))
+    worse = "\n".join(section(disagreeing, "sampler", published=sampler))
     assert "| **disagrees**" in worse and "what was checked" in worse
     assert "| 77.67 ± 6.3 | 71 ± 2.5 |" in worse  # the clipped cells alone
     assert "at 10 steps their FIDs differ by at most 0.03 on any of 3 seeds" in worse
     assert "Without clipping, DDIM-10 − DDPM-10 FID = -10 ± 2.5 over 3 seeds" in worse
     assert "(with clipping: 6.667 ± 3.8): the sign changes." in worse
     assert "(disagrees), per training seed: seed 0: +5, seed 1: +8, seed 2: +7." in worse
-    split = "\n".join(section(rows([75, 62, 78], [70, 72, 71], [70, 72, 71]), "sampler"))
+    split = "\n".join(section(rows([75, 62, 78], [70, 72, 71], [70, 72, 71]), "sampler", published=sampler))
     assert "| **inconclusive**" in split and "what was checked" in split
     assert "(inconclusive), per training seed: seed 0: +5, seed 1: -10, seed 2: +7." in split
-    one = "\n".join(section(rows([75], [70], [70]), "sampler"))  # one seed: no test, nothing to investigate
+    one = "\n".join(section(rows([75], [70], [70]), "sampler", published=sampler))  # one seed: no test, nothing to investigate
     assert "| **n/a (1 seed)**" in one and "what was checked" not in one
-    better = "\n".join(section(rows([60, 62, 61], [70, 72, 71], [70, 72, 71]), "sampler"))
+    better = "\n".join(section(rows([60, 62, 61], [70, 72, 71], [70, 72, 71]), "sampler", published=sampler))
     assert "| **agrees**" in better and "| **disagrees**" not in better and "what was checked" not in better
     # the index links a disagreement to that section
     from ablations.reporting.index import write_index
     from ablations.reporting.verdicts import CHECKED_ANCHOR, CHECKED_TITLE
     (tmp_path / "sampler-cpu").mkdir()
+    shutil.copy(ROOT / "results" / "sampler-cpu" / "findings.json", tmp_path / "sampler-cpu")
     table = disagreeing.assign(ablation="sampler-cpu", scale="cpu", run_id="r", phase="eval")
     table.to_csv(tmp_path / "sampler-cpu" / "rows.csv")
     index = write_index(tmp_path).read_text()

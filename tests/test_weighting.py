@@ -3,6 +3,7 @@ loss as it was, bad specs fail before anything runs, and training logs the unwei
 import inspect
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,8 +186,10 @@ def test_the_weighting_finding_is_decided_at_each_checkpoint():
     checkpoint the rows scored: here min_snr is 20 FID lower at 175 and 350 steps and level at 700."""
     import pandas as pd
 
-    from ablations.reporting.verdicts import FINDINGS, assess
-    (finding,) = [f for f in FINDINGS if f.spec == "weighting"]
+    from ablations.reporting.verdicts import assess, published
+    spec = load_spec(Path(__file__).resolve().parent.parent / "ablations" / "weighting.toml")
+    found_in = {"weighting-cpu": published(spec.findings)}  # as collect writes it
+    (finding,) = found_in["weighting-cpu"].findings
     assert (finding.metric, finding.expect, finding.a, finding.b) == (
         "fid", "lower", {"weighting": "min_snr"}, {"weighting": "uniform"})
     gap, spread = {175: -20.0, 350: -20.0, 700: 0.0}, (0.0, 1.0, -1.0)  # min_snr - uniform: mean, per seed
@@ -194,7 +197,7 @@ def test_the_weighting_finding_is_decided_at_each_checkpoint():
                           "sampler": "ddim", "steps": 20, "eta": 0.0, "spacing": "leading", "clip_x0": True,
                           "value": 300.0 - step / 10 + 7 * s + (gap[step] + spread[s] if w == "min_snr" else 0.0)}
                          for step in gap for s in range(3) for w in ("min_snr", "uniform")])
-    found = {v["train_step"]: v for v in assess([("weighting-cpu", "weighting", rows)])}
+    found = {v["train_step"]: v for v in assess([("weighting-cpu", "weighting", rows)], found_in)}
     assert sorted(found) == [175, 350, 700]
     assert found[175]["verdict"] == found[350]["verdict"] == "agrees"
     assert found[700]["verdict"] == "inconclusive" and found[700]["last"]

@@ -476,8 +476,9 @@ def _results_dir(target, results_root) -> str:
 @_roots
 @_set_option
 def collect(spec_path, scale, runs_root, results_root, overrides):
-    """Gather every run's rows into results/<spec>/rows.csv (tidy, long) and summary.csv, and the runs'
-    identity (the spec, scale, axes and each run's axis values, from its config.json) into axes.json.
+    """Gather every run's rows into results/<spec>/rows.csv (tidy, long) and summary.csv, the runs'
+    identity (the spec, scale, axes and each run's axis values, from its config.json) into axes.json, and
+    the spec's findings into findings.json.
 
     \b
     Example:
@@ -499,6 +500,7 @@ def collect(spec_path, scale, runs_root, results_root, overrides):
     c = do_collect(runs, out, axes=axes)
     identity.write(out, str(spec.path), spec.name, spec.scale, spec.axes, axes, runs)
     _write_overrides(out, spec)
+    write_findings(out, spec)
     click.echo(f"{out}/rows.csv: {c['rows']} rows from {c['runs']} runs ({c['failed']} failed); "
                f"{c['skipped']} lines that are not rows skipped (half-written or malformed); "
                f"{c['duplicates']} duplicate rows dropped")
@@ -518,6 +520,14 @@ def _write_overrides(out, spec):
 
 
 OVERRIDES = "overrides.json"
+
+
+def write_findings(out, spec):
+    """results/<spec>/findings.json: the spec's published findings and notes (ablations/grid/findings.py), which
+    the verdicts read from the folder alone."""
+    from ablations.grid.findings import FILE
+    from ablations.store.io import write_json
+    write_json(Path(out) / FILE, spec.findings)
 
 
 @main.command()

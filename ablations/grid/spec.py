@@ -25,6 +25,7 @@ from pathlib import Path
 import tomllib
 import torch
 
+from ablations.grid import findings
 from ablations.grid.config import EVAL_FIELDS, RANGES, SETTING_KEYS, TRAIN_FIELDS, EvalConfig, Setting, TrainConfig
 from ablations.running.data import DATASETS, SHAPES, SIZES
 from ablations.running.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model, total_steps
@@ -40,7 +41,7 @@ SCALES = Path(__file__).resolve().parent.parent / "scales.toml"
 CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "prediction": PREDICTIONS, "variance": VARIANCES,
            "loss": LOSSES, "norm": NORMS, "conditioning": CONDITIONINGS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS,
            "spacing": SPACINGS, "weighting": WEIGHTINGS}
-TOP_KEYS = {"name", "description", "seeds", "base", "grid", "eval", "scale", "default_scale"}
+TOP_KEYS = {"name", "description", "seeds", "base", "grid", "eval", "scale", "default_scale", *findings.KEYS}
 SCALE_KEYS = {"base", "eval", "seeds"}
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 NAME_PART = re.compile(r"[A-Za-z0-9_-]+")  # one part of an override's dotted key
@@ -70,6 +71,7 @@ class Spec:
     runs: tuple
     eval: EvalConfig
     overrides: tuple = ()  # the --set pairs, as given ("base.lr=1e-3")
+    findings: dict | None = None  # its published findings and notes (ablations/grid/findings.py), as collected
 
 
 def _errors(path, overrides=()):
@@ -222,7 +224,8 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES, overrides=()) 
             seen[run.run_id] = f"{labels} (seed {seed})"
             runs.append(run)
     ev = _eval(evals, runs)
-    return Spec(name if scale is None else f"{name}-{scale}", path, scale, tuple(grid), tuple(runs), ev, overrides)
+    return Spec(name if scale is None else f"{name}-{scale}", path, scale, tuple(grid), tuple(runs), ev, overrides,
+                findings.parse(raw, err, tuple(grid)))
 
 
 def _known(table, allowed, prefix, err):

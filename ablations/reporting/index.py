@@ -54,7 +54,8 @@ def write_index(results_root) -> Path:
     from ablations.reporting.plots import forest
     root = Path(results_root)
     found_tables = verdicts.tables(root)
-    curves = verdicts.assess(found_tables)
+    found_in = verdicts.read_all(root)  # each folder's findings.json
+    curves = verdicts.assess(found_tables, found_in)
     family = verdicts.last(curves)
     over = {(c[-1]["folder"], id(c[-1]["finding"])): c for c in verdicts.trajectories(curves)}
     lines = ["# Results", "",
@@ -67,7 +68,7 @@ def write_index(results_root) -> Path:
         found = [v for v in family if v["folder"] == name]
         where = f"{_hours(rows)} | {_machine(rows)}"
         if not found:
-            lines.append(f"| {link} | {verdicts.NO_PAPER.get(spec, '-')} | see report | - | - | - | - | - | - | "
+            lines.append(f"| {link} | {found_in[name].no_paper or '-'} | see report | - | - | - | - | - | - | "
                          f"{where} |")
         for v in found:
             curve = over[(name, id(v["finding"]))]

@@ -270,7 +270,7 @@ def forest(found: list[dict], out_dir, name="forest"):
         lo, hi = lo - pad, hi + pad
         for y, v in zip(ys, vs):
             f = v["finding"]
-            span = (lo, 0) if f.expect == "lower" else (-f.margin, f.margin) if f.expect == "parity" else None
+            span = {"lower": (lo, 0), "higher": (0, hi), "parity": (-f.margin, f.margin)}.get(f.expect)
             if span:
                 ax.fill_betweenx([y - 0.4, y + 0.4], *span, color="tab:green", alpha=0.12, lw=0)
         ax.axvline(0, color="black", lw=0.8)
@@ -401,7 +401,8 @@ def plot_all(out_dir) -> list[Path]:
     rows = checkpointed(pd.read_csv(out_dir / "rows.csv"))
     axis = axes.axis(axes.checked(out_dir, rows))
     sns.set_theme(style="whitegrid", context="paper")
-    found = [v for v in verdicts.assess(verdicts.tables(out_dir.parent)) if v["folder"] == out_dir.name]
+    found = [v for v in verdicts.assess(verdicts.tables(out_dir.parent), verdicts.read_all(out_dir.parent))
+             if v["folder"] == out_dir.name]
     at_last = final(rows)
     return [*(p for fn in (fid_vs_steps, bars, loss_curves, throughput, sample_grids) for p in fn(at_last, axis, out_dir)),
             *forest(verdicts.last(found), out_dir), *curves(rows, axis, out_dir), *differences(found, out_dir)]

@@ -153,8 +153,10 @@ def write_report(out_dir) -> Path:
     steps = checkpoints(rows)
     at_last = summary if len(steps) < 2 else summary[summary["train_step"].isna() | (summary["train_step"] == steps[-1])]
     parts += metric_tables(at_last, axis) + checkpoint_tables(summary, axis)
-    curves = [v for v in verdicts.assess(verdicts.tables(out_dir.parent)) if v["folder"] == out_dir.name]
-    parts += verdicts.section(rows, spec_of(rows), verdicts.last(curves), curves)  # Holm over the whole index
+    found_in = verdicts.read_all(out_dir.parent)  # each folder's findings.json
+    curves = [v for v in verdicts.assess(verdicts.tables(out_dir.parent), found_in) if v["folder"] == out_dir.name]
+    parts += verdicts.section(rows, spec_of(rows), verdicts.last(curves), curves,  # Holm over the whole index
+                              found_in.get(out_dir.name, verdicts.NONE))
     parts += verdicts.over_training(curves)
     figures = [f for f in FIGURES if (out_dir / f"{f}.png").exists()]
     if figures:

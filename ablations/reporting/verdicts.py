@@ -1,10 +1,13 @@
 """Verdicts decided by code: each question's published findings, held against our paired differences.
 
-A finding compares two cells of one spec's rows.csv on one metric. The cells are paired by training
+The findings are data: a spec's [[finding]] tables (ablations/grid/findings.py), which `ablate collect` writes
+into the results folder as findings.json (`read`); this module holds only the rule. A finding compares two
+cells of one spec's rows.csv on one metric. The cells are paired by training
 seed (the same seed's runs, or the same run for sampler settings), so the difference d = a - b is taken
 per seed and tested with Student's t over seeds (ablations/reporting/stats.py):
 
 - "lower" (the paper found a < b): the one-sided paired t test of mean d < 0, shown with d's 95% CI;
+- "higher" (the paper found a > b): the one-sided paired t test of mean d > 0, likewise;
 - "parity" (the paper found a = b): TOST (Schuirmann 1987) against an absolute margin fixed in the
   finding with its reason: p < 0.05 exactly when d's 90% CI lies inside +-margin;
 - "differs" (no published direction, e.g. the norm question): the two-sided paired t test.
@@ -21,6 +24,8 @@ checkpoint's family (the findings scored at that train_step; every question's la
 the verdicts' family). A finding is settled from the first checkpoint after which its verdict no longer
 changes, unsettled when its last two checkpoints differ (`settled`).
 """
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,123 +60,52 @@ class Finding:
     metric: str
     a: dict  # column -> value selecting cell a
     b: dict
-    expect: str  # "lower" (a < b), "parity" (|a - b| < margin) or "differs" (no published direction)
-    paper: str  # what the paper found, with source and table
+    expect: str  # "lower" (a < b), "higher" (a > b), "parity" (|a - b| < margin) or "differs" (no direction)
+    paper: str  # what the paper found, with source and table, as the report shows it
     margin: float = 0.0  # parity: the largest |a - b| that still counts as equal, in the metric's units
     why: str = ""  # parity: why that margin
     awaits: str = ""  # why the committed rows may lack the cells: shown instead of a verdict until they hold them
+    source: str = ""  # the paper
+    table: str = ""  # its table or figure
 
 
-SONG_TABLE1 = {10: (13.36, 41.07), 20: (6.84, 18.36), 50: (4.67, 8.01)}  # CIFAR-10 FID, eta = 0 and eta = 1
-FID_MARGIN = 5.0
-FID_MARGIN_WHY = ("about the sample-set noise of one model at n = 1,000: the demo model's FIDs move by 0.2 (DDIM-10) "
-                  "and 6.9 (DDPM-10) between sample seeds 0 and 1 (README)")
-NORM_PAPER = "no published table; group norm is DDPM's choice (Ho et al. 2020, App. B)"
-DDPM = {"sampler": "ddpm", "spacing": "leading", "clip_x0": True}  # the sampler cells the findings compare
-DDIM = {"sampler": "ddim", "eta": 0.0, "spacing": "leading", "clip_x0": True}
-FINDINGS = [
-    *[Finding("sampler", "fid", {**DDIM, "steps": s}, {**DDPM, "steps": s}, "lower",
-              f"DDIM (η=0) beats DDPM (σ_t² = β̃_t, DDIM's η=1) at {s} steps (Song et al. 2021, Table 1: FID "
-              f"{SONG_TABLE1[s][0]} vs {SONG_TABLE1[s][1]} on CIFAR-10)") for s in (10, 20, 50)],
-    Finding("demo", "fid", {**DDIM, "steps": 10}, {**DDPM, "steps": 10}, "lower",
-            "DDIM (η=0) beats DDPM with σ_t² = β_t at 10 steps (Song et al. 2021, Table 1: FID 13.36 vs 367.43 "
-            "for σ̂ on CIFAR-10)"),
-    Finding("sampler", "fid", {**DDIM, "steps": 10}, {**DDIM, "eta": 1.0, "steps": 10}, "lower",
-            "η=0 beats η=1 at 10 steps (Song et al. 2021, Table 1: 13.36 vs 41.07 on CIFAR-10)"),
-    Finding("sampler", "kid", {**DDIM, "steps": 10}, {**DDPM, "steps": 10}, "lower",
-            "... the same at 10 steps in KID (unbiased at our n), from the same samples"),
-    Finding("loss", "nll_bpd", {"loss": "hybrid"}, {"loss": "simple"}, "lower",
-            "L_hybrid with learned-range variance gives lower NLL than L_simple with fixed variance "
-            "(Nichol & Dhariwal 2021, Tables 1-2)"),
-    Finding("loss", "fid", {"loss": "hybrid", **DDPM, "steps": 100}, {"loss": "simple", **DDPM, "steps": 100},
-            "parity", "... at similar FID, sampled ancestrally with each model's own variance (Nichol & Dhariwal "
-            "2021, Tables 1-2; 50-100 respaced steps)", margin=FID_MARGIN, why=FID_MARGIN_WHY,
-            awaits="the finding reads ancestral DDPM at 100 respaced steps, which uses each model's own variance "
-                   "(learned_range for hybrid, fixed_small for simple); the committed rows hold DDIM η=0 only, which "
-                   "never reads the learned variance, so they cannot test it"),
-    Finding("prediction", "fid", {"prediction": "eps"}, {"prediction": "x0"}, "lower",
-            "predicting x0 gives worse samples than predicting eps (Ho et al. 2020, Sec. 3.2, a remark in the text: "
-            "worse sample quality early in their experiments; their Table 2 compares eps with μ̃, not x0)"),
-    Finding("prediction", "fid", {"prediction": "v"}, {"prediction": "eps"}, "parity",
-            "v prediction matches eps (Salimans & Ho 2022)", margin=FID_MARGIN, why=FID_MARGIN_WHY),
-    Finding("schedule", "nll_bpd", {"schedule": "cosine"}, {"schedule": "linear"}, "lower",
-            "the cosine schedule improves NLL over linear, more so at small resolution "
-            "(Nichol & Dhariwal 2021, Sec. 3.2 and Table 2)"),
-    *[Finding("norm", metric, {"norm": norm}, {"norm": "group"}, "differs", NORM_PAPER)
-      for metric in ("fid", "nll_bpd") for norm in ("batch", "layer", "instance")],
-    Finding("weighting", "fid", {"weighting": "min_snr"}, {"weighting": "uniform"}, "lower",
-            "min-SNR-5 weighting converges faster than uniform (L_simple): lower FID at the same training step, "
-            "so at the early checkpoints (Hang et al. 2023, Fig. 1: FID over training iterations; 3.4x faster "
-            "convergence, abstract)"),
-]
-# Where a finding does not reproduce (disagrees, or is inconclusive): what was checked to tell this
-# scale's answer from a bug (spec -> markdown lines), after the lines computed from the rows themselves
-# (`per_seed`, `consistency`).
-CHECKED = {
-    "sampler": (
-        "- **The samplers are the papers' and diffusers'.** Our DDPM equals diffusers' `DDPMScheduler` to 1e-4 "
-        "on the same noise, with and without x0 clipping; our DDIM (η=0) equals `DDIMScheduler` (leading "
-        "spacing) and first-order DPM-Solver++; DDIM with η=1 equals DDPM step by step; with the exact denoiser "
-        "of a single data point every sampler lands on it (tests/test_frontier.py, tests/test_samplers.py).",
-        "- **At 50 steps the gap is smaller than three seeds resolve, here and on a GPU.** Song et al.'s own gap "
-        "shrinks with the step count: η=1 over η=0 is 41.07 / 13.36 at 10 steps, 18.36 / 6.84 at 20 and 8.01 / 4.67 "
-        "at 50 (Table 1, CIFAR-10). Here DDPM over DDIM is 1.24 at 10 steps, 1.09 at 20 and 0.92 at 50, with the "
-        "50-step difference inside the seeds' spread. The same recipe with 8× the images a step (`batch = 512`, "
-        "same 2,200 steps and protocol), trained and evaluated by the suite's runner on one H100 with 5 seeds, "
-        "also leaves 50 steps inconclusive (−2.3 ± 2.4) while deciding 10 steps (−19.4 ± 3.8, KID −10.5 ± 3.0) "
-        "and 20 steps (−9.9 ± 2.4).",
-        "- **The answer is the model's training, not the samplers.** The first cpu recipe (2,200 steps of 64 "
-        "images, its grid 3.8 h on an AMD EPYC) left 10 steps inconclusive (DDPM-10 70.4 / 88.2 / 76.8 vs "
-        "DDIM-10 74.7 / 75.3 / 76.3) and had DDPM ahead at 20 and 50 steps on every seed. Measured beside that "
-        "grid with the suite's `generate` and `fid` on the same x_T: seed 1's checkpoints at 1,000 / 1,500 / "
-        "2,000 / 2,200 steps give DDIM-10 − DDPM-10 FID = +7.1 / −4.5 / −8.7 / −12.9, and seed 0 continued to "
-        "4,400 steps goes from +4.3 to −2.7. Both samplers improve with training and DDIM faster, so the cpu "
-        "scale now trains 3× the images (192 a step, 474 TFLOP): that grid, this report, took 3.19 h on a "
-        "2-core Xeon (48-50 min of training at 143-146 img/s and 13-14 min of sampling a seed).",
-    ),
-    "prediction": (
-        "- **The parameterizations are the papers' and diffusers'.** eps, x0 and v each give zero KL at their "
-        "true target (tests/test_losses.py); DDIM with the exact denoiser of one data point lands on it whatever "
-        "the network predicts (tests/test_samplers.py); DDPM, DDIM, DPM-Solver++(2M) and Heun equal diffusers' "
-        "schedulers for `epsilon`, `sample` and `v_prediction` (tests/test_frontier.py).",
-        "- **FID and KID disagree at this scale.** At 700 steps of 32 images every FID is 230-260. x0 has the "
-        "lower FID on every seed, but in the earlier grid of the same runs (on an AMD EPYC) eps − x0 KID was "
-        "−8.0 / +2.0 / −6.1.",
-        "- **Training length turns it the paper's way.** Measured beside the grid with the suite's runner: "
-        "training seed 0 continued to 2,800 steps (its first 700 bitwise the earlier AMD grid's, resumed from that "
-        "grid's checkpoint). eps goes from FID 243.7 to 82.9 (KID 169.0 to 67.1), x0 from 233.0 to 107.6 (KID 177.0 "
-        "to 73.9): eps − x0 FID goes from +10.7 to −24.7. One seed; v was not continued.",
-        "- **Where each is better.** On 200 test images, the x0 model's estimate of x0 at 700 steps is better "
-        "than the eps model's at high noise (RMS error 0.55 vs 0.64 at t = 700, 0.60 vs 0.97 at t = 900), "
-        "where an image's global shape is set, and worse at low noise (0.096 vs 0.008 at t = 0, 0.095 vs "
-        "0.029 at t = 10).",
-        "- **x0's NLL (100-116 bits/dim in these rows, the Bits/dim table) is that low-noise error, not a bug.** "
-        "With `fixed_small` variance the steps t < 10 have σ_t of 0.007 to 0.015. Measured by t on the earlier "
-        "grid's x0 model (commit eb95f51, 16 equal strata): an x0 error of 0.096 costs 29 bits/dim in the decoder "
-        "term and 63 in t = 1-9 (eps model: 1.7 and 1.3); t ≥ 10 add 3.9 (eps: 1.0).",
-    ),
-}
-# The checked lines that quote a trajectory measured outside the suite: shown while a folder's rows hold one
-# checkpoint; where they hold the curve, `over_line` gives it from the rows instead.
-AD_HOC = tuple(line for lines in CHECKED.values() for line in lines
-               if line.startswith(("- **The answer is the model's training", "- **Training length turns it")))
+@dataclass(frozen=True)
+class Published:
+    """A results folder's findings.json (ablations/grid/findings.py, written by `ablate collect`): the spec's
+    findings, what to say when no paper compares its cells, and its notes and checks (line tables)."""
+    spec: str = ""
+    findings: tuple = ()
+    no_paper: str = ""
+    note: tuple = ()
+    checked: tuple = ()
+
+
+FILE = "findings.json"  # in each results folder
+NONE = Published()  # a folder without findings.json
+LACKING = (f"This folder holds no {FILE}, so no finding is decided here: `ablate collect SPEC` writes the spec's "
+           "findings into it.")
 CHECKED_TITLE = "Where it does not reproduce: what was checked"
 CHECKED_ANCHOR = "where-it-does-not-reproduce-what-was-checked"  # GitHub's anchor of that heading
-NO_PAPER = {"norm": "No published table compares group, batch, layer and instance norm in a DDPM U-Net; "
-                    "this suite's is the first. Each norm is tested against group norm, two-sided."}
-NOTES = {  # spec -> what a reader must know before reading its verdicts (markdown lines)
-    "norm": (
-        "- **Instance norm cannot see the timestep in these rows.** The ResBlock adds the time embedding as a "
-        "per-channel constant right before its second norm, and instance norm subtracts each channel's spatial "
-        "mean, so IN(h + emb) = IN(h). Measured on `core.unet.UNet` (width 16, eval mode; issue 24): the output "
-        "for t = 10 and t = 900 differs by 1.4e-6 with instance norm, against 0.25 with group or layer norm. The "
-        "instance row is a model that does not know the noise level.",
-        "- **Batch norm's EMA model runs with the live model's statistics.** The EMA copies the live model's "
-        "BatchNorm buffers (`ablations/running/training.py`): weights averaged over about the last 200 steps (decay "
-        "0.995) with running statistics of roughly the last 10 (momentum 0.1). The batch row's FID and NLL "
-        "carry that mismatch.",
-    ),
-}
+DDPM = {"sampler": "ddpm", "spacing": "leading", "clip_x0": True}  # the sampler cells `sampler_identity` reads
+DDIM = {"sampler": "ddim", "eta": 0.0, "spacing": "leading", "clip_x0": True}
+
+
+def published(data: dict) -> Published:
+    """A Published from findings.json's object."""
+    spec = data.get("spec") or ""
+    return Published(spec, tuple(Finding(spec, **f) for f in data.get("findings", ())), data.get("no_paper", ""),
+                     tuple(data.get("note", ())), tuple(data.get("checked", ())))
+
+
+def read(folder) -> Published:
+    """The findings.json of a results folder; a folder without one has no findings."""
+    path = Path(folder) / FILE
+    return published(json.loads(path.read_text())) if path.exists() else NONE
+
+
+def read_all(results_root) -> dict[str, Published]:
+    """folder name -> its Published, for every results folder under results_root."""
+    return {p.parent.name: read(p.parent) for p in sorted(Path(results_root).glob("*/rows.csv"))}
 
 
 def _select(rows: pd.DataFrame, metric: str, cell: dict) -> pd.Series:
@@ -222,6 +156,7 @@ def _paired(rows, metric, a: dict, b: dict) -> pd.Series:
 
 TESTS = {  # expect -> (p of the claim, p of its reverse or None, the CI level shown)
     "lower": (lambda d, margin: stats.p_lower(d), lambda d, margin: stats.p_higher(d), 0.95),
+    "higher": (lambda d, margin: stats.p_higher(d), lambda d, margin: stats.p_lower(d), 0.95),
     "parity": (stats.p_tost, stats.p_outside, 0.90),
     "differs": (lambda d, margin: stats.p_two_sided(d), None, 0.95),
 }
@@ -263,8 +198,9 @@ def decide(v: dict) -> str:
     return "disagrees" if v["p_reverse_holm"] is not None and v["p_reverse_holm"] < ALPHA else "inconclusive"
 
 
-def assess(tables: list[tuple[str, str, pd.DataFrame]]) -> list[dict]:
-    """Every finding of every table (folder, spec, rows) at each checkpoint the rows scored, with raw and
+def assess(tables: list[tuple[str, str, pd.DataFrame]], found_in: dict[str, Published] | None = None) -> list[dict]:
+    """Every finding of every table (folder, spec, rows), the folder's findings in `found_in` (folder ->
+    Published, `read_all`; none where absent), at each checkpoint the rows scored, with raw and
     Holm-adjusted p-values over its family (`family` is its size, `checkpoint` its name) and its verdict.
     Each entry has `train_step`, `last` (the folder's last checkpoint: the verdict) and `train_images`
     (mean over the runs, NaN where unknown). Holm's family is one checkpoint: the distinct findings with
@@ -277,8 +213,8 @@ def assess(tables: list[tuple[str, str, pd.DataFrame]]) -> list[dict]:
         images = cost(rows).groupby("train_step")["train_images"].mean()
         for i, step in enumerate(steps):
             at, last = at_step(rows, step), i == len(steps) - 1
-            for f in FINDINGS:
-                v = measure(at, f, folder) if f.spec == spec else None
+            for f in (found_in or {}).get(folder, NONE).findings:
+                v = measure(at, f, folder)
                 if v is not None and (last or v["seeds"]):  # a cell scored only at the end: no earlier verdict
                     v.update(train_step=step, last=last, train_images=images.get(step, NAN),
                              checkpoint="last" if last else step, key=("last" if last else step, *v["key"]))
@@ -380,19 +316,20 @@ def tables(results_root) -> list[tuple[str, str, pd.DataFrame]]:
             for p in sorted(Path(results_root).glob("*/rows.csv")) if not (rows := pd.read_csv(p)).empty]
 
 
-def verdicts(rows: pd.DataFrame, spec: str, folder: str = "", family: list[dict] | None = None) -> list[dict]:
-    """The findings of `spec` in `rows`, Holm-adjusted over `family` (assess's answer for the whole index,
+def verdicts(rows: pd.DataFrame, spec: str, folder: str = "", family: list[dict] | None = None,
+             found: Published = NONE) -> list[dict]:
+    """The findings `found` in `rows`, Holm-adjusted over `family` (assess's answer for the whole index,
     which holds this folder's) or, without one, over these findings alone."""
     if family is None:
-        family = assess([(folder, spec, rows)])
+        family = assess([(folder, spec, rows)], {folder: found})
     return [v for v in last(family) if v["folder"] == folder]
 
 
-def consistency(rows: pd.DataFrame, spec: str) -> list[str]:
-    """Checks computed from a spec's rows (markdown lines). For the sampler: DDIM with η=1 is DDPM with
-    σ² = β̃ (Song et al. 2021, Eq. 16), so their cells must match; and DDIM vs DDPM at 10 steps without
-    x0 clipping, the protocol of Song et al. (these cells exist when the spec evaluates them)."""
-    if spec != "sampler" or "eta" not in rows:
+def sampler_identity(rows: pd.DataFrame) -> list[str]:
+    """Checks computed from the sampler's rows (markdown lines): DDIM with η=1 is DDPM with σ² = β̃ (Song et
+    al. 2021, Eq. 16), so their cells must match; and DDIM vs DDPM at 10 steps without x0 clipping, the
+    protocol of Song et al. (these cells exist when the spec evaluates them)."""
+    if "eta" not in rows:
         return []
     lines = []
     for steps in sorted(rows.loc[(rows["sampler"] == "ddim") & (rows["eta"] == 1.0), "steps"].dropna().unique()):
@@ -461,9 +398,35 @@ def solver_note(rows: pd.DataFrame) -> list[str]:
             f"20 − 10 = {_mean_ci(rms)} over {len(rms)} seeds: {why}."]
 
 
-def notes(rows: pd.DataFrame, spec: str) -> list[str]:
-    """What a reader must know beside the verdicts (markdown lines)."""
-    return [*NOTES.get(spec, ()), *(heun_note(rows) + solver_note(rows) if spec == "sampler" else [])]
+COMPUTED = {"sampler_identity": sampler_identity, "heun": heun_note, "solver": solver_note}  # rows -> lines
+
+
+def quantity(rows: pd.DataFrame, q: dict) -> str:
+    """A number a typed line quotes, from the rows (ablations/grid/findings.py): "ratio", the mean over seeds
+    of cell a over cell b's, in q's format; "range", the lowest and highest of cell a's per-seed values
+    (every value of the metric when a is empty), floored and ceiled to q's step; "-" where the rows lack
+    the cells."""
+    a = _select(rows, q["metric"], q["a"]) if q["a"] else rows.loc[rows["metric"] == q["metric"], "value"].dropna()
+    if a.empty:
+        return "-"
+    if q["of"] == "ratio":
+        b = _select(rows, q["metric"], q["b"])
+        return format(a.mean() / b.mean(), q["format"]) if len(b) else "-"
+    step = q["step"]
+    return f"{math.floor(a.min() / step) * step}-{math.ceil(a.max() / step) * step}"
+
+
+def lines(rows: pd.DataFrame, tables, curve: bool = False) -> list[str]:
+    """A folder's note or checked lines (its findings.json tables) as markdown: a typed line with its
+    quoted numbers from the rows; a computed line in full; an ad hoc line only while `curve` is False (the
+    rows hold one checkpoint)."""
+    out = []
+    for t in tables:
+        if "computed" in t:
+            out += COMPUTED[t["computed"]](rows)
+        elif not (curve and t.get("ad_hoc")):
+            out.append(t["text"].format(**{k: quantity(rows, q) for k, q in t.get("values", {}).items()}))
+    return out
 
 
 def _mean_ci(d: pd.Series) -> str:
@@ -504,33 +467,34 @@ def verdict_text(v: dict) -> str:
 
 
 def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None,
-            curves: list[dict] | None = None) -> list[str]:
+            curves: list[dict] | None = None, published: Published = NONE) -> list[str]:
     """The report's verdict section (markdown lines); `found` is this folder's share of the index's family
-    (its last checkpoint), `curves` its share at every checkpoint (assess's entries)."""
-    lines = ["## Verdict", "", RULE, ""]
-    lines += [NO_PAPER[spec], ""] if spec in NO_PAPER else []
-    found = verdicts(rows, spec) if found is None else found
+    (its last checkpoint), `curves` its share at every checkpoint (assess's entries), `published` the
+    folder's findings.json (`read`)."""
+    out = ["## Verdict", "", RULE, ""]
+    out += [published.no_paper, ""] if published.no_paper else [LACKING, ""] if not published.spec else []
+    found = verdicts(rows, spec, found=published) if found is None else found
     rows = final(rows)  # the notes and checks read the last checkpoint, as the verdicts do
     if not found:
-        return lines + ([] if spec in NO_PAPER else ["No published finding is compared by this spec's cells.", ""])
-    lines += [*family_lines(found), "",
+        said = published.no_paper or not published.spec
+        return out + ([] if said else ["No published finding is compared by this spec's cells.", ""])
+    out += [*family_lines(found), "",
               "| metric | a | b | paper | a (mean ± CI) | b (mean ± CI) | a − b | seeds | p | p (Holm) | verdict |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in found:
         f = v["finding"]
-        lines.append(f"| {f.metric} | {v['a']} | {v['b']} | {paper_text(f)} | {pm(v['a_mean'], v['a_ci'])} | "
-                     f"{pm(v['b_mean'], v['b_ci'])} | {diff_text(v)} | {v['seeds']} | {p_text(v['p'])} | "
-                     f"{p_text(v['p_holm'])} | {verdict_text(v)} |")
-    lines.append("")
-    extra = notes(rows, spec)
-    lines += ["### Notes", "", *extra, ""] if extra else []
+        out.append(f"| {f.metric} | {v['a']} | {v['b']} | {paper_text(f)} | {pm(v['a_mean'], v['a_ci'])} | "
+                   f"{pm(v['b_mean'], v['b_ci'])} | {diff_text(v)} | {v['seeds']} | {p_text(v['p'])} | "
+                   f"{p_text(v['p_holm'])} | {verdict_text(v)} |")
+    out.append("")
+    extra = lines(rows, published.note)
+    out += ["### Notes", "", *extra, ""] if extra else []
     off = [v for v in found if checked(v)]
     if off:
         over = [c for c in trajectories(curves or []) if checked(c[-1])]
-        typed = [line for line in CHECKED.get(spec, ()) if not any(len(c) > 1 for c in over) or line not in AD_HOC]
-        lines += [f"### {CHECKED_TITLE}", "", *map(per_seed, off), *(over_line(c) for c in over if len(c) > 1),
-                  *consistency(rows, spec), *typed, ""]
-    return lines
+        out += [f"### {CHECKED_TITLE}", "", *map(per_seed, off), *(over_line(c) for c in over if len(c) > 1),
+                *lines(rows, published.checked, curve=any(len(c) > 1 for c in over)), ""]
+    return out
 
 
 def over_training(found: list[dict]) -> list[str]:

@@ -1,0 +1,158 @@
+"""Findings are data: a spec's [[finding]], no_paper, [[note]] and [[checked]] tables are checked like every other
+key, `ablate collect` writes them into the results folder (findings.json), and the verdicts read them there."""
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT, tiny_spec
+
+from ablations.commands.cli import main
+from ablations.grid import findings
+from ablations.grid.spec import SpecError, load_spec
+from ablations.reporting import verdicts
+from ablations.reporting.report import write_report
+from ablations.reporting.table import summarize
+from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
+
+FINDING = """
+[[finding]]
+metric = "fid"
+a = { norm = "layer" }
+b = { norm = "group" }
+expect = "higher"
+source = "Nobody 2099"
+table = "Table 9"
+paper = "layer norm gives worse samples than group norm (Nobody 2099, Table 9)"
+"""
+
+
+def _spec(tmp_path, extra="", name="t"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(tiny_spec(name=name, norms='["group", "layer"]') + extra)
+    return path
+
+
+@pytest.mark.parametrize("change, key, words", [
+    (("source =", 'colour = "red"\nsource ='), "finding[0].colour",
+     "unknown key 'colour'; valid keys: a, awaits, b, expect, margin, metric, paper, source, table, why"),
+    (('metric = "fid"', 'metric = "fidd"'), "finding[0].metric",
+     "'fidd' is not one of the valid choices: 'train_loss'"),
+    (('expect = "higher"', 'expect = "better"'), "finding[0].expect",
+     "'better' is not one of the valid choices: 'lower', 'higher', 'parity', 'differs'"),
+    (('a = { norm = "layer" }', 'a = { colour = "layer" }'), "finding[0].a.colour",
+     "'colour' is not one of the valid choices: 'norm', 'schedule', 'prediction', 'loss', 'variance', 'sampler', "
+     "'steps', 'eta', 'clip_x0', 'spacing'"),
+    (('expect = "higher"', 'expect = "parity"'), "finding[0].margin", "a parity finding needs a margin > 0"),
+    (('expect = "higher"', 'expect = "lower"\nmargin = 5.0'), "finding[0].margin",
+     "only a parity finding has a margin"),
+    (('paper = "layer norm gives worse samples than group norm (Nobody 2099, Table 9)"', ""), "finding[0].paper",
+     "missing; a finding needs metric, a, b, expect, source, paper"),
+])
+def test_a_bad_finding_is_refused_with_file_key_and_choices(tmp_path, change, key, words):
+    path = _spec(tmp_path, FINDING.replace(*change))
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    assert str(e.value).startswith(f"{path}: key '{key}': ") and words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("extra, key, words", [
+    ('[[note]]\ntext = "FID is {fid}"\n', "note[0].text", "its fields ['fid'] must be the names of its values []"),
+    ('[[note]]\ncomputed = "heun"\ntext = "x"\n', "note[0]", "give exactly one of `text`"),
+    ('[[checked]]\ncomputed = "hune"\n', "checked[0].computed", "valid choices: 'sampler_identity', 'heun', 'solver'"),
+    ('[[checked]]\ntext = "r {r}"\n[checked.values.r]\nof = "mean"\n', "checked[0].values.r.of",
+     "'mean' is not one of the valid choices: 'ratio', 'range'"),
+    ('[[checked]]\ntext = "r {r}"\n[checked.values.r]\nof = "range"\nmetric = "fid"\na = { width = 3 }\n',
+     "checked[0].values.r.a.width", "is not one of the valid choices: 'norm'"),
+    ('[[checked]]\ntext = "x"\nad_hoc = "yes"\n', "checked[0].ad_hoc", "expected true or false"),
+    ('no_paper = 3\n', "no_paper", "expected a string"),
+])
+def test_bad_notes_are_refused_with_file_key_and_choices(tmp_path, extra, key, words):
+    path = tmp_path / "t.toml"
+    tiny = tiny_spec(norms='["group", "layer"]')
+    path.write_text(tiny + extra if extra.startswith("[") else extra + tiny)  # a plain key before the tables
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    assert str(e.value).startswith(f"{path}: key '{key}': ") and words in str(e.value), str(e.value)
+
+
+def test_the_lines_the_data_names_are_the_lines_the_verdicts_compute():
+    assert tuple(verdicts.COMPUTED) == findings.COMPUTED
+    assert set(verdicts.TESTS) == set(findings.EXPECTS)
+
+
+def _collect(tmp_path, spec_path):
+    """`ablate collect` (no runs: their status rows), then hand-made fid rows for 3 seeds in the folder, on
+    which layer norm is 10 higher than group norm, give or take 1."""
+    res = tmp_path / "res"
+    r = CliRunner().invoke(main, ["collect", str(spec_path), "--runs-root", str(tmp_path / "runs"),
+                                  "--results-root", str(res)])
+    assert r.exit_code == 0, r.output
+    spec = load_spec(spec_path)
+    folder = res / spec.name
+    rows = pd.DataFrame([{"run_id": f"{norm}{s}", "ablation": spec.name, "scale": None, "seed": s, "norm": norm,
+                          "metric": "fid", "phase": "eval", "sampler": "ddim", "steps": 5, "eta": 0.0,
+                          "clip_x0": True, "spacing": "leading", "status": "done",
+                          "value": 50.0 + s + (10.0 + (s - 1) if norm == "layer" else 0.0)}
+                         for s in range(3) for norm in ("group", "layer")])
+    rows = rows.reindex(columns=list(dict.fromkeys([*RUN_COLUMNS, *SPEC_COLUMNS, "norm", *STATUS_COLUMNS])))
+    rows.to_csv(folder / "rows.csv", index=False)
+    summarize(rows, ["norm"]).to_csv(folder / "summary.csv", index=False)
+    return spec, folder
+
+
+def test_findings_travel_spec_to_collect_to_folder_to_verdicts(tmp_path):
+    spec, folder = _collect(tmp_path, _spec(tmp_path, FINDING))
+    written = json.loads((folder / findings.FILE).read_text())
+    assert written == spec.findings and written["spec"] == "t"
+    (f,) = verdicts.read(folder).findings
+    assert f == verdicts.Finding("t", "fid", {"norm": "layer"}, {"norm": "group"}, "higher",
+                                 "layer norm gives worse samples than group norm (Nobody 2099, Table 9)",
+                                 source="Nobody 2099", table="Table 9")
+    (v,) = verdicts.assess(verdicts.tables(folder.parent), verdicts.read_all(folder.parent))
+    assert v["finding"] == f and v["diff"] == 10.0 and v["seeds"] == 3 and v["verdict"] == "agrees"
+
+
+def test_a_folder_without_findings_says_so(tmp_path):
+    spec, folder = _collect(tmp_path, _spec(tmp_path, FINDING))
+    assert "| **agrees** |" in write_report(folder).read_text()
+    (folder / findings.FILE).unlink()  # collected before findings were data
+    report = write_report(folder).read_text()
+    assert verdicts.LACKING in report and "| **agrees** |" not in report and "No published finding" not in report
+
+
+def test_adding_a_finding_to_a_spec_changes_the_report_with_no_python_edit(tmp_path):
+    path = _spec(tmp_path)
+    _, folder = _collect(tmp_path, path)
+    before = write_report(folder).read_text()
+    assert "No published finding is compared by this spec's cells." in before and "Nobody 2099" not in before
+    path.write_text(path.read_text() + FINDING + '\n[[note]]\ntext = "- layer over group: {gap} (from the rows)"\n'
+                    '[note.values.gap]\nof = "ratio"\nmetric = "fid"\na = { norm = "layer" }\nb = { norm = "group" }\n'
+                    'format = ".3f"\n')
+    _, folder = _collect(tmp_path, path)
+    after = write_report(folder).read_text()
+    assert "| fid | norm=layer, DDIM η=0 · 5 steps | norm=group, DDIM η=0 · 5 steps | layer norm gives worse samples " \
+           "than group norm (Nobody 2099, Table 9) |" in after
+    half = 4.303 / 3 ** 0.5  # d = 9, 10, 11: sd 1; the t table's 0.975 quantile at 2 dof
+    assert f"| 10 ± {half:.2g} (95% CI) | 3 |" in after and "| **agrees** |" in after
+    assert f"- layer over group: {61.0 / 51.0:.3f} (from the rows)" in after  # means 61 and 51
+
+
+def test_a_typed_lines_numbers_come_from_the_rows():
+    rows = pd.DataFrame([{"metric": "nll_bpd", "seed": s, "prediction": p, "value": v}
+                         for s, (p, v) in enumerate([("x0", 100.3), ("x0", 115.4), ("eps", 4.1)])])
+    tables = [{"text": "x0: {nll} bits/dim", "ad_hoc": False,
+               "values": {"nll": {"of": "range", "metric": "nll_bpd", "a": {"prediction": "x0"}, "step": 1}}},
+              {"text": "measured elsewhere", "ad_hoc": True, "values": {}}]
+    assert verdicts.lines(rows, tables) == ["x0: 100-116 bits/dim", "measured elsewhere"]
+    assert verdicts.lines(rows, tables, curve=True) == ["x0: 100-116 bits/dim"]  # the rows hold the curve
+    empty = [{**tables[0], "values": {"nll": {**tables[0]["values"]["nll"], "a": {"prediction": "v"}}}}]
+    assert verdicts.lines(rows, empty) == ["x0: - bits/dim"]
+
+
+def test_the_committed_folders_hold_their_specs_findings():
+    """results/*/findings.json is what collect writes from today's specs: a spec edit shows in a diff."""
+    for path in sorted((ROOT / "results").glob("*/findings.json")):
+        name = json.loads(path.read_text())["spec"]
+        spec = load_spec(ROOT / "ablations" / f"{name}.toml")
+        assert spec.name == path.parent.name and json.loads(path.read_text()) == spec.findings, path
