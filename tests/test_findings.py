@@ -10,7 +10,7 @@ from conftest import ROOT, tiny_spec
 from ablations.commands.cli import main
 from ablations.grid import findings
 from ablations.grid.spec import SpecError, load_spec
-from ablations.reporting import verdicts
+from ablations.reporting import axes, verdicts
 from ablations.reporting.report import write_report
 from ablations.reporting.table import summarize
 from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
@@ -98,6 +98,7 @@ def _collect(tmp_path, spec_path):
     rows = rows.reindex(columns=list(dict.fromkeys([*RUN_COLUMNS, *SPEC_COLUMNS, "norm", *STATUS_COLUMNS])))
     rows.to_csv(folder / "rows.csv", index=False)
     summarize(rows, ["norm"]).to_csv(folder / "summary.csv", index=False)
+    axes.write(folder, **axes.from_rows(rows, str(spec_path), ["norm"]))  # these rows' runs, not collect's
     return spec, folder
 
 
