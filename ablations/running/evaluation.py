@@ -33,9 +33,9 @@ def generators(purpose: str, seed: int, lo: int, hi: int, device) -> list[torch.
     return [torch.Generator(device).manual_seed(derive(purpose, seed, i)) for i in range(lo, hi)]
 
 
-def compiled(model, cfg, shape, device):
-    """(forward, seconds): the forward that sampling and the NLL use, as the run trained it (bf16
-    autocast with `cfg.bf16`, output in fp32). With `cfg.compile` it is compiled once and warmed on one
+def sampling_forward(model, cfg, shape, device):
+    """(forward, seconds): the forward that sampling and the NLL use, as the run trained it: eager, or
+    with `cfg.compile` compiled; bf16 autocast with `cfg.bf16` (output in fp32). Compiled, it is compiled once and warmed on one
     batch of `shape` as the samplers and the NLL call it (no grad, contiguous x, LongTensor t), so
     every sampler setting and the NLL reuse one graph; seconds is that first call (0 when eager)."""
     fast = torch.compile(model) if cfg.compile else model
