@@ -17,7 +17,9 @@ from ablations.running.training import build_model, run_schedule
 from ablations.store import schema
 from core import samplers
 from core.diffusion import out_channels
+from core.likelihood import nll_bpd
 from core.losses import loss_terms
+from core.samplers import sample
 from core.schedules import make_schedule
 from core.unet import UNet
 
@@ -86,6 +88,7 @@ def test_keywords_give_what_the_hand_written_calls_gave():
     assert keywords(cfg, loss_terms) == {"prediction": "v", "variance": "fixed_small", "loss": "simple",
                                          "vlb_weight": 0.001, "weighting": "p2", "p2_gamma": 1.0, "p2_k": 2.0}
     assert "snr_gamma" not in keywords(cfg, loss_terms)  # only the fields the run's weighting reads
+    assert keywords(cfg, sample) == keywords(cfg, nll_bpd) == {"prediction": "v", "variance": "fixed_small"}
     assert torch.equal(run_schedule(cfg).alphas_cumprod, make_schedule("cosine", 50, True).alphas_cumprod)
     torch.manual_seed(0)
     ours = build_model(cfg)

@@ -3,8 +3,9 @@
 An axis is its choices (the core registry dict its value is looked up in), the config field that holds
 it (a `TrainConfig` field, or a `Setting` field for the sampler setting), and the core keywords it feeds.
 The spec's `CHOICES` are built from it, `tests/test_spec.py` checks the row schema's axis and setting
-columns and the README's Vocabulary against it, and the training loop passes a config's values to
-`make_schedule`, `UNet` and `loss_terms` through `keywords` (not one hand-written keyword per field).
+columns and the README's Vocabulary against it, and the training loop and the evaluation pass a config's
+values to `make_schedule`, `UNet`, `loss_terms`, `sample` and `nll_bpd` through `keywords` (not one
+hand-written keyword per field).
 
 Adding a value to an axis is a function and an entry in its core registry; adding an axis is an entry
 here, its config field, a test and a spec (README, "Adding an axis").
@@ -17,7 +18,8 @@ from ablations.running.data import DATASETS
 from core.diffusion import VARIANCES
 from core.losses import LOSSES, PARAMS, WEIGHTINGS, loss_terms
 from core.parameterizations import PREDICTIONS
-from core.samplers import SAMPLERS
+from core.likelihood import nll_bpd
+from core.samplers import SAMPLERS, sample
 from core.schedules import SCHEDULES, SPACINGS, make_schedule
 from core.unet import CONDITIONINGS, NORMS, UNet
 
@@ -34,8 +36,9 @@ class Axis(NamedTuple):
 AXES = {
     "dataset": Axis(DATASETS, "dataset"),
     "schedule": Axis(SCHEDULES, "schedule", ((make_schedule, "name"),)),
-    "prediction": Axis(PREDICTIONS, "prediction", ((loss_terms, "prediction"),)),
-    "variance": Axis(VARIANCES, "variance", ((loss_terms, "variance"),)),
+    "prediction": Axis(PREDICTIONS, "prediction", ((loss_terms, "prediction"), (sample, "prediction"),
+                                                   (nll_bpd, "prediction"))),
+    "variance": Axis(VARIANCES, "variance", ((loss_terms, "variance"), (sample, "variance"), (nll_bpd, "variance"))),
     "loss": Axis(LOSSES, "loss", ((loss_terms, "loss"),)),
     "weighting": Axis(WEIGHTINGS, "weighting", ((loss_terms, "weighting"),), PARAMS),
     "norm": Axis(NORMS, "norm", ((UNet, "norm"),)),

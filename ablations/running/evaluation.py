@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablations.grid.axes import keywords
 from ablations.grid.config import Setting
 from ablations.running.data import SHAPES, to_model, to_uint8
 from ablations.running.parallel import gather_objects, rank, world
@@ -67,7 +68,7 @@ def generate(model, schedule, cfg, setting, n: int, *, batch: int, seed: int, de
     mine, t0 = [], time.perf_counter()
     for lo, hi in batches(n, batch):
         x = sample(model, schedule, (hi - lo, C, H, W), sampler=setting.sampler, steps=setting.steps,
-                   eta=setting.eta, spacing=setting.spacing, prediction=cfg.prediction, variance=cfg.variance,
+                   eta=setting.eta, spacing=setting.spacing, **keywords(cfg, sample),
                    generator=generators("image", seed, lo, hi, device), clip_x0=setting.clip_x0, device=device)
         mine.append((lo, to_uint8(x).cpu()))
         if progress:
@@ -134,7 +135,7 @@ def nll(model, schedule, cfg, images_uint8, *, strata: int, seed: int, device, b
     total, t0 = 0.0, time.perf_counter()
     for lo, hi in batches(len(images_uint8), batch):
         x0 = to_model(images_uint8[lo:hi]).to(device)
-        r = nll_bpd(model, schedule, x0, prediction=cfg.prediction, variance=cfg.variance, strata=strata,
+        r = nll_bpd(model, schedule, x0, **keywords(cfg, nll_bpd), strata=strata,
                     generator=generators("nll", seed, lo, hi, device), clip_x0=clip_x0)
         total += r["bpd"].sum().item()
         if progress:
