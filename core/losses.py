@@ -95,6 +95,21 @@ def vb_from_denoised(c: Coefs, d: Denoised, x0, xt, t, *, variance: str):
     return torch.where(t == 0, nll, kl) / math.log(2.0)
 
 
+def check_variance(variance: str, loss: str) -> None:
+    """A learned variance needs a loss with the VLB term: L_simple gives its channels no gradient
+    (Improved DDPM, Sec. 3.1)."""
+    if variance in LEARNED and loss == "simple":
+        raise ValueError(f"variance {variance!r} needs loss 'hybrid' or 'vlb', got loss {loss!r} (L_simple gives "
+                         "its variance channels no gradient); valid losses for it: 'hybrid', 'vlb'")
+
+
+def check_weighting(weighting: str, loss: str) -> None:
+    """A weighting weights the mse term, which L_vlb does not have (its weights are the bound's own)."""
+    if weighting != "uniform" and loss == "vlb":
+        raise ValueError(f"weighting {weighting!r} weights the mse term, which loss 'vlb' does not have; "
+                         "valid losses for it: 'simple', 'hybrid'")
+
+
 def loss_terms(schedule: Schedule, model_output, x0, xt, t, noise, *, prediction: str, variance: str,
                loss: str, vlb_weight: float = 0.001, weighting: str = "uniform", **params):
     """Dict of per-example tensors of shape (B,): `mse`, `vb` (bits/dim) and `loss`.
@@ -109,13 +124,9 @@ def loss_terms(schedule: Schedule, model_output, x0, xt, t, noise, *, prediction
     """
     combine = lookup(LOSSES, loss, "loss")
     lookup(WEIGHTINGS, weighting, "weighting")
-    if weighting != "uniform" and loss == "vlb":
-        raise ValueError(f"weighting {weighting!r} weights the mse term, which loss 'vlb' does not have; "
-                         "valid losses for it: 'simple', 'hybrid'")
+    check_weighting(weighting, loss)
     pred = lookup(PREDICTIONS, prediction, "prediction")
-    if variance in LEARNED and loss == "simple":
-        raise ValueError(f"variance {variance!r} needs loss 'hybrid' or 'vlb' (L_simple gives its "
-                         "variance channels no gradient); valid losses for it: 'hybrid', 'vlb'")
+    check_variance(variance, loss)
     for name, x in (("x0", x0), ("noise", noise)):
         if x.shape != xt.shape:
             raise ValueError(f"shape mismatch: {name} {tuple(x.shape)} vs xt {tuple(xt.shape)}")

@@ -94,10 +94,7 @@ def heun(D, x, plan, *, prediction, variance, eta, clip_x0, generator, callback)
     mean of dy/dsigma = (y - x0) / sigma at both ends; Euler at the last step (to sigma = 0, i.e. x0).
     The model sees x = a y at the kept timestep of each sigma (the second call at that of sigma_{i+1}),
     so 2 S - 1 calls. Needs every kept alpha_bar > 0: zero terminal SNR makes sigma infinite."""
-    if any(c.a == 0 for _, c in plan):
-        raise ValueError("sampler 'heun' cannot start at alpha_bar = 0 (zero terminal SNR): its sigma = "
-                         "sqrt((1 - alpha_bar) / alpha_bar) is infinite there; use 'dpmpp_2m', 'ddim' or 'ddpm', "
-                         "or a spacing that does not keep t = T-1")
+    check_start("heun", any(c.a == 0 for _, c in plan))
     y = x / plan[0][1].a
     for i, (t, c) in enumerate(plan):
         sigma = c.b / c.a
@@ -118,6 +115,17 @@ def heun(D, x, plan, *, prediction, variance, eta, clip_x0, generator, callback)
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "heun": heun}
 TAKES_ETA = {"ddim"}
+STARTS_IN_SIGMA = {"heun"}  # run in sigma = sqrt((1 - alpha_bar) / alpha_bar): not from alpha_bar = 0
+
+
+def check_start(sampler: str, at_zero_snr: bool) -> None:
+    """Reject a sampler of STARTS_IN_SIGMA whose first kept timestep has alpha_bar = 0 (zero terminal SNR,
+    Lin et al. 2023): its sigma is infinite there (Karras et al. 2022, Alg. 1 starts at a finite sigma_max)."""
+    if sampler in STARTS_IN_SIGMA and at_zero_snr:
+        raise ValueError(f"sampler {sampler!r} cannot start at alpha_bar = 0 (zero terminal SNR): its sigma = "
+                         "sqrt((1 - alpha_bar) / alpha_bar) is infinite there; use a spacing that does not keep "
+                         "t = T-1, or valid samplers with it: "
+                         + ", ".join(repr(k) for k in SAMPLERS if k not in STARTS_IN_SIGMA))
 
 
 def nfe(sampler: str, steps: int) -> int:

@@ -158,9 +158,7 @@ def karras(schedule: "Schedule", steps: int, rho: float = 7.0) -> "Schedule":
     neighbouring timesteps and rounded half to even (several sigmas may share one). Needs alpha_bar[T-1] > 0.
     """
     ac = schedule.alphas_cumprod
-    if ac[-1] == 0:
-        raise ValueError("spacing 'karras' needs alpha_bar[T-1] > 0: with zero terminal SNR its sigma_max = "
-                         "sqrt((1 - alpha_bar) / alpha_bar) is infinite; use 'leading', 'trailing' or 'linspace'")
+    check_spacing("karras", bool(ac[-1] == 0))
     log_sigmas = torch.log(((1 - ac) / ac).sqrt())  # (T,), ascending in t
     lo, hi = log_sigmas[0].exp() ** (1 / rho), log_sigmas[-1].exp() ** (1 / rho)
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
@@ -170,6 +168,15 @@ def karras(schedule: "Schedule", steps: int, rho: float = 7.0) -> "Schedule":
     w = ((log_sigma - log_sigmas[low]) / (log_sigmas[low + 1] - log_sigmas[low])).clamp(0, 1)
     t = (low + w).round()  # torch.round: half to even, as numpy's
     return Schedule.from_alphas_cumprod((1 / (1 + sigmas**2)).flip(0), schedule.timesteps[t.long()].flip(0))
+
+
+def check_spacing(spacing: str, zero_terminal_snr: bool) -> None:
+    """Reject a spacing of SIGMA_SPACINGS with a zero terminal SNR schedule: its sigma_max =
+    sqrt((1 - alpha_bar[T-1]) / alpha_bar[T-1]) is infinite (Karras et al. 2022, Eq. 5 needs it finite)."""
+    if spacing in SIGMA_SPACINGS and zero_terminal_snr:
+        raise ValueError(f"spacing {spacing!r} needs alpha_bar[T-1] > 0: with zero terminal SNR its sigma_max = "
+                         "sqrt((1 - alpha_bar) / alpha_bar) is infinite; valid choices with it: "
+                         + ", ".join(repr(k) for k in SPACINGS if k not in SIGMA_SPACINGS))
 
 
 SPACINGS = {"leading": leading, "trailing": trailing, "linspace": linspace, "karras": karras}

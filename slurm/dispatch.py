@@ -17,7 +17,7 @@ import submitit
 from ablations.store import claim
 from ablations.running import runner
 from ablations.store.io import append_jsonl, read_jsonl
-from ablations.store.layout import DONE, FAILED, INTERRUPTED, RUNNING, read_status, run_folder, spec_folder, write_status
+from ablations.store.layout import DONE, FAILED, INTERRUPTED, RUNNING, read_status, run_folder, slurm_folder, write_status
 from ablations.grid.spec import Spec, load_spec
 
 SUBMISSIONS = "submissions.jsonl"
@@ -101,7 +101,7 @@ def executor_for(spec: Spec, runs_root, *, cluster=None, partition=None, nodes=1
                  tasks_per_node=None, cpus_per_task=None, mem_gb=None, time_min=60, array_parallelism=None,
                  account=None, qos=None, constraint=None, max_requeues=3, signal_delay_s=90):
     """(a submitit executor, the parameters given to it); the sbatch option mapping is in the README."""
-    folder = spec_folder(runs_root, spec.name) / "%j"
+    folder = slurm_folder(runs_root, spec.name) / "%j"
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=max_requeues)
     params = dict(name=f"ablate-{spec.name}", timeout_min=time_min, nodes=nodes,
                   tasks_per_node=tasks_per_node or max(gpus_per_node, 1))
@@ -142,14 +142,14 @@ def submit(spec: Spec, runs_root, *, data_root=None, device=None, max_requeues=3
     jobs = ex.map_array(job, [r.run_id for r in todo])
     record = [{"job_id": j.job_id, "run_id": r.run_id, "submitted": time.time(), "cluster": ex.cluster,
                "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr)} for j, r in zip(jobs, todo)]
-    spec_folder(runs_root, spec.name).mkdir(parents=True, exist_ok=True)
-    append_jsonl(spec_folder(runs_root, spec.name) / SUBMISSIONS, record)
+    slurm_folder(runs_root, spec.name).mkdir(parents=True, exist_ok=True)
+    append_jsonl(slurm_folder(runs_root, spec.name) / SUBMISSIONS, record)
     return jobs
 
 
 def submissions(spec: Spec, runs_root) -> dict:
     """run_id -> its latest submission record."""
-    records, _ = read_jsonl(spec_folder(runs_root, spec.name) / SUBMISSIONS, required=("run_id", "job_id"))
+    records, _ = read_jsonl(slurm_folder(runs_root, spec.name) / SUBMISSIONS, required=("run_id", "job_id"))
     return {r["run_id"]: r for r in records}
 
 

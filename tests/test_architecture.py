@@ -82,3 +82,14 @@ def test_no_private_names_are_imported_across_modules():
                     owner = node.value
                     assert not (isinstance(owner, ast.Name) and owner.id not in ("self", "cls", "torch")), \
                         f"{path}:{node.lineno} uses private {ast.unparse(node)}"
+
+
+LONGEST = 60  # lines of a function, its docstring included: a longer one is split into named steps
+
+
+def test_functions_read_as_their_steps():
+    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno} lines)"
+            for package in ("core", "ablations") for path in sorted((ROOT / package).rglob("*.py"))
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno > LONGEST]
+    assert not long, f"functions over {LONGEST} lines: {long}"

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ablations.grid.config import Setting, TrainConfig
-from ablations.running.evaluation import compiled, generate, nll
+from ablations.running.evaluation import generate, nll, sampling_forward
 from ablations.running.training import build_model
 from core.schedules import make_schedule
 
@@ -45,7 +45,7 @@ def test_one_compiled_forward_serves_every_setting_and_the_nll():
     images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch._dynamo.reset()
     counters.clear()
-    forward, seconds = compiled(model, cfg, (8, 1, 28, 28), "cpu")
+    forward, seconds = sampling_forward(model, cfg, (8, 1, 28, 28), "cpu")
     assert seconds > 0 and counters["stats"]["unique_graphs"] == 1
     for setting in SETTINGS:
         fast, _ = generate(forward, schedule, cfg, setting, 8, batch=8, seed=3, device="cpu")

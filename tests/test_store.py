@@ -13,7 +13,7 @@ from conftest import tiny_spec
 from ablations.commands.cli import main
 from ablations.store.io import read_jsonl
 from ablations.store.layout import checkpoints, read_status, run_folder, run_ids
-from ablations.store.migrate import stale_nll
+from ablations.store.migrate import migrate, old_run_folders, stale_nll
 from ablations.store.schema import key, label
 from ablations.grid.spec import load_spec
 
@@ -99,6 +99,22 @@ def test_two_ablate_runs_at_once_on_overlapping_grids_train_each_run_once(tmp_pa
         assert not (folder / "claim.json").exists()
     trainers = {read_status(run_folder(runs, i))["pid"] for i in ids}
     assert trainers == {p.pid for p in procs}  # both processes trained, each run exactly once
+
+
+def test_a_superseded_old_folder_goes_to_superseded_and_an_old_migrated_folder_is_not_a_spec(tmp_path):
+    """`_superseded/` keeps an old folder whose run another folder already holds; a runs root migrated
+    when that folder was called `_migrated/` is still read right: its folders are not taken for specs."""
+    train = {"base": 8, "ema": 0.999, "steps": 4}
+    for spec in ("a", "b", "_migrated/c"):
+        old = tmp_path / spec / "0123456789"
+        old.mkdir(parents=True)
+        (old / "config.json").write_text(json.dumps({"run_id": "0123456789", "train": train}))
+        (old / "metrics.jsonl").write_text("")
+    assert [p.parent.name for p in old_run_folders(tmp_path)] == ["a", "b"]
+    assert migrate(tmp_path, echo=lambda msg: None) == 2
+    assert (tmp_path / "_superseded" / "b" / "0123456789" / "config.json").exists()
+    assert (tmp_path / "_migrated" / "c" / "0123456789" / "config.json").exists()  # left where it was
+    assert len(run_ids(tmp_path)) == 1
 
 
 def test_a_runs_root_in_the_first_layout_is_migrated_not_retrained(tmp_path):

@@ -8,11 +8,11 @@ from typing import NamedTuple
 class Setting(NamedTuple):
     """One sampler setting: an `[[eval.setting]]` entry after its lists are expanded."""
 
-    sampler: str  # "ddpm" | "ddim" | "dpmpp_2m" | "heun"
+    sampler: str  # a name in core.samplers.SAMPLERS (the registry: ablations/grid/axes.py)
     steps: int  # sampling steps S
-    eta: float  # DDIM's eta; 0 for the others
+    eta: float  # the eta of a sampler in core.samplers.TAKES_ETA (DDIM's); 0 for the others
     clip_x0: bool  # clip the predicted x0 to [-1, 1]
-    spacing: str = "leading"  # "leading" | "trailing" | "linspace": which S of the T timesteps are kept
+    spacing: str = "leading"  # a name in core.schedules.SPACINGS: which S of the T timesteps are kept
 
 
 @dataclass(frozen=True)

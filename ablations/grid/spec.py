@@ -26,21 +26,18 @@ import tomllib
 import torch
 
 from ablations.grid import findings
+from ablations.grid.axes import AXES
 from ablations.grid.config import EVAL_FIELDS, RANGES, SETTING_KEYS, TRAIN_FIELDS, EvalConfig, Setting, TrainConfig
-from ablations.running.data import DATASETS, SHAPES, SIZES
-from ablations.running.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model, total_steps
-from core.diffusion import LEARNED, VARIANCES
-from core.losses import LOSSES, PARAMS, WEIGHTINGS
-from core.parameterizations import PREDICTIONS
+from ablations.running.data import SHAPES, SIZES
+from ablations.running.training import ARCHITECTURE, architecture, build_model, total_steps
+from core.losses import PARAMS, check_variance, check_weighting
 from core.registry import lookup
-from core.samplers import SAMPLERS, TAKES_ETA
-from core.schedules import SCHEDULES, SPACINGS, check_prediction, make_schedule
-from core.unet import CONDITIONINGS, NORMS, feature_sides
+from core.samplers import TAKES_ETA, check_start
+from core.schedules import check_prediction, check_spacing, make_schedule, spaced_timesteps
+from core.unet import feature_sides
 
 SCALES = Path(__file__).resolve().parent.parent / "scales.toml"
-CHOICES = {"dataset": DATASETS, "schedule": SCHEDULES, "prediction": PREDICTIONS, "variance": VARIANCES,
-           "loss": LOSSES, "norm": NORMS, "conditioning": CONDITIONINGS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS,
-           "spacing": SPACINGS, "weighting": WEIGHTINGS}
+CHOICES = {name: axis.choices for name, axis in AXES.items()}  # field -> its registry (ablations/grid/axes.py)
 TOP_KEYS = {"name", "description", "seeds", "base", "grid", "eval", "scale", "default_scale", *findings.KEYS}
 SCALE_KEYS = {"base", "eval", "seeds"}
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -167,16 +164,36 @@ def _scale_block(table, prefix, path, err) -> dict:
 
 
 def load_spec(path, scale: str | None = None, scales_path=SCALES, overrides=()) -> Spec:
+    """The validated spec at `path`, run at `scale` (or its default_scale), with `overrides` (--set)."""
     path, overrides = Path(path), tuple(overrides)
     raw = _read(path)
     top, top_err, err = _apply(raw, overrides, path)
     _known(raw, TOP_KEYS, "", err)
+    name = _name(raw, err)
+    own = _typed(raw.get("scale", {}), dict, "scale", err)
+    shared = load_scales(scales_path) if scales_path else {}
+    scale = _pick_scale(raw, own, shared, scale, overrides, err)
+    layers = _layers(raw, own, shared, scale, top, top_err, err)
+    base = {k: v for layer in layers for k, v in layer["base"].items()}
+    evals = {k: v for layer in layers for k, v in layer["eval"].items()}
+    seeds = next((layer["seeds"] for layer in reversed(layers) if "seeds" in layer), ([0], err, "seeds"))
+    grid = _typed(raw.get("grid", {}), dict, "grid", err)
+    runs = _runs(grid, base, seeds, top, top_err, err)
+    ev = _eval(evals, runs)
+    return Spec(name if scale is None else f"{name}-{scale}", path, scale, tuple(grid), tuple(runs), ev, overrides,
+                findings.parse(raw, err, tuple(grid)))
+
+
+def _name(raw, err) -> str:
     name = _typed(raw.get("name"), str, "name", err)
     if not NAME.fullmatch(name):
         raise err("name", f"{name!r} is not a plain name: use letters, digits, '-', '_' and '.', "
                           "not starting with '.', with no path separators")
-    own = _typed(raw.get("scale", {}), dict, "scale", err)
-    shared = load_scales(scales_path) if scales_path else {}
+    return name
+
+
+def _pick_scale(raw, own, shared, scale, overrides, err) -> str | None:
+    """The scale run: the one asked for, else the spec's default_scale; one of the shared or its own."""
     scale = raw.get("default_scale") if scale is None else scale
     valid = [*shared, *(s for s in own if s not in shared)]
     if scale is not None and scale not in valid:
@@ -187,8 +204,12 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES, overrides=()) 
         if parts[0] == "scale" and len(parts) > 1 and parts[1] != scale:
             raise err(".".join(parts[:2]), f"scale {parts[1]!r} is not the scale run ({scale!r}), so this "
                                            f"override would change nothing; valid: scale.{scale}.<key> or base.<key>")
+    return scale
 
-    # lowest precedence first: the spec, the shared scale, the spec's own table for that scale
+
+def _layers(raw, own, shared, scale, top, top_err, err) -> list:
+    """The {base, eval, seeds} blocks, lowest precedence first: the spec, the shared scale, the spec's own
+    table for that scale, the --set overrides."""
     layers = [_scale_block({k: raw[k] for k in SCALE_KEYS if k in raw}, "", err, err)]
     if scale in shared:
         layers.append(shared[scale])
@@ -198,11 +219,11 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES, overrides=()) 
         layers.append(_scale_block(own[scale], f"scale.{scale}", err, err))
     if top:
         layers.append(_scale_block(top, "", top_err, top_err))
-    base = {k: v for layer in layers for k, v in layer["base"].items()}
-    evals = {k: v for layer in layers for k, v in layer["eval"].items()}
-    seeds = next((layer["seeds"] for layer in reversed(layers) if "seeds" in layer), ([0], err, "seeds"))
+    return layers
 
-    grid = _typed(raw.get("grid", {}), dict, "grid", err)
+
+def _runs(grid, base, seeds, top, top_err, err) -> list[Run]:
+    """The grid's cross product over `base`, once per seed; two points that resolve to one run are an error."""
     points = [_axis(axis, values, err) for axis, values in grid.items()]
     for k in top.get("base", {}):  # the grid sets its fields over base: such an override would change nothing
         axis = next((a for a, p in zip(grid, points) if any(k in sets for _, sets in p)), None)
@@ -216,16 +237,13 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES, overrides=()) 
             values.update(sets)
             labels[axis] = label
         for seed in seeds[0]:
-            cfg = _resolve({**values, "seed": (seed, *seeds[1:])})
-            run = Run(cfg, labels)
+            run = Run(_resolve({**values, "seed": (seed, *seeds[1:])}), labels)
             if run.run_id in seen:
                 raise err("grid", f"duplicate runs: {seen[run.run_id]} and {labels} (seed {seed}) resolve to the "
                                   f"same config (run {run.run_id})")
             seen[run.run_id] = f"{labels} (seed {seed})"
             runs.append(run)
-    ev = _eval(evals, runs)
-    return Spec(name if scale is None else f"{name}-{scale}", path, scale, tuple(grid), tuple(runs), ev, overrides,
-                findings.parse(raw, err, tuple(grid)))
+    return runs
 
 
 def _known(table, allowed, prefix, err):
@@ -312,12 +330,8 @@ def _resolve(values) -> TrainConfig:
             return SpecError(f"default of '{field}': {msg}")
         return _maker(where)(key, msg)
 
-    if cfg.variance in LEARNED and cfg.loss == "simple":
-        raise err("variance", f"variance {cfg.variance!r} needs loss 'hybrid' or 'vlb', got loss 'simple'; "
-                              "valid choices for that variance: 'hybrid', 'vlb'")
-    if cfg.weighting != "uniform" and cfg.loss == "vlb":
-        raise err("weighting", f"weighting {cfg.weighting!r} weights the mse term, which loss 'vlb' does not have; "
-                               "valid losses for it: 'simple', 'hybrid'")
+    _rule(err, "variance", check_variance, cfg.variance, cfg.loss)
+    _rule(err, "weighting", check_weighting, cfg.weighting, cfg.loss)
     for name, params in PARAMS.items():
         for p in params:
             if p not in PARAMS[cfg.weighting] and getattr(cfg, p) != TRAIN_FIELDS[p].default:
@@ -328,10 +342,8 @@ def _resolve(values) -> TrainConfig:
     if not set(cfg.attention) <= set(sides):
         raise err("attention", f"{list(cfg.attention)} names feature-map sides the model does not have; valid "
                                f"sides for {cfg.dataset} with mults {list(cfg.mults)}: {sides}")
-    try:
-        check_prediction(cfg.zero_terminal_snr, cfg.prediction)
-    except ValueError as e:
-        raise err("zero_terminal_snr" if "zero_terminal_snr" in values else "prediction", str(e)) from None
+    _rule(err, "zero_terminal_snr" if "zero_terminal_snr" in values else "prediction", check_prediction,
+          cfg.zero_terminal_snr, cfg.prediction)
     problem = _schedule_error(cfg.schedule, cfg.T, cfg.zero_terminal_snr)
     if problem:
         raise err("T" if "T" in values else "schedule", problem)
@@ -339,6 +351,15 @@ def _resolve(values) -> TrainConfig:
     if problem:
         raise err("heads" if "heads" in problem else "model_channels", problem)
     return cfg
+
+
+def _rule(err, key, check, *args):
+    """A cross-field rule of core (defined once, beside the math it protects): its ValueError becomes
+    the spec's error on `key`, naming the file and the value."""
+    try:
+        check(*args)
+    except ValueError as e:
+        raise err(key, str(e)) from None
 
 
 @functools.cache  # a grid of thousands of runs has a few schedules
@@ -363,8 +384,6 @@ def _model_error(arch: tuple) -> str | None:
 def _eval(values, runs) -> EvalConfig:
     """EvalConfig from {field: (value, file, key)}, checked against every run; `setting` expands into
     the Setting list."""
-    from ablations.metrics import classifier
-    from ablations.metrics.fidelity import EXTRACTORS, FMNIST_ONLY
     checked = {k: _check_value(key, k, v, EVAL_FIELDS[k].default, _maker(path))
                for k, (v, path, key) in values.items() if k != "setting"}
     ev = EvalConfig(**checked)
@@ -373,15 +392,26 @@ def _eval(values, runs) -> EvalConfig:
         _, path, key = values.get(field, (None, None, None))
         return _maker(path)(key, msg) if path else SpecError(f"default of eval '{field}' ({msg})")
 
-    try:
-        lookup(EXTRACTORS, ev.fid_extractor, "fid_extractor")
-    except ValueError as e:
-        raise err("fid_extractor", str(e)) from None
+    extractors = _extractors(ev, err)
+    _fits_runs(ev, runs, extractors, err)
+    if "inception-v3-compat" in extractors:
+        where = "fid_extractor" if ev.fid_extractor == "inception-v3-compat" else "extra_extractors"
+        _check_inception(ev.inception_weights, lambda msg: err(
+            "inception_weights" if "inception_weights" in values else where, msg))
+    if "setting" not in values:
+        return ev
+    tables, path, key = values["setting"]
+    settings, last_only = _settings(tables, key, _maker(path), ev, runs)
+    return replace(ev, settings=tuple(settings), last_only=tuple(last_only))
+
+
+def _extractors(ev, err) -> tuple:
+    """(fid_extractor, *extra_extractors): known, distinct, and with their weights where they need them."""
+    from ablations.metrics import classifier
+    from ablations.metrics.fidelity import EXTRACTORS, FMNIST_ONLY
+    _rule(err, "fid_extractor", lookup, EXTRACTORS, ev.fid_extractor, "fid_extractor")
     for name in ev.extra_extractors:
-        try:
-            lookup(EXTRACTORS, name, "extra_extractors")
-        except ValueError as e:
-            raise err("extra_extractors", str(e)) from None
+        _rule(err, "extra_extractors", lookup, EXTRACTORS, name, "extra_extractors")
     extractors = (ev.fid_extractor, *ev.extra_extractors)
     for name in extractors:
         if name in FMNIST_ONLY and not classifier.WEIGHTS[name][0].exists():
@@ -391,6 +421,12 @@ def _eval(values, runs) -> EvalConfig:
     if len(set(extractors)) != len(extractors):
         raise err("extra_extractors", f"{list(ev.extra_extractors)} repeats an extractor of {list(extractors)} "
                                       f"(fid_extractor first); valid: distinct names of {sorted(EXTRACTORS)}")
+    return extractors
+
+
+def _fits_runs(ev, runs, extractors, err):
+    """The image counts, strata, extractors and eval_at fit every run's dataset, T and training steps."""
+    from ablations.metrics.fidelity import FMNIST_ONLY
     for run in runs:
         cfg = run.config
         for name in extractors:
@@ -414,21 +450,12 @@ def _eval(values, runs) -> EvalConfig:
     if ev.solver_images > ev.fid_samples:
         raise err("solver_images", f"{ev.solver_images} is more than fid_samples={ev.fid_samples}; "
                                    f"valid: 0..{ev.fid_samples}")
-    if "inception-v3-compat" in extractors:
-        where = "fid_extractor" if ev.fid_extractor == "inception-v3-compat" else "extra_extractors"
-        _check_inception(ev.inception_weights, lambda msg: err(
-            "inception_weights" if "inception_weights" in values else where, msg))
     for run in runs:
         total = total_steps(run.config, SIZES[run.config.dataset]["train"])
         if list(ev.eval_at) != sorted(set(ev.eval_at)) or any(not 1 <= s <= total for s in ev.eval_at):
             raise err("eval_at", f"{list(ev.eval_at)} must be distinct training steps in ascending order within "
                                  f"1..{total} (run {run.run_id} trains {total} steps); valid: e.g. "
                                  f"[{max(1, total // 4)}, {max(1, total // 2)}, {total}]")
-    if "setting" not in values:
-        return ev
-    tables, path, key = values["setting"]
-    settings, last_only = _settings(tables, key, _maker(path), ev, runs)
-    return replace(ev, settings=tuple(settings), last_only=tuple(last_only))
 
 
 def _settings(tables, key, err, ev, runs) -> tuple[list[Setting], list[Setting]]:
@@ -459,15 +486,7 @@ def _settings(tables, key, err, ev, runs) -> tuple[list[Setting], list[Setting]]
             if not 0.0 <= eta <= 1.0 or (name not in TAKES_ETA and eta != 0):
                 raise err(f"{where}.eta", f"eta {eta!r} is invalid for sampler {name!r}; valid choices: "
                                           + ("a number in [0, 1]" if name in TAKES_ETA else f"0 ({name} has no eta)"))
-        zero_snr = [r.run_id for r in runs if r.config.zero_terminal_snr]
-        if name == "heun" and zero_snr and set(lists["spacing"]) - {"leading"}:
-            raise err(f"{where}.spacing", f"sampler 'heun' cannot start at alpha_bar = 0, which spacing "
-                                          f"{sorted(set(lists['spacing']) - {'leading'})} keeps for the zero terminal "
-                                          f"SNR run {zero_snr[0]}; valid choice with heun: 'leading'")
-        if "karras" in lists["spacing"] and zero_snr:
-            raise err(f"{where}.spacing", f"spacing 'karras' needs alpha_bar[T-1] > 0, but run {zero_snr[0]} has a "
-                                          "zero terminal SNR (its sigma_max is infinite); valid choices with it: "
-                                          "'leading', 'trailing', 'linspace'")
+        _zero_snr_rules(name, lists, runs, f"{where}.spacing", err)
         these = [Setting(name, st, eta, clip, sp) for st in lists["steps"] for eta in lists["eta"]
                  for clip in lists["clip_x0"] for sp in lists["spacing"]]
         settings += these
@@ -478,6 +497,20 @@ def _settings(tables, key, err, ev, runs) -> tuple[list[Setting], list[Setting]]
     if not settings:
         raise err(key, "no sampler settings; give at least one [[eval.setting]] table")
     return settings, last_only
+
+
+def _zero_snr_rules(sampler, lists, runs, key, err):
+    """Core's rules for a setting on a zero terminal SNR run: no spacing that places sigmas
+    (`check_spacing`), and no sampler that runs in sigma from a kept t = T-1 (`check_start`)."""
+    for run in (r for r in runs if r.config.zero_terminal_snr):
+        T = run.config.T
+        for spacing in dict.fromkeys(lists["spacing"]):
+            try:
+                check_spacing(spacing, True)
+                for steps in lists["steps"]:
+                    check_start(sampler, T - 1 in spaced_timesteps(T, steps, spacing))
+            except ValueError as e:
+                raise err(key, f"{e} (spacing {spacing!r}, zero terminal SNR run {run.run_id})") from None
 
 
 def _check_inception(path, err):

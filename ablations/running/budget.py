@@ -14,7 +14,8 @@ import torch
 
 from ablations.running.data import SHAPES, SIZES
 from ablations.grid.config import TrainConfig, eval_steps, scored_at
-from ablations.running.training import ARCHITECTURE, OPTIMIZERS, architecture, build_model, total_steps
+from ablations.grid.axes import OPTIMIZERS
+from ablations.running.training import ARCHITECTURE, architecture, build_model, total_steps
 from core.samplers import nfe
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablations.grid.axes import keywords
 from ablations.grid.config import Setting
 from ablations.running.data import SHAPES, to_model, to_uint8
 from ablations.running.parallel import gather_objects, rank, world
@@ -33,9 +34,9 @@ def generators(purpose: str, seed: int, lo: int, hi: int, device) -> list[torch.
     return [torch.Generator(device).manual_seed(derive(purpose, seed, i)) for i in range(lo, hi)]
 
 
-def compiled(model, cfg, shape, device):
-    """(forward, seconds): the forward that sampling and the NLL use, as the run trained it (bf16
-    autocast with `cfg.bf16`, output in fp32). With `cfg.compile` it is compiled once and warmed on one
+def sampling_forward(model, cfg, shape, device):
+    """(forward, seconds): the forward that sampling and the NLL use, as the run trained it: eager, or
+    with `cfg.compile` compiled; bf16 autocast with `cfg.bf16` (output in fp32). Compiled, it is compiled once and warmed on one
     batch of `shape` as the samplers and the NLL call it (no grad, contiguous x, LongTensor t), so
     every sampler setting and the NLL reuse one graph; seconds is that first call (0 when eager)."""
     fast = torch.compile(model) if cfg.compile else model
@@ -67,7 +68,7 @@ def generate(model, schedule, cfg, setting, n: int, *, batch: int, seed: int, de
     mine, t0 = [], time.perf_counter()
     for lo, hi in batches(n, batch):
         x = sample(model, schedule, (hi - lo, C, H, W), sampler=setting.sampler, steps=setting.steps,
-                   eta=setting.eta, spacing=setting.spacing, prediction=cfg.prediction, variance=cfg.variance,
+                   eta=setting.eta, spacing=setting.spacing, **keywords(cfg, sample),
                    generator=generators("image", seed, lo, hi, device), clip_x0=setting.clip_x0, device=device)
         mine.append((lo, to_uint8(x).cpu()))
         if progress:
@@ -134,7 +135,7 @@ def nll(model, schedule, cfg, images_uint8, *, strata: int, seed: int, device, b
     total, t0 = 0.0, time.perf_counter()
     for lo, hi in batches(len(images_uint8), batch):
         x0 = to_model(images_uint8[lo:hi]).to(device)
-        r = nll_bpd(model, schedule, x0, prediction=cfg.prediction, variance=cfg.variance, strata=strata,
+        r = nll_bpd(model, schedule, x0, **keywords(cfg, nll_bpd), strata=strata,
                     generator=generators("nll", seed, lo, hi, device), clip_x0=clip_x0)
         total += r["bpd"].sum().item()
         if progress:

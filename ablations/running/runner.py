@@ -16,13 +16,14 @@ import traceback
 import uuid
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from ablations.store import claim
 from ablations.running import tracking
 from ablations.running import data as datasets
-from ablations.running.evaluation import compiled, generate, nll, peak_memory_mb
+from ablations.running.evaluation import generate, nll, peak_memory_mb, sampling_forward
 from ablations.grid.config import TrainConfig, eval_steps, scored_at
 from ablations.store.io import DiskFull, append_jsonl, atomic_write, read_json, write_json
 from ablations.store.layout import (
@@ -51,10 +52,9 @@ from ablations.store.layout import (
 from ablations.running.parallel import any_true, from_main, is_main, rank, world
 from ablations.store.schema import CURVES, key, label, parse, problem, read_rows, row
 from ablations.grid.spec import Run, Spec
-from ablations.running.training import NonFiniteLoss, build_model, memory_format, total_steps, train
+from ablations.running.training import NonFiniteLoss, build_model, memory_format, run_schedule, total_steps, train
 from core.likelihood import STRATA_SPACING
 from core.samplers import nfe
-from core.schedules import make_schedule
 
 NLL_CLIP_X0 = True  # the bound of the model the samplers draw from (core.likelihood.nll_bpd)
 
@@ -316,69 +316,11 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
     log = _logger(folder, progress) if main else (lambda msg: print(f"[task {rank()}] {msg}", file=sys.stderr,
                                                                      flush=True))
     status = write_status if main else (lambda *a, **k: None)
-    cfg = run.config
-    provenance = {"device": str(device), "torch": torch.__version__, "commit": git_commit(), "host": platform.node(),
-                  "cpu": machine(device)}
-
-    def emit(rows):
-        """One append; every row carries its append_id and append_rows, so a torn append is told apart."""
-        if main and rows:
-            stamp, append_id = time.time(), uuid.uuid4().hex[:12]
-            rows = [{**r, **provenance, "timestamp": stamp, "append_id": append_id, "append_rows": len(rows)}
-                    for r in rows]
-            bad = next(((r, why) for r in rows if (why := problem(r))), None)
-            if bad:
-                raise ValueError(f"not a row ({bad[1]}): {bad[0]}")
-            append_jsonl(folder / ROWS, rows)
-            track(lambda: events.add(rows))
-
-    def track(write):
-        """TensorBoard, from the rows just appended (the `tracking` extra): a failure there is logged and
-        ends tracking, never the run (the rows are the record)."""
-        nonlocal events
-        try:
-            if events is not None:
-                write()
-        except Exception as e:  # noqa: BLE001
-            events = None
-            log(f"TensorBoard event files stopped ({type(e).__name__}: {e}); rebuild them from the rows with "
-                "`ablate export SPEC --tensorboard` after removing tb/")
-
-    resumed = last_step(folder)
-    events = tracking.events(folder, cfg, purge_step=resumed + 1 if resumed else None) if main else None
+    emit = Appender(folder, run.config, device, log) if main else Appender.none()
     try:
-        status(folder, RUNNING, step=last_step(folder))
-        images = _images(cfg.dataset, "train", data_root, download)
-        if main:
-            _tidy_rows(folder, last_step(folder), log)
-        total = total_steps(cfg, len(images))
-        if last_step(folder) < total:
-            log(f"run {run.run_id} {run.axes} seed {cfg.seed}: training on {device} x{world()} tasks")
-        else:
-            log(f"run {run.run_id}: trained; scoring {len(missing(spec, run, folder))} missing row group(s)")
-        model = {"ema": build_model(cfg).to(device, memory_format=memory_format(cfg)).requires_grad_(False)}
-        score = functools.partial(score_checkpoints, spec, run, folder, model, emit, log, device=device,
-                                  data_root=data_root, download=download, runs_root=runs_root,
-                                  should_stop=should_stop, progress=progress and main)
-        score(upto=last_step(folder))  # the checkpoints a stopped run reached but had not scored
-        result = train(cfg, folder, images, device=device, progress=progress, stop_at=stop_at,
-                       should_stop=should_stop, log=log, on_log=lambda step, means: emit(
-                           [row(run.run_id, m, v, phase="train", train_step=step, n=cfg.batch)
-                            for m, v in means.items()]),
-                       keep=eval_steps(spec.eval, total), on_checkpoint=lambda step: score(upto=step))
-        if result["step"] < result["total"]:
-            status(folder, INTERRUPTED, step=result["step"], total=result["total"])
-            log(f"interrupted at step {result['step']}/{result['total']} (checkpoint saved); re-run to resume")
-            return INTERRUPTED
-        score(upto=result["step"])
-        have = _have(folder)
-        peak = row(run.run_id, "peak_mem_mb", peak_memory_mb(device), phase="train", train_step=result["step"],
-                   n=cfg.batch)
-        if main and result["steps_timed"] and key(peak) not in have:
-            emit([peak])
-        status(folder, DONE, step=result["step"], total=result["total"])
-        log(f"run {run.run_id} done")
-        return DONE
+        return _train_and_score(spec, run, folder, emit, log, status, data_root=data_root, download=download,
+                                device=device, progress=progress, stop_at=stop_at, should_stop=should_stop,
+                                runs_root=runs_root)
     except (Interrupted, KeyboardInterrupt) as e:
         step, name = last_step(folder), type(e).__name__
         reason = "interrupted during evaluation" if isinstance(e, Interrupted) else name
@@ -397,8 +339,91 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         _record(run.run_id, f"failed: {why}", lambda: status(folder, FAILED, reason=why, step=step),
                 lambda: log(f"run {run.run_id} failed:\n{detail}"))
     finally:
-        track(lambda: events.close())
+        emit.track(lambda: emit.events.close())
     return FAILED
+
+
+class Appender:
+    """The run's row appends (task 0 only) and the TensorBoard events made from them (the `tracking`
+    extra). Calling it appends rows in one append: every row carries its provenance, append_id and
+    append_rows, so a torn append is told apart."""
+
+    def __init__(self, folder, cfg, device, log, enabled=True):
+        self.folder, self.log, self.enabled = folder, log, enabled
+        if not enabled:
+            self.events = None
+            return
+        self.provenance = {"device": str(device), "torch": torch.__version__, "commit": git_commit(),
+                           "host": platform.node(), "cpu": machine(device)}
+        resumed = last_step(folder)
+        self.events = tracking.events(folder, cfg, purge_step=resumed + 1 if resumed else None)
+
+    @classmethod
+    def none(cls):
+        """The appender of a task other than 0: it writes nothing."""
+        return cls(None, None, None, None, enabled=False)
+
+    def __call__(self, rows):
+        if not (self.enabled and rows):
+            return
+        stamp, append_id = time.time(), uuid.uuid4().hex[:12]
+        rows = [{**r, **self.provenance, "timestamp": stamp, "append_id": append_id, "append_rows": len(rows)}
+                for r in rows]
+        bad = next(((r, why) for r in rows if (why := problem(r))), None)
+        if bad:
+            raise ValueError(f"not a row ({bad[1]}): {bad[0]}")
+        append_jsonl(self.folder / ROWS, rows)
+        self.track(lambda: self.events.add(rows))
+
+    def track(self, write):
+        """Write TensorBoard events: a failure there is logged and ends tracking, never the run (the rows
+        are the record)."""
+        try:
+            if self.events is not None:
+                write()
+        except Exception as e:  # noqa: BLE001
+            self.events = None
+            self.log(f"TensorBoard event files stopped ({type(e).__name__}: {e}); rebuild them from the rows with "
+                     "`ablate export SPEC --tensorboard` after removing tb/")
+
+
+def _train_and_score(spec, run, folder, emit, log, status, *, data_root, download, device, progress, stop_at,
+                     should_stop, runs_root) -> str:
+    """Score the checkpoints a stopped run reached, train (scoring each checkpoint the spec names as it is
+    written), score the last, and record the peak memory: DONE, or INTERRUPTED when training stopped."""
+    cfg, main = run.config, is_main()
+    status(folder, RUNNING, step=last_step(folder))
+    images = _images(cfg.dataset, "train", data_root, download)
+    if main:
+        _tidy_rows(folder, last_step(folder), log)
+    total = total_steps(cfg, len(images))
+    if last_step(folder) < total:
+        log(f"run {run.run_id} {run.axes} seed {cfg.seed}: training on {device} x{world()} tasks")
+    else:
+        log(f"run {run.run_id}: trained; scoring {len(missing(spec, run, folder))} missing row group(s)")
+    model = {"ema": build_model(cfg).to(device, memory_format=memory_format(cfg)).requires_grad_(False)}
+    score = functools.partial(score_checkpoints, spec, run, folder, model, emit, log, device=device,
+                              data_root=data_root, download=download, runs_root=runs_root,
+                              should_stop=should_stop, progress=progress and main)
+    score(upto=last_step(folder))  # the checkpoints a stopped run reached but had not scored
+    result = train(cfg, folder, images, device=device, progress=progress, stop_at=stop_at,
+                   should_stop=should_stop, log=log, on_log=lambda step, means: emit(
+                       [row(run.run_id, m, v, phase="train", train_step=step, n=cfg.batch)
+                        for m, v in means.items()]),
+                   keep=eval_steps(spec.eval, total), on_checkpoint=lambda step: score(upto=step))
+    if result["step"] < result["total"]:
+        status(folder, INTERRUPTED, step=result["step"], total=result["total"])
+        log(f"interrupted at step {result['step']}/{result['total']} (checkpoint saved); re-run to resume")
+        return INTERRUPTED
+    score(upto=result["step"])
+    have = _have(folder)
+    peak = row(run.run_id, "peak_mem_mb", peak_memory_mb(device), phase="train", train_step=result["step"],
+               n=cfg.batch)
+    if main and result["steps_timed"] and key(peak) not in have:
+        emit([peak])
+    status(folder, DONE, step=result["step"], total=result["total"])
+    log(f"run {run.run_id} done")
+    return DONE
 
 
 def _open_folder(run, runs_root, folder, overrides=()) -> str | None:
@@ -485,34 +510,26 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, 
     throughput rows); then each missing group in one append: per extractor FID/KID, per extractor
     precision/recall, and solver_rms against the run's kept DDIM endpoints (computed once). Then the
     NLL rows, in one append."""
-    from ablations.running.evaluation import load_images, solver_reference, write_images
-    from ablations.store.layout import samples_name, solver_reference_name
+    from ablations.running.evaluation import load_images
+    from ablations.store.layout import samples_name
+    sc = Scoring(run, spec.eval, folder, at, emit, log, device, progress)
     cfg, ev = run.config, spec.eval
-    schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
+    schedule = run_schedule(cfg)
     ema = model["ema"].eval()
     groups = _groups(lacking)  # {setting: [(kind, extractor)]}
     nll_missing = "nll" in lacking.values()
     kept = {s: load_images(folder / samples_name(*s, sample_seed=ev.sample_seed, train_step=at), ev.fid_samples)
             for s in groups}
     to_sample = [s for s in groups if any_true(kept[s] is None, device)]  # every task agrees
-    refs = {s.clip_x0 for s in groups if ("solver", None) in groups[s]}
-    ref_path = {c: folder / solver_reference_name(cfg.T, c, sample_seed=ev.sample_seed, train_step=at) for c in refs}
-    solver_refs = {c: load_images(ref_path[c], ev.solver_images) for c in refs}
-    new_refs = [c for c in sorted(refs) if any_true(solver_refs[c] is None, device)]
-    needs_model = to_sample or new_refs or nll_missing
+    solver_refs, new_refs = _kept_solver_refs(sc, groups)
     first = []
-    if needs_model and "forward" not in model:
-        model["forward"], compile_s = compiled(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]), device)
-        first = [("compile_s", compile_s, {})] if cfg.compile else []  # with the first rows written
+    if (to_sample or new_refs or nll_missing) and "forward" not in model:
+        model["forward"], compile_s = sampling_forward(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]),
+                                                       device)
+        first = [("compile_s", compile_s)] if cfg.compile else []  # with the first rows written
     forward = model.get("forward", ema)
     for c in new_refs:
-        ref_setting = solver_reference(cfg.T, c)
-        with _bar(ev.solver_images, f"solver reference {label(*ref_setting)}", progress) as bar:
-            solver_refs[c], seconds = generate(forward, schedule, cfg, ref_setting, ev.solver_images,
-                                               batch=ev.sample_batch, seed=ev.sample_seed, device=device, progress=bar)
-        if is_main():
-            atomic_write(ref_path[c], functools.partial(write_images, images_uint8=solver_refs[c]))
-        log(f"  solver reference {label(*ref_setting)}: {ev.solver_images} images in {seconds:.0f} s")
+        solver_refs[c] = _solver_refs(sc, forward, schedule, c)
     for s, kinds in groups.items():
         if should_stop is not None and any_true(should_stop(), device):
             raise Interrupted
@@ -520,22 +537,10 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, 
                     train_step=at)
         images = kept[s]
         if s in to_sample:
-            with _bar(ev.fid_samples, f"sampling {label(*s)}", progress) as bar:
-                images, seconds = generate(forward, schedule, cfg, s, ev.fid_samples, batch=ev.sample_batch,
-                                           seed=ev.sample_seed, device=device, progress=bar)
-            if not is_main():
+            images = _sample(sc, forward, schedule, s, cols, first, have)
+            if images is None:  # not task 0
                 continue
-            emit([r for r in (row(run.run_id, m, v, **cols, n=ev.fid_samples) for m, v in (
-                *((m, v) for m, v, _ in first), ("sample_img_per_s", ev.fid_samples / seconds),
-                ("nfe_per_s", ev.fid_samples * cols["nfe"] / seconds), ("sample_wall_s", seconds),
-                ("peak_mem_mb", peak_memory_mb(device)))) if key(r) not in have])
             first = []
-            atomic_write(folder / sample_grid_name(*s, train_step=at),
-                         lambda tmp: _save_grid(tmp, images[:ev.grid_images]))
-            # kept last: a kill before it samples the setting again (its throughput rows are not repeated)
-            atomic_write(folder / samples_name(*s, sample_seed=ev.sample_seed, train_step=at),
-                         functools.partial(write_images, images_uint8=images))
-            log(f"  {label(*s)}: {ev.fid_samples} images kept, {ev.fid_samples / seconds:.1f} img/s")
         elif not is_main():
             continue
         else:
@@ -544,16 +549,90 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, 
             emit(_score(kind, extractor, images, solver_refs.get(s.clip_x0), run, cols, ev, log=log, s=s,
                         cache_root=fid_cache(runs_root), data_root=data_root, progress=progress))
     if nll_missing:
-        test = _images(cfg.dataset, "test", data_root, download)[:ev.nll_images]
-        with _bar(len(test), "NLL", progress) as bar:
-            r = nll(forward, schedule, cfg, test, strata=ev.nll_strata, seed=ev.sample_seed, device=device,
-                    batch=ev.sample_batch, clip_x0=NLL_CLIP_X0, progress=bar)
-        cols = dict(phase="eval", n=len(test), sample_seed=ev.sample_seed, strata=r["strata"],
-                    reference=reference(cfg.dataset, "test", len(test)), clip_x0=NLL_CLIP_X0,
-                    spacing=nll_spacing(ev.nll_strata, cfg.T), train_step=at)
-        emit([row(run.run_id, m, v, **cols) for m, v, _ in (
-            *first, ("nll_wall_s", r["seconds"], {}), ("nll_bpd", r["bpd"], {}))])
-        log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")
+        _nll_rows(sc, forward, schedule, first, data_root, download)
+
+
+class Scoring(NamedTuple):
+    """One checkpoint's scoring: the run, the spec's eval config, the run's folder, the step, and where
+    rows and messages go."""
+
+    run: Run
+    ev: object  # EvalConfig
+    folder: Path
+    at: int
+    emit: object
+    log: object
+    device: object
+    progress: bool
+
+
+def _kept_solver_refs(sc: Scoring, groups) -> tuple[dict, list]:
+    """({clip_x0: the kept DDIM-over-all-T endpoints, or None}, the clip_x0 values whose endpoints every
+    task must generate) for the settings with solver_rms rows to make."""
+    from ablations.running.evaluation import load_images
+    refs = {s.clip_x0 for s in groups if ("solver", None) in groups[s]}
+    solver_refs = {c: load_images(_solver_ref_path(sc, c), sc.ev.solver_images) for c in refs}
+    return solver_refs, [c for c in sorted(refs) if any_true(solver_refs[c] is None, sc.device)]
+
+
+def _solver_ref_path(sc: Scoring, clip_x0) -> Path:
+    from ablations.store.layout import solver_reference_name
+    return sc.folder / solver_reference_name(sc.run.config.T, clip_x0, sample_seed=sc.ev.sample_seed,
+                                             train_step=sc.at)
+
+
+def _solver_refs(sc: Scoring, forward, schedule, clip_x0):
+    """The reference endpoints of solver_rms (DDIM over all T steps), generated and kept (task 0)."""
+    from ablations.running.evaluation import solver_reference, write_images
+    cfg, ev = sc.run.config, sc.ev
+    ref_setting = solver_reference(cfg.T, clip_x0)
+    with _bar(ev.solver_images, f"solver reference {label(*ref_setting)}", sc.progress) as bar:
+        images, seconds = generate(forward, schedule, cfg, ref_setting, ev.solver_images,
+                                   batch=ev.sample_batch, seed=ev.sample_seed, device=sc.device, progress=bar)
+    if is_main():
+        atomic_write(_solver_ref_path(sc, clip_x0), functools.partial(write_images, images_uint8=images))
+    sc.log(f"  solver reference {label(*ref_setting)}: {ev.solver_images} images in {seconds:.0f} s")
+    return images
+
+
+def _sample(sc: Scoring, forward, schedule, s, cols, first, have):
+    """A setting's images, generated by every task; task 0 writes their throughput rows (with the compile
+    row `first`), their sample grid, and the samples file, kept last. None on the other tasks."""
+    from ablations.running.evaluation import write_images
+    from ablations.store.layout import samples_name
+    cfg, ev = sc.run.config, sc.ev
+    with _bar(ev.fid_samples, f"sampling {label(*s)}", sc.progress) as bar:
+        images, seconds = generate(forward, schedule, cfg, s, ev.fid_samples, batch=ev.sample_batch,
+                                   seed=ev.sample_seed, device=sc.device, progress=bar)
+    if not is_main():
+        return None
+    sc.emit([r for r in (row(sc.run.run_id, m, v, **cols, n=ev.fid_samples) for m, v in (
+        *first, ("sample_img_per_s", ev.fid_samples / seconds),
+        ("nfe_per_s", ev.fid_samples * cols["nfe"] / seconds), ("sample_wall_s", seconds),
+        ("peak_mem_mb", peak_memory_mb(sc.device)))) if key(r) not in have])
+    atomic_write(sc.folder / sample_grid_name(*s, train_step=sc.at),
+                 lambda tmp: _save_grid(tmp, images[:ev.grid_images]))
+    # kept last: a kill before it samples the setting again (its throughput rows are not repeated)
+    atomic_write(sc.folder / samples_name(*s, sample_seed=ev.sample_seed, train_step=sc.at),
+                 functools.partial(write_images, images_uint8=images))
+    sc.log(f"  {label(*s)}: {ev.fid_samples} images kept, {ev.fid_samples / seconds:.1f} img/s")
+    return images
+
+
+def _nll_rows(sc: Scoring, forward, schedule, first, data_root, download):
+    """The NLL rows (Ho et al. 2020, Eq. 5; core.likelihood.nll_bpd) on the first nll_images test images,
+    in one append with the compile row `first` when nothing was sampled before."""
+    cfg, ev = sc.run.config, sc.ev
+    test = _images(cfg.dataset, "test", data_root, download)[:ev.nll_images]
+    with _bar(len(test), "NLL", sc.progress) as bar:
+        r = nll(forward, schedule, cfg, test, strata=ev.nll_strata, seed=ev.sample_seed, device=sc.device,
+                batch=ev.sample_batch, clip_x0=NLL_CLIP_X0, progress=bar)
+    cols = dict(phase="eval", n=len(test), sample_seed=ev.sample_seed, strata=r["strata"],
+                reference=reference(cfg.dataset, "test", len(test)), clip_x0=NLL_CLIP_X0,
+                spacing=nll_spacing(ev.nll_strata, cfg.T), train_step=sc.at)
+    sc.emit([row(sc.run.run_id, m, v, **cols) for m, v in (
+        *first, ("nll_wall_s", r["seconds"]), ("nll_bpd", r["bpd"]))])
+    sc.log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")
 
 
 GROUP = {"fid": "fid", "recall": "prc", "solver_rms": "solver"}  # the metric keying a row group -> the group

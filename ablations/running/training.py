@@ -23,24 +23,26 @@ the random init). With `bn_stats_batches` > 0, every checkpoint's EMA model gets
 its own weights (`recompute_bn_stats`) instead of the live model's.
 """
 import copy
+import functools
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ablations.grid.axes import OPTIMIZERS, keywords
 from ablations.store.checkpoint import load_latest, save_checkpoint
 from ablations.running.data import SHAPES, epoch_order, to_model
 from ablations.running.parallel import all_mean, any_true, barrier, is_main, rank, world
 from ablations.grid.seeds import derive
 from core.diffusion import out_channels, q_sample
-from core.losses import PARAMS, loss_terms
+from core.losses import loss_terms
 from core.schedules import make_schedule
 from core.unet import UNet
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 # cuBLAS needs this before its first handle to be deterministic (CUDA's "Reproducibility" notes)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
@@ -71,10 +73,14 @@ def architecture(cfg) -> tuple:
 
 
 def build_model(cfg) -> UNet:
+    """The run's U-Net: its axes and parameters (`ablations.grid.axes.keywords`), sized for its dataset."""
     C, H, _ = SHAPES[cfg.dataset]
-    return UNet(channels=C, model_channels=cfg.model_channels, mults=cfg.mults, res_blocks=cfg.res_blocks,
-                attention=cfg.attention, heads=cfg.heads, dropout=cfg.dropout, norm=cfg.norm, groups=cfg.groups,
-                conditioning=cfg.conditioning, out_channels=out_channels(C, cfg.variance), resolution=H)
+    return UNet(channels=C, out_channels=out_channels(C, cfg.variance), resolution=H, **keywords(cfg, UNet))
+
+
+def run_schedule(cfg):
+    """The run's noise schedule, from its axes and parameters (`ablations.grid.axes.keywords`)."""
+    return make_schedule(**keywords(cfg, make_schedule))
 
 
 def memory_format(cfg):
@@ -167,122 +173,198 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     device = torch.device(device)
     deterministic(device)
     run_dir = Path(run_dir)
+    st = start(cfg, run_dir, device, log)
+    schedule = run_schedule(cfg)
+    stats_batches = bn_batches(cfg, images, schedule, device) if batch_norms(st.ema) else []
+    local = task_slice(cfg)
+    forward = torch.nn.parallel.DistributedDataParallel(st.model) if world() > 1 else st.model
+    forward = torch.compile(forward) if cfg.compile else forward
+    per_epoch = steps_per_epoch(cfg, len(images))
+    total, loss_kw = total_steps(cfg, len(images)), keywords(cfg, loss_terms)
+    log_every, order_epoch, order = max(1, total // 100), -1, None
+    bar = _progress(total, st.step, progress and is_main())
+    st.model.train()
+    seg = Segment(st.step, time.perf_counter())
+    save = functools.partial(save_state, cfg, run_dir, st, seg, keep, stats_batches)
+    while st.step < total:
+        epoch, k = divmod(st.step, per_epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(cfg.seed, epoch, len(images))
+        torch.manual_seed(derive("dropout", cfg.seed, st.step, rank()))
+        x0, t, noise = draw_batch(cfg, images[order[k * cfg.batch:(k + 1) * cfg.batch][local]], local, st.gen,
+                                  device)
+        value, mse = update(cfg, st, forward, schedule, x0, t, noise, loss_kw)
+        st.step += 1
+        if st.step == seg.start + 1:
+            seg.first_s = time.perf_counter() - seg.t0
+        record_loss(st, value, mse, last=st.step % log_every == 0 or st.step == total, on_log=on_log)
+        if st.step % cfg.checkpoint_every == 0 or st.step == total or st.step in keep:
+            save()
+            if on_checkpoint is not None and st.step in keep:
+                _pause(seg, on_checkpoint, st.step)
+        _show(bar, cfg, st, seg, value)
+        if stop_at is not None and st.step >= stop_at:
+            break
+        if should_stop is not None and any_true(should_stop(), device):
+            if st.step % cfg.checkpoint_every and st.step != total:
+                save()
+            break
+    if bar is not None:
+        bar.close()
+    return finish(cfg, st, seg, total)
+
+
+@dataclass
+class State:
+    """A run's training state: what its checkpoint holds (the counters summed over earlier segments)."""
+
+    model: nn.Module
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    lr_sched: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator  # t, eps and flips
+    step: int = 0
+    wall: float = 0.0  # training seconds of the earlier segments
+    timed: int = 0  # steps they timed
+    compiling: float = 0.0  # their compile seconds
+    loss_sum: float = 0.0  # the loss since the last logged row
+    mse_sum: float = 0.0  # the unweighted MSE over the same loss_n steps
+    loss_n: int = 0
+
+
+@dataclass
+class Segment:
+    """This call's share of training: its first step, its start time, and its first step's seconds."""
+
+    start: int
+    t0: float
+    first_s: float = 0.0
+
+
+def start(cfg, run_dir, device, log) -> State:
+    """The model (seeded by the run seed), its EMA, the optimizer, the lr warm-up and the noise generator,
+    resumed from the run's latest checkpoint when there is one."""
     torch.manual_seed(derive("init", cfg.seed))
     model = build_model(cfg).to(device, memory_format=memory_format(cfg))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warm(cfg, s + 1))
-    gen = torch.Generator(device).manual_seed(derive("train_noise", cfg.seed))
-    step, total = 0, total_steps(cfg, len(images))
+    st = State(model, ema, opt, lr_sched, torch.Generator(device).manual_seed(derive("train_noise", cfg.seed)))
+    saved = load_latest(run_dir, device, log=log)
+    if saved is not None:
+        st.model.load_state_dict(saved["model"])
+        st.ema.load_state_dict(saved["ema"])
+        st.opt.load_state_dict(saved["opt"])
+        st.lr_sched.load_state_dict(saved["lr_sched"])
+        st.gen.set_state(saved["gen"].cpu())  # map_location moved it; generator states live on the CPU
+        st.step = saved["step"]
+        st.wall, st.timed = saved["wall_s"], saved["steps_timed"]
+        st.loss_sum, st.loss_n = saved["loss_sum"], saved["loss_n"]
+        st.compiling = saved.get("compile_s", 0.0)
+        st.mse_sum = saved.get("mse_sum", 0.0 if st.loss_n == 0 else float("nan"))  # unknown in older checkpoints
+    return st
 
-    wall, timed, compiling, loss_sum, loss_n = 0.0, 0, 0.0, 0.0, 0  # totals over earlier segments; loss since the last row
-    mse_sum = 0.0  # the unweighted MSE over the same loss_n steps
-    state = load_latest(run_dir, device, log=log)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        lr_sched.load_state_dict(state["lr_sched"])
-        gen.set_state(state["gen"].cpu())  # map_location moved it; generator states live on the CPU
-        step = state["step"]
-        wall, timed, loss_sum, loss_n = state["wall_s"], state["steps_timed"], state["loss_sum"], state["loss_n"]
-        compiling = state.get("compile_s", 0.0)
-        mse_sum = state.get("mse_sum", 0.0 if loss_n == 0 else float("nan"))  # unknown in older checkpoints
 
-    def save():
-        if stats_batches:  # every task: each evaluates its own EMA
-            recompute_bn_stats(ema, stats_batches)
-        if not is_main():
-            return
-        save_checkpoint(run_dir, step, keep=keep, state={
-            "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-            "lr_sched": lr_sched.state_dict(), "gen": gen.get_state(), "loss_sum": loss_sum, "loss_n": loss_n,
-            "mse_sum": mse_sum,
-            "wall_s": wall + time.perf_counter() - t0, "steps_timed": timed + step - start_step,
-            "compile_s": compiling + compile_time()})
-
-    def compile_time():  # this segment's first step beyond the mean of its others
-        done = step - start_step
-        if not cfg.compile or done < 2:
-            return 0.0
-        return max(0.0, first_s - (time.perf_counter() - t0 - first_s) / (done - 1))
-
-    schedule = make_schedule(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr)
-    stats_batches = bn_batches(cfg, images, schedule, device) if batch_norms(ema) else []
+def task_slice(cfg) -> slice:
+    """This task's slice of the global batch."""
     tasks, me = world(), rank()
     if cfg.batch % tasks:
         raise ValueError(f"batch {cfg.batch} is not divisible by the {tasks} tasks")
-    local = slice(me * cfg.batch // tasks, (me + 1) * cfg.batch // tasks)
-    forward = torch.nn.parallel.DistributedDataParallel(model) if tasks > 1 else model
-    forward = torch.compile(forward) if cfg.compile else forward
-    per_epoch = len(images) // cfg.batch
-    if per_epoch < 1:
-        raise ValueError(f"batch {cfg.batch} is larger than the {len(images)} training images")
-    log_every = max(1, total // 100)
-    order_epoch, order = -1, None
-    start_step, first_s = step, 0.0
-    bar = _progress(total, step, progress and is_main())
-    model.train()
-    t0 = time.perf_counter()
-    while step < total:
-        epoch, k = divmod(step, per_epoch)
-        if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(cfg.seed, epoch, len(images))
-        torch.manual_seed(derive("dropout", cfg.seed, step, me))
-        x0 = to_model(images[order[k * cfg.batch:(k + 1) * cfg.batch][local]]).to(device)  # (B/tasks, C, H, W)
-        if cfg.flip:  # every task draws the whole batch's flips, like t and eps
-            flips = (torch.rand(cfg.batch, generator=gen, device=device) < 0.5)[local]
-            x0 = torch.where(flips[:, None, None, None], x0.flip(-1), x0)
-        t = torch.randint(0, cfg.T, (cfg.batch,), generator=gen, device=device)[local]
-        noise = torch.randn((cfg.batch, *x0.shape[1:]), generator=gen, device=device)[local]
-        xt = q_sample(schedule, x0, t, noise).contiguous(memory_format=memory_format(cfg))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = forward(xt, t)
-        terms = loss_terms(schedule, out.float(), x0, xt, t, noise, prediction=cfg.prediction,
-                           variance=cfg.variance, loss=cfg.loss, vlb_weight=cfg.vlb_weight, weighting=cfg.weighting,
-                           **{p: getattr(cfg, p) for p in PARAMS[cfg.weighting]})
-        loss = terms["loss"].mean()
-        value, mse = all_mean(torch.stack([loss.detach(), terms["mse"].mean().detach()])).tolist()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(step, value)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        lr_sched.step()
-        ema_update(ema, model, ema_decay_at(cfg.ema_decay, step + 1, cfg.ema_warmup))
-        step += 1
-        if step == start_step + 1:
-            first_s = time.perf_counter() - t0
-        loss_sum, mse_sum, loss_n = loss_sum + value, mse_sum + mse, loss_n + 1
-        if step % log_every == 0 or step == total:
-            if on_log and is_main():
-                on_log(step, {"train_loss": loss_sum / loss_n, "train_mse": mse_sum / loss_n})
-            loss_sum, mse_sum, loss_n = 0.0, 0.0, 0
-        if step % cfg.checkpoint_every == 0 or step == total or step in keep:
-            save()
-            if on_checkpoint is not None and step in keep:
-                paused = time.perf_counter()
-                barrier()  # task 0 has written the checkpoint every task reads
-                on_checkpoint(step)
-                t0 += time.perf_counter() - paused
-        if bar is not None:
-            rate = (step - start_step) * cfg.batch / (time.perf_counter() - t0)
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}", refresh=False)
-        if stop_at is not None and step >= stop_at:
-            break
-        if should_stop is not None and any_true(should_stop(), device):
-            if step % cfg.checkpoint_every and step != total:
-                save()
-            break
+    return slice(me * cfg.batch // tasks, (me + 1) * cfg.batch // tasks)
+
+
+def steps_per_epoch(cfg, n_train: int) -> int:
+    if n_train // cfg.batch < 1:
+        raise ValueError(f"batch {cfg.batch} is larger than the {n_train} training images")
+    return n_train // cfg.batch
+
+
+def draw_batch(cfg, images, local, gen, device):
+    """(x0, t, eps) of this task's slice of one global batch of uint8 `images`: its flips, t ~ U{0..T-1}
+    and eps ~ N(0, I) drawn for the whole batch by every task (Ho et al. 2020, Alg. 1, lines 2-4)."""
+    x0 = to_model(images).to(device)  # (B/tasks, C, H, W)
+    if cfg.flip:  # every task draws the whole batch's flips, like t and eps
+        flips = (torch.rand(cfg.batch, generator=gen, device=device) < 0.5)[local]
+        x0 = torch.where(flips[:, None, None, None], x0.flip(-1), x0)
+    t = torch.randint(0, cfg.T, (cfg.batch,), generator=gen, device=device)[local]
+    noise = torch.randn((cfg.batch, *x0.shape[1:]), generator=gen, device=device)[local]
+    return x0, t, noise
+
+
+def update(cfg, st: State, forward, schedule, x0, t, noise, loss_kw) -> tuple[float, float]:
+    """One optimizer step on the loss at x_t = q_sample(x0, t, eps) (Alg. 1, line 5), then the EMA
+    update. Returns (loss, unweighted MSE), averaged over tasks."""
+    xt = q_sample(schedule, x0, t, noise).contiguous(memory_format=memory_format(cfg))
+    with torch.autocast(xt.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        out = forward(xt, t)
+    terms = loss_terms(schedule, out.float(), x0, xt, t, noise, **loss_kw)
+    loss = terms["loss"].mean()
+    value, mse = all_mean(torch.stack([loss.detach(), terms["mse"].mean().detach()])).tolist()
+    if not math.isfinite(value):
+        raise NonFiniteLoss(st.step, value)
+    st.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
+    st.opt.step()
+    st.lr_sched.step()
+    ema_update(st.ema, st.model, ema_decay_at(cfg.ema_decay, st.step + 1, cfg.ema_warmup))
+    return value, mse
+
+
+def record_loss(st: State, value, mse, *, last: bool, on_log):
+    """Add a step's loss and MSE to the means since the last row; at a `last` step report them (task 0)."""
+    st.loss_sum, st.mse_sum, st.loss_n = st.loss_sum + value, st.mse_sum + mse, st.loss_n + 1
+    if last:
+        if on_log and is_main():
+            on_log(st.step, {"train_loss": st.loss_sum / st.loss_n, "train_mse": st.mse_sum / st.loss_n})
+        st.loss_sum, st.mse_sum, st.loss_n = 0.0, 0.0, 0
+
+
+def compile_time(cfg, st: State, seg: Segment) -> float:
+    """This segment's first step beyond the mean of its others (0 when eager)."""
+    done = st.step - seg.start
+    if not cfg.compile or done < 2:
+        return 0.0
+    return max(0.0, seg.first_s - (time.perf_counter() - seg.t0 - seg.first_s) / (done - 1))
+
+
+def save_state(cfg, run_dir, st: State, seg: Segment, keep, stats_batches):
+    """Checkpoint the state (task 0), after every task gives its EMA its own BatchNorm statistics."""
+    if stats_batches:  # every task: each evaluates its own EMA
+        recompute_bn_stats(st.ema, stats_batches)
+    if not is_main():
+        return
+    save_checkpoint(run_dir, st.step, keep=keep, state={
+        "step": st.step, "model": st.model.state_dict(), "ema": st.ema.state_dict(), "opt": st.opt.state_dict(),
+        "lr_sched": st.lr_sched.state_dict(), "gen": st.gen.get_state(), "loss_sum": st.loss_sum,
+        "loss_n": st.loss_n, "mse_sum": st.mse_sum,
+        "wall_s": st.wall + time.perf_counter() - seg.t0, "steps_timed": st.timed + st.step - seg.start,
+        "compile_s": st.compiling + compile_time(cfg, st, seg)})
+
+
+def finish(cfg, st: State, seg: Segment, total: int) -> dict:
+    """train's result: the models, the steps, and the time and steps summed over every segment."""
+    compiling = st.compiling + compile_time(cfg, st, seg)
+    wall, timed = st.wall + time.perf_counter() - seg.t0, st.timed + st.step - seg.start
+    return {"model": st.model, "ema": st.ema, "step": st.step, "start_step": seg.start, "total": total,
+            "wall_s": wall, "steps_timed": timed, "compile_s": compiling,
+            "img_per_s": timed * cfg.batch / (wall - compiling) if timed else float("nan")}
+
+
+def _pause(seg: Segment, on_checkpoint, step):
+    """Call on_checkpoint(step) on every task once task 0 has written it; its time is not training time."""
+    paused = time.perf_counter()
+    barrier()  # task 0 has written the checkpoint every task reads
+    on_checkpoint(step)
+    seg.t0 += time.perf_counter() - paused
+
+
+def _show(bar, cfg, st: State, seg: Segment, value):
     if bar is not None:
-        bar.close()
-    compiling += compile_time()
-    wall, timed = wall + time.perf_counter() - t0, timed + step - start_step
-    return {"model": model, "ema": ema, "step": step, "start_step": start_step, "total": total, "wall_s": wall,
-            "steps_timed": timed, "compile_s": compiling, "img_per_s": timed * cfg.batch / (wall - compiling) if timed else float("nan")}
+        rate = (st.step - seg.start) * cfg.batch / (time.perf_counter() - seg.t0)
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}", refresh=False)
 
 
 def _progress(total, initial, enabled):

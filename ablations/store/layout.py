@@ -12,7 +12,10 @@
         samples-<setting>-seed<sample_seed>.npz   its generated images (uint8), scored by every metric
         solver-ref-ddim<T>[-noclip]-seed<sample_seed>.npz   DDIM (eta 0, all T steps) endpoints for solver_rms
         log.txt
-      _slurm/<spec>/            per spec: submissions.jsonl and submitit's job logs
+        migrated/               rows (and sample grids) migration set aside, to be computed again
+      _slurm/<spec>/            per spec: submissions.jsonl and submitit's job logs (`slurm_folder`)
+      _superseded/              run folders migration replaced by another folder of the same run (`superseded`;
+                                named _migrated/ before, and still skipped as every `_` folder is)
       .cache/fid/               reference statistics for FID (shared: its orphans go only when an hour old)
       .cache/inductor/          torch.compile's kernels, shared by the runs of a grid
 """
@@ -46,8 +49,13 @@ def run_ids(root) -> list[str]:
     return sorted(p.name for p in Path(root).glob("*") if RUN_ID.fullmatch(p.name) and (p / CONFIG).exists())
 
 
-def spec_folder(root, spec_name: str) -> Path:
-    """Where a spec's SLURM submissions and job logs go."""
+def superseded(root) -> Path:
+    """Where migration keeps a run folder that another folder of the same run replaced."""
+    return Path(root) / "_superseded"
+
+
+def slurm_folder(root, spec_name: str) -> Path:
+    """Where a spec's SLURM submissions and job logs go: <root>/_slurm/<spec>/."""
     return Path(root) / "_slurm" / spec_name
 
 

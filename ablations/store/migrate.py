@@ -3,8 +3,9 @@
 
 Per old run folder: the config's renamed fields (base, ema, steps) get their new names, which gives
 the new run id; the folder is renamed to it (or, when another spec's folder already holds that
-config, its rows are merged in and the rest is kept under `_migrated/`). Training rows are rewritten
-in the current row schema. Eval rows are set aside in `migrated/metrics.jsonl`: they were sampled
+config, its rows are merged in and the rest is kept under `_superseded/`; a runs root migrated before
+keeps them in `_migrated/`, which, as every folder starting with `_`, is never taken for a spec's
+folder). Training rows are rewritten in the current row schema. Eval rows are set aside in `migrated/metrics.jsonl`: they were sampled
 with per-batch seeds, so they are not paired with new rows, and the run shows `needs-eval` until it
 is evaluated again (sampling and FID only; the checkpoint is reused).
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from ablations.grid.config import TRAIN_FIELDS, TrainConfig
 from ablations.store import claim
 from ablations.store.io import append_jsonl, read_json, read_jsonl, write_json, write_text
-from ablations.store.layout import CONFIG, ROWS, RUN_ID, run_folder, spec_folder
+from ablations.store.layout import CONFIG, ROWS, RUN_ID, run_folder, slurm_folder, superseded
 from ablations.store.schema import row
 
 RENAMED = {"base": "model_channels", "ema": "ema_decay", "steps": "train_steps"}
@@ -49,8 +50,9 @@ def migrate(root, echo=print) -> int:
         kept = [_train_row(new_id, r) for r in rows if r.get("metric") in TRAIN_METRICS
                 or (r.get("metric") == "peak_mem_mb" and r.get("protocol") == "train")]
         if target.exists():
-            echo(f"migrate: {old} is the same config as {target}; keeping {target}, the old folder goes to _migrated/")
-            shutil.move(str(old), str(root / "_migrated" / spec_dir.name / old.name))
+            aside = superseded(root) / spec_dir.name / old.name
+            echo(f"migrate: {old} is the same config as {target}; keeping {target}, the old folder goes to {aside}")
+            shutil.move(str(old), str(aside))
         else:
             old.rename(target)
             aside = target / "migrated"
@@ -75,7 +77,7 @@ def _train_row(run_id, r) -> dict:
 
 def _move_dispatch(root, spec_dir):
     """submissions.jsonl and _slurm/ of an old spec folder go to <root>/_slurm/<spec>/."""
-    dest = spec_folder(root, spec_dir.name)
+    dest = slurm_folder(root, spec_dir.name)
     for name in ("submissions.jsonl", "_slurm"):
         src = spec_dir / name
         if src.exists():
@@ -144,7 +146,7 @@ def share_across_steps(root, echo=print) -> int:
     its final weights); config.json's run_id too; kept samples, sample grids and solver references get
     that step in their names. When the new id's folder exists already (the same config trained to
     another train_steps), the folder trained further keeps the id and the other goes to
-    `_migrated/steps/`. A folder a live process holds is left for a later call."""
+    `_superseded/steps/`. A folder a live process holds is left for a later call."""
     from ablations.running.data import SIZES
     from ablations.store.layout import last_step
     root, moved = Path(root), 0
@@ -166,7 +168,7 @@ def share_across_steps(root, echo=print) -> int:
         target = run_folder(root, new)
         if target.exists():
             keep, other = (folder, target) if last_step(folder) > last_step(target) else (target, folder)
-            aside = root / "_migrated" / "steps" / other.name
+            aside = superseded(root) / "steps" / other.name
             aside.parent.mkdir(parents=True, exist_ok=True)
             other.rename(aside)
             if keep is folder:

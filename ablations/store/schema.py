@@ -9,7 +9,10 @@ import json
 import math
 from pathlib import Path
 
-AXES = ("schedule", "prediction", "loss", "variance", "norm")  # always in a table, grid axis or not
+# Axes of ablations/grid/axes.py (a registry that imports torch; this module does not): AXES are in every
+# table, grid axis or not; SETTING holds a sampler setting's fields (ablations/grid/config.py `Setting`).
+# tests/test_spec.py checks both against the registry.
+AXES = ("schedule", "prediction", "loss", "variance", "norm")
 
 COLUMNS = {
     # run identity (in every row)
@@ -21,7 +24,7 @@ COLUMNS = {
     "train_step": "optimizer steps done when it was measured (train rows), or of the checkpoint whose EMA "
                   "weights were scored (eval rows; empty in eval rows from before checkpoints were scored)",
     # the sampler setting (eval rows)
-    "sampler": "ddpm | ddim | dpmpp_2m | heun",
+    "sampler": "the sampler: a name in core/samplers.py SAMPLERS",
     "steps": "sampling steps S",
     "eta": "DDIM's eta (0 for the other samplers)",
     "clip_x0": "whether the predicted x0 was clipped to [-1, 1] while sampling, or in the NLL's bound",
@@ -147,6 +150,7 @@ def _norm(v):
     return float(v) if v == v else None  # ints and floats compare equal after a CSV round trip
 
 
+# the legend word of a sampler whose name is not its usual spelling; any other sampler is shown by its name
 NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "heun": "Heun"}
 
 
