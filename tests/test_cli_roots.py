@@ -199,3 +199,37 @@ def test_collect_takes_the_axis_values_from_each_runs_config_json(tmp_path):
     for run_id, values in record["runs"].items():
         assert {a: rows.loc[run_id, a] for a in values} == values
     assert rows.loc[spec.runs[-1].run_id, "status"] == "pending"
+
+
+def test_collect_keeps_only_the_rows_this_spec_asked_of_a_shared_run(tmp_path):
+    """Run ids leave out train_steps, so a 4-step spec shares its run with an 8-step one that also scored a
+    DDPM setting at its last checkpoint: collecting the 4-step spec keeps the rows up to step 4, of its own
+    checkpoints (2 and 4) and setting (DDIM-10), and drops the 8-step spec's (before, its table's last
+    checkpoint would have been step 8, which this spec never trained to)."""
+    from ablations.grid.spec import load_spec
+    from ablations.running.runner import config_record
+    from ablations.store.io import append_jsonl, write_json
+    from ablations.store.layout import CONFIG, STATUS, run_folder
+    from ablations.store.schema import row
+    spec_path = tmp_path / "short.toml"
+    spec_path.write_text('name = "short"\n[base]\nres_blocks = 1\ntrain_steps = 4\n[eval]\neval_at = [2]\n'
+                         '[[eval.setting]]\nsampler = "ddim"\nsteps = 10\n')
+    (run,) = load_spec(spec_path).runs
+    folder = run_folder(tmp_path / "runs", run.run_id)
+    folder.mkdir(parents=True)
+    write_json(folder / CONFIG, config_record(run))
+    write_json(folder / STATUS, {"state": "done"})
+    ddim = dict(phase="eval", sampler="ddim", steps=10, eta=0.0, clip_x0=True, spacing="leading", n=100)
+    ddpm = {**ddim, "sampler": "ddpm", "steps": 100}
+    nll = dict(phase="eval", n=10, strata=4, clip_x0=True, spacing="geometric")  # as the runner writes it
+    rows = [row(run.run_id, "train_loss", 0.5, phase="train", train_step=s, n=1) for s in (2, 4, 6, 8)]
+    rows += [row(run.run_id, "fid", 100.0 - s, train_step=s, **ddim) for s in (2, 4, 8)]
+    rows += [row(run.run_id, "fid", 90.0, train_step=s, **ddpm) for s in (4, 8)]
+    rows += [row(run.run_id, "nll_bpd", 5.0, train_step=s, **nll) for s in (2, 3, 4, 8)]
+    append_jsonl(folder / "rows.jsonl", rows)
+    _ablate("collect", spec_path, "--runs-root", tmp_path / "runs", "--results-root", tmp_path / "res")
+    got = pd.read_csv(tmp_path / "res" / "short" / "rows.csv")
+    kept = {(m, s, int(t)) if isinstance(s, str) else (m, "-", int(t))
+            for m, s, t in zip(got.metric, got.sampler, got.train_step)}
+    assert kept == {("train_loss", "-", 2), ("train_loss", "-", 4), ("fid", "ddim", 2), ("fid", "ddim", 4),
+                    ("nll_bpd", "-", 2), ("nll_bpd", "-", 4)}

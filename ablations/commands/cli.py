@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ablations.grid.config import TRAIN_FIELDS, TrainConfig
+from ablations.grid.config import TRAIN_FIELDS, TrainConfig, eval_steps, scored_at
 from ablations.store.io import read_json
 from ablations.store.layout import CONFIG, DONE, INVALID, last_step, run_folder
 from ablations.store.schema import AXES
@@ -439,15 +439,20 @@ def _describe(spec, runs, runs_root) -> list[dict]:
     spec and scale, and the seed and axis values of the resolved config its folder's config.json records
     (the grid's axes labelled as the spec labels them, str(value), then the standard axes). A grid axis of
     tables that names no config field keeps the spec's label; a run without a folder yet (a status row
-    only) takes the spec's config, the one its id hashes."""
+    only) takes the spec's config, the one its id hashes. `until` and `scored` are what this spec asks of
+    the run (its training steps; the checkpoints it scores, each with its settings), so that a run shared
+    with a spec that trained it further or scored it otherwise gives this spec only its own rows."""
+    from ablations.running.runner import run_steps
     out = []
     for r in runs:
         folder = run_folder(runs_root, r.run_id)
         cfg = _recorded(folder) or r.config
         axes = {a: str(getattr(cfg, a)) if a in TRAIN_FIELDS else label for a, label in r.axes.items()}
         axes.update({a: getattr(cfg, a) for a in AXES if a not in axes})
+        until = run_steps(r)
+        scored = {at: [s._asdict() for s in scored_at(spec.eval, until, at)] for at in eval_steps(spec.eval, until)}
         out.append({"folder": str(folder), "run_id": r.run_id, "ablation": spec.name, "scale": spec.scale,
-                    "seed": cfg.seed, **axes})
+                    "seed": cfg.seed, **axes, "until": until, "scored": scored})
     return out
 
 

@@ -61,6 +61,7 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
         failed += status["state"] == "failed"
         attached = {c: run[c] for c in (*SPEC_COLUMNS, *axes)}
         extra = {"status": status["state"], "reason": status.get("reason", "")}
+        got = [r for r in got if asked(r, run)]
         if not got:  # never produced a number: still a row, with its status
             got = [{"run_id": run["run_id"], "metric": "status", "value": float("nan")}]
         for r in got:
@@ -82,6 +83,26 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
     write_csv(summarize(pd.read_csv(out_dir / "rows.csv"), axes), out_dir / "summary.csv")
     return {"runs": len(runs), "rows": len(table), "skipped": skipped, "duplicates": before - len(table),
             "failed": failed}
+
+
+def asked(r: dict, run: dict) -> bool:
+    """Whether the spec being collected asked for row `r` of `run`. Run ids leave out train_steps, so one run
+    serves every spec with its config: one that trained it further, or scored other checkpoints or
+    settings, left rows this spec did not ask for. Kept: rows up to the run's `until` (its training steps
+    for this spec); of the eval rows, those at a checkpoint of `scored` ({train_step: [setting dicts]}) with
+    one of its settings (NLL rows name none). Rows without a train_step (before checkpoints were scored)
+    and runs described without `until` are kept."""
+    step = r.get("train_step")
+    if "until" not in run or step is None:
+        return True
+    if step > run["until"]:
+        return False
+    if r.get("phase") != "eval":
+        return True
+    settings = run["scored"].get(step)
+    if settings is None:
+        return False
+    return r.get("sampler") is None or any(all(r.get(k) == v for k, v in s.items()) for s in settings)
 
 
 def cell_columns(axes: list[str]) -> list[str]:
