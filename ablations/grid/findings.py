@@ -20,6 +20,7 @@ Pure: no torch, no files. Errors come from the spec's error factory (file, key, 
 """
 from string import Formatter
 
+from ablations.grid.checks import known
 from ablations.store.schema import AXES, METRICS, SETTING
 
 KEYS = ("finding", "no_paper", "note", "checked")  # the spec's top-level keys read here
@@ -51,12 +52,6 @@ def _list(raw, key, err) -> list:
     return tables
 
 
-def _known(table, allowed, key, err):
-    for k in table:
-        if k not in allowed:
-            raise err(f"{key}.{k}", f"unknown key {k!r}; valid keys: {', '.join(sorted(allowed))}")
-
-
 def _text(value, key, err, empty=False) -> str:
     if not isinstance(value, str) or not (empty or value.strip()):
         raise err(key, f"expected {'a' if empty else 'a non-empty'} string, got {value!r}")
@@ -81,7 +76,7 @@ def _cell(cell, key, columns, err, empty=False) -> dict:
 
 def _finding(f, key, columns, err) -> dict:
     """One [[finding]] table, checked: {metric, a, b, expect, margin, why, source, table, paper, awaits}."""
-    _known(f, FINDING_KEYS, key, err)
+    known(f, FINDING_KEYS, f"{key}.", err)
     for k in NEEDS:
         if k not in f:
             raise err(f"{key}.{k}", f"missing; a finding needs {', '.join(NEEDS)}")
@@ -105,7 +100,7 @@ def _finding(f, key, columns, err) -> dict:
 
 def _line(x, key, columns, err) -> dict:
     """One [[note]] or [[checked]] table: {"text", "values", "ad_hoc"} or {"computed"}."""
-    _known(x, LINE_KEYS, key, err)
+    known(x, LINE_KEYS, f"{key}.", err)
     if ("text" in x) == ("computed" in x):
         raise err(key, "give exactly one of `text` (a markdown line) or `computed` (one of "
                        f"{', '.join(map(repr, COMPUTED))})")
@@ -130,7 +125,7 @@ def _quantity(q, key, columns, err) -> dict:
     if not isinstance(q, dict):
         raise err(key, f"expected a table with `of`, got {q!r}")
     of = _choice(q.get("of"), tuple(QUANTITIES), f"{key}.of", err)
-    _known(q, QUANTITIES[of], key, err)
+    known(q, QUANTITIES[of], f"{key}.", err)
     out = {"of": of, "metric": _choice(q.get("metric"), tuple(METRICS), f"{key}.metric", err),
            "a": _cell(q.get("a", {}), f"{key}.a", columns, err, empty=of == "range")}
     if of == "ratio":

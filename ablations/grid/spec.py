@@ -26,6 +26,7 @@ import tomllib
 import torch
 
 from ablations.grid import findings
+from ablations.grid.checks import known, typed
 from ablations.grid.axes import AXES
 from ablations.grid.config import EVAL_FIELDS, RANGES, SETTING_KEYS, TRAIN_FIELDS, EvalConfig, Setting, TrainConfig
 from ablations.running.data import SHAPES, SIZES
@@ -144,8 +145,8 @@ def load_scales(path=SCALES) -> dict:
     raw, err = _read(path), _errors(path)
     out = {}
     for scale, table in raw.items():
-        _typed(table, dict, scale, err)
-        _known(table, SCALE_KEYS, f"{scale}.", err)
+        typed(table, dict, scale, err)
+        known(table, SCALE_KEYS, f"{scale}.", err)
         out[scale] = _scale_block(table, scale, path, err)
     return out
 
@@ -154,8 +155,8 @@ def _scale_block(table, prefix, path, err) -> dict:
     """A validated {base, eval, seeds} block; each value remembers the file and key it came from."""
     p = f"{prefix}." if prefix else ""
     base = _section(table.get("base", {}), f"{p}base", err)
-    ev = _typed(table.get("eval", {}), dict, f"{p}eval", err)
-    _known(ev, set(EVAL_FIELDS) | {"setting"}, f"{p}eval.", err)
+    ev = typed(table.get("eval", {}), dict, f"{p}eval", err)
+    known(ev, set(EVAL_FIELDS) | {"setting"}, f"{p}eval.", err)
     block = {"base": {k: (v, path, f"{p}base.{k}") for k, v in base.items()},
              "eval": {k: (v, path, f"{p}eval.{k}") for k, v in ev.items()}}
     if "seeds" in table:
@@ -168,16 +169,16 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES, overrides=()) 
     path, overrides = Path(path), tuple(overrides)
     raw = _read(path)
     top, top_err, err = _apply(raw, overrides, path)
-    _known(raw, TOP_KEYS, "", err)
+    known(raw, TOP_KEYS, "", err)
     name = _name(raw, err)
-    own = _typed(raw.get("scale", {}), dict, "scale", err)
+    own = typed(raw.get("scale", {}), dict, "scale", err)
     shared = load_scales(scales_path) if scales_path else {}
     scale = _pick_scale(raw, own, shared, scale, overrides, err)
     layers = _layers(raw, own, shared, scale, top, top_err, err)
     base = {k: v for layer in layers for k, v in layer["base"].items()}
     evals = {k: v for layer in layers for k, v in layer["eval"].items()}
     seeds = next((layer["seeds"] for layer in reversed(layers) if "seeds" in layer), ([0], err, "seeds"))
-    grid = _typed(raw.get("grid", {}), dict, "grid", err)
+    grid = typed(raw.get("grid", {}), dict, "grid", err)
     runs = _runs(grid, base, seeds, top, top_err, err)
     ev = _eval(evals, runs)
     return Spec(name if scale is None else f"{name}-{scale}", path, scale, tuple(grid), tuple(runs), ev, overrides,
@@ -185,7 +186,7 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES, overrides=()) 
 
 
 def _name(raw, err) -> str:
-    name = _typed(raw.get("name"), str, "name", err)
+    name = typed(raw.get("name"), str, "name", err)
     if not NAME.fullmatch(name):
         raise err("name", f"{name!r} is not a plain name: use letters, digits, '-', '_' and '.', "
                           "not starting with '.', with no path separators")
@@ -214,8 +215,8 @@ def _layers(raw, own, shared, scale, top, top_err, err) -> list:
     if scale in shared:
         layers.append(shared[scale])
     if scale in own:
-        _typed(own[scale], dict, f"scale.{scale}", err)
-        _known(own[scale], SCALE_KEYS, f"scale.{scale}.", err)
+        typed(own[scale], dict, f"scale.{scale}", err)
+        known(own[scale], SCALE_KEYS, f"scale.{scale}.", err)
         layers.append(_scale_block(own[scale], f"scale.{scale}", err, err))
     if top:
         layers.append(_scale_block(top, "", top_err, top_err))
@@ -246,21 +247,8 @@ def _runs(grid, base, seeds, top, top_err, err) -> list[Run]:
     return runs
 
 
-def _known(table, allowed, prefix, err):
-    for key in table:
-        if key not in allowed:
-            raise err(prefix + key, f"unknown key {key!r}; valid keys: {', '.join(sorted(allowed))}")
-
-
-def _typed(value, kind, key, err):
-    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
-    if not ok:
-        raise err(key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
 def _seeds(seeds, key, err):
-    _typed(seeds, list, key, err)
+    typed(seeds, list, key, err)
     if not seeds or len(set(seeds)) != len(seeds) or not all(type(s) is int and s >= 0 for s in seeds):
         raise err(key, f"must be a non-empty list of distinct integers >= 0, got {seeds!r}")
     return seeds
@@ -276,7 +264,7 @@ def _check_value(key, field_name, value, default, err):
     else:
         if isinstance(default, float) and type(value) is int:
             value = float(value)
-        _typed(value, type(default), key, err)
+        typed(value, type(default), key, err)
     if field_name in CHOICES:
         try:
             lookup(CHOICES[field_name], value, field_name)
@@ -288,10 +276,10 @@ def _check_value(key, field_name, value, default, err):
 
 
 def _section(table, prefix, err):
-    _typed(table, dict, prefix, err)
+    typed(table, dict, prefix, err)
     if "seed" in table:
         raise err(f"{prefix}.seed", "set seeds with the top-level `seeds` list (or a scale's), not per config")
-    _known(table, TRAIN_FIELDS, prefix + ".", err)
+    known(table, TRAIN_FIELDS, prefix + ".", err)
     return {k: _check_value(f"{prefix}.{k}", k, v, TRAIN_FIELDS[k].default, err) for k, v in table.items()}
 
 
@@ -300,7 +288,7 @@ def _axis(axis, values, err):
     key = f"grid.{axis}"
     if axis == "seed":
         raise err(key, "use the top-level `seeds` list instead of a seed axis")
-    _typed(values, list, key, err)
+    typed(values, list, key, err)
     if not values:
         raise err(key, "empty grid axis; give at least one value")
     out = []
@@ -460,12 +448,12 @@ def _fits_runs(ev, runs, extractors, err):
 
 def _settings(tables, key, err, ev, runs) -> tuple[list[Setting], list[Setting]]:
     """(every setting, those with `curve = false`: scored at the last checkpoint only)."""
-    _typed(tables, list, key, err)
+    typed(tables, list, key, err)
     settings, last_only = [], []
     for i, s in enumerate(tables):
         where = f"{key}[{i}]"
-        _typed(s, dict, where, err)
-        _known(s, SETTING_KEYS, where + ".", err)
+        typed(s, dict, where, err)
+        known(s, SETTING_KEYS, where + ".", err)
         name = _check_value(f"{where}.sampler", "sampler", s.get("sampler"), "", err)
         lists = {k: s.get(k, d) for k, d in (("steps", [50]), ("eta", [0.0]), ("clip_x0", [ev.clip_x0]),
                                               ("spacing", ["leading"]))}
@@ -473,7 +461,7 @@ def _settings(tables, key, err, ev, runs) -> tuple[list[Setting], list[Setting]]
         for axis, kind in (("steps", int), ("eta", float), ("clip_x0", bool), ("spacing", str)):
             if not lists[axis]:
                 raise err(f"{where}.{axis}", "empty list; give at least one value")
-            lists[axis] = [_typed(float(v) if kind is float and type(v) is int else v, kind, f"{where}.{axis}", err)
+            lists[axis] = [typed(float(v) if kind is float and type(v) is int else v, kind, f"{where}.{axis}", err)
                            for v in lists[axis]]
         for sp in lists["spacing"]:
             _check_value(f"{where}.spacing", "spacing", sp, "", err)
@@ -490,7 +478,7 @@ def _settings(tables, key, err, ev, runs) -> tuple[list[Setting], list[Setting]]
         these = [Setting(name, st, eta, clip, sp) for st in lists["steps"] for eta in lists["eta"]
                  for clip in lists["clip_x0"] for sp in lists["spacing"]]
         settings += these
-        if not _typed(s.get("curve", True), bool, f"{where}.curve", err):
+        if not typed(s.get("curve", True), bool, f"{where}.curve", err):
             last_only += these
     if len(set(settings)) != len(settings):
         raise err(key, f"duplicate sampler settings in {[tuple(s) for s in settings]}")
