@@ -82,6 +82,15 @@ def _invalid(spec, runs, runs_root) -> dict:
     return found
 
 
+def _refuse_emulated_bf16(spec_path, todo, device):
+    """Stop before any training when runs to do have bf16 = true and this machine would only emulate it."""
+    from ablations.running.hardware import bf16_refusal
+    ids = [r.run_id for r in todo if r.config.bf16]
+    why = ids and bf16_refusal(True, device)
+    if why:
+        raise click.ClickException(f"{spec_path}: key 'bf16' of run(s) {', '.join(ids)}: {why}")
+
+
 def _migrate(runs_root):
     from ablations.store.migrate import migrate, set_aside_stale_nll, share_across_steps
     if os.path.isdir(runs_root):
@@ -185,6 +194,7 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
     todo = [r for r in runs if r.run_id not in invalid and not runner.is_complete(spec, r, runs_root)]
     click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo) - len(invalid)} complete, {len(todo)} to run"
                + (f", {len(invalid)} invalid (not run)" if invalid else "") + f" -> {runs_root}")
+    _refuse_emulated_bf16(spec_path, todo, device or runner.default_device())
     if todo:
         click.echo(_eta(spec, todo, runs_root, device or runner.default_device()))
     stop = _stop_on_signals()

@@ -24,6 +24,7 @@ from ablations.store import claim
 from ablations.running import tracking
 from ablations.running import data as datasets
 from ablations.running.evaluation import generate, nll, peak_memory_mb, sampling_forward
+from ablations.running.hardware import bf16_refusal
 from ablations.grid.config import TrainConfig, eval_steps, scored_at
 from ablations.store.io import DiskFull, append_jsonl, atomic_write, read_json, write_json
 from ablations.store.layout import (
@@ -312,6 +313,12 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         return outcome
     if is_complete(spec, run, runs_root):
         return DONE
+    refused = bf16_refusal(run.config.bf16, device)  # a SLURM node or worker the CLI's check did not see
+    if refused:
+        if main:
+            write_status(folder, FAILED, reason=refused, step=last_step(folder))
+        print(f"run {run.run_id}: {refused}", file=sys.stderr, flush=True)
+        return FAILED
     # another task's messages go to its own SLURM log (stderr), so a failure there is read, not guessed
     log = _logger(folder, progress) if main else (lambda msg: print(f"[task {rank()}] {msg}", file=sys.stderr,
                                                                      flush=True))
