@@ -33,6 +33,7 @@ def cpu_info(path="/proc/cpuinfo") -> dict:
 
 
 def flag_words(info: dict) -> str:
+    """The bf16 flags as words: "avx512f=no, avx512_bf16=yes, amx_bf16=unknown"."""
     return ", ".join(f"{f}={'yes' if info[f] else 'no' if info[f] is not None else 'unknown'}" for f in FLAGS)
 
 

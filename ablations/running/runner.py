@@ -24,7 +24,7 @@ from ablations.store import claim
 from ablations.running import tracking
 from ablations.running import data as datasets
 from ablations.running.evaluation import generate, nll, peak_memory_mb, sampling_forward
-from ablations.running.hardware import bf16_refusal
+from ablations.running.hardware import bf16_refusal, cpu_info
 from ablations.grid.config import TrainConfig, eval_steps, scored_at
 from ablations.store.io import DiskFull, append_jsonl, atomic_write, read_json, write_json
 from ablations.store.layout import (
@@ -237,11 +237,7 @@ def machine(device) -> str:
     """What the numbers ran on: the GPU's name, or the CPU model and the threads torch uses."""
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(torch.device(device))
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
+    model = cpu_info()["cpu_model"] or platform.processor() or "unknown CPU"
     return f"{model}, {torch.get_num_threads()} threads"
 
 
