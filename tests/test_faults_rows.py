@@ -185,13 +185,14 @@ def _good(run_id, metric="fid", value=10.0, steps=5, **cols):
 
 
 RUN_ID = "0123456789"
-MALFORMED = {  # kind -> a line that is not a row
+MALFORMED = {  # kind -> a line that is not a row (a whole row of an unknown metric is one: test_foreign_rows.py)
     "no schema keys": json.dumps({"metric": "fid", "value": "abc"}),
     "value a string": json.dumps(_good(RUN_ID, value="abc")),
     "value a bool": json.dumps(_good(RUN_ID, value=True)),
     "value infinite": json.dumps(_good(RUN_ID, value=float("inf"))),
-    "unknown metric": json.dumps({**_good(RUN_ID), "metric": "fjd"}),
-    "unknown phase": json.dumps({**_good(RUN_ID), "phase": "test"}),
+    "metric not a name": json.dumps({**_good(RUN_ID), "metric": 3}),
+    "phase not a name": json.dumps({**_good(RUN_ID), "phase": None}),
+    "unknown metric, value a string": json.dumps({**_good(RUN_ID), "metric": "fjd", "value": "abc"}),
     "not an object": "[1, 2]",
     "not JSON": '{"metric": "fid", "val',
     "append_rows not a count": json.dumps({**_good(RUN_ID), "append_id": "a", "append_rows": "8"}),

@@ -92,10 +92,11 @@ def _refuse_emulated_bf16(spec_path, todo, device):
 
 
 def _migrate(runs_root):
-    from ablations.store.migrate import migrate, set_aside_stale_nll, share_across_steps
+    from ablations.store.migrate import migrate, restore_whole_rows, set_aside_stale_nll, share_across_steps
     if os.path.isdir(runs_root):
         migrate(runs_root, echo=click.echo)
         share_across_steps(runs_root, echo=click.echo)
+        restore_whole_rows(runs_root, echo=click.echo)
         set_aside_stale_nll(runs_root, echo=click.echo)
 
 
@@ -519,6 +520,9 @@ def collect(spec_path, scale, runs_root, results_root, overrides):
     click.echo(f"{out}/rows.csv: {c['rows']} rows from {c['runs']} runs ({c['failed']} failed); "
                f"{c['skipped']} lines that are not rows skipped (half-written or malformed); "
                f"{c['duplicates']} duplicate rows dropped")
+    if c["foreign"]:
+        click.echo(f"note: rows of metrics this suite does not know, left out (a newer suite wrote them): "
+                   f"{', '.join(c['foreign'])}")
     if invalid:
         click.echo(f"error: {len(invalid)} invalid run folder(s) not collected: {', '.join(invalid)}", err=True)
         sys.exit(1)

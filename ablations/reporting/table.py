@@ -19,7 +19,7 @@ import pandas as pd
 from ablations.store.io import atomic_write
 from ablations.store.layout import ROWS, read_status, sample_grid_name
 from ablations.store.schema import (CURVES, IDENTITY, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING, SPEC_COLUMNS,
-                              STATUS_COLUMNS, read_rows)
+                              STATUS_COLUMNS, foreign_metrics, read_rows)
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom; 1.96 (the normal's) beyond.
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -47,16 +47,18 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
     """Gather the rows of `runs` (dicts with folder, run_id, ablation, scale, seed and the `axes`) into
     out_dir/rows.csv and summary.csv, and copy their sample grids to out_dir/samples/. Returns counts:
     runs, rows, skipped (lines that are not rows, and rows of a torn append: ablations.store.schema.read_rows),
-    duplicates (rows whose IDENTITY an earlier row has, dropped), failed."""
+    duplicates (rows whose IDENTITY an earlier row has, dropped), failed, foreign (the metrics of rows a newer
+    suite wrote, left out: `schema.foreign_metrics`)."""
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     for stale in (out_dir / "samples").glob("*.png"):  # the folder mirrors the runs collected now
         stale.unlink()
-    rows, skipped, failed = [], 0, 0
+    rows, skipped, failed, foreign = [], 0, 0, set()
     for run in runs:
         folder = Path(run["folder"])
         status = read_status(folder)
         got, bad = read_rows(folder / ROWS)
+        foreign |= foreign_metrics(folder / ROWS)
         skipped += bad
         failed += status["state"] == "failed"
         attached = {c: run[c] for c in (*SPEC_COLUMNS, *axes)}
@@ -82,7 +84,7 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
     # summarised from the file, as `ablate results` does, so both give the same bytes
     write_csv(summarize(pd.read_csv(out_dir / "rows.csv"), axes), out_dir / "summary.csv")
     return {"runs": len(runs), "rows": len(table), "skipped": skipped, "duplicates": before - len(table),
-            "failed": failed}
+            "failed": failed, "foreign": sorted(foreign)}
 
 
 def asked(r: dict, run: dict) -> bool:

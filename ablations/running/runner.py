@@ -51,7 +51,7 @@ from ablations.store.layout import (
     write_status,
 )
 from ablations.running.parallel import any_true, from_main, is_main, rank, world
-from ablations.store.schema import CURVES, key, label, parse, problem, read_rows, row
+from ablations.store.schema import CURVES, WHOLE, key, label, parse, problem, read_rows, row
 from ablations.grid.spec import Run, Spec
 from ablations.running.training import NonFiniteLoss, build_model, memory_format, run_schedule, total_steps, train
 from core.likelihood import STRATA_SPACING
@@ -705,16 +705,17 @@ def _tidy_rows(folder, step, log):
     """On resume, under the run's claim: forget training loss and MSE rows logged after the checkpoint we resume
     from (training logs them again), and set aside in rows.partial.jsonl the rows of an append that was
     cut short and the lines that are not rows (`ablations.store.schema.parse`), so the missing rows are
-    written once. Each file is replaced atomically; the set-aside lines are written first."""
+    written once. Whole rows of a metric this suite does not know (a newer suite's) stay: it would not
+    write them again. Each file is replaced atomically; the set-aside lines are written first."""
     try:
         data = (folder / ROWS).read_bytes()
     except FileNotFoundError:
         return
     keep, aside, dropped = [], [], 0
     for line, kind, obj in parse(data):
-        if kind != "row":
+        if kind not in WHOLE:
             aside.append(line + b"\n")
-        elif obj["metric"] in CURVES and (obj["train_step"] or 0) > step:
+        elif kind == "row" and obj["metric"] in CURVES and (obj["train_step"] or 0) > step:
             dropped += 1
         else:
             keep.append(line + b"\n")

@@ -13,7 +13,11 @@ NLL rows written before the bound clipped x0 (`core.likelihood.nll_bpd`; they ha
 stratified ones written before the strata were geometric (`core.likelihood.stratify`; they have no
 `spacing`), are set aside the same way, in `migrated/rows.jsonl`: the run shows `needs-eval` until its
 NLL is computed again.
+
+Whole rows that an older suite set aside in rows.partial.jsonl, taking a newer metric for a torn line,
+go back to rows.jsonl (`restore_whole_rows`).
 """
+import heapq
 import json
 import re
 import shutil
@@ -21,9 +25,9 @@ from pathlib import Path
 
 from ablations.grid.config import TRAIN_FIELDS, TrainConfig
 from ablations.store import claim
-from ablations.store.io import append_jsonl, read_json, read_jsonl, write_json, write_text
-from ablations.store.layout import CONFIG, ROWS, RUN_ID, run_folder, slurm_folder, superseded
-from ablations.store.schema import row
+from ablations.store.io import append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_text
+from ablations.store.layout import CONFIG, PARTIAL, ROWS, RUN_ID, run_folder, slurm_folder, superseded
+from ablations.store.schema import WHOLE, identity, parse, row
 
 RENAMED = {"base": "model_channels", "ema": "ema_decay", "steps": "train_steps"}
 TRAIN_METRICS = {"train_loss", "train_img_per_s", "train_wall_s"}
@@ -205,3 +209,65 @@ def _rename_inside(folder, new: str, step: int):
         m = SAMPLES.fullmatch(p.name) or SOLVER_REF.fullmatch(p.name)
         if m and not re.search(r"-step\d+$", m.group(1)):
             p.rename(folder / f"{m.group(1)}-step{step}{m.group(2)}")
+
+
+def restore_whole_rows(root, echo=print) -> int:
+    """Move the whole rows in rows.partial.jsonl back into rows.jsonl, for every run under `root` that no live
+    process holds; returns how many runs had some. A suite older than a row's metric took the row for a
+    line that is not one (the first `schema.parse` did), and its append for a torn one, so it set them
+    aside on resume. A whole row is one of an append all of whose lines are in rows.partial.jsonl
+    (`schema.parse`); it goes back unless rows.jsonl holds a row of its identity. The restored lines are
+    merged into rows.jsonl by timestamp, every line byte for byte, so the file reads as if they had
+    never left; rows.partial.jsonl keeps the rest. rows.jsonl is written first: a kill between the two
+    writes leaves lines in both, and the next call drops those from rows.partial.jsonl."""
+    count = 0
+    for path in sorted(Path(root).glob(f"*/{PARTIAL}")):
+        folder = path.parent
+        if not RUN_ID.fullmatch(folder.name) or ((h := claim.read(folder)) and claim.alive(h)):
+            continue
+        rows = _lines((folder / ROWS).read_bytes() if (folder / ROWS).exists() else b"")
+        have = {identity(obj) for _, kind, obj in parse(b"\n".join(rows)) if kind in WHOLE}
+        there = set(rows)
+        aside = parse(path.read_bytes())
+        back, rest = [], []
+        for line, kind, obj in aside:
+            if line in there:
+                continue  # restored by a call killed before it rewrote rows.partial.jsonl
+            if kind in WHOLE and identity(obj) not in have:
+                have.add(identity(obj))
+                back.append(line)
+            else:
+                rest.append(line)
+        if back:
+            merged = [line for _, line in heapq.merge(_stamped(rows), _stamped(back), key=lambda t: t[0])]
+            _write_lines(folder / ROWS, merged)
+            echo(f"migrate: {folder.name}: {len(back)} whole rows an older suite had set aside in {PARTIAL} "
+                 f"-> {ROWS}")
+            count += 1
+        if not rest:
+            path.unlink()
+        elif len(rest) < len(aside):
+            _write_lines(path, rest)
+    return count
+
+
+def _lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    return lines[:-1] if lines[-1] == b"" else lines
+
+
+def _write_lines(path, lines):
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(b"".join(line + b"\n" for line in lines)))
+
+
+def _stamped(lines):
+    """(timestamp, line) per line, a line without one taking the one before it: the order `heapq.merge` keeps."""
+    stamp = float("-inf")
+    for line in lines:
+        try:
+            t = json.loads(line).get("timestamp")
+        except (ValueError, AttributeError):
+            t = None
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            stamp = float(t)
+        yield stamp, line

@@ -87,15 +87,18 @@ def row(run_id: str, metric: str, value, **cols) -> dict:
     return {**dict.fromkeys(RUN_COLUMNS), **cols, "run_id": run_id, "metric": metric, "value": value}
 
 
-def problem(r) -> str | None:
+def problem(r, known: bool = True) -> str | None:
     """Why a parsed line is not a row, or None when it is one: an object with every IDENTITY column, a
-    known metric and phase, and a value that is a finite number or NaN."""
+    known metric and phase, and a value that is a finite number or NaN. known=False accepts any metric
+    and phase name: the test of a row another version of the suite wrote (`parse`'s "foreign")."""
     if not isinstance(r, dict):
         return "not a JSON object"
     lacking = [c for c in (*IDENTITY, "value") if c not in r]
     if lacking:
         return f"no {', '.join(lacking)}"
-    if r["metric"] not in METRICS or r["phase"] not in PHASES:
+    if not (isinstance(r["metric"], str) and isinstance(r["phase"], str)):
+        return "metric and phase are not names"
+    if known and (r["metric"] not in METRICS or r["phase"] not in PHASES):
         return f"unknown metric {r['metric']!r}" if r["metric"] not in METRICS else f"unknown phase {r['phase']!r}"
     v, n = r["value"], r.get("append_rows")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isinf(v):
@@ -105,10 +108,15 @@ def problem(r) -> str | None:
     return None
 
 
+WHOLE = ("row", "foreign")  # the kinds of `parse` that are whole rows
+
+
 def parse(data: bytes) -> list[tuple[bytes, str, dict | None]]:
-    """Each line of a rows file as (line, kind, object): kind "row"; "partial", a row of an append that
-    was cut short (fewer lines carry its append_id than its append_rows says); or "bad", a line that
-    is not a row (half-written, not JSON, or failing `problem`). Rows with no append_id are whole."""
+    """Each line of a rows file as (line, kind, object): kind "row"; "foreign", a whole row of a metric or
+    phase this suite does not know (written by a newer one: kept in the file, not read); "partial", a row
+    of an append that was cut short (fewer lines carry its append_id than its append_rows says); or
+    "bad", a line that is not a row (half-written, not JSON, or failing `problem`). Rows with no
+    append_id are whole."""
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -118,30 +126,46 @@ def parse(data: bytes) -> list[tuple[bytes, str, dict | None]]:
             obj = json.loads(line.decode("utf-8", errors="replace"))
         except ValueError:
             obj = None
-        out.append((line, "bad" if problem(obj) else "row", obj))
+        out.append((line, "row" if problem(obj) is None else "foreign" if problem(obj, known=False) is None
+                    else "bad", obj))
     written = {}
     for _, kind, obj in out:
-        if kind == "row" and obj.get("append_id") is not None:
+        if kind in WHOLE and obj.get("append_id") is not None:
             written[obj["append_id"]] = written.get(obj["append_id"], 0) + 1
-    return [(line, "partial", obj) if kind == "row" and obj.get("append_id") is not None
+    return [(line, "partial", obj) if kind in WHOLE and obj.get("append_id") is not None
             and written[obj["append_id"]] < obj["append_rows"] else (line, kind, obj)
             for line, kind, obj in out]
 
 
 def read_rows(path) -> tuple[list[dict], int]:
-    """(the rows of a rows file, how many of its lines were skipped: not rows, or rows of a cut append)."""
+    """(the rows of a rows file, how many of its lines were skipped: not rows, or rows of a cut append).
+    Whole rows of a metric this suite does not know ("foreign") are neither read nor counted."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return [], 0
     lines = parse(data)
     rows = [obj for _, kind, obj in lines if kind == "row"]
-    return rows, len(lines) - len(rows)
+    return rows, sum(kind not in WHOLE for _, kind, _ in lines)
+
+
+def foreign_metrics(path) -> set[str]:
+    """The metrics of a rows file's whole rows that this suite does not know (a newer suite's)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return set()
+    return {obj["metric"] for _, kind, obj in parse(data) if kind == "foreign"}
 
 
 def key(r: dict) -> tuple:
     """The identity of an eval row within its run."""
     return tuple(_norm(r.get(c)) for c in EVAL_KEY)
+
+
+def identity(r: dict) -> tuple:
+    """The identity of any row (IDENTITY): `collect` keeps one row per identity."""
+    return tuple(_norm(r.get(c)) for c in IDENTITY)
 
 
 def _norm(v):
