@@ -48,18 +48,20 @@ demo: setup compiler data
 results: setup
 	$(VENV)/bin/ablate results
 
-# Every training answer as a curve (the curve scale, README "Sizing"): two one-thread workers share one runs
-# root, the claims give each run to one of them, and they take the questions in opposite orders; stopped, it
-# resumes where it stood (run it again). Then each question's table (results/<question>-curve/) and the index.
+# Every answer as a curve (README "Every answer as a curve"): the four training questions at the curve scale and
+# the sampler question at its own (cpu: 2,200 steps x 192 images, scored along the way). Two one-thread workers
+# share one runs root, the claims give each run to one of them, and they take the questions in opposite orders;
+# stopped, it resumes where it stood (run it again). Then each question's table and the index.
 CURVES_ROOT ?= runs-curves
-CURVES      := prediction schedule loss norm
+CURVES      := prediction:curve schedule:curve loss:curve norm:curve sampler:cpu
 curves: setup compiler data
-	( for q in $(CURVES); do OMP_NUM_THREADS=1 $(VENV)/bin/ablate run ablations/$$q.toml --scale curve \
+	( for qs in $(CURVES); do OMP_NUM_THREADS=1 $(VENV)/bin/ablate run ablations/$${qs%:*}.toml --scale $${qs#*:} \
 		--runs-root $(CURVES_ROOT) --no-progress || exit 1; done ) & \
-	( for q in $$(echo $(CURVES) | tr ' ' '\n' | tac); do OMP_NUM_THREADS=1 $(VENV)/bin/ablate run ablations/$$q.toml \
-		--scale curve --runs-root $(CURVES_ROOT) --no-progress || exit 1; done ) & \
+	( for qs in $$(echo $(CURVES) | tr ' ' '\n' | tac); do OMP_NUM_THREADS=1 $(VENV)/bin/ablate run \
+		ablations/$${qs%:*}.toml --scale $${qs#*:} --runs-root $(CURVES_ROOT) --no-progress || exit 1; done ) & \
 	wait
-	for q in $(CURVES); do $(VENV)/bin/ablate collect ablations/$$q.toml --scale curve --runs-root $(CURVES_ROOT) || exit 1; done
+	for qs in $(CURVES); do $(VENV)/bin/ablate collect ablations/$${qs%:*}.toml --scale $${qs#*:} \
+		--runs-root $(CURVES_ROOT) || exit 1; done
 	$(VENV)/bin/ablate results
 
 # Micro-benchmarks (not part of the tests): JSON, tidy table, ratios and a plot under results/bench/.
