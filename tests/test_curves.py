@@ -134,7 +134,8 @@ def test_a_cell_scored_only_at_the_last_checkpoint_has_one_verdict():
     ten = [v for v in found if v["a"] == "DDIM η=0 · 10 steps" and v["b"] == "DDPM · 10 steps"
            and v["finding"].metric == "fid"]
     assert len(ten) == 1 and ten[0]["last"] and ten[0]["train_step"] == 2800
-    assert trajectory_text([ten[0]]) == "one checkpoint (2,800 steps)"
+    assert trajectory_text([ten[0]]) == "last checkpoint only (2,800 steps)"
+    assert settled_text([ten[0]]).startswith("not followed: its cells are scored at the last checkpoint only")
     twenty = [v for v in found if v["a"] == "DDIM η=0 · 20 steps" and v["finding"].metric == "fid"]
     assert len(twenty) == 1  # DDIM-20 is scored at every checkpoint, DDPM-20 only at the last
 

@@ -202,8 +202,8 @@ def assess(tables: list[tuple[str, str, pd.DataFrame]], found_in: dict[str, Publ
     """Every finding of every table (folder, spec, rows), the folder's findings in `found_in` (folder ->
     Published, `read_all`; none where absent), at each checkpoint the rows scored, with raw and
     Holm-adjusted p-values over its family (`family` is its size, `checkpoint` its name) and its verdict.
-    Each entry has `train_step`, `last` (the folder's last checkpoint: the verdict) and `train_images`
-    (mean over the runs, NaN where unknown). Holm's family is one checkpoint: the distinct findings with
+    Each entry has `train_step`, `last` (the folder's last checkpoint: the verdict), `n_checkpoints` (how
+    many the folder scores) and `train_images` (mean over the runs, NaN where unknown). Holm's family is one checkpoint: the distinct findings with
     two seeds or more that the index scores at the same train_step; every question's last checkpoint
     together is one (the verdicts' family, whatever each question's training length)."""
     found = []
@@ -216,7 +216,7 @@ def assess(tables: list[tuple[str, str, pd.DataFrame]], found_in: dict[str, Publ
             for f in (found_in or {}).get(folder, NONE).findings:
                 v = measure(at, f, folder)
                 if v is not None and (last or v["seeds"]):  # a cell scored only at the end: no earlier verdict
-                    v.update(train_step=step, last=last, train_images=images.get(step, NAN),
+                    v.update(train_step=step, last=last, train_images=images.get(step, NAN), n_checkpoints=len(steps),
                              checkpoint="last" if last else step, key=("last" if last else step, *v["key"]))
                     found.append(v)
     first = {}
@@ -282,7 +282,8 @@ def trajectory_text(curve: list[dict]) -> str:
     state, _ = settled(curve)
     if state == "one checkpoint":
         step = curve[0]["train_step"]
-        return "one checkpoint" + (f" ({step_text(step)} steps)" if step == step else "")
+        return ("last checkpoint only" if _last_only(curve) else "one checkpoint") + (
+            f" ({step_text(step)} steps)" if step == step else "")
     runs = []
     for v in curve:
         if runs and runs[-1][0] == v["verdict"]:
@@ -301,7 +302,14 @@ def trajectory_text(curve: list[dict]) -> str:
 def settled_text(curve: list[dict]) -> str:
     state, step = settled(curve)
     return (f"settled from {step_text(step)} steps" if state == "settled" else
-            "unsettled: the last two checkpoints differ" if state == "unsettled" else "one checkpoint")
+            "unsettled: the last two checkpoints differ" if state == "unsettled" else
+            "not followed: its cells are scored at the last checkpoint only (`curve = false`)" if _last_only(curve)
+            else "one checkpoint")
+
+
+def _last_only(curve: list[dict]) -> bool:
+    """Whether a finding with one verdict comes from a folder scored at several checkpoints."""
+    return len(curve) == 1 and curve[0].get("n_checkpoints", 1) > 1
 
 
 def family_of(f: Finding) -> str:
