@@ -203,9 +203,10 @@ def assess(tables: list[tuple[str, str, pd.DataFrame]], found_in: dict[str, Publ
     Published, `read_all`; none where absent), at each checkpoint the rows scored, with raw and
     Holm-adjusted p-values over its family (`family` is its size, `checkpoint` its name) and its verdict.
     Each entry has `train_step`, `last` (the folder's last checkpoint: the verdict), `n_checkpoints` (how
-    many the folder scores) and `train_images` (mean over the runs, NaN where unknown). Holm's family is one checkpoint: the distinct findings with
-    two seeds or more that the index scores at the same train_step; every question's last checkpoint
-    together is one (the verdicts' family, whatever each question's training length)."""
+    many the folder scores) and `train_images` (mean over the runs, NaN where unknown). Holm's family is
+    one checkpoint: the distinct findings with two seeds or more that the index scores at the same
+    train_step; every question's last checkpoint together is one (the verdicts' family, whatever each
+    question's training length)."""
     found = []
     for folder, spec, rows in tables:
         rows = checkpointed(rows)
@@ -216,8 +217,9 @@ def assess(tables: list[tuple[str, str, pd.DataFrame]], found_in: dict[str, Publ
             for f in (found_in or {}).get(folder, NONE).findings:
                 v = measure(at, f, folder)
                 if v is not None and (last or v["seeds"]):  # a cell scored only at the end: no earlier verdict
-                    v.update(train_step=step, last=last, train_images=images.get(step, NAN), n_checkpoints=len(steps),
-                             checkpoint="last" if last else step, key=("last" if last else step, *v["key"]))
+                    v.update(train_step=step, last=last, train_images=images.get(step, NAN),
+                             n_checkpoints=len(steps), checkpoint="last" if last else step,
+                             key=("last" if last else step, *v["key"]))
                     found.append(v)
     first = {}
     for v in found:
