@@ -19,7 +19,7 @@ import pandas as pd
 from ablations.store.io import atomic_write
 from ablations.store.layout import ROWS, read_status, sample_grid_name
 from ablations.store.schema import (CURVES, IDENTITY, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING, SPEC_COLUMNS,
-                              STATUS_COLUMNS, foreign_metrics, read_rows)
+                              STATUS_COLUMNS, foreign_metrics, read_lines, rows_of)
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom; 1.96 (the normal's) beyond.
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -57,8 +57,9 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
     for run in runs:
         folder = Path(run["folder"])
         status = read_status(folder)
-        got, bad = read_rows(folder / ROWS)
-        foreign |= foreign_metrics(folder / ROWS)
+        lines = read_lines(folder / ROWS)
+        got, bad = rows_of(lines)
+        foreign |= foreign_metrics(lines)
         skipped += bad
         failed += status["state"] == "failed"
         attached = {c: run[c] for c in (*SPEC_COLUMNS, *axes)}

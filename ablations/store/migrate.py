@@ -27,7 +27,7 @@ from ablations.grid.config import TRAIN_FIELDS, TrainConfig
 from ablations.store import claim
 from ablations.store.io import append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_text
 from ablations.store.layout import CONFIG, PARTIAL, ROWS, RUN_ID, run_folder, slurm_folder, superseded
-from ablations.store.schema import WHOLE, identity, parse, row
+from ablations.store.schema import WHOLE, identity, read_lines, row
 
 RENAMED = {"base": "model_channels", "ema": "ema_decay", "steps": "train_steps"}
 TRAIN_METRICS = {"train_loss", "train_img_per_s", "train_wall_s"}
@@ -225,21 +225,20 @@ def restore_whole_rows(root, echo=print) -> int:
         folder = path.parent
         if not RUN_ID.fullmatch(folder.name) or ((h := claim.read(folder)) and claim.alive(h)):
             continue
-        rows = _lines((folder / ROWS).read_bytes() if (folder / ROWS).exists() else b"")
-        have = {identity(obj) for _, kind, obj in parse(b"\n".join(rows)) if kind in WHOLE}
-        there = set(rows)
-        aside = parse(path.read_bytes())
+        current, aside = read_lines(folder / ROWS), read_lines(path)
+        have = {identity(obj) for _, kind, obj in current if kind in WHOLE}
+        there = {line for line, _, _ in current}
         back, rest = [], []
         for line, kind, obj in aside:
             if line in there:
                 continue  # restored by a call killed before it rewrote rows.partial.jsonl
             if kind in WHOLE and identity(obj) not in have:
                 have.add(identity(obj))
-                back.append(line)
+                back.append((line, kind, obj))
             else:
                 rest.append(line)
         if back:
-            merged = [line for _, line in heapq.merge(_stamped(rows), _stamped(back), key=lambda t: t[0])]
+            merged = [line for _, line in heapq.merge(_stamped(current), _stamped(back), key=lambda t: t[0])]
             _write_lines(folder / ROWS, merged)
             echo(f"migrate: {folder.name}: {len(back)} whole rows an older suite had set aside in {PARTIAL} "
                  f"-> {ROWS}")
@@ -251,23 +250,16 @@ def restore_whole_rows(root, echo=print) -> int:
     return count
 
 
-def _lines(data: bytes) -> list[bytes]:
-    lines = data.split(b"\n")
-    return lines[:-1] if lines[-1] == b"" else lines
-
-
 def _write_lines(path, lines):
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(b"".join(line + b"\n" for line in lines)))
 
 
 def _stamped(lines):
-    """(timestamp, line) per line, a line without one taking the one before it: the order `heapq.merge` keeps."""
+    """(timestamp, line) per parsed line, a line without one taking the one before it: the order `heapq.merge`
+    keeps."""
     stamp = float("-inf")
-    for line in lines:
-        try:
-            t = json.loads(line).get("timestamp")
-        except (ValueError, AttributeError):
-            t = None
+    for line, _, obj in lines:
+        t = obj.get("timestamp") if isinstance(obj, dict) else None
         if isinstance(t, (int, float)) and not isinstance(t, bool):
             stamp = float(t)
         yield stamp, line

@@ -126,8 +126,8 @@ def parse(data: bytes) -> list[tuple[bytes, str, dict | None]]:
             obj = json.loads(line.decode("utf-8", errors="replace"))
         except ValueError:
             obj = None
-        out.append((line, "row" if problem(obj) is None else "foreign" if problem(obj, known=False) is None
-                    else "bad", obj))
+        kind = "row" if problem(obj) is None else "foreign" if problem(obj, known=False) is None else "bad"
+        out.append((line, kind, obj))
     written = {}
     for _, kind, obj in out:
         if kind in WHOLE and obj.get("append_id") is not None:
@@ -137,25 +137,28 @@ def parse(data: bytes) -> list[tuple[bytes, str, dict | None]]:
             for line, kind, obj in out]
 
 
+def read_lines(path) -> list[tuple[bytes, str, dict | None]]:
+    """`parse` of a rows file; none when there is no file."""
+    try:
+        return parse(Path(path).read_bytes())
+    except FileNotFoundError:
+        return []
+
+
+def rows_of(lines) -> tuple[list[dict], int]:
+    """(the rows of parsed lines, how many lines were skipped: not rows, or rows of a cut append). Whole
+    rows of a metric this suite does not know ("foreign") are neither read nor counted."""
+    return [obj for _, kind, obj in lines if kind == "row"], sum(kind not in WHOLE for _, kind, _ in lines)
+
+
 def read_rows(path) -> tuple[list[dict], int]:
-    """(the rows of a rows file, how many of its lines were skipped: not rows, or rows of a cut append).
-    Whole rows of a metric this suite does not know ("foreign") are neither read nor counted."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return [], 0
-    lines = parse(data)
-    rows = [obj for _, kind, obj in lines if kind == "row"]
-    return rows, sum(kind not in WHOLE for _, kind, _ in lines)
+    """`rows_of` a rows file."""
+    return rows_of(read_lines(path))
 
 
-def foreign_metrics(path) -> set[str]:
-    """The metrics of a rows file's whole rows that this suite does not know (a newer suite's)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return set()
-    return {obj["metric"] for _, kind, obj in parse(data) if kind == "foreign"}
+def foreign_metrics(lines) -> set[str]:
+    """The metrics of the whole rows among parsed lines that this suite does not know (a newer suite's)."""
+    return {obj["metric"] for _, kind, obj in lines if kind == "foreign"}
 
 
 def key(r: dict) -> tuple:
