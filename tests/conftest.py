@@ -39,6 +39,14 @@ def tiny_spec(name="t", norms='["group"]', steps=4, every=2, sample_steps="5") -
     return TINY.format(name=name, norms=norms, steps=steps, every=every, sample_steps=sample_steps)
 
 
+def spec_findings(*folders) -> dict:
+    """folder (<spec>[-<scale>]) -> its spec's findings, as `ablate collect` writes them into findings.json:
+    what a test decides by, read from ablations/ rather than from a committed results folder."""
+    from ablations.reporting.verdicts import published
+    return {name: published(load_spec(ROOT / "ablations" / f"{name.split('-')[0]}.toml").findings)
+            for name in folders}
+
+
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory):
     """The norm question's smoke grid, run once end to end through the CLI: (spec, runs root, result)."""

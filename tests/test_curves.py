@@ -1,18 +1,21 @@
 """Curves over training on hand-made rows: a summary cell per checkpoint, verdicts per checkpoint with a Holm
 family per train_step, the settled rule, the cost to each checkpoint, and old rows read as one checkpoint."""
 import math
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
+from conftest import spec_findings
+from ablations.grid.spec import load_spec
+from ablations.store.io import write_json
 from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
 from ablations.reporting import axes, stats
 from ablations.reporting.table import checkpointed, checkpoints, cost, summarize
-from ablations.reporting.verdicts import assess, last, read, settled, settled_text, trajectories, trajectory_text
+from ablations.reporting.verdicts import (ALPHA, FILE, assess, last, p_text, settled, settled_text, trajectories,
+                                          trajectory_text)
 
 ROOT = Path(__file__).resolve().parent.parent
-FOUND = {name: read(ROOT / "results" / name) for name in ("prediction-cpu", "schedule-cpu", "sampler-cpu")}  # collected
+FOUND = spec_findings("prediction-cpu", "schedule-cpu", "sampler-cpu")
 STEPS = [350, 700, 1400, 2800]
 BATCH = 32
 DDIM20 = {"sampler": "ddim", "steps": 20, "eta": 0.0, "clip_x0": True, "spacing": "leading"}
@@ -59,7 +62,7 @@ def _folder(root, name, rows, axis) -> Path:
     (root / name).mkdir()
     rows.to_csv(root / name / "rows.csv", index=False)
     axes.write(root / name, **axes.from_rows(rows, f"ablations/{axis}.toml", [axis]))
-    shutil.copy(ROOT / "results" / name / "findings.json", root / name)  # as collect writes it
+    write_json(root / name / FILE, load_spec(ROOT / "ablations" / f"{axis}.toml").findings)  # as collect writes it
     return root / name
 
 
@@ -99,6 +102,23 @@ def test_verdicts_per_checkpoint_with_a_holm_family_per_train_step():
     assert settled_text(pred) == "settled from 1,400 steps"
     sched = _curve(found, "schedule-cpu", "nll_bpd")
     assert trajectory_text(sched) == "agrees from 350" and settled(sched) == ("settled", 350)
+
+
+def test_a_disagreement_shows_the_reverses_adjusted_p_that_decided_it():
+    """eps − x0 of +20, +25, +22 FID: the claim (eps lower) has p near 1; its reverse (eps higher) passes, and
+    that reverse's adjusted p is the one the verdict table and the over-training cells print."""
+    from ablations.reporting.verdicts import over_training, section
+    up = [[20.0, 25.0, 22.0]] * 2
+    found = assess([("prediction-cpu", "prediction", _pred(up, STEPS[2:]))], FOUND)
+    end = _curve(found, "prediction-cpu", "fid")[-1]
+    assert end["verdict"] == "disagrees" and end["p_holm"] > 0.99 and end["p_reverse_holm"] < ALPHA
+    shown = f"reverse p {p_text(end['p_reverse_holm'])}"
+    table = "\n".join(section(_pred(up, STEPS[2:]), "prediction", found=last(found), curves=found,
+                              published=FOUND["prediction-cpu"]))
+    assert f"| **disagrees** ({shown}) |" in table
+    assert f"| {p_text(end['p_holm'])} | **disagrees**" in table  # the claim's own p stays in its column
+    cells = "\n".join(over_training(found))
+    assert cells.count(f": disagrees ({shown})") == 2 and "disagrees (p " not in cells
 
 
 def test_every_questions_last_checkpoint_is_the_verdicts_family():
@@ -141,9 +161,13 @@ def test_a_cell_scored_only_at_the_last_checkpoint_has_one_verdict():
 
 
 def test_old_rows_without_a_train_step_are_one_checkpoint_the_last():
-    """Committed rows predate checkpoint scoring: their eval rows' train_step is empty. They read as the run's
-    last training step, and decide as the same rows would with that step written in."""
-    rows = pd.read_csv(ROOT / "results" / "prediction-cpu" / "rows.csv")
+    """Rows from before checkpoint scoring (the suite's until issue 25): eval rows of the final weights with an
+    empty train_step, and no train_images or train_flops rows. They read as the run's last training step, and
+    decide as the same rows would with that step written in."""
+    rows = _pred(MIXED + LATE)
+    rows = rows[((rows["phase"] == "train") | (rows["train_step"] == STEPS[-1]))
+                & ~rows["metric"].isin(["train_images", "train_flops"])]
+    rows = rows.assign(train_step=rows["train_step"].where(rows["phase"] == "train"))
     assert rows.loc[rows["phase"] == "eval", "train_step"].isna().all()
     last_step = rows.loc[rows["phase"] == "train", "train_step"].max()
     filled = checkpointed(rows)

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -6,9 +7,12 @@ import pandas as pd
 from click.testing import CliRunner
 
 from ablations.commands.cli import main
+from ablations.grid.spec import load_spec
+from ablations.store.io import write_json
 from ablations.store.layout import run_folder
 from ablations.store.schema import AXES
 from ablations.reporting.table import ci95
+from conftest import spec_findings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,9 +20,8 @@ FIGURES = ["fid_vs_steps", "bars", "loss", "throughput", "samples"]
 
 
 def _found(*folders):
-    """folder -> its committed findings.json (what `ablate collect` wrote from the spec)."""
-    from ablations.reporting.verdicts import read
-    return {name: read(ROOT / "results" / name) for name in folders}
+    """folder -> its spec's findings (what `ablate collect` writes into findings.json)."""
+    return spec_findings(*folders)
 
 
 def _ablate(*args):
@@ -337,13 +340,14 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
     assert "| **agrees**" in better and "| **disagrees**" not in better and "what was checked" not in better
     # the index links a disagreement to that section
     from ablations.reporting.index import write_index
-    from ablations.reporting.verdicts import CHECKED_ANCHOR, CHECKED_TITLE
+    from ablations.reporting.verdicts import CHECKED_ANCHOR, CHECKED_TITLE, FILE
     (tmp_path / "sampler-cpu").mkdir()
-    shutil.copy(ROOT / "results" / "sampler-cpu" / "findings.json", tmp_path / "sampler-cpu")
+    write_json(tmp_path / "sampler-cpu" / FILE, load_spec(ROOT / "ablations" / "sampler.toml").findings)
     table = disagreeing.assign(ablation="sampler-cpu", scale="cpu", run_id="r", phase="eval")
     table.to_csv(tmp_path / "sampler-cpu" / "rows.csv")
     index = write_index(tmp_path).read_text()
-    assert f"**disagrees** ([what was checked](sampler-cpu/report.md#{CHECKED_ANCHOR}))" in index
+    assert re.search(r"\*\*disagrees\*\* \(reverse p [0-9.e-]+\) "
+                     rf"\(\[what was checked\]\(sampler-cpu/report.md#{CHECKED_ANCHOR}\)\)", index)
     assert CHECKED_ANCHOR == CHECKED_TITLE.lower().replace(":", "").replace(" ", "-")
 
 

@@ -21,8 +21,15 @@ PINNED = {("demo", None): ["77629df2c0"],
 
 # the same configs under the current rule (computed when train_steps left the hash)
 CURRENT = {("demo", None): ["43508f222d"],
-           ("sampler", "cpu"): ["8fad2882ed"],
+                ("sampler", "cpu"): ["8fad2882ed"],
            ("schedule", "cpu"): ["11e478b788"]}
+# the specs' runs as they stand, in grid order: the curve grid's (issue 25), as its runs root holds them
+AS_SPECIFIED = {("prediction", "curve"): ["fa01109050", "2c84c50a29", "ec4eada6aa", "3dc90e62b2", "e68b470fc4",
+                                          "f0241033c5", "ca471022e3", "c54bd8e756", "696d07bade"],
+                ("norm", "curve"): ["fa01109050", "2c84c50a29", "ec4eada6aa", "f4a1aad6ad", "5054d08e16", "179648dce5"],
+                ("schedule", "curve"): ["fa01109050", "2c84c50a29", "ec4eada6aa", "87a06da578", "7361d0ce2e", "2f81bcc5b0"],
+                ("loss", "curve"): ["fa01109050", "2c84c50a29", "ec4eada6aa", "7200fb9534", "72271e8888", "7be5779392"],
+                ("sampler", "cpu"): ["8fad2882ed", "2ed2018459", "26050e6c79"]}
 
 
 def at_defaults(cfg):
@@ -42,20 +49,31 @@ def test_current_ids_are_pinned(stem, scale):
     assert ids[:len(CURRENT[(stem, scale)])] == CURRENT[(stem, scale)]
 
 
+@pytest.mark.parametrize("stem, scale", list(AS_SPECIFIED))
+def test_the_curve_grids_ids_are_pinned(stem, scale):
+    runs = load_spec(ROOT / "ablations" / f"{stem}.toml", scale).runs
+    ids = list(dict.fromkeys(r.run_id for r in runs))
+    assert ids[:len(AS_SPECIFIED[(stem, scale)])] == AS_SPECIFIED[(stem, scale)]
+
+
 @pytest.mark.parametrize("stem, scale", list(PINNED))
 def test_pinned_ids_are_unchanged_with_new_fields_at_their_defaults(stem, scale):
     runs = load_spec(ROOT / "ablations" / f"{stem}.toml", scale).runs
     assert list(dict.fromkeys(at_defaults(r.config) for r in runs)) == PINNED[(stem, scale)]
 
 
-@pytest.mark.parametrize("folder", sorted((ROOT / "results").glob("*-cpu")), ids=lambda p: p.name)
+SCALED = [p.parent for p in sorted((ROOT / "results").glob("*-*/rows.csv"))]  # results/<spec>-<scale>/
+
+
+@pytest.mark.parametrize("folder", SCALED, ids=lambda p: p.name)
 def test_committed_results_resolve_from_their_specs(folder):
     """Each committed rows.csv's run ids are its spec's cpu runs with every new field at its default, under the
     legacy rule (written before train_steps left the hash) or the current one (rerun since), or, for a folder
     made since (weighting-cpu, whose axis is a new field), the spec's runs as they stand."""
     with open(folder / "rows.csv", newline="") as f:
         committed = {r["run_id"] for r in csv.DictReader(f)}
-    spec = load_spec(ROOT / "ablations" / f"{folder.name.removesuffix('-cpu')}.toml", "cpu")
+    stem, scale = folder.name.rsplit("-", 1)
+    spec = load_spec(ROOT / "ablations" / f"{stem}.toml", scale)
     legacy, current = ({getattr(replace(r.config, **NEW), rule)() for r in spec.runs}
                        for rule in ("legacy_run_id", "run_id"))
     assert committed in (legacy, current, {r.run_id for r in spec.runs})  # before the rule changed, after, or now

@@ -37,7 +37,8 @@ from ablations.reporting.table import at_step, checkpointed, checkpoints, ci95, 
 
 ALPHA = 0.05
 RULE = ("Verdicts test paired per-seed differences d = a − b (Student's t over seeds). A finding 'a lower "
-        "than b' is the one-sided test of mean d < 0 (95% CI shown); a finding of parity is TOST against the "
+        "than b' is the one-sided test of mean d < 0 (95% CI shown: a one-sided test at 0.05 can pass while that CI "
+        "spans zero, as its bound is the 90% CI's); a finding of parity is TOST against the "
         "absolute margin the finding states (90% CI shown: p < 0.05 exactly when it lies inside the margin); a "
         "comparison without a published direction is the two-sided test. The p-values of every distinct published "
         "finding of the results index form one family, Holm-adjusted (Holm 1979); a question's comparisons "
@@ -466,9 +467,17 @@ def paper_text(f: Finding) -> str:
                       f"{f.why}" if f.expect == "parity" else "")
 
 
+def deciding_p(v: dict) -> str:
+    """The Holm-adjusted p that decided the verdict: the reverse's for a disagreement, the claim's otherwise."""
+    if v["verdict"] == "disagrees":
+        return f"reverse p {p_text(v['p_reverse_holm'])}"
+    return f"p {p_text(v['p_holm'])}"
+
+
 def verdict_text(v: dict) -> str:
-    """The verdict in bold, with why it awaits the rerun or which finding it repeats."""
-    text = f"**{v['verdict']}**"
+    """The verdict in bold, with why it awaits the rerun, the reverse's adjusted p that made it a disagreement,
+    or which finding it repeats."""
+    text = f"**{v['verdict']}**" + (f" ({deciding_p(v)})" if v["verdict"] == "disagrees" else "")
     if v["verdict"] == "awaits the rerun":
         text += f": {v['finding'].awaits}"
     if v["same_as"] is not None:
@@ -516,12 +525,13 @@ def over_training(found: list[dict]) -> list[str]:
         return []
     lines = ["### Verdicts over training", "",
              "Each finding at every checkpoint scored (columns: training step): a − b with its CI, the verdict and "
-             "the Holm-adjusted p within the checkpoint's family.", "",
+             "the Holm-adjusted p that decided it within the checkpoint's family (a disagreement's: its reverse's).",
+             "",
              "| metric | a | b | " + " | ".join(step_text(s) for s in steps) + " | over training | settled |",
              "|---|---|---|" + "---|" * len(steps) + "---|---|"]
     for c in curves:
         at = {v["train_step"]: v for v in c}
-        cells = [f"{diff_text(at[s])}: {at[s]['verdict']} (p {p_text(at[s]['p_holm'])})" if s in at else "-"
+        cells = [f"{diff_text(at[s])}: {at[s]['verdict']} ({deciding_p(at[s])})" if s in at else "-"
                  for s in steps]
         lines.append(f"| {c[-1]['finding'].metric} | {c[-1]['a']} | {c[-1]['b']} | " + " | ".join(cells) +
                      f" | {trajectory_text(c)} | {settled_text(c)} |")
