@@ -29,7 +29,7 @@ from ablations.running.data import load
 from ablations.metrics.fidelity import fid
 from ablations.store.io import write_json
 from ablations.store.layout import orphans, read_status, run_folder
-from ablations.store.schema import IDENTITY, key, read_rows, row
+from ablations.store.schema import IDENTITY, OPTIONAL, key, read_rows, row
 from ablations.grid.spec import load_spec
 from ablations.reporting.table import collect
 
@@ -226,7 +226,7 @@ def test_collect_drops_rows_whose_eval_key_repeats_and_counts_them(tmp_path):
     assert counts["duplicates"] == 2 and counts["rows"] == 4
     assert rows[rows["metric"] == "sample_wall_s"]["value"].tolist() == [1.0]  # the first measurement kept
     assert (summary["seeds"] == 1).all()
-    assert set(IDENTITY) <= set(rows.columns)
+    assert set(IDENTITY) - set(OPTIONAL) <= set(rows.columns) and not set(OPTIONAL) & set(rows.columns)  # unused
 
 
 def test_a_torn_append_does_not_count_as_written_anywhere(tmp_path):

@@ -60,10 +60,13 @@ def test_a_bad_finding_is_refused_with_file_key_and_choices(tmp_path, change, ke
     ('[[note]]\ntext = "FID is {fid}"\n', "note[0].text", "its fields ['fid'] must be the names of its values []"),
     ('[[note]]\ncomputed = "heun"\ntext = "x"\n', "note[0]", "give exactly one of `text`"),
     ('[[checked]]\ncomputed = "hune"\n', "checked[0].computed", "valid choices: 'sampler_identity', 'heun', 'solver'"),
-    ('[[checked]]\ntext = "r {r}"\n[checked.values.r]\nof = "mean"\n', "checked[0].values.r.of",
-     "'mean' is not one of the valid choices: 'ratio', 'range'"),
+    ('[[checked]]\ntext = "r {r}"\n[checked.values.r]\nof = "median"\n', "checked[0].values.r.of",
+     "'median' is not one of the valid choices: 'ratio', 'range', 'mean'"),
     ('[[checked]]\ntext = "r {r}"\n[checked.values.r]\nof = "range"\nmetric = "fid"\na = { width = 3 }\n',
      "checked[0].values.r.a.width", "is not one of the valid choices: 'norm'"),
+    ('[[checked]]\ntext = "r {r}"\n[checked.values.r]\nof = "mean"\nmetric = "x0_rms"\nformat = "q"\n'
+     'a = { norm = "group" }\n',
+     "checked[0].values.r.format", "is not a number format"),
     ('[[checked]]\ntext = "x"\nad_hoc = "yes"\n', "checked[0].ad_hoc", "expected true or false"),
     ('no_paper = 3\n', "no_paper", "expected a string"),
 ])
@@ -149,6 +152,12 @@ def test_a_typed_lines_numbers_come_from_the_rows():
     assert verdicts.lines(rows, tables, curve=True) == ["x0: 100-116 bits/dim"]  # the rows hold the curve
     empty = [{**tables[0], "values": {"nll": {**tables[0]["values"]["nll"], "a": {"prediction": "v"}}}}]
     assert verdicts.lines(rows, empty) == ["x0: - bits/dim"]
+    # a cell's mean over seeds, and a cell named by an x0_rms row's timestep
+    rms = pd.DataFrame([{"metric": "x0_rms", "seed": s, "prediction": "x0", "t": t, "value": v}
+                        for s, (t, v) in enumerate([(700, 0.52), (700, 0.54), (0, 0.07), (0, 0.09)])])
+    mean = [{"text": "x0 at t = 700: {e}", "values": {"e": {"of": "mean", "metric": "x0_rms", "format": ".2f",
+                                                               "a": {"prediction": "x0", "t": 700}}}}]
+    assert verdicts.lines(rms, mean) == ["x0 at t = 700: 0.53"]
 
 
 def test_the_committed_folders_hold_their_specs_findings():

@@ -108,8 +108,12 @@ class EvalConfig:
     nll_strata: int = 16  # K: one timestep per stratum, per image; 0 = exact sum over all T
     grid_images: int = 64  # images in each sample-grid PNG
     solver_images: int = 0  # solver_rms over the first this many images of each deterministic setting; 0: none
+    denoise_t: tuple = ()  # timesteps t whose x0_rms rows score the x0 estimate from x_t (nll_images test images)
     eval_at: tuple = ()  # training steps whose checkpoints are scored (kept whatever the pruning); the last always is
     last_only: tuple = ()  # settings scored at the last checkpoint only (`curve = false` in [[eval.setting]])
+
+
+NOT_SETTINGS = ("nll", "denoise", "cost")  # the evaluations of a checkpoint that are not a sampler setting's
 
 
 def eval_steps(ev: EvalConfig, total: int) -> tuple:

@@ -28,7 +28,8 @@ FINDING_KEYS = {"metric", "a", "b", "expect", "margin", "why", "source", "table"
 NEEDS = ("metric", "a", "b", "expect", "source", "paper")
 EXPECTS = ("lower", "higher", "parity", "differs")
 LINE_KEYS = {"text", "values", "ad_hoc", "computed"}
-QUANTITIES = {"ratio": {"of", "metric", "a", "b", "format"}, "range": {"of", "metric", "a", "step"}}
+QUANTITIES = {"ratio": {"of", "metric", "a", "b", "format"}, "range": {"of", "metric", "a", "step"},
+              "mean": {"of", "metric", "a", "format"}}
 COMPUTED = ("sampler_identity", "heun", "solver")  # lines ablations/reporting/verdicts.py computes in full
 FILE = "findings.json"  # in the results folder
 
@@ -36,7 +37,7 @@ FILE = "findings.json"  # in the results folder
 def parse(raw: dict, err, axes=()) -> dict:
     """The findings and notes of a spec's table `raw` (its grid `axes` name cell columns) as the JSON object
     collect writes: {"spec": its name, "findings": [...], "no_paper": str, "note": [...], "checked": [...]}."""
-    columns = (*dict.fromkeys((*axes, *AXES)), *SETTING)
+    columns = (*dict.fromkeys((*axes, *AXES)), *SETTING, "t")  # t: an x0_rms cell's timestep
     found = [_finding(f, f"finding[{i}]", columns, err) for i, f in enumerate(_list(raw, "finding", err))]
     no_paper = raw.get("no_paper", "")
     _text(no_paper, "no_paper", err, empty=True)
@@ -121,16 +122,17 @@ def _line(x, key, columns, err) -> dict:
 
 
 def _quantity(q, key, columns, err) -> dict:
-    """A number a line quotes, computed from the rows: a ratio of two cells' means, or a cell's range."""
+    """A number a line quotes, computed from the rows: a ratio of two cells' means, a cell's mean, or its range."""
     if not isinstance(q, dict):
         raise err(key, f"expected a table with `of`, got {q!r}")
     of = _choice(q.get("of"), tuple(QUANTITIES), f"{key}.of", err)
     known(q, QUANTITIES[of], f"{key}.", err)
     out = {"of": of, "metric": _choice(q.get("metric"), tuple(METRICS), f"{key}.metric", err),
            "a": _cell(q.get("a", {}), f"{key}.a", columns, err, empty=of == "range")}
-    if of == "ratio":
-        out.update(b=_cell(q.get("b"), f"{key}.b", columns, err),
-                   format=_text(q.get("format", ".3g"), f"{key}.format", err))
+    if of in ("ratio", "mean"):
+        out.update(format=_text(q.get("format", ".3g"), f"{key}.format", err))
+        if of == "ratio":
+            out["b"] = _cell(q.get("b"), f"{key}.b", columns, err)
         try:
             format(1.0, out["format"])
         except ValueError:

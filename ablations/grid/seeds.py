@@ -13,6 +13,7 @@ PURPOSES = (
     "image",        # (sample_seed, i): x_T and the sampler noise of generated image i
     "nll",          # (sample_seed, i): the timesteps and noise of test image i in the NLL estimate
     "bn_stats",     # (seed,): the fixed training batches the EMA model's BatchNorm statistics come from
+    "denoise",      # (sample_seed, i): the noise of test image i in the x0_rms rows (one eps for every t)
 )
 
 

@@ -432,6 +432,9 @@ def _fits_runs(ev, runs, extractors, err):
                                     f"valid: 1..{size['test']}")
         if ev.nll_strata > cfg.T:
             raise err("nll_strata", f"{ev.nll_strata} strata for T={cfg.T} (run {run.run_id}); valid: 0..{cfg.T}")
+        if list(ev.denoise_t) != sorted(set(ev.denoise_t)) or any(not 0 <= t < cfg.T for t in ev.denoise_t):
+            raise err("denoise_t", f"{list(ev.denoise_t)} must be distinct timesteps in ascending order within "
+                                   f"0..{cfg.T - 1} (run {run.run_id} has T={cfg.T}); valid: e.g. [0, {cfg.T // 2}]")
     if ev.grid_images > ev.fid_samples:
         raise err("grid_images", f"{ev.grid_images} is more than fid_samples={ev.fid_samples}; "
                                  f"valid: 1..{ev.fid_samples}")

@@ -353,6 +353,22 @@ def curves(rows, axis, out_dir):
     return save_figure(fig, out_dir, "curves")
 
 
+def denoising(rows, axis, out_dir):
+    """x0_rms against the timestep t (the x0 estimate's error by noise level), a line per axis value with its
+    seed band, at the last checkpoint (`rows` are that checkpoint's); nothing where the rows hold none."""
+    d = rows[(rows["metric"] == "x0_rms") & rows["value"].notna()] if "t" in rows else rows.iloc[:0]
+    if d.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    sns.lineplot(data=d, x="t", y="value", hue=axis, marker="o", errorbar=t_band, ax=ax)
+    ax.set_yscale("log")
+    step = d["train_step"].dropna()
+    at = f", checkpoint of step {int(step.max()):,}" if len(step) else ""
+    ax.set(xlabel="timestep t of x_t", ylabel="RMS error of the x0 estimate", title=f"denoising error by noise level{at}")
+    ax.title.set_fontsize(8)
+    return save_figure(fig, out_dir, "denoising")
+
+
 def differences(found: list[dict], out_dir, name="differences"):
     """Each finding's paired difference a − b against training images seen (log x), one panel per finding,
     with its CI band (95%; 90% for parity) and zero marked; the parity margin shaded. For findings scored at
@@ -404,5 +420,6 @@ def plot_all(out_dir) -> list[Path]:
     found = [v for v in verdicts.assess(verdicts.tables(out_dir.parent), verdicts.read_all(out_dir.parent))
              if v["folder"] == out_dir.name]
     at_last = final(rows)
-    return [*(p for fn in (fid_vs_steps, bars, loss_curves, throughput, sample_grids) for p in fn(at_last, axis, out_dir)),
+    return [*(p for fn in (fid_vs_steps, bars, loss_curves, throughput, sample_grids, denoising)
+              for p in fn(at_last, axis, out_dir)),
             *forest(verdicts.last(found), out_dir), *curves(rows, axis, out_dir), *differences(found, out_dir)]

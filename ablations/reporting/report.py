@@ -89,7 +89,8 @@ TABLES = (("FID by sampler setting", "fid", True), ("KID by sampler setting", "k
            True),
           ("Bits/dim", "nll_bpd", False), ("Training images/s", "train_img_per_s", False),
           ("Sampling images/s", "sample_img_per_s", True))
-FIGURES = ("fid_vs_steps", "bars", "forest", "curves", "differences", "loss", "throughput", "samples")
+FIGURES = ("fid_vs_steps", "bars", "forest", "curves", "differences", "denoising", "loss", "throughput",
+           "samples")
 CURVES = (("FID", "fid"), ("KID", "kid"), ("Precision", "precision"), ("Recall", "recall"), ("Bits/dim", "nll_bpd"))
 
 
@@ -104,6 +105,21 @@ def metric_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
             if not table.empty:
                 parts += [f"## {title}" + (f" ({ex})" if ex else ""), "", markdown(table), ""]
     return parts
+
+
+def denoising_table(summary: pd.DataFrame, axis: str | None) -> list[str]:
+    """x0_rms by timestep (a column per t), at the last checkpoint (`summary` is that checkpoint's)."""
+    d = summary[summary["metric"] == "x0_rms"] if "t" in summary else summary.iloc[:0]
+    if d.empty:
+        return []
+    d = d.assign(cell=[_cell(m, c, n) for m, c, n in zip(d["mean"], d["ci95"], d["seeds"])])
+    table = d.pivot_table(index=axis or "ablation", columns="t", values="cell", aggfunc="first")
+    table.columns = [f"t = {int(t)}" for t in table.columns]
+    clip = "clipped to [-1, 1] as the samplers clip it" if d["clip_x0"].astype(str).eq("True").all() else "unclipped"
+    return ["## Denoising error by timestep", "",
+            f"RMS error of the network's x0 estimate from x_t ({clip}), mean per-image over the "
+            f"{', '.join(sorted({_fmt_int(v) for v in d['n'].dropna()}))} test images, one noise draw per image "
+            "for every t (the `x0_rms` rows).", "", markdown(table.reset_index()), ""]
 
 
 def checkpoint_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
@@ -152,7 +168,7 @@ def write_report(out_dir) -> Path:
                       .astype(object).fillna("")), ""]
     steps = checkpoints(rows)
     at_last = summary if len(steps) < 2 else summary[summary["train_step"].isna() | (summary["train_step"] == steps[-1])]
-    parts += metric_tables(at_last, axis) + checkpoint_tables(summary, axis)
+    parts += metric_tables(at_last, axis) + denoising_table(at_last, axis) + checkpoint_tables(summary, axis)
     found_in = verdicts.read_all(out_dir.parent)  # each folder's findings.json
     curves = [v for v in verdicts.assess(verdicts.tables(out_dir.parent), found_in) if v["folder"] == out_dir.name]
     parts += verdicts.section(rows, spec_of(rows), verdicts.last(curves), curves,  # Holm over the whole index

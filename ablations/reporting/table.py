@@ -18,8 +18,8 @@ import pandas as pd
 
 from ablations.store.io import atomic_write
 from ablations.store.layout import ROWS, read_status, sample_grid_name
-from ablations.store.schema import (CURVES, IDENTITY, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING, SPEC_COLUMNS,
-                              STATUS_COLUMNS, foreign_metrics, read_lines, rows_of)
+from ablations.store.schema import (CURVES, IDENTITY, OPTIONAL, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING,
+                                    SPEC_COLUMNS, STATUS_COLUMNS, foreign_metrics, read_lines, rows_of)
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom; 1.96 (the normal's) beyond.
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -81,6 +81,7 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
         table[col] = table[col].map(lambda v: "-".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
     before = len(table)
     table = table.drop_duplicates(subset=list(IDENTITY), ignore_index=True)  # the first of each number
+    table = table.drop(columns=[c for c in OPTIONAL if table[c].isna().all()])  # a later column, where used
     write_csv(table, out_dir / "rows.csv")
     # summarised from the file, as `ablate results` does, so both give the same bytes
     write_csv(summarize(pd.read_csv(out_dir / "rows.csv"), axes), out_dir / "summary.csv")
@@ -117,7 +118,7 @@ def summarize(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """Mean, std, 95% CI and `seeds` (how many values: one per training seed) per cell (cell_columns)."""
     table = checkpointed(table)
     done = table[~table["metric"].isin(CURVES) & (table["metric"] != "status") & table["value"].notna()]
-    g = done.groupby(cell_columns(axes), dropna=False)["value"]
+    g = done.groupby([c for c in cell_columns(axes) if c in done or c not in OPTIONAL], dropna=False)["value"]
     out = g.agg(mean="mean", std="std", seeds="count").reset_index()
     out["ci95"] = [ci95(s, n) for s, n in zip(out["std"], out["seeds"])]
     return out

@@ -414,7 +414,8 @@ COMPUTED = {"sampler_identity": sampler_identity, "heun": heun_note, "solver": s
 
 def quantity(rows: pd.DataFrame, q: dict) -> str:
     """A number a typed line quotes, from the rows (ablations/grid/findings.py): "ratio", the mean over seeds
-    of cell a over cell b's, in q's format; "range", the lowest and highest of cell a's per-seed values
+    of cell a over cell b's, in q's format; "mean", cell a's mean over seeds, likewise; "range", the lowest and
+    highest of cell a's per-seed values
     (every value of the metric when a is empty), floored and ceiled to q's step; "-" where the rows lack
     the cells."""
     a = _select(rows, q["metric"], q["a"]) if q["a"] else rows.loc[rows["metric"] == q["metric"], "value"].dropna()
@@ -423,6 +424,8 @@ def quantity(rows: pd.DataFrame, q: dict) -> str:
     if q["of"] == "ratio":
         b = _select(rows, q["metric"], q["b"])
         return format(a.mean() / b.mean(), q["format"]) if len(b) else "-"
+    if q["of"] == "mean":
+        return format(a.mean(), q["format"])
     step = q["step"]
     return f"{math.floor(a.min() / step) * step}-{math.ceil(a.max() / step) * step}"
 

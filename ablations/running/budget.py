@@ -3,7 +3,7 @@
 FLOPs are counted by torch.utils.flop_counter (convolutions, matmuls, attention) per image:
 - training: steps x batch x (forward + backward);
 - sampling: per setting, fid_samples x NFE x forward;
-- NLL: nll_images x (strata, or T when exact) x forward.
+- NLL: nll_images x (strata, or T when exact) x forward; x0_rms: nll_images x len(denoise_t) x forward.
 The FID pass and elementwise work are left out; they are a few percent at the scales here.
 """
 import functools
@@ -13,7 +13,7 @@ import time
 import torch
 
 from ablations.running.data import SHAPES, SIZES
-from ablations.grid.config import TrainConfig, eval_steps, scored_at
+from ablations.grid.config import NOT_SETTINGS, TrainConfig, eval_steps, scored_at
 from ablations.grid.axes import OPTIMIZERS
 from ablations.running.training import ARCHITECTURE, architecture, build_model, total_steps
 from core.samplers import nfe
@@ -41,17 +41,19 @@ def _per_image(arch: tuple) -> tuple[float, float]:
 
 def run_flops(cfg, ev, steps_left: int, todo=None) -> dict:
     """{train, sample, nll}: FLOPs still to do for one run with `steps_left` training steps and the
-    evaluations `todo`: (train_step, setting or "nll") pairs, as `runner.missing` gives them (default:
-    every setting and the NLL at every checkpoint the spec scores, `config.eval_steps`)."""
+    evaluations `todo`: (train_step, setting or "nll" or "denoise") pairs, as `runner.missing` gives them
+    (default: every setting, the NLL and the x0_rms rows at every checkpoint the spec scores,
+    `config.eval_steps`); "nll" counts the x0_rms passes too."""
     if todo is None:
         total = total_steps(cfg, SIZES[cfg.dataset]["train"])
-        todo = [(at, w) for at in eval_steps(ev, total) for w in (*scored_at(ev, total, at), "nll")]
+        todo = [(at, w) for at in eval_steps(ev, total)
+                for w in (*scored_at(ev, total, at), "nll", *(("denoise",) if ev.denoise_t else ()))]
     todo = list(dict.fromkeys(todo))  # a setting once per checkpoint, whatever it lacks
     fwd, both = per_image(cfg)
-    sample = sum(ev.fid_samples * nfe(s.sampler, s.steps) for _, s in todo if s not in ("nll", "cost")) * fwd
-    nll_passes = sum(1 for _, s in todo if s == "nll")
-    return {"train": steps_left * cfg.batch * both, "sample": sample,
-            "nll": nll_passes * ev.nll_images * (ev.nll_strata or cfg.T) * fwd}
+    sample = sum(ev.fid_samples * nfe(s.sampler, s.steps) for _, s in todo if s not in NOT_SETTINGS) * fwd
+    passes = sum((ev.nll_strata or cfg.T) if s == "nll" else len(ev.denoise_t) if s == "denoise" else 0
+                 for _, s in todo)
+    return {"train": steps_left * cfg.batch * both, "sample": sample, "nll": passes * ev.nll_images * fwd}
 
 
 def timed(fn, *, warmup: int = 2, steps: int = 5, sync=lambda: None) -> float:

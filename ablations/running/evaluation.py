@@ -1,5 +1,5 @@
 """Evaluation of a trained model: samples per sampler setting, bits/dim on test images, throughput,
-and the solver error of deterministic samplers.
+the solver error of deterministic samplers, and the x0 estimate's error by timestep.
 
 Image i (generated, or a test image in the NLL estimate) draws all its randomness from its own
 generator, seeded by (sample_seed, i) (as EDM's generate.py does). The numbers therefore do not depend
@@ -20,6 +20,8 @@ from ablations.grid.config import Setting
 from ablations.running.data import SHAPES, to_model, to_uint8
 from ablations.running.parallel import gather_objects, rank, world
 from ablations.grid.seeds import derive
+from core.diffusion import coefs, denoiser, q_sample
+from core.distributions import randn
 from core.likelihood import nll_bpd
 from core.samplers import sample
 
@@ -142,6 +144,28 @@ def nll(model, schedule, cfg, images_uint8, *, strata: int, seed: int, device, b
             progress(hi - lo)
     total = sum(gather_objects(total))
     return {"bpd": total / len(images_uint8), "strata": strata or schedule.T, "seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def x0_rms(model, schedule, cfg, images_uint8, ts, *, seed: int, device, batch: int = 256,
+           clip_x0: bool = True) -> dict:
+    """{t: mean over images of the per-image RMS error ([-1, 1] units) of the network's x0 estimate from
+    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Ho et al. 2020, Eq. 4)}, clipped to [-1, 1] with `clip_x0`
+    as the samplers and the bound use it: the denoising error by noise level, where the bound's terms
+    (Eq. 5) and the samples' global shape are decided. Image i's noise comes from its own generator,
+    seeded by ("denoise", seed, i), the same eps at every t."""
+    device = torch.device(device)
+    D = denoiser(model, prediction=cfg.prediction, variance=cfg.variance, clip_x0=clip_x0)
+    totals = dict.fromkeys(ts, 0.0)
+    for lo, hi in batches(len(images_uint8), batch):
+        x0 = to_model(images_uint8[lo:hi]).to(device)
+        noise = randn(x0.shape, generators("denoise", seed, lo, hi, device), device=device, dtype=x0.dtype)
+        for t in ts:
+            tt = torch.full((hi - lo,), t, dtype=torch.long, device=device)
+            c = coefs(schedule, tt, like=x0)
+            err = D(q_sample(schedule, x0, tt, noise), tt, c).x0 - x0
+            totals[t] += err.double().pow(2).flatten(1).mean(1).sqrt().sum().item()
+    return {t: sum(gather_objects(v)) / len(images_uint8) for t, v in totals.items()}
 
 
 def peak_memory_mb(device) -> float:

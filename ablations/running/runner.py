@@ -23,9 +23,9 @@ import torch
 from ablations.store import claim
 from ablations.running import tracking
 from ablations.running import data as datasets
-from ablations.running.evaluation import generate, nll, peak_memory_mb, sampling_forward
+from ablations.running.evaluation import generate, nll, peak_memory_mb, sampling_forward, x0_rms
 from ablations.running.hardware import bf16_refusal, cpu_info
-from ablations.grid.config import TrainConfig, eval_steps, scored_at
+from ablations.grid.config import NOT_SETTINGS, TrainConfig, eval_steps, scored_at
 from ablations.store.io import DiskFull, append_jsonl, atomic_write, read_json, write_json
 from ablations.store.layout import (
     CLAIM,
@@ -51,7 +51,7 @@ from ablations.store.layout import (
     write_status,
 )
 from ablations.running.parallel import any_true, from_main, is_main, rank, world
-from ablations.store.schema import CURVES, WHOLE, key, label, parse, problem, read_rows, row
+from ablations.store.schema import CURVES, EVAL_KEY, WHOLE, key, label, parse, problem, read_rows, row
 from ablations.grid.spec import Run, Spec
 from ablations.running.training import NonFiniteLoss, build_model, memory_format, run_schedule, total_steps, train
 from core.likelihood import STRATA_SPACING
@@ -71,11 +71,12 @@ def reference(dataset: str, split: str, n: int) -> str:
 
 
 def wanted(spec: Spec, run: Run) -> dict:
-    """{row key: (train_step, setting or "nll")} of the rows this spec needs from this run, at every
+    """{row key: (train_step, setting or "nll" or "denoise" or "cost")} of the rows this spec needs from this run, at every
     checkpoint it scores (`config.eval_steps`; the settings of `config.scored_at` there). Per sampler
     setting and extractor (fid_extractor, then extra_extractors): the FID/KID rows (keyed by `fid`) and
     the precision/recall rows (keyed by `recall`); per deterministic setting, with solver_images > 0,
-    the `solver_rms` row; and the NLL rows. `_groups` names the row group each missing key stands for."""
+    the `solver_rms` row; the NLL rows; an x0_rms row per timestep of denoise_t; and the cost rows. `_groups`
+    names the row group each missing sampler key stands for."""
     from ablations.running.evaluation import deterministic
     from ablations.metrics.fidelity import prc_count
     cfg, ev = run.config, spec.eval
@@ -96,6 +97,10 @@ def wanted(spec: Spec, run: Run) -> dict:
         out[key(row(run.run_id, "nll_bpd", 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
                     reference=reference(cfg.dataset, "test", ev.nll_images), strata=ev.nll_strata or cfg.T,
                     clip_x0=NLL_CLIP_X0, spacing=nll_spacing(ev.nll_strata, cfg.T), train_step=at))] = (at, "nll")
+        for t in ev.denoise_t:
+            out[key(row(run.run_id, "x0_rms", 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
+                        reference=reference(cfg.dataset, "test", ev.nll_images), clip_x0=ev.clip_x0, t=t,
+                        train_step=at))] = (at, "denoise")
         out[key(row(run.run_id, "train_flops", 0, phase="train", train_step=at, n=cfg.batch))] = (at, "cost")
     return out
 
@@ -106,7 +111,7 @@ def run_steps(run: Run) -> int:
 
 
 def missing(spec: Spec, run: Run, folder) -> list:
-    """(train_step, setting or "nll" or "cost") of the rows this spec needs and the run does not have
+    """(train_step, setting or "nll", "denoise" or "cost") of the rows this spec needs and the run does not have
     yet, each once (a torn append's rows do not count: `read_rows`)."""
     have = _have(folder)
     return list(dict.fromkeys(what for k, what in wanted(spec, run).items() if k not in have))
@@ -506,13 +511,13 @@ def cost_rows(run, state) -> list:
 
 def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, data_root, download, runs_root,
              should_stop=None, progress=False):
-    """The rows this spec needs at checkpoint `at` and the run lacks (`lacking`: {row key: setting, "nll"
-    or "cost"}; `have`: the run's row keys), scored with
+    """The rows this spec needs at checkpoint `at` and the run lacks (`lacking`: {row key: setting, "nll",
+    "denoise" or "cost"}; `have`: the run's row keys), scored with
     model["ema"] (the checkpoint's EMA weights). Per sampler setting: its images, from the kept
     samples file when it holds enough (no sampling), else generated, kept (with a sample grid and
     throughput rows); then each missing group in one append: per extractor FID/KID, per extractor
     precision/recall, and solver_rms against the run's kept DDIM endpoints (computed once). Then the
-    NLL rows, in one append."""
+    NLL rows, in one append, and the x0_rms rows, in another."""
     from ablations.running.evaluation import load_images
     from ablations.store.layout import samples_name
     sc = Scoring(run, spec.eval, folder, at, emit, log, device, progress)
@@ -521,12 +526,13 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, 
     ema = model["ema"].eval()
     groups = _groups(lacking)  # {setting: [(kind, extractor)]}
     nll_missing = "nll" in lacking.values()
+    denoise_missing = [k[EVAL_KEY.index("t")] for k, what in lacking.items() if what == "denoise"]
     kept = {s: load_images(folder / samples_name(*s, sample_seed=ev.sample_seed, train_step=at), ev.fid_samples)
             for s in groups}
     to_sample = [s for s in groups if any_true(kept[s] is None, device)]  # every task agrees
     solver_refs, new_refs = _kept_solver_refs(sc, groups)
     first = []
-    if (to_sample or new_refs or nll_missing) and "forward" not in model:
+    if (to_sample or new_refs or nll_missing or denoise_missing) and "forward" not in model:
         model["forward"], compile_s = sampling_forward(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]),
                                                        device)
         first = [("compile_s", compile_s)] if cfg.compile else []  # with the first rows written
@@ -553,6 +559,9 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, 
                         cache_root=fid_cache(runs_root), data_root=data_root, progress=progress))
     if nll_missing:
         _nll_rows(sc, forward, schedule, first, data_root, download)
+        first = []
+    if denoise_missing:
+        _denoise_rows(sc, forward, schedule, denoise_missing, first, data_root, download)
 
 
 class Scoring(NamedTuple):
@@ -638,16 +647,29 @@ def _nll_rows(sc: Scoring, forward, schedule, first, data_root, download):
     sc.log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")
 
 
+def _denoise_rows(sc: Scoring, forward, schedule, ts, first, data_root, download):
+    """The x0_rms rows (`evaluation.x0_rms`) the run lacks: one per timestep of `ts`, on the first nll_images
+    test images, in one append (with the compile row `first` when nothing was scored before)."""
+    cfg, ev = sc.run.config, sc.ev
+    test = _images(cfg.dataset, "test", data_root, download)[:ev.nll_images]
+    rms = x0_rms(forward, schedule, cfg, test, ts, seed=ev.sample_seed, device=sc.device,
+                 batch=ev.sample_batch, clip_x0=ev.clip_x0)
+    cols = dict(phase="eval", n=len(test), sample_seed=ev.sample_seed, clip_x0=ev.clip_x0,
+                reference=reference(cfg.dataset, "test", len(test)), train_step=sc.at)
+    sc.emit([row(sc.run.run_id, m, v, **cols) for m, v in first] +
+            [row(sc.run.run_id, "x0_rms", v, **cols, t=t) for t, v in rms.items()])
+    sc.log("  x0 RMS error by t: " + ", ".join(f"{t}: {v:.3f}" for t, v in rms.items()))
+
+
 GROUP = {"fid": "fid", "recall": "prc", "solver_rms": "solver"}  # the metric keying a row group -> the group
 
 
 def _groups(lacking: dict) -> dict:
     """{setting: [(group, extractor)]} of the row groups behind the `lacking` row keys, in wanted's
     order; group is "fid" (fid, kid, kid_std, fid_wall_s), "prc" (precision, recall) or "solver"."""
-    from ablations.store.schema import EVAL_KEY
     out = {}
     for k, s in lacking.items():
-        if s not in ("nll", "cost"):
+        if s not in NOT_SETTINGS:
             out.setdefault(s, []).append((GROUP[k[0]], k[EVAL_KEY.index("extractor")]))
     return out
 

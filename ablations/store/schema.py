@@ -37,6 +37,7 @@ COLUMNS = {
     "reference": "the real images compared against: dataset:split:count (solver_rms: the reference sampler, ddim:T)",
     "sample_seed": "seed of x_T and the sampler noise (per image), or of the NLL timesteps and noise",
     "strata": "NLL: timesteps per image, one per stratum; equal to T when exact",
+    "t": "x0_rms: the timestep of the noisy image x_t the network denoised (0-indexed, as the network sees it)",
     # provenance
     "device": "torch device", "torch": "torch version", "commit": "git commit of the code (+dirty)",
     "host": "machine", "cpu": "CPU model and cores (or the GPU's name)", "timestamp": "unix time the row was written",
@@ -45,7 +46,8 @@ COLUMNS = {
     "append_rows": "how many rows that append wrote: fewer in the file means the append was cut short",
 }
 SETTING = ("sampler", "steps", "eta", "clip_x0", "spacing")
-PROTOCOL = ("n", "extractor", "reference", "sample_seed", "strata")
+PROTOCOL = ("n", "extractor", "reference", "sample_seed", "strata", "t")
+OPTIONAL = ("t",)  # key columns added after rows were first written: a row without one reads it as None
 PROVENANCE = ("device", "torch", "commit", "host", "cpu", "timestamp")
 RUN_COLUMNS = tuple(COLUMNS)
 # A row is identified by these (with run_id); a row with the same key is never written twice.
@@ -74,6 +76,8 @@ METRICS = {
     "sample_img_per_s": "generated images/s", "nfe_per_s": "image-model evaluations/s",
     "sample_wall_s": "seconds to generate the n images", "fid_wall_s": "seconds for the FID pass",
     "nll_bpd": "negative log-likelihood bound, bits/dim", "nll_wall_s": "seconds for the NLL pass",
+    "x0_rms": "mean per-image RMS error ([-1, 1] units) of the network's x0 estimate from x_t at timestep t "
+              "(clipped as the samplers clip it: clip_x0), on the first nll_images test images",
 }
 
 CURVES = ("train_loss", "train_mse")  # logged every ~1% of training: curves, not summaries
@@ -93,7 +97,7 @@ def problem(r, known: bool = True) -> str | None:
     and phase name: the test of a row another version of the suite wrote (`parse`'s "foreign")."""
     if not isinstance(r, dict):
         return "not a JSON object"
-    lacking = [c for c in (*IDENTITY, "value") if c not in r]
+    lacking = [c for c in (*IDENTITY, "value") if c not in r and c not in OPTIONAL]
     if lacking:
         return f"no {', '.join(lacking)}"
     if not (isinstance(r["metric"], str) and isinstance(r["phase"], str)):
