@@ -353,19 +353,33 @@ def curves(rows, axis, out_dir):
     return save_figure(fig, out_dir, "curves")
 
 
+DENOISING = {"x0_rms": "RMS error of the x0 estimate", "nll_term_bpd": "bound's term at t (bits/dim)"}
+
+
 def denoising(rows, axis, out_dir):
-    """x0_rms against the timestep t (the x0 estimate's error by noise level), a line per axis value with its
-    seed band, at the last checkpoint (`rows` are that checkpoint's); nothing where the rows hold none."""
-    d = rows[(rows["metric"] == "x0_rms") & rows["value"].notna()] if "t" in rows else rows.iloc[:0]
+    """Each metric of DENOISING against the timestep t (log y; x linear to 10, log above), a panel per metric, a line per axis value with
+    its seed band, at the last checkpoint (`rows` are that checkpoint's); nothing where the rows hold none."""
+    d = rows[rows["metric"].isin(list(DENOISING)) & rows["value"].notna()] if "t" in rows else rows.iloc[:0]
     if d.empty:
         return []
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    sns.lineplot(data=d, x="t", y="value", hue=axis, marker="o", errorbar=t_band, ax=ax)
-    ax.set_yscale("log")
+    panels = [m for m in DENOISING if (d["metric"] == m).any()]
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4), squeeze=False)
     step = d["train_step"].dropna()
-    at = f", checkpoint of step {int(step.max()):,}" if len(step) else ""
-    ax.set(xlabel="timestep t of x_t", ylabel="RMS error of the x0 estimate", title=f"denoising error by noise level{at}")
-    ax.title.set_fontsize(8)
+    at = f" (checkpoint of step {int(step.max()):,})" if len(step) else ""
+    for ax, metric in zip(axs[0], panels):
+        m = d[(d["metric"] == metric) & (d["value"] > 0)]  # a term of exactly 0 has no place on a log axis
+        sns.lineplot(data=m, x="t", y="value", hue=axis, marker="o", errorbar=t_band, ax=ax,
+                     legend=ax is axs[0, -1])
+        ax.set_yscale("log")
+        ax.set_xscale("symlog", linthresh=10)  # linear to t = 10, where the low-noise terms change fastest
+        ts = sorted(int(t) for t in m["t"].unique())
+        ax.set_xlim(0, max(ts) * 1.3 + 1)
+        ax.xaxis.set_major_locator(FixedLocator(ts))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelsize=7, rotation=60)
+        ax.set(xlabel="timestep t of x_t", ylabel=DENOISING[metric])
+    fig.suptitle(f"by noise level{at}", fontsize=8)
     return save_figure(fig, out_dir, "denoising")
 
 

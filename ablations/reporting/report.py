@@ -107,19 +107,27 @@ def metric_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
     return parts
 
 
-def denoising_table(summary: pd.DataFrame, axis: str | None) -> list[str]:
-    """x0_rms by timestep (a column per t), at the last checkpoint (`summary` is that checkpoint's)."""
-    d = summary[summary["metric"] == "x0_rms"] if "t" in summary else summary.iloc[:0]
-    if d.empty:
-        return []
-    d = d.assign(cell=[_cell(m, c, n) for m, c, n in zip(d["mean"], d["ci95"], d["seeds"])])
-    table = d.pivot_table(index=axis or "ablation", columns="t", values="cell", aggfunc="first")
-    table.columns = [f"t = {int(t)}" for t in table.columns]
-    clip = "clipped to [-1, 1] as the samplers clip it" if d["clip_x0"].astype(str).eq("True").all() else "unclipped"
-    return ["## Denoising error by timestep", "",
-            f"RMS error of the network's x0 estimate from x_t ({clip}), mean per-image over the "
-            f"{', '.join(sorted({_fmt_int(v) for v in d['n'].dropna()}))} test images, one noise draw per image "
-            "for every t (the `x0_rms` rows).", "", markdown(table.reset_index()), ""]
+DENOISING = (("Denoising error by timestep", "x0_rms", "RMS error of the network's x0 estimate from x_t ({clip}), "
+              "mean per-image over the {n} test images, one noise draw per image for every t"),
+             ("The bound's term by timestep (bits/dim)", "nll_term_bpd", "The NLL bound's term at t (the decoder's "
+              "NLL at t = 0, the step's KL above; `nll_bpd` sums them over all T), on the same images and x_t"))
+
+
+def denoising_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
+    """x0_rms and nll_term_bpd by timestep (a column per t), at the last checkpoint (`summary` is its)."""
+    parts = []
+    for title, metric, what in DENOISING if "t" in summary else ():
+        d = summary[summary["metric"] == metric]
+        if d.empty:
+            continue
+        d = d.assign(cell=[_cell(m, c, n) for m, c, n in zip(d["mean"], d["ci95"], d["seeds"])])
+        table = d.pivot_table(index=axis or "ablation", columns="t", values="cell", aggfunc="first")
+        table.columns = [f"t = {int(t)}" for t in table.columns]
+        clip = "clipped to [-1, 1] as the samplers clip it" if d["clip_x0"].astype(str).eq("True").all() else "unclipped"
+        n = ", ".join(sorted({_fmt_int(v) for v in d["n"].dropna()}))
+        parts += [f"## {title}", "", what.format(clip=clip, n=n) + f" (the `{metric}` rows).", "",
+                  markdown(table.reset_index()), ""]
+    return parts
 
 
 def checkpoint_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
@@ -168,7 +176,7 @@ def write_report(out_dir) -> Path:
                       .astype(object).fillna("")), ""]
     steps = checkpoints(rows)
     at_last = summary if len(steps) < 2 else summary[summary["train_step"].isna() | (summary["train_step"] == steps[-1])]
-    parts += metric_tables(at_last, axis) + denoising_table(at_last, axis) + checkpoint_tables(summary, axis)
+    parts += metric_tables(at_last, axis) + denoising_tables(at_last, axis) + checkpoint_tables(summary, axis)
     found_in = verdicts.read_all(out_dir.parent)  # each folder's findings.json
     curves = [v for v in verdicts.assess(verdicts.tables(out_dir.parent), found_in) if v["folder"] == out_dir.name]
     parts += verdicts.section(rows, spec_of(rows), verdicts.last(curves), curves,  # Holm over the whole index

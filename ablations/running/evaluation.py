@@ -23,6 +23,7 @@ from ablations.grid.seeds import derive
 from core.diffusion import coefs, denoiser, q_sample
 from core.distributions import randn
 from core.likelihood import nll_bpd
+from core.losses import vb_from_denoised
 from core.samplers import sample
 
 
@@ -147,25 +148,30 @@ def nll(model, schedule, cfg, images_uint8, *, strata: int, seed: int, device, b
 
 
 @torch.no_grad()
-def x0_rms(model, schedule, cfg, images_uint8, ts, *, seed: int, device, batch: int = 256,
-           clip_x0: bool = True) -> dict:
-    """{t: mean over images of the per-image RMS error ([-1, 1] units) of the network's x0 estimate from
-    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Ho et al. 2020, Eq. 4)}, clipped to [-1, 1] with `clip_x0`
-    as the samplers and the bound use it: the denoising error by noise level, where the bound's terms
-    (Eq. 5) and the samples' global shape are decided. Image i's noise comes from its own generator,
-    seeded by ("denoise", seed, i), the same eps at every t."""
+def denoising(model, schedule, cfg, images_uint8, ts, *, seed: int, device, batch: int = 256,
+              clip_x0: bool = True) -> dict:
+    """{t: {"x0_rms", "nll_term_bpd"}} on test images, from x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+    (Ho et al. 2020, Eq. 4): the mean over images of the per-image RMS error ([-1, 1] units) of the network's
+    x0 estimate, clipped to [-1, 1] with `clip_x0` as the samplers use it, and the bound's term at t in
+    bits/dim (Eq. 5: the decoder's NLL at t = 0, the KL of the step to t - 1 above; `nll_bpd` sums them
+    over all T). The denoising error by noise level, where the bound and the samples' global shape are
+    decided. Image i's noise comes from its own generator, seeded by ("denoise", seed, i), the same eps
+    at every t."""
     device = torch.device(device)
     D = denoiser(model, prediction=cfg.prediction, variance=cfg.variance, clip_x0=clip_x0)
-    totals = dict.fromkeys(ts, 0.0)
+    rms, term = dict.fromkeys(ts, 0.0), dict.fromkeys(ts, 0.0)
     for lo, hi in batches(len(images_uint8), batch):
         x0 = to_model(images_uint8[lo:hi]).to(device)
         noise = randn(x0.shape, generators("denoise", seed, lo, hi, device), device=device, dtype=x0.dtype)
         for t in ts:
             tt = torch.full((hi - lo,), t, dtype=torch.long, device=device)
-            c = coefs(schedule, tt, like=x0)
-            err = D(q_sample(schedule, x0, tt, noise), tt, c).x0 - x0
-            totals[t] += err.double().pow(2).flatten(1).mean(1).sqrt().sum().item()
-    return {t: sum(gather_objects(v)) / len(images_uint8) for t, v in totals.items()}
+            c, xt = coefs(schedule, tt, like=x0), q_sample(schedule, x0, tt, noise)
+            d = D(xt, tt, c)
+            rms[t] += (d.x0 - x0).double().pow(2).flatten(1).mean(1).sqrt().sum().item()
+            term[t] += vb_from_denoised(c, d, x0, xt, tt, variance=cfg.variance).double().sum().item()
+    n = len(images_uint8)
+    return {t: {"x0_rms": sum(gather_objects(rms[t])) / n, "nll_term_bpd": sum(gather_objects(term[t])) / n}
+            for t in ts}
 
 
 def peak_memory_mb(device) -> float:

@@ -23,7 +23,7 @@ import torch
 from ablations.store import claim
 from ablations.running import tracking
 from ablations.running import data as datasets
-from ablations.running.evaluation import generate, nll, peak_memory_mb, sampling_forward, x0_rms
+from ablations.running.evaluation import denoising, generate, nll, peak_memory_mb, sampling_forward
 from ablations.running.hardware import bf16_refusal, cpu_info
 from ablations.grid.config import NOT_SETTINGS, TrainConfig, eval_steps, scored_at
 from ablations.store.io import DiskFull, append_jsonl, atomic_write, read_json, write_json
@@ -75,7 +75,7 @@ def wanted(spec: Spec, run: Run) -> dict:
     checkpoint it scores (`config.eval_steps`; the settings of `config.scored_at` there). Per sampler
     setting and extractor (fid_extractor, then extra_extractors): the FID/KID rows (keyed by `fid`) and
     the precision/recall rows (keyed by `recall`); per deterministic setting, with solver_images > 0,
-    the `solver_rms` row; the NLL rows; an x0_rms row per timestep of denoise_t; and the cost rows. `_groups`
+    the `solver_rms` row; the NLL rows; the DENOISING rows per timestep of denoise_t; and the cost rows. `_groups`
     names the row group each missing sampler key stands for."""
     from ablations.running.evaluation import deterministic
     from ablations.metrics.fidelity import prc_count
@@ -98,9 +98,10 @@ def wanted(spec: Spec, run: Run) -> dict:
                     reference=reference(cfg.dataset, "test", ev.nll_images), strata=ev.nll_strata or cfg.T,
                     clip_x0=NLL_CLIP_X0, spacing=nll_spacing(ev.nll_strata, cfg.T), train_step=at))] = (at, "nll")
         for t in ev.denoise_t:
-            out[key(row(run.run_id, "x0_rms", 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
-                        reference=reference(cfg.dataset, "test", ev.nll_images), clip_x0=ev.clip_x0, t=t,
-                        train_step=at))] = (at, "denoise")
+            for m in DENOISING:
+                out[key(row(run.run_id, m, 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
+                            reference=reference(cfg.dataset, "test", ev.nll_images), clip_x0=ev.clip_x0, t=t,
+                            train_step=at))] = (at, "denoise")
         out[key(row(run.run_id, "train_flops", 0, phase="train", train_step=at, n=cfg.batch))] = (at, "cost")
     return out
 
@@ -526,7 +527,7 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, 
     ema = model["ema"].eval()
     groups = _groups(lacking)  # {setting: [(kind, extractor)]}
     nll_missing = "nll" in lacking.values()
-    denoise_missing = [k[EVAL_KEY.index("t")] for k, what in lacking.items() if what == "denoise"]
+    denoise_missing = [k for k, what in lacking.items() if what == "denoise"]
     kept = {s: load_images(folder / samples_name(*s, sample_seed=ev.sample_seed, train_step=at), ev.fid_samples)
             for s in groups}
     to_sample = [s for s in groups if any_true(kept[s] is None, device)]  # every task agrees
@@ -647,18 +648,23 @@ def _nll_rows(sc: Scoring, forward, schedule, first, data_root, download):
     sc.log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")
 
 
-def _denoise_rows(sc: Scoring, forward, schedule, ts, first, data_root, download):
-    """The x0_rms rows (`evaluation.x0_rms`) the run lacks: one per timestep of `ts`, on the first nll_images
+DENOISING = ("x0_rms", "nll_term_bpd")  # the rows of each timestep of denoise_t (`evaluation.denoising`)
+
+
+def _denoise_rows(sc: Scoring, forward, schedule, lacking, first, data_root, download):
+    """The DENOISING rows the run lacks (`lacking`: their keys), at their timesteps, on the first nll_images
     test images, in one append (with the compile row `first` when nothing was scored before)."""
     cfg, ev = sc.run.config, sc.ev
     test = _images(cfg.dataset, "test", data_root, download)[:ev.nll_images]
-    rms = x0_rms(forward, schedule, cfg, test, ts, seed=ev.sample_seed, device=sc.device,
-                 batch=ev.sample_batch, clip_x0=ev.clip_x0)
+    lacking = set(lacking)
+    ts = sorted({int(k[EVAL_KEY.index("t")]) for k in lacking})
+    got = denoising(forward, schedule, cfg, test, ts, seed=ev.sample_seed, device=sc.device,
+                    batch=ev.sample_batch, clip_x0=ev.clip_x0)
     cols = dict(phase="eval", n=len(test), sample_seed=ev.sample_seed, clip_x0=ev.clip_x0,
                 reference=reference(cfg.dataset, "test", len(test)), train_step=sc.at)
-    sc.emit([row(sc.run.run_id, m, v, **cols) for m, v in first] +
-            [row(sc.run.run_id, "x0_rms", v, **cols, t=t) for t, v in rms.items()])
-    sc.log("  x0 RMS error by t: " + ", ".join(f"{t}: {v:.3f}" for t, v in rms.items()))
+    rows = [row(sc.run.run_id, m, v, **cols, t=t) for t in ts for m, v in got[t].items()]
+    sc.emit([row(sc.run.run_id, m, v, **cols) for m, v in first] + [r for r in rows if key(r) in lacking])
+    sc.log("  x0 RMS error by t: " + ", ".join(f"{t}: {got[t]['x0_rms']:.3f}" for t in ts))
 
 
 GROUP = {"fid": "fid", "recall": "prc", "solver_rms": "solver"}  # the metric keying a row group -> the group

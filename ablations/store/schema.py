@@ -37,7 +37,7 @@ COLUMNS = {
     "reference": "the real images compared against: dataset:split:count (solver_rms: the reference sampler, ddim:T)",
     "sample_seed": "seed of x_T and the sampler noise (per image), or of the NLL timesteps and noise",
     "strata": "NLL: timesteps per image, one per stratum; equal to T when exact",
-    "t": "x0_rms: the timestep of the noisy image x_t the network denoised (0-indexed, as the network sees it)",
+    "t": "x0_rms, nll_term_bpd: the timestep of the noisy image x_t the network denoised (0-indexed, as the network sees it)",
     # provenance
     "device": "torch device", "torch": "torch version", "commit": "git commit of the code (+dirty)",
     "host": "machine", "cpu": "CPU model and cores (or the GPU's name)", "timestamp": "unix time the row was written",
@@ -78,6 +78,8 @@ METRICS = {
     "nll_bpd": "negative log-likelihood bound, bits/dim", "nll_wall_s": "seconds for the NLL pass",
     "x0_rms": "mean per-image RMS error ([-1, 1] units) of the network's x0 estimate from x_t at timestep t "
               "(clipped as the samplers clip it: clip_x0), on the first nll_images test images",
+    "nll_term_bpd": "the bound's term at timestep t in bits/dim (the decoder's NLL at t = 0, the step's KL above), "
+                    "on the same images and x_t as x0_rms; nll_bpd sums these over all T, plus the prior",
 }
 
 CURVES = ("train_loss", "train_mse")  # logged every ~1% of training: curves, not summaries
