@@ -357,8 +357,9 @@ DENOISING = {"x0_rms": "RMS error of the x0 estimate", "nll_term_bpd": "bound's 
 
 
 def denoising(rows, axis, out_dir):
-    """Each metric of DENOISING against the timestep t (log y; x linear to 10, log above), a panel per metric, a line per axis value with
-    its seed band, at the last checkpoint (`rows` are that checkpoint's); nothing where the rows hold none."""
+    """Each metric of DENOISING against the timestep t (log y; x linear to 10, log above), a panel per metric,
+    a line per axis value with its seed band, at the last checkpoint (`rows` are that checkpoint's); nothing
+    where the rows hold none."""
     d = rows[rows["metric"].isin(list(DENOISING)) & rows["value"].notna()] if "t" in rows else rows.iloc[:0]
     if d.empty:
         return []

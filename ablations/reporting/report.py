@@ -123,7 +123,8 @@ def denoising_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
         d = d.assign(cell=[_cell(m, c, n) for m, c, n in zip(d["mean"], d["ci95"], d["seeds"])])
         table = d.pivot_table(index=axis or "ablation", columns="t", values="cell", aggfunc="first")
         table.columns = [f"t = {int(t)}" for t in table.columns]
-        clip = "clipped to [-1, 1] as the samplers clip it" if d["clip_x0"].astype(str).eq("True").all() else "unclipped"
+        clipped = d["clip_x0"].astype(str).eq("True").all()
+        clip = "clipped to [-1, 1] as the samplers clip it" if clipped else "unclipped"
         n = ", ".join(sorted({_fmt_int(v) for v in d["n"].dropna()}))
         parts += [f"## {title}", "", what.format(clip=clip, n=n) + f" (the `{metric}` rows).", "",
                   markdown(table.reset_index()), ""]

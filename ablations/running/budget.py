@@ -3,7 +3,8 @@
 FLOPs are counted by torch.utils.flop_counter (convolutions, matmuls, attention) per image:
 - training: steps x batch x (forward + backward);
 - sampling: per setting, fid_samples x NFE x forward;
-- NLL: nll_images x (strata, or T when exact) x forward; x0_rms: nll_images x len(denoise_t) x forward.
+- NLL: nll_images x (strata, or T when exact) x forward; x0_rms and nll_term_bpd (one pass for both):
+  nll_images x len(denoise_t) x forward.
 The FID pass and elementwise work are left out; they are a few percent at the scales here.
 """
 import functools
@@ -42,8 +43,8 @@ def _per_image(arch: tuple) -> tuple[float, float]:
 def run_flops(cfg, ev, steps_left: int, todo=None) -> dict:
     """{train, sample, nll}: FLOPs still to do for one run with `steps_left` training steps and the
     evaluations `todo`: (train_step, setting or "nll" or "denoise") pairs, as `runner.missing` gives them
-    (default: every setting, the NLL and the x0_rms rows at every checkpoint the spec scores,
-    `config.eval_steps`); "nll" counts the x0_rms passes too."""
+    (default: every setting, the NLL and the denoise_t rows at every checkpoint the spec scores,
+    `config.eval_steps`); "nll" counts the denoise_t passes too."""
     if todo is None:
         total = total_steps(cfg, SIZES[cfg.dataset]["train"])
         todo = [(at, w) for at in eval_steps(ev, total)

@@ -71,8 +71,8 @@ def reference(dataset: str, split: str, n: int) -> str:
 
 
 def wanted(spec: Spec, run: Run) -> dict:
-    """{row key: (train_step, setting or "nll" or "denoise" or "cost")} of the rows this spec needs from this run, at every
-    checkpoint it scores (`config.eval_steps`; the settings of `config.scored_at` there). Per sampler
+    """{row key: (train_step, setting or "nll", "denoise" or "cost")} of the rows this spec needs from this run,
+    at every checkpoint it scores (`config.eval_steps`; the settings of `config.scored_at` there). Per sampler
     setting and extractor (fid_extractor, then extra_extractors): the FID/KID rows (keyed by `fid`) and
     the precision/recall rows (keyed by `recall`); per deterministic setting, with solver_images > 0,
     the `solver_rms` row; the NLL rows; the DENOISING rows per timestep of denoise_t; and the cost rows. `_groups`
@@ -518,7 +518,7 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, 
     samples file when it holds enough (no sampling), else generated, kept (with a sample grid and
     throughput rows); then each missing group in one append: per extractor FID/KID, per extractor
     precision/recall, and solver_rms against the run's kept DDIM endpoints (computed once). Then the
-    NLL rows, in one append, and the x0_rms rows, in another."""
+    NLL rows, in one append, and the DENOISING rows (x0_rms, nll_term_bpd by timestep), in another."""
     from ablations.running.evaluation import load_images
     from ablations.store.layout import samples_name
     sc = Scoring(run, spec.eval, folder, at, emit, log, device, progress)

@@ -37,7 +37,8 @@ COLUMNS = {
     "reference": "the real images compared against: dataset:split:count (solver_rms: the reference sampler, ddim:T)",
     "sample_seed": "seed of x_T and the sampler noise (per image), or of the NLL timesteps and noise",
     "strata": "NLL: timesteps per image, one per stratum; equal to T when exact",
-    "t": "x0_rms, nll_term_bpd: the timestep of the noisy image x_t the network denoised (0-indexed, as the network sees it)",
+    "t": "x0_rms, nll_term_bpd: the timestep of the noisy image x_t the network denoised (0-indexed, as the "
+         "network sees it)",
     # provenance
     "device": "torch device", "torch": "torch version", "commit": "git commit of the code (+dirty)",
     "host": "machine", "cpu": "CPU model and cores (or the GPU's name)", "timestamp": "unix time the row was written",
