@@ -14,7 +14,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from ablations.store.io import atomic_write  # noqa: E402
 from ablations.store.layout import sample_grid_name  # noqa: E402
-from ablations.store.schema import label  # noqa: E402
+from ablations.store.schema import DENOISING, label  # noqa: E402
 from ablations.reporting import axes, verdicts  # noqa: E402
 from ablations.reporting.table import checkpointed, checkpoints, ci95, cost, final  # noqa: E402
 
@@ -353,14 +353,14 @@ def curves(rows, axis, out_dir):
     return save_figure(fig, out_dir, "curves")
 
 
-DENOISING = {"x0_rms": "RMS error of the x0 estimate", "nll_term_bpd": "bound's term at t (bits/dim)"}
+DENOISING_LABELS = {"x0_rms": "RMS error of the x0 estimate", "nll_term_bpd": "bound's term at t (bits/dim)"}
 
 
 def denoising(rows, axis, out_dir):
     """Each metric of DENOISING against the timestep t (log y; x linear to 10, log above), a panel per metric,
     a line per axis value with its seed band, at the last checkpoint (`rows` are that checkpoint's); nothing
     where the rows hold none."""
-    d = rows[rows["metric"].isin(list(DENOISING)) & rows["value"].notna()] if "t" in rows else rows.iloc[:0]
+    d = rows[rows["metric"].isin(DENOISING) & rows["value"].notna()] if "t" in rows else rows.iloc[:0]
     if d.empty:
         return []
     panels = [m for m in DENOISING if (d["metric"] == m).any()]
@@ -379,7 +379,7 @@ def denoising(rows, axis, out_dir):
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(axis="x", labelsize=7, rotation=60)
-        ax.set(xlabel="timestep t of x_t", ylabel=DENOISING[metric])
+        ax.set(xlabel="timestep t of x_t", ylabel=DENOISING_LABELS[metric])
     fig.suptitle(f"by noise level{at}", fontsize=8)
     return save_figure(fig, out_dir, "denoising")
 

@@ -7,6 +7,7 @@ from ablations.reporting import axes, verdicts
 from ablations.reporting.plots import with_labels
 from ablations.reporting.table import checkpointed, checkpoints, spec_of
 from ablations.store.io import write_text
+from ablations.store.schema import DENOISING
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -107,16 +108,18 @@ def metric_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
     return parts
 
 
-DENOISING = (("Denoising error by timestep", "x0_rms", "RMS error of the network's x0 estimate from x_t ({clip}), "
-              "mean per-image over the {n} test images, one noise draw per image for every t"),
-             ("The bound's term by timestep (bits/dim)", "nll_term_bpd", "The NLL bound's term at t (the decoder's "
-              "NLL at t = 0, the step's KL above; `nll_bpd` sums them over all T), on the same images and x_t"))
+DENOISING_TITLES = {  # schema.DENOISING's metrics -> (title, what the table holds)
+    "x0_rms": ("Denoising error by timestep", "RMS error of the network's x0 estimate from x_t ({clip}), mean "
+               "per-image over the {n} test images, one noise draw per image for every t"),
+    "nll_term_bpd": ("The bound's term by timestep (bits/dim)", "The NLL bound's term at t (the decoder's NLL at "
+                     "t = 0, the step's KL above; `nll_bpd` sums them over all T), on the same images and x_t")}
 
 
 def denoising_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
     """x0_rms and nll_term_bpd by timestep (a column per t), at the last checkpoint (`summary` is its)."""
     parts = []
-    for title, metric, what in DENOISING if "t" in summary else ():
+    for metric in DENOISING if "t" in summary else ():
+        title, what = DENOISING_TITLES[metric]
         d = summary[summary["metric"] == metric]
         if d.empty:
             continue

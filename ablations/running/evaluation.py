@@ -169,8 +169,8 @@ def denoising(model, schedule, cfg, images_uint8, ts, *, seed: int, device, batc
             d = D(xt, tt, c)
             rms[t] += (d.x0 - x0).double().pow(2).flatten(1).mean(1).sqrt().sum().item()
             term[t] += vb_from_denoised(c, d, x0, xt, tt, variance=cfg.variance).double().sum().item()
-    n = len(images_uint8)
-    return {t: {"x0_rms": sum(gather_objects(rms[t])) / n, "nll_term_bpd": sum(gather_objects(term[t])) / n}
+    n, tasks = len(images_uint8), gather_objects((rms, term))  # every task's sums, gathered once
+    return {t: {"x0_rms": sum(r[t] for r, _ in tasks) / n, "nll_term_bpd": sum(b[t] for _, b in tasks) / n}
             for t in ts}
 
 

@@ -51,7 +51,7 @@ from ablations.store.layout import (
     write_status,
 )
 from ablations.running.parallel import any_true, from_main, is_main, rank, world
-from ablations.store.schema import CURVES, EVAL_KEY, WHOLE, key, label, parse, problem, read_rows, row
+from ablations.store.schema import CURVES, DENOISING, EVAL_KEY, WHOLE, key, label, parse, problem, read_rows, row
 from ablations.grid.spec import Run, Spec
 from ablations.running.training import NonFiniteLoss, build_model, memory_format, run_schedule, total_steps, train
 from core.likelihood import STRATA_SPACING
@@ -646,9 +646,6 @@ def _nll_rows(sc: Scoring, forward, schedule, first, data_root, download):
     sc.emit([row(sc.run.run_id, m, v, **cols) for m, v in (
         *first, ("nll_wall_s", r["seconds"]), ("nll_bpd", r["bpd"]))])
     sc.log(f"  NLL {r['bpd']:.3f} bits/dim ({r['strata']} strata of T={cfg.T}, n={len(test)})")
-
-
-DENOISING = ("x0_rms", "nll_term_bpd")  # the rows of each timestep of denoise_t (`evaluation.denoising`)
 
 
 def _denoise_rows(sc: Scoring, forward, schedule, lacking, first, data_root, download):

@@ -84,6 +84,7 @@ METRICS = {
 }
 
 CURVES = ("train_loss", "train_mse")  # logged every ~1% of training: curves, not summaries
+DENOISING = ("x0_rms", "nll_term_bpd")  # the rows of each timestep of eval.denoise_t, keyed by `t`
 
 
 def row(run_id: str, metric: str, value, **cols) -> dict:
