@@ -94,6 +94,40 @@ def test_the_bounds_term_by_timestep_in_closed_form():
     assert math.isclose(zero[0], -torch.log2(mass).mean().item(), rel_tol=1e-4), (zero[0], sigma)
 
 
+
+class OracleLearned(torch.nn.Module):
+    """Predicts x0 exactly and a constant learned-range output v (the variance's channels)."""
+
+    def __init__(self, x0, v):
+        super().__init__()
+        self.x0, self.v = x0, v
+
+    def forward(self, x, t):
+        return torch.cat([self.x0, torch.full_like(self.x0, self.v)], dim=1)
+
+
+@pytest.mark.parametrize("v", [-1.0, 0.0, 1.0])
+def test_the_bounds_term_reads_a_learned_variance(v):
+    """With learned_range (Improved DDPM, Eq. 15) the term is the KL between two Gaussians of the same mean (the
+    exact x0) whose variances differ: the posterior's beta~_t and sigma^2 = exp(frac log beta_t + (1 - frac)
+    log beta~_t), frac = (v + 1) / 2, that is 0.5 (log(sigma^2 / beta~_t) + beta~_t / sigma^2 - 1) nats a pixel.
+    v = -1 is fixed_small's variance (KL 0), v = 1 fixed_large's (beta_t): the loss question's hybrid model is
+    scored with its own variance, not a fixed one. (Absolute tolerance 2e-7 bits, float32's resolution of the
+    KL's terms of order 1: from t = 500 on, beta_t and beta~_t differ by under 0.1%.)"""
+    s, images, ts = make_schedule("linear", T=1000), _images(), (1, 100, 500, 900)
+    abar, beta = s.alphas_cumprod, s.betas
+    model = OracleLearned(to_model(images), v)
+    got = denoising(model, s, TrainConfig(prediction="x0", loss="hybrid", variance="learned_range"), images, ts,
+                    seed=0, device="cpu", batch=64)
+    frac = (v + 1) / 2
+    for t in ts:
+        small = beta[t] * (1 - abar[t - 1]) / (1 - abar[t])
+        var = math.exp(frac * math.log(beta[t]) + (1 - frac) * math.log(small))
+        expected = 0.5 * (math.log(var / small) + small / var - 1) / math.log(2)
+        assert math.isclose(got[t]["nll_term_bpd"], expected, rel_tol=1e-3, abs_tol=2e-7), (t, got[t], expected)
+    assert (got[1]["nll_term_bpd"] > 1e-2) == (v > -1)  # at t = 1, beta_t is about twice beta~_t
+
+
 def _ablate(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
