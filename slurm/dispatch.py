@@ -15,7 +15,7 @@ from pathlib import Path
 import submitit
 
 from ablations.store import claim
-from ablations.running import runner
+from ablations.running import ledger, runner
 from ablations.store.io import append_jsonl, read_jsonl
 from ablations.store.layout import DONE, FAILED, INTERRUPTED, RUNNING, read_status, run_folder, slurm_folder, write_status
 from ablations.grid.spec import Spec, load_spec
@@ -122,7 +122,7 @@ def pending_runs(spec: Spec, runs_root) -> list:
     """Runs that are neither complete nor held by a live job."""
     todo = []
     for run in spec.runs:
-        if runner.is_complete(spec, run, runs_root):
+        if ledger.is_complete(spec, run, runs_root):
             continue
         held = claim.read(run_folder(runs_root, run.run_id))
         if held is not None and claim.alive(held):
@@ -159,11 +159,11 @@ def queue_states(job_ids) -> dict:
 
 
 def status_table(spec: Spec, runs_root) -> list[dict]:
-    """`ablate list`'s table (runner.table) with the SLURM columns: requeues, job, queue state, log."""
+    """`ablate list`'s table (ledger.table) with the SLURM columns: requeues, job, queue state, log."""
     subs = submissions(spec, runs_root)
     queue = queue_states([s["job_id"] for s in subs.values()])
     out = []
-    for run, base in zip(spec.runs, runner.table(spec, runs_root)):
+    for run, base in zip(spec.runs, ledger.table(spec, runs_root)):
         st, sub = read_status(run_folder(runs_root, run.run_id)), subs.get(run.run_id, {})
         q = queue.get(sub.get("job_id", ""))
         state = base["state"]

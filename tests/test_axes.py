@@ -11,7 +11,7 @@ from ablations.grid import spec
 from ablations.grid.axes import AXES, PARAMETERS, SETTING_AXES, keywords
 from ablations.grid.config import TRAIN_FIELDS, Setting, TrainConfig
 from ablations.grid.spec import SpecError, load_spec
-from ablations.running import runner
+from ablations.running import ledger
 from ablations.running.evaluation import generate
 from ablations.running.training import build_model, run_schedule
 from ablations.store import schema
@@ -116,7 +116,7 @@ def test_a_new_sampler_needs_only_its_function_and_registry_entry(tmp_path, monk
     r = schema.row(run.run_id, "fid", 1.0, phase="eval", **setting._asdict(), nfe=samplers.nfe("toy", 3))
     assert schema.problem(r) is None and r["sampler"] == "toy" and r["nfe"] == 3
     assert schema.label(*setting) == "toy · 3 steps"
-    assert {what for what in runner.wanted(s, run).values()} >= {(2, setting)}
+    assert {what for what in ledger.wanted(s, run).values()} >= {(2, setting)}
     torch.manual_seed(0)
     model = build_model(run.config).eval()
     images, _ = generate(model, run_schedule(run.config), run.config, setting, 4, batch=4, seed=0, device="cpu")

@@ -15,7 +15,8 @@ from ablations.commands.cli import main
 from ablations.grid.config import TrainConfig, eval_steps, scored_at
 from ablations.store.io import write_json
 from ablations.store.layout import checkpoint_step, checkpoints, read_status, run_folder
-from ablations.running.runner import missing, run_one, wanted
+from ablations.running.ledger import missing, wanted
+from ablations.running.runner import run_one
 from ablations.store.schema import CURVES, read_rows
 from ablations.grid.spec import SpecError, load_spec
 from ablations.running.training import train

@@ -169,7 +169,7 @@ def test_collect_takes_the_axis_values_from_each_runs_config_json(tmp_path):
     grid axis labelled as the spec labels it), and the same values in rows.csv; a run with no folder yet
     is a status row with the spec's values."""
     from ablations.grid.spec import load_spec
-    from ablations.running.runner import config_record
+    from ablations.running.ledger import config_record
     from ablations.store.io import append_jsonl, write_json
     from ablations.store.layout import CONFIG, STATUS, run_folder
     from ablations.store.schema import row
@@ -207,7 +207,7 @@ def test_collect_keeps_only_the_rows_this_spec_asked_of_a_shared_run(tmp_path):
     checkpoints (2 and 4) and setting (DDIM-10), and drops the 8-step spec's (before, its table's last
     checkpoint would have been step 8, which this spec never trained to)."""
     from ablations.grid.spec import load_spec
-    from ablations.running.runner import config_record
+    from ablations.running.ledger import config_record
     from ablations.store.io import append_jsonl, write_json
     from ablations.store.layout import CONFIG, STATUS, run_folder
     from ablations.store.schema import row

@@ -15,7 +15,7 @@ from conftest import tiny_spec
 from ablations.commands.cli import main
 from ablations.grid.config import TrainConfig
 from ablations.grid.spec import SpecError, load_spec
-from ablations.running import runner
+from ablations.running import ledger, scoring
 from ablations.running.data import to_model
 from ablations.running.evaluation import denoising
 from ablations.store.io import read_jsonl
@@ -146,7 +146,7 @@ def test_denoising_rows_per_timestep_and_checkpoint_added_without_training(tmp_p
         (step, t, m) for step in (2, 4) for t in (0, 50) for m in ("nll_term_bpd", "x0_rms")]
     assert all(r["n"] == 8 and r["reference"] == "fashion_mnist:test:8" and r["clip_x0"] is True
                and r["value"] > 0 and type(r["t"]) is int for r in rows)
-    assert runner.state(load_spec(spec_path), run, runs)["state"] == "done"
+    assert ledger.state(load_spec(spec_path), run, runs)["state"] == "done"
 
     def no_sampling(*a, **k):
         raise AssertionError("sampled again")
@@ -156,8 +156,8 @@ def test_denoising_rows_per_timestep_and_checkpoint_added_without_training(tmp_p
 
     train = [r for r in all_rows() if r["phase"] == "train"]
     spec_path.write_text(text.replace("denoise_t = [0, 50]", "denoise_t = [0, 50, 99]"))
-    assert runner.state(load_spec(spec_path), run, runs)["state"] == "needs-eval"
-    monkeypatch.setattr(runner, "generate", no_sampling)  # the FID rows are all there
+    assert ledger.state(load_spec(spec_path), run, runs)["state"] == "needs-eval"
+    monkeypatch.setattr(scoring, "generate", no_sampling)  # the FID rows are all there
     _ablate("run", spec_path, "--runs-root", runs, "--no-progress")
     again = [r for r in all_rows() if r["metric"] in ("x0_rms", "nll_term_bpd")]
     assert again[:8] == rows and sorted((r["train_step"], r["t"]) for r in again[8:]) == [(2, 99)] * 2 + [(4, 99)] * 2

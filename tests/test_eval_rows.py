@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from ablations.running import evaluation, runner
+from ablations.running import evaluation, ledger, scoring
 from ablations.commands.cli import main
 from ablations.running.evaluation import load_images
 from ablations.store.io import read_jsonl
@@ -54,15 +54,15 @@ def test_a_new_metric_comes_from_the_kept_samples(tmp_path, monkeypatch):
         raise AssertionError("sampled again")
 
     spec_path.write_text(text.replace("[eval]\n", EXTRA, 1))  # a second extractor, added after the run
-    assert runner.state(load_spec(spec_path), run, runs)["state"] == "needs-eval"
-    monkeypatch.setattr(runner, "generate", no_sampling)
+    assert ledger.state(load_spec(spec_path), run, runs)["state"] == "needs-eval"
+    monkeypatch.setattr(scoring, "generate", no_sampling)
     _ablate("run", spec_path, "--runs-root", runs, "--no-progress")
     again = _rows(folder)
     new = again[len(rows):]
     assert sorted((r["metric"], r["sampler"]) for r in new) == sorted(
         (m, s) for m in ("fid", "kid", "kid_std", "fid_wall_s", "precision", "recall") for s in ("ddim", "ddpm"))
     assert {r["extractor"] for r in new} == {"fmnist-classifier-seed1"}
-    assert runner.state(load_spec(spec_path), run, runs)["state"] == "done"
+    assert ledger.state(load_spec(spec_path), run, runs)["state"] == "done"
 
     sampled = []
 
@@ -70,7 +70,7 @@ def test_a_new_metric_comes_from_the_kept_samples(tmp_path, monkeypatch):
         sampled.append(setting)
         return evaluation.generate(model, schedule, cfg, setting, n, **kw)
 
-    monkeypatch.setattr(runner, "generate", spy)
+    monkeypatch.setattr(scoring, "generate", spy)
     spec_path.write_text(text.replace("[eval]\n", EXTRA, 1) + DPMPP)  # a new deterministic setting
     _ablate("run", spec_path, "--runs-root", runs, "--no-progress")
     assert [(s.sampler, s.steps) for s in sampled] == [("dpmpp_2m", 5)]  # the DDIM reference is reused

@@ -23,7 +23,7 @@ from conftest import tiny_spec
 
 import ablations.store.io
 from ablations.store import claim
-from ablations.running import runner
+from ablations.running import ledger, runner
 from ablations.commands.cli import _stopped, main
 from ablations.running.data import load
 from ablations.metrics.fidelity import fid
@@ -238,14 +238,14 @@ def test_a_torn_append_does_not_count_as_written_anywhere(tmp_path):
     run = spec.runs[0]
     folder = run_folder(tmp_path / "runs", run.run_id)
     folder.mkdir(parents=True)
-    last = runner.run_steps(run)
+    last = ledger.run_steps(run)
     fid5 = {**_good(run.run_id, steps=5, train_step=last), "append_id": "b", "append_rows": 1}
 
     def missing_steps(fid3_rows):  # per sampler steps, how many of its row groups are missing
         fid3 = {**_good(run.run_id, steps=3, train_step=last), "append_id": "a", "append_rows": fid3_rows}
         (folder / "rows.jsonl").write_text(json.dumps(fid3) + "\n" + json.dumps(fid5) + "\n")
-        have = runner._have(folder)
-        return Counter(s.steps for k, (_, s) in runner.wanted(spec, run).items()
+        have = ledger.have_keys(folder)
+        return Counter(s.steps for k, (_, s) in ledger.wanted(spec, run).items()
                        if k not in have and s not in ("nll", "cost")), fid3
 
     whole, _ = missing_steps(1)  # the same row, its append complete

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from ablations.commands.cli import main
 from ablations.store.layout import run_folder
-from ablations.running.runner import config_id
+from ablations.running.ledger import config_id
 from ablations.grid.spec import SpecError, load_spec, parse_override
 from conftest import tiny_spec
 

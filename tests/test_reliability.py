@@ -136,7 +136,7 @@ def _run(spec_path, runs, *extra, env=None, check=True):
 
 KILLER = """
 import os, sys
-from ablations.running import runner
+from ablations.running import runner, scoring
 writes, armed = [0], [False]
 kill_at = int(os.environ["KILL_AT"])
 def killing(fn):
@@ -147,13 +147,14 @@ def killing(fn):
                 os._exit(9)  # dies before this write, as a kill -9 would
         return fn(*a, **k)
     return wrapped
-for name in ("append_jsonl", "atomic_write", "write_status"):
-    setattr(runner, name, killing(getattr(runner, name)))
-evaluate = runner.evaluate
+for module, names in ((runner, ("append_jsonl", "atomic_write", "write_status")), (scoring, ("atomic_write",))):
+    for name in names:  # the rows' appends and the run's status (runner), the samples files and grids (scoring)
+        setattr(module, name, killing(getattr(module, name)))
+evaluate = scoring.evaluate
 def armed_evaluate(*a, **k):
     armed[0] = True
     return evaluate(*a, **k)
-runner.evaluate = armed_evaluate
+scoring.evaluate = armed_evaluate
 from ablations.commands.cli import main
 sys.exit(main())
 """

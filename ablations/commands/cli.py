@@ -70,12 +70,12 @@ def _folder_option(path, option):
 
 
 def _invalid(spec, runs, runs_root) -> dict:
-    """{run_id: why} for the runs whose folders do not hold the run their id names (runner.check_folder),
+    """{run_id: why} for the runs whose folders do not hold the run their id names (ledger.check_folder),
     each reported on one line."""
-    from ablations.running import runner
+    from ablations.running import ledger
     found = {}
     for r in runs:
-        why = runner.check_folder(r, runs_root, spec.overrides)
+        why = ledger.check_folder(r, runs_root, spec.overrides)
         if why:
             found[r.run_id] = why
             click.echo(f"error: {why}", err=True)
@@ -177,7 +177,7 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
       ablate run ablations/norm.toml --only 3f2a9c01de
       ablate run ablations/demo.toml --set base.lr=1e-3 --set eval.fid_samples=2000 --dry-run
     """
-    from ablations.running import runner
+    from ablations.running import ledger, runner
     spec = _load(spec_path, scale, overrides)
     _warn(spec)
     runs = [r for r in spec.runs if not only or r.run_id in only]
@@ -192,7 +192,7 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
     _folder_option(runs_root, "--runs-root")
     _migrate(runs_root)
     invalid = _invalid(spec, runs, runs_root)
-    todo = [r for r in runs if r.run_id not in invalid and not runner.is_complete(spec, r, runs_root)]
+    todo = [r for r in runs if r.run_id not in invalid and not ledger.is_complete(spec, r, runs_root)]
     click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo) - len(invalid)} complete, {len(todo)} to run"
                + (f", {len(invalid)} invalid (not run)" if invalid else "") + f" -> {runs_root}")
     _refuse_emulated_bf16(spec_path, todo, device or runner.default_device())
@@ -210,7 +210,7 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
     else:
         states = runner.run_all(spec, todo, runs_root, echo=click.echo, should_stop=stop.is_set, **kw)
     failed = [*invalid, *(r.run_id for r in todo if states.get(r.run_id) != DONE)]
-    _print_table(runner.table(spec, runs_root))
+    _print_table(ledger.table(spec, runs_root))
     if stop.is_set():
         click.echo(_stopped(todo, states), err=True)
         sys.exit(130)
@@ -235,14 +235,14 @@ def _stopped(todo, states) -> str:
 
 def _eta(spec, todo, runs_root, device) -> str:
     """The work left: each run's remaining training steps and its evaluations not yet in its rows."""
-    from ablations.running import budget, runner
+    from ablations.running import budget, ledger
     from ablations.running.data import SIZES
     from ablations.running.training import total_steps
     work = []
     for r in todo:
         folder = run_folder(runs_root, r.run_id)
         steps_left = max(0, total_steps(r.config, SIZES[r.config.dataset]["train"]) - last_step(folder))
-        work.append(budget.run_flops(r.config, spec.eval, steps_left, runner.missing(spec, r, folder)))
+        work.append(budget.run_flops(r.config, spec.eval, steps_left, ledger.missing(spec, r, folder)))
     return budget.eta(work, budget.measured_rates(todo[0].config, spec.eval, device))
 
 
@@ -258,11 +258,11 @@ def list_runs(spec_path, scale, runs_root, overrides):
       ablate list ablations/demo.toml
       ablate list ablations/demo.toml --set base.lr=1e-3
     """
-    from ablations.running import runner
+    from ablations.running import ledger
     spec = _load(spec_path, scale, overrides)
     _folder_option(runs_root, "--runs-root")
     _migrate(runs_root)
-    rows = runner.table(spec, runs_root)
+    rows = ledger.table(spec, runs_root)
     _print_table(rows)
     invalid = [r["reason"] for r in rows if r["state"] == INVALID]
     for why in invalid:
@@ -453,7 +453,7 @@ def _describe(spec, runs, runs_root) -> list[dict]:
     only) takes the spec's config, the one its id hashes. `until` and `scored` are what this spec asks of
     the run (its training steps; the checkpoints it scores, each with its settings), so that a run shared
     with a spec that trained it further or scored it otherwise gives this spec only its own rows."""
-    from ablations.running.runner import run_steps
+    from ablations.running.ledger import run_steps
     out = []
     for r in runs:
         folder = run_folder(runs_root, r.run_id)

@@ -42,7 +42,7 @@ def _per_image(arch: tuple) -> tuple[float, float]:
 
 def run_flops(cfg, ev, steps_left: int, todo=None) -> dict:
     """{train, sample, nll}: FLOPs still to do for one run with `steps_left` training steps and the
-    evaluations `todo`: (train_step, setting or "nll" or "denoise") pairs, as `runner.missing` gives them
+    evaluations `todo`: (train_step, setting or "nll" or "denoise") pairs, as `ledger.missing` gives them
     (default: every setting, the NLL and the denoise_t rows at every checkpoint the spec scores,
     `config.eval_steps`); "nll" counts the denoise_t passes too."""
     if todo is None:

@@ -1,0 +1,200 @@
+"""What a run's folder holds and what a spec needs from it: the rows a spec wants at each checkpoint, the
+ones still missing, whether the folder holds the run its id names, and the run's state (`ablate list`).
+Read-only but for one repair: a config.json a killed start never wrote (`check_folder`)."""
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ablations.grid.config import TrainConfig, eval_steps, scored_at
+from ablations.grid.spec import Run, Spec
+from ablations.running import data as datasets
+from ablations.running.training import total_steps
+from ablations.store import claim
+from ablations.store.io import read_json, write_json
+from ablations.store.layout import (
+    CLAIM,
+    CONFIG,
+    DONE,
+    INTERRUPTED,
+    INVALID,
+    LOG,
+    NEEDS_EVAL,
+    ROWS,
+    RUNNING,
+    STATUS,
+    last_step,
+    orphans,
+    pid_alive,
+    read_status,
+    run_folder,
+)
+from ablations.store.schema import DENOISING, key, read_rows, row
+from core.likelihood import STRATA_SPACING
+
+NLL_CLIP_X0 = True  # the bound of the model the samplers draw from (core.likelihood.nll_bpd)
+
+
+def nll_spacing(strata: int, T: int):
+    """The `spacing` column of NLL rows: the strata's layout when stratified, None when exact."""
+    return STRATA_SPACING if 0 < strata < T else None
+
+
+def reference(dataset: str, split: str, n: int) -> str:
+    """The `reference` column: the real images a number is computed against."""
+    return f"{dataset}:{split}:{n or datasets.SIZES[dataset][split]}"
+
+
+def wanted(spec: Spec, run: Run) -> dict:
+    """{row key: (train_step, setting or "nll", "denoise" or "cost")} of the rows this spec needs from this run,
+    at every checkpoint it scores (`config.eval_steps`; the settings of `config.scored_at` there). Per sampler
+    setting and extractor (fid_extractor, then extra_extractors): the FID/KID rows (keyed by `fid`) and
+    the precision/recall rows (keyed by `recall`); per deterministic setting, with solver_images > 0,
+    the `solver_rms` row; the NLL rows; the DENOISING rows per timestep of denoise_t; and the cost rows. `_groups`
+    names the row group each missing sampler key stands for."""
+    from ablations.running.evaluation import deterministic
+    from ablations.metrics.fidelity import prc_count
+    cfg, ev = run.config, spec.eval
+    fid_ref = reference(cfg.dataset, ev.fid_reference, ev.fid_reference_n)
+    k = prc_count(ev.fid_samples, ev.fid_reference_n or datasets.SIZES[cfg.dataset][ev.fid_reference])
+    prc_ref = reference(cfg.dataset, ev.fid_reference, k)
+    total = run_steps(run)
+    out = {}
+    for at in eval_steps(ev, total):
+        for s in scored_at(ev, total, at):
+            cols = dict(phase="eval", **s._asdict(), sample_seed=ev.sample_seed, train_step=at)
+            for ext in (ev.fid_extractor, *ev.extra_extractors):
+                out[key(row(run.run_id, "fid", 0, **cols, n=ev.fid_samples, extractor=ext, reference=fid_ref))] = (at, s)
+                out[key(row(run.run_id, "recall", 0, **cols, n=k, extractor=ext, reference=prc_ref))] = (at, s)
+            if ev.solver_images and deterministic(s):
+                out[key(row(run.run_id, "solver_rms", 0, **cols, n=ev.solver_images,
+                            reference=solver_reference_label(cfg.T)))] = (at, s)
+        out[key(row(run.run_id, "nll_bpd", 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
+                    reference=reference(cfg.dataset, "test", ev.nll_images), strata=ev.nll_strata or cfg.T,
+                    clip_x0=NLL_CLIP_X0, spacing=nll_spacing(ev.nll_strata, cfg.T), train_step=at))] = (at, "nll")
+        for t in ev.denoise_t:
+            for m in DENOISING:
+                out[key(row(run.run_id, m, 0, phase="eval", n=ev.nll_images, sample_seed=ev.sample_seed,
+                            reference=reference(cfg.dataset, "test", ev.nll_images), clip_x0=ev.clip_x0, t=t,
+                            train_step=at))] = (at, "denoise")
+        out[key(row(run.run_id, "train_flops", 0, phase="train", train_step=at, n=cfg.batch))] = (at, "cost")
+    return out
+
+
+def run_steps(run: Run) -> int:
+    """The training steps the run's spec asks for (train_steps, or epochs of the training set)."""
+    return total_steps(run.config, datasets.SIZES[run.config.dataset]["train"])
+
+
+def missing(spec: Spec, run: Run, folder) -> list:
+    """(train_step, setting or "nll", "denoise" or "cost") of the rows this spec needs and the run does not have
+    yet, each once (a torn append's rows do not count: `read_rows`)."""
+    have = have_keys(folder)
+    return list(dict.fromkeys(what for k, what in wanted(spec, run).items() if k not in have))
+
+
+def have_keys(folder) -> set:
+    """The eval keys of the rows the run holds (a torn append's rows do not count)."""
+    return {key(r) for r in read_rows(Path(folder) / ROWS)[0]}
+
+
+def config_id(record: dict) -> str:
+    """The run id a config.json's `train` table hashes to (ablations/grid/config.py: TrainConfig.run_id)."""
+    train = record["train"]
+    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in train.items()}).run_id()
+
+
+def config_record(run: Run, overrides=()) -> dict:
+    """A new run folder's config.json: the id, the resolved config (the id hashes only `train`), and the
+    --set overrides of the command that made the folder."""
+    return {"run_id": run.run_id, "train": asdict(run.config), "overrides": list(overrides)}
+
+
+def check_folder(run: Run, runs_root, overrides=()) -> str | None:
+    """Why the run's folder does not hold the run its id names, or None when it does or does not exist
+    yet. A missing config.json is written from the spec when the folder holds none of a run's results,
+    only its bookkeeping (claim, status, log: a start killed before its first write); otherwise the
+    folder is left as it is and reported."""
+    folder = run_folder(runs_root, run.run_id)
+    if not os.path.lexists(folder):
+        return None
+    if not folder.is_dir():
+        return f"{folder}: not a folder (a file or a broken link where the run's folder should be); move it away"
+    path = folder / CONFIG
+    if not os.path.lexists(path):
+        try:
+            others = sorted(p.name for p in folder.iterdir() if p.name not in (CLAIM, STATUS, LOG)
+                            and p not in orphans(folder))
+        except OSError as e:
+            return f"{folder}: cannot be read ({e.strerror or e})"
+        if others:
+            return (f"{folder}: no {CONFIG}, but the folder holds {', '.join(others[:3])}"
+                    f"{', ...' if len(others) > 3 else ''}; not touched: restore {CONFIG} or move the folder away")
+        write_json(path, config_record(run, overrides))
+        return None
+    record = read_json(path)
+    if record is None:
+        return f"{path}: unreadable (not a JSON object); restore it or move the folder away"
+    try:
+        found = config_id(record)
+    except (TypeError, KeyError, ValueError, AttributeError) as e:  # no `train` table, unknown fields
+        return f"{path}: not a run config ({type(e).__name__}: {e}); restore it or move the folder away"
+    if found != run.run_id:
+        return (f"{path} hashes to run {found}, not to its folder's id {run.run_id} (edited after the run was "
+                "made?); the run is not trained, evaluated or collected: restore the file or move the folder away")
+    return None
+
+
+def state(spec: Spec, run: Run, runs_root) -> dict:
+    """The run's status, with `state` one of pending, running, interrupted, done, needs-eval, failed,
+    unknown (status.json unreadable) or invalid (`check_folder`; the reason says why)."""
+    folder = run_folder(runs_root, run.run_id)
+    bad_folder = check_folder(run, runs_root, spec.overrides)
+    if bad_folder:
+        return {"state": INVALID, "reason": bad_folder}
+    st = read_status(folder)
+    if st["state"] == RUNNING:
+        holder = claim.read(folder)
+        if not pid_alive(st) and not (holder and claim.alive(holder)):
+            st = {**st, "state": INTERRUPTED}
+    elif st["state"] == DONE and last_step(folder) < run_steps(run):  # trained for a shorter spec
+        st = {**st, "state": INTERRUPTED, "reason": f"trained {last_step(folder)} of the {run_steps(run)} steps "
+                                                    "this spec asks for; re-run to go on"}
+    elif st["state"] == DONE and missing(spec, run, folder):
+        st = {**st, "state": NEEDS_EVAL}
+    return st
+
+
+def table(spec: Spec, runs_root) -> list[dict]:
+    """One row per run of the spec: run_id, its axis values, seed, state, step, reason."""
+    out, now = [], time.time()
+    for run in spec.runs:
+        st = state(spec, run, runs_root)
+        step = st.get("step", "")
+        if st["state"] in (RUNNING, INTERRUPTED):  # a killed run's status lags its checkpoints
+            step = max(step or 0, last_step(run_folder(runs_root, run.run_id)))
+        out.append({"run_id": run.run_id, **run.axes, "seed": run.config.seed, "state": st["state"],
+                    "step": step, "held_by": held_by(run_folder(runs_root, run.run_id), st, now),
+                    "reason": st.get("reason", "")})
+    return out
+
+
+def held_by(folder, st: dict, now: float) -> str:
+    """Who holds the run's claim and for how long ('' when nobody does), marked stale when its holder is
+    known to be gone (`ablate release` removes a claim by hand)."""
+    if st["state"] == INVALID:
+        return ""
+    h = claim.read(folder)
+    if h is None:
+        return ""
+    stale = claim.checkable(h) and not claim.alive(h)
+    return claim.describe(h, now, folder / CLAIM) + (" (stale)" if stale else "")
+
+
+def is_complete(spec: Spec, run: Run, runs_root) -> bool:
+    return state(spec, run, runs_root)["state"] == DONE
+
+
+def solver_reference_label(T: int) -> str:
+    """The `reference` column of solver_rms rows: the reference sampler and its steps."""
+    return f"ddim:{T}"
