@@ -140,8 +140,66 @@ def test_a_finding_whose_last_two_checkpoints_differ_is_unsettled():
     found = assess([("prediction-cpu", "prediction", _pred(back))], FOUND)
     c = _curve(found, "prediction-cpu", "fid")
     assert [v["verdict"] for v in c] == ["inconclusive", "inconclusive", "agrees", "inconclusive"]
-    assert settled(c)[0] == "unsettled" and settled_text(c).startswith("unsettled")
+    assert settled(c)[0] == "unsettled" and settled_text(c) == (
+        f"unsettled: agrees at 1,400 (p {p_text(c[2]['p_holm'])}), inconclusive at 2,800 (p {p_text(c[3]['p_holm'])})")
     assert trajectory_text(c) == "inconclusive at 350-700, agrees at 1,400, inconclusive at 2,800"
+
+
+def test_the_seeds_a_test_would_take_reach_its_power():
+    """stats.seeds_to_decide against the exact power of the t test (one-sample, delta / sd = 1, alpha 0.05, 80%:
+    8 seeds one-sided, 10 two-sided) and against simulation: at the n it gives, the test passes in at least
+    ~80% of 4,000 draws from the normal of the observed mean and sd, and at n - 1 in under ~80%."""
+    import random
+    assert stats.seeds_to_decide([0.0, 1.0, 2.0], "lower", ALPHA) == 8
+    assert stats.seeds_to_decide([0.0, 1.0, 2.0], "differs", ALPHA) == 10
+    assert stats.seeds_to_decide([-1.0, 0.0, 1.0], "lower", ALPHA) is None  # no difference: no n decides it
+    assert stats.seeds_to_decide([1.0, 1.0, 1.0], "higher", ALPHA) == 2  # no spread
+    gen = random.Random(0)
+
+    def passes(n, mean, sd, test):
+        return sum(test([gen.gauss(mean, sd) for _ in range(n)]) < alpha for _ in range(4000)) / 4000
+
+    for d, expect, alpha, test in (
+            ([-3.0, -1.0, -8.0], "lower", ALPHA / 8, stats.p_lower),
+            ([1.0, 4.0, -0.5], "higher", ALPHA, stats.p_higher),
+            ([1.0, -1.0, 0.5], "parity", ALPHA, lambda x: stats.p_tost(x, 2.0))):
+        n = stats.seeds_to_decide(d, expect, alpha, margin=2.0 if expect == "parity" else 0.0)
+        mean, se, dof = stats.paired(d)
+        sd = se * math.sqrt(dof + 1)
+        assert passes(n, mean, sd, test) >= 0.78, (d, n)
+        assert n == 2 or passes(n - 1, mean, sd, test) < 0.82, (d, n)
+
+
+def test_an_inconclusive_verdict_says_what_would_decide_it(tmp_path):
+    """eps − x0 of +4, -1, +3 FID at the last checkpoint is inconclusive: the index's settled cell and the
+    report's over-training table say how many seeds would decide it, toward which verdict, at the family's
+    strictest Holm step; a decided finding says nothing more; +3, -4, +2 (mean +0.33, sd 3.8) would take
+    more than 100 seeds, and says so with its numbers."""
+    from ablations.reporting.index import regenerate
+    from ablations.reporting.verdicts import to_decide_text
+    diffs = LATE + [LATE[1], [4.0, -1.0, 3.0]]
+    found = assess([("prediction-cpu", "prediction", _pred(diffs)), ("schedule-cpu", "schedule", _sched(NLL))], FOUND)
+    c, sched = _curve(found, "prediction-cpu", "fid"), _curve(found, "schedule-cpu", "nll_bpd")[-1]
+    end = c[-1]
+    assert end["verdict"] == "inconclusive" and end["family"] == 2 and sched["verdict"] == "agrees"
+    n = stats.seeds_to_decide(diffs[-1], "lower", ALPHA / 2)
+    assert end["to_decide"] == (n, "disagrees") and 3 < n < 100  # eps − x0 is +2 on average: toward the reverse
+    text = to_decide_text(end)
+    assert text == (f"about {n} seeds would decide it (disagrees, 80% power at α = 0.05/2, if the mean a − b 2 "
+                    "and its per-seed sd 2.65 held)") and to_decide_text(sched) == ""
+    _folder(tmp_path, "prediction-cpu", _pred(diffs), "prediction")
+    _folder(tmp_path, "schedule-cpu", _sched(NLL), "schedule")
+    regenerate(tmp_path)
+    index = (tmp_path / "README.md").read_text()
+    (line,) = [x for x in index.splitlines() if x.startswith("| [prediction-cpu]")]
+    assert f"| unsettled: agrees at 1,400 (p {p_text(c[2]['p_holm'])}), inconclusive at 2,800 " \
+           f"(p {p_text(end['p_holm'])}); {text} |" in line
+    assert text in (tmp_path / "prediction-cpu" / "report.md").read_text()
+    (nll,) = [x for x in index.splitlines() if x.startswith("| [schedule-cpu]")]
+    assert "seeds would decide" not in nll
+    far = last(assess([("prediction-cpu", "prediction", _pred(LATE + MIXED))], FOUND))[0]
+    assert far["to_decide"] == (None, "disagrees") and to_decide_text(far) == (
+        "no number of seeds up to 100 would decide it at α = 0.05: mean a − b 0.333 against a per-seed sd of 3.79")
 
 
 def test_a_cell_scored_only_at_the_last_checkpoint_has_one_verdict():

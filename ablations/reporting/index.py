@@ -80,7 +80,7 @@ def write_index(results_root) -> Path:
             verdict = verdicts.verdict_text(v) + (checked if verdicts.checked(v) else "")
             lines.append(f"| {link} | {verdicts.paper_text(v['finding'])} | {ours} | {verdicts.diff_text(v)} | "
                          f"{verdicts.p_text(v['p'])} | {verdicts.p_text(v['p_holm'])} | {verdict} | "
-                         f"{verdicts.trajectory_text(curve)} | {verdicts.settled_text(curve)} | {where} |")
+                         f"{verdicts.trajectory_text(curve)} | {_settled(curve)} | {where} |")
     if forest(family, root):
         lines += ["", "Each finding's paired difference with its CI, the paper's direction shaded:", "",
                   "![forest](forest.png)"]
@@ -93,6 +93,11 @@ def write_index(results_root) -> Path:
     path = root / "README.md"
     write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _settled(curve: list[dict]) -> str:
+    """Whether the finding is settled, and what an inconclusive verdict would take."""
+    return "; ".join(filter(None, (verdicts.settled_text(curve), verdicts.to_decide_text(curve[-1]))))
 
 
 def _si(x: float, unit: str) -> str:

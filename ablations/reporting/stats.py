@@ -104,3 +104,32 @@ def holm(p: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out
+
+
+def seeds_to_decide(d: list[float], expect: str, alpha: float, margin: float = 0.0, power: float = 0.8,
+                    most: int = 100) -> int | None:
+    """The seeds at which the finding's test, or its reverse, would pass at `alpha` with probability `power`
+    if the observed mean and spread of d were the truth: the smallest n >= 2 whose power reaches it, a one-sided
+    test's power taken as P(T_{n-1} <= delta sqrt(n) / sd - t_{1-alpha, n-1}), the shifted central t
+    approximation of the noncentral t (one-sided, delta / sd = 1, alpha 0.05, power 0.8: 8 seeds, the exact
+    answer). delta is |mean d|, with alpha halved when two-sided ("differs"). Parity's TOST passes when both of
+    its one-sided tests do, deltas margin - mean and margin + mean: power P1 + P2 - 1, a lower bound; its
+    reverse, |mean d| > margin, is one side at alpha / 2 with delta |mean d| - margin. None when no n up to
+    `most` would: no difference, or too small a one for its spread."""
+    mean, se, dof = paired(d)
+    sd = se * math.sqrt(dof + 1)
+    if expect == "parity" and abs(mean) < margin:
+        sides, a = (margin - mean, margin + mean), alpha
+    elif expect == "parity":
+        sides, a = (abs(mean) - margin,), alpha / 2  # p_outside
+    else:
+        sides, a = (abs(mean),), alpha / 2 if expect == "differs" else alpha
+    if min(sides) <= 0:
+        return None
+    if sd == 0:
+        return 2
+    for n in range(2, most + 1):
+        t = t_quantile(1 - a, n - 1)
+        if sum(t_cdf(delta * math.sqrt(n) / sd - t, n - 1) for delta in sides) - (len(sides) - 1) >= power:
+            return n
+    return None

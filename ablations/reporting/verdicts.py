@@ -52,7 +52,11 @@ RULE = ("Verdicts test paired per-seed differences d = a − b (Student's t over
         "family above, whatever each question's training length), so the verdict the index reports is corrected "
         "as if each run were scored once, and the earlier checkpoints, which ask how far training must go rather "
         "than which choice wins, cost it no power. A finding is **settled** from the first checkpoint after which "
-        "its verdict no longer changes, and **unsettled** when its last two checkpoints differ.")
+        "its verdict no longer changes, and **unsettled** when its last two checkpoints differ. An inconclusive "
+        "verdict says what would decide it: the seeds at which its test, or its reverse, would pass with 80% power "
+        "at the family's strictest Holm step (0.05 / the family's size), if the observed mean difference and "
+        "per-seed spread were the truth (a plug-in estimate: the observed effect of an undecided finding is "
+        "noisy, so read it as an order of magnitude).")
 
 
 @dataclass(frozen=True)
@@ -241,7 +245,24 @@ def assess(tables: list[tuple[str, str, pd.DataFrame]], found_in: dict[str, Publ
         if v["same_as"] is not None:
             v.update(p_holm=v["same_as"]["p_holm"], p_reverse_holm=v["same_as"]["p_reverse_holm"])
         v.update(family=size.get(_family(v), 0), verdict=decide(v))
+        v["to_decide"] = to_decide(v)
     return found
+
+
+def to_decide(v: dict) -> tuple[int | None, str] | None:
+    """For an inconclusive verdict on two seeds or more: (the seeds its test or its reverse would pass with at
+    80% power if the observed mean and spread of d were the truth, at the family's strictest Holm step
+    ALPHA / m, or None when no n up to 100 would; the verdict it would then read). None otherwise."""
+    if v["verdict"] != "inconclusive" or v["seeds"] < 2 or v["family"] < 1:
+        return None
+    f, d = v["finding"], [float(x) for x in v["per_seed"]]
+    if f.expect == "differs":
+        toward = "lower than b" if v["diff"] < 0 else "higher than b"
+    elif f.expect == "parity":
+        toward = "agrees" if abs(v["diff"]) < f.margin else "disagrees"
+    else:
+        toward = "agrees" if (v["diff"] < 0) == (f.expect == "lower") else "disagrees"
+    return stats.seeds_to_decide(d, f.expect, ALPHA / v["family"], f.margin), toward
 
 
 def _family(v: dict) -> tuple:
@@ -303,9 +324,13 @@ def trajectory_text(curve: list[dict]) -> str:
 
 
 def settled_text(curve: list[dict]) -> str:
+    """Whether the finding is settled, and from which step; unsettled, with the last two checkpoints' verdicts
+    and the adjusted p that decided each."""
     state, step = settled(curve)
+    was, now = curve[-2:] if len(curve) > 1 else (None, None)
     return (f"settled from {step_text(step)} steps" if state == "settled" else
-            "unsettled: the last two checkpoints differ" if state == "unsettled" else
+            f"unsettled: {was['verdict']} at {step_text(was['train_step'])} ({deciding_p(was)}), {now['verdict']} at "
+            f"{step_text(now['train_step'])} ({deciding_p(now)})" if state == "unsettled" else
             "not followed: its cells are scored at the last checkpoint only (`curve = false`)" if _last_only(curve)
             else "one checkpoint")
 
@@ -537,8 +562,22 @@ def over_training(found: list[dict]) -> list[str]:
         cells = [f"{diff_text(at[s])}: {at[s]['verdict']} ({deciding_p(at[s])})" if s in at else "-"
                  for s in steps]
         lines.append(f"| {c[-1]['finding'].metric} | {c[-1]['a']} | {c[-1]['b']} | " + " | ".join(cells) +
-                     f" | {trajectory_text(c)} | {settled_text(c)} |")
+                     f" | {trajectory_text(c)} | {'; '.join(filter(None, (settled_text(c), to_decide_text(c[-1]))))} |")
     return lines + [""]
+
+
+def to_decide_text(v: dict) -> str:
+    """What an inconclusive verdict would take, in words ('' for any other verdict)."""
+    if v.get("to_decide") is None:
+        return ""
+    n, toward = v["to_decide"]
+    sd = float(v["per_seed"].std())
+    alpha = f"α = {ALPHA:g}/{v['family']}" if v["family"] > 1 else f"α = {ALPHA:g}"
+    if n is None:
+        return (f"no number of seeds up to 100 would decide it at {alpha}: mean a − b {v['diff']:.3g} against "
+                f"a per-seed sd of {sd:.3g}")
+    return (f"about {n} seeds would decide it ({toward}, 80% power at {alpha}, if the mean a − b {v['diff']:.3g} "
+            f"and its per-seed sd {sd:.3g} held)")
 
 
 def family_lines(found: list[dict]) -> list[str]:
