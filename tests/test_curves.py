@@ -192,8 +192,11 @@ def test_an_inconclusive_verdict_says_what_would_decide_it(tmp_path):
     regenerate(tmp_path)
     index = (tmp_path / "README.md").read_text()
     (line,) = [x for x in index.splitlines() if x.startswith("| [prediction-cpu]")]
+    per_run = (0.5 + 0.6) / 2 * 2800  # each run's train_wall_s at its last checkpoint (b's 0.5 s a step, a's 0.6)
+    more = f"{2 * (n - 3)} more runs, ~{2 * (n - 3) * per_run / 3600:.1f} h on one worker at this grid's mean run " \
+           f"({per_run / 60:.0f} min)"  # a cell each: eps and x0 are other runs
     assert f"| unsettled: agrees at 1,400 (p {p_text(c[2]['p_holm'])}), inconclusive at 2,800 " \
-           f"(p {p_text(end['p_holm'])}); {text} |" in line
+           f"(p {p_text(end['p_holm'])}); {text}; {more} |" in line
     assert text in (tmp_path / "prediction-cpu" / "report.md").read_text()
     (nll,) = [x for x in index.splitlines() if x.startswith("| [schedule-cpu]")]
     assert "seeds would decide" not in nll
@@ -302,3 +305,20 @@ def test_the_report_gives_the_trajectory_from_the_rows_not_typed():
     one = _pred([[4.0, -6.0, 1.0]], STEPS[-1:])
     found = assess([("prediction-cpu", "prediction", one)], FOUND)
     assert typed in "\n".join(section(one, "prediction", last(found), found, published))
+
+
+def test_what_a_sampler_finding_would_take_counts_one_run_a_seed():
+    """Two sampler settings of the same runs: each more seed is one more run; two training configs are two."""
+    from ablations.reporting.index import would_take
+    from ablations.reporting.verdicts import Finding
+    rows = _pred(MIXED + LATE)
+    per_run = (0.5 + 0.6) / 2 * 2800
+    sampler = Finding("sampler", "fid", {**DDIM20, "steps": 10}, {**DDIM20, "sampler": "ddpm", "steps": 10}, "lower",
+                      "p")
+    config = Finding("prediction", "fid", {"prediction": "eps"}, {"prediction": "x0"}, "lower", "p")
+    for f, runs in ((sampler, 4), (config, 8)):
+        v = {"finding": f, "seeds": 3, "to_decide": (7, "agrees")}
+        assert would_take(v, rows) == (f"{runs} more runs, ~{runs * per_run / 3600:.1f} h on one worker at this "
+                                       f"grid's mean run ({per_run / 60:.0f} min)")
+    assert would_take({"finding": config, "seeds": 3, "to_decide": (None, "agrees")}, rows) == ""
+    assert would_take({"finding": config, "seeds": 3, "to_decide": None}, rows) == ""

@@ -80,7 +80,7 @@ def write_index(results_root) -> Path:
             verdict = verdicts.verdict_text(v) + (checked if verdicts.checked(v) else "")
             lines.append(f"| {link} | {verdicts.paper_text(v['finding'])} | {ours} | {verdicts.diff_text(v)} | "
                          f"{verdicts.p_text(v['p'])} | {verdicts.p_text(v['p_holm'])} | {verdict} | "
-                         f"{verdicts.trajectory_text(curve)} | {_settled(curve)} | {where} |")
+                         f"{verdicts.trajectory_text(curve)} | {_settled(curve, rows)} | {where} |")
     if forest(family, root):
         lines += ["", "Each finding's paired difference with its CI, the paper's direction shaded:", "",
                   "![forest](forest.png)"]
@@ -95,9 +95,26 @@ def write_index(results_root) -> Path:
     return path
 
 
-def _settled(curve: list[dict]) -> str:
+def _settled(curve: list[dict], rows: pd.DataFrame) -> str:
     """Whether the finding is settled, and what an inconclusive verdict would take."""
-    return "; ".join(filter(None, (verdicts.settled_text(curve), verdicts.to_decide_text(curve[-1]))))
+    return "; ".join(filter(None, (verdicts.settled_text(curve), verdicts.to_decide_text(curve[-1]),
+                                   would_take(curve[-1], rows))))
+
+
+def would_take(v: dict, rows: pd.DataFrame) -> str:
+    """The runs and worker hours the seeds `to_decide` names would add, at the mean wall time of the folder's
+    runs (training, sampling, FID and NLL to the last checkpoint): one run a seed when a and b are sampler
+    settings of the same runs, two (one a cell) otherwise. '' when nothing is to decide or no time is known."""
+    n = (v.get("to_decide") or (None,))[0]
+    wall = _wall(rows)
+    if n is None or wall.empty or "run_id" not in rows:
+        return ""
+    f = v["finding"]
+    apart = {k for k in {*f.a, *f.b} if f.a.get(k) != f.b.get(k)}
+    runs = (n - v["seeds"]) * (1 if apart <= set(SETTING) else 2)
+    per_run = wall["value"].sum() / rows.loc[rows["run_id"].notna(), "run_id"].nunique()
+    return (f"{runs} more runs, ~{runs * per_run / 3600:.1f} h on one worker at this grid's mean run "
+            f"({per_run / 60:.0f} min)")
 
 
 def _si(x: float, unit: str) -> str:
