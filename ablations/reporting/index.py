@@ -97,8 +97,7 @@ def write_index(results_root) -> Path:
 
 def _settled(curve: list[dict], rows: pd.DataFrame) -> str:
     """Whether the finding is settled, and what an inconclusive verdict would take."""
-    return "; ".join(filter(None, (verdicts.settled_text(curve), verdicts.to_decide_text(curve[-1]),
-                                   would_take(curve[-1], rows))))
+    return "; ".join(filter(None, (verdicts.settled_cell(curve), would_take(curve[-1], rows))))
 
 
 def would_take(v: dict, rows: pd.DataFrame) -> str:
@@ -106,8 +105,10 @@ def would_take(v: dict, rows: pd.DataFrame) -> str:
     runs (training, sampling, FID and NLL to the last checkpoint): one run a seed when a and b are sampler
     settings of the same runs, two (one a cell) otherwise. '' when nothing is to decide or no time is known."""
     n = (v.get("to_decide") or (None,))[0]
+    if n is None or "run_id" not in rows:
+        return ""
     wall = _wall(rows)
-    if n is None or wall.empty or "run_id" not in rows:
+    if wall.empty:
         return ""
     f = v["finding"]
     apart = {k for k in {*f.a, *f.b} if f.a.get(k) != f.b.get(k)}

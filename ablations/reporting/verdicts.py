@@ -250,7 +250,7 @@ def assess(tables: list[tuple[str, str, pd.DataFrame]], found_in: dict[str, Publ
 
 
 def to_decide(v: dict) -> tuple[int | None, str] | None:
-    """For an inconclusive verdict on two seeds or more: (the seeds its test or its reverse would pass with at
+    """For an inconclusive verdict on two seeds or more: (the seeds its test or its reverse would pass with
     80% power if the observed mean and spread of d were the truth, at the family's strictest Holm step
     ALPHA / m, or None when no n up to 100 would; the verdict it would then read). None otherwise."""
     if v["verdict"] != "inconclusive" or v["seeds"] < 2 or v["family"] < 1:
@@ -562,8 +562,13 @@ def over_training(found: list[dict]) -> list[str]:
         cells = [f"{diff_text(at[s])}: {at[s]['verdict']} ({deciding_p(at[s])})" if s in at else "-"
                  for s in steps]
         lines.append(f"| {c[-1]['finding'].metric} | {c[-1]['a']} | {c[-1]['b']} | " + " | ".join(cells) +
-                     f" | {trajectory_text(c)} | {'; '.join(filter(None, (settled_text(c), to_decide_text(c[-1]))))} |")
+                     f" | {trajectory_text(c)} | {settled_cell(c)} |")
     return lines + [""]
+
+
+def settled_cell(curve: list[dict]) -> str:
+    """Whether the finding is settled, and what its last verdict would take when inconclusive."""
+    return "; ".join(filter(None, (settled_text(curve), to_decide_text(curve[-1]))))
 
 
 def to_decide_text(v: dict) -> str:
