@@ -41,7 +41,7 @@ def test_every_command_takes_the_shared_options_from_one_declaration():
     for name in ("scale", "runs_root", "results_root"):
         found = [o for c in main.commands for o in [_option(c, name)] if o is not None]
         assert len({(o.help, o.default, o.show_default, type(o.type), tuple(o.opts)) for o in found}) == 1, name
-    source = (ROOT / "ablations" / "commands" / "cli.py").read_text()
+    source = (ROOT / "ablations" / "commands" / "common.py").read_text()
     for flag in ("--scale", "--runs-root", "--results-root"):
         assert source.count(f'click.option("{flag}"') == 1, flag
     runs_help = _option("run", "runs_root").help

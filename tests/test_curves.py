@@ -301,7 +301,7 @@ def test_the_report_gives_the_trajectory_from_the_rows_not_typed():
     assert ("- **fid: prediction=eps, DDIM η=0 · 20 steps − prediction=x0, DDIM η=0 · 20 steps over training** "
             "(95% CI): 0.3333 ± 13 at 350 (3 seeds); ") in text
     half = 4.303 * (13 / 3) ** 0.5  # d = 2, -3, 4: mean 1, sd sqrt(13); the t table's 0.975 quantile at 2 dof
-    assert f"1 ± {half:.2g} at 2,800 (3 seeds). Verdict: inconclusive from 350; settled from 350 steps." in text
+    assert f"1 ± {half:.2g} at 2,800 (3 seeds). Verdict: inconclusive from 350; settled from 350 steps as inconclusive: undecided." in text
     one = _pred([[4.0, -6.0, 1.0]], STEPS[-1:])
     found = assess([("prediction-cpu", "prediction", one)], FOUND)
     assert typed in "\n".join(section(one, "prediction", last(found), found, published))

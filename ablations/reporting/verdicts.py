@@ -52,7 +52,8 @@ RULE = ("Verdicts test paired per-seed differences d = a − b (Student's t over
         "family above, whatever each question's training length), so the verdict the index reports is corrected "
         "as if each run were scored once, and the earlier checkpoints, which ask how far training must go rather "
         "than which choice wins, cost it no power. A finding is **settled** from the first checkpoint after which "
-        "its verdict no longer changes, and **unsettled** when its last two checkpoints differ. An inconclusive "
+        "its verdict no longer changes (settled as inconclusive, it is undecided: its verdict stopped changing, "
+        "not the question), and **unsettled** when its last two checkpoints differ. An inconclusive "
         "verdict says what would decide it: the seeds at which its test, or its reverse, would pass with 80% power "
         "at the family's strictest Holm step (0.05 / the family's size), if the observed mean difference and "
         "per-seed spread were the truth (a plug-in estimate: the observed effect of an undecided finding is "
@@ -324,11 +325,13 @@ def trajectory_text(curve: list[dict]) -> str:
 
 
 def settled_text(curve: list[dict]) -> str:
-    """Whether the finding is settled, and from which step; unsettled, with the last two checkpoints' verdicts
-    and the adjusted p that decided each."""
+    """Whether the finding is settled, and from which step (a finding settled as inconclusive is undecided:
+    its verdict stopped changing, not the question); unsettled, with the last two checkpoints' verdicts and the
+    adjusted p that decided each."""
     state, step = settled(curve)
     was, now = curve[-2:] if len(curve) > 1 else (None, None)
-    return (f"settled from {step_text(step)} steps" if state == "settled" else
+    undecided = " as inconclusive: undecided" if curve[-1]["verdict"] == "inconclusive" else ""
+    return (f"settled from {step_text(step)} steps{undecided}" if state == "settled" else
             f"unsettled: {was['verdict']} at {step_text(was['train_step'])} ({deciding_p(was)}), {now['verdict']} at "
             f"{step_text(now['train_step'])} ({deciding_p(now)})" if state == "unsettled" else
             "not followed: its cells are scored at the last checkpoint only (`curve = false`)" if _last_only(curve)
