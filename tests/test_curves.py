@@ -11,8 +11,8 @@ from ablations.store.io import write_json
 from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
 from ablations.reporting import axes, stats
 from ablations.reporting.table import checkpointed, checkpoints, cost, summarize
-from ablations.reporting.verdicts import (ALPHA, FILE, assess, last, p_text, settled, settled_text, trajectories,
-                                          trajectory_text)
+from ablations.reporting.verdicts import ALPHA, FILE, assess, last, settled, trajectories
+from ablations.reporting.wording import p_text, settled_text, trajectory_text
 
 ROOT = Path(__file__).resolve().parent.parent
 FOUND = spec_findings("prediction-cpu", "schedule-cpu", "sampler-cpu")
@@ -107,7 +107,7 @@ def test_verdicts_per_checkpoint_with_a_holm_family_per_train_step():
 def test_a_disagreement_shows_the_reverses_adjusted_p_that_decided_it():
     """eps − x0 of +20, +25, +22 FID: the claim (eps lower) has p near 1; its reverse (eps higher) passes, and
     that reverse's adjusted p is the one the verdict table and the over-training cells print."""
-    from ablations.reporting.verdicts import over_training, section
+    from ablations.reporting.report import over_training, section
     up = [[20.0, 25.0, 22.0]] * 2
     found = assess([("prediction-cpu", "prediction", _pred(up, STEPS[2:]))], FOUND)
     end = _curve(found, "prediction-cpu", "fid")[-1]
@@ -176,7 +176,7 @@ def test_an_inconclusive_verdict_says_what_would_decide_it(tmp_path):
     strictest Holm step; a decided finding says nothing more; +3, -4, +2 (mean +0.33, sd 3.8) would take
     more than 100 seeds, and says so with its numbers."""
     from ablations.reporting.index import regenerate
-    from ablations.reporting.verdicts import to_decide_text
+    from ablations.reporting.wording import to_decide_text
     diffs = LATE + [LATE[1], [4.0, -1.0, 3.0]]
     found = assess([("prediction-cpu", "prediction", _pred(diffs)), ("schedule-cpu", "schedule", _sched(NLL))], FOUND)
     c, sched = _curve(found, "prediction-cpu", "fid"), _curve(found, "schedule-cpu", "nll_bpd")[-1]
@@ -290,7 +290,7 @@ def test_one_checkpoint_draws_no_curve(tmp_path):
 def test_the_report_gives_the_trajectory_from_the_rows_not_typed():
     """Where the rows hold the curve, what-was-checked gives a − b at each checkpoint from them and drops the
     typed trajectory measured outside the suite; with one checkpoint the typed line stays."""
-    from ablations.reporting.verdicts import section
+    from ablations.reporting.report import section
     published = FOUND["prediction-cpu"]
     (typed,) = [x["text"] for x in published.checked if x.get("ad_hoc")]
     assert typed.startswith("- **Training length")

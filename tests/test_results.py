@@ -244,7 +244,8 @@ def test_parity_is_tost_against_the_findings_absolute_margin():
 
 
 def test_one_seed_reads_na_and_is_outside_the_family():
-    from ablations.reporting.verdicts import assess, section
+    from ablations.reporting.report import section
+    from ablations.reporting.verdicts import assess
     ddim = {"sampler": "ddim", "eta": 0.0, "spacing": "leading", "clip_x0": True, "steps": 10}
     rows = pd.DataFrame([{"metric": "fid", "seed": 0, **ddim, "value": 138.2},
                          {"metric": "fid", "seed": 0, **ddim, "sampler": "ddpm", "value": 554.2}])
@@ -279,7 +280,7 @@ def test_the_index_shows_the_extractor_check_and_reports_show_the_new_metrics(tm
     from ablations.reporting.index import write_index
     from ablations.reporting.report import metric_tables
     from ablations.reporting.table import summarize
-    from ablations.reporting.verdicts import solver_note
+    from ablations.reporting.checks import solver_note
 
     settings = [("dpmpp_2m", 10), ("dpmpp_2m", 20), ("ddim", 10), ("ddim", 20)]
     by_extractor = {"fmnist-classifier": [10.0, 20.0, 30.0, 40.0], "fmnist-classifier-seed1": [1.0, 3.0, 2.0, 4.0]}
@@ -311,7 +312,7 @@ def test_the_index_shows_the_extractor_check_and_reports_show_the_new_metrics(tm
 def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(tmp_path):
     """The sampler's checks appear only where a finding disagrees or is inconclusive, and the per-seed
     differences and the η=1 ≡ DDPM line are computed from the rows, not typed."""
-    from ablations.reporting.verdicts import section
+    from ablations.reporting.report import section
     sampler = _found("sampler-cpu")["sampler-cpu"]
 
     def rows(ddim, ddpm, eta1, noclip=()):
@@ -340,7 +341,8 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
     assert "| **agrees**" in better and "| **disagrees**" not in better and "what was checked" not in better
     # the index links a disagreement to that section
     from ablations.reporting.index import write_index
-    from ablations.reporting.verdicts import CHECKED_ANCHOR, CHECKED_TITLE, FILE
+    from ablations.reporting.verdicts import FILE
+    from ablations.reporting.wording import CHECKED_ANCHOR, CHECKED_TITLE
     (tmp_path / "sampler-cpu").mkdir()
     write_json(tmp_path / "sampler-cpu" / FILE, load_spec(ROOT / "ablations" / "sampler.toml").findings)
     table = disagreeing.assign(ablation="sampler-cpu", scale="cpu", run_id="r", phase="eval")
@@ -373,7 +375,7 @@ def test_the_index_shows_the_sample_set_noise_and_verdicts_keep_the_first_sample
     (mean 2.5, largest 4); the cells' means over sample seeds are (101.5, 109) and (50.5, 72), whose std
     over seeds is 7.5/sqrt(2) and 21.5/sqrt(2), 10.25 on average. A verdict reads sample seed 0 only."""
     from ablations.reporting.index import write_index
-    from ablations.reporting.verdicts import _select
+    from ablations.reporting.verdicts import select
 
     fids = {("ddim", 10): {0: (100.0, 103.0), 1: (110.0, 108.0)}, ("ddim", 20): {0: (50.0, 51.0), 1: (70.0, 74.0)}}
     rows = [{"run_id": f"r{seed}", "ablation": "sampler-cpu", "scale": "cpu", "seed": seed, "phase": "eval",
@@ -388,4 +390,4 @@ def test_the_index_shows_the_sample_set_noise_and_verdicts_keep_the_first_sample
     assert ("Sample-set noise (sampler-cpu): over the 4 (model, cell) pairs scored at sample seeds 0 and 1, "
             "|FID(0) − FID(1)| is 2.5 on average (largest 4); the training seeds' std of those cells is 10.3 on "
             "average.") in index
-    assert _select(table, "fid", {"sampler": "ddim", "steps": 10}).tolist() == [100.0, 110.0]
+    assert select(table, "fid", {"sampler": "ddim", "steps": 10}).tolist() == [100.0, 110.0]

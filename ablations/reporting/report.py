@@ -3,9 +3,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.reporting import axes, verdicts
+from ablations.reporting import axes, checks, verdicts
 from ablations.reporting.plots import with_labels
-from ablations.reporting.table import checkpointed, checkpoints, spec_of
+from ablations.reporting.table import checkpointed, checkpoints, final, spec_of
+from ablations.reporting.wording import (CHECKED_TITLE, LACKING, checked, deciding_p, diff_text, family_lines, over_line,
+                                         p_text, paper_text, per_seed, pm, settled_cell, step_text, trajectory_text,
+                                         verdict_text)
 from ablations.store.io import write_text
 from ablations.store.schema import DENOISING
 
@@ -164,6 +167,59 @@ def checkpoint_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
     return parts
 
 
+def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None,
+            curves: list[dict] | None = None, published: verdicts.Published = verdicts.NONE) -> list[str]:
+    """The report's verdict section (markdown lines); `found` is this folder's share of the index's family
+    (its last checkpoint), `curves` its share at every checkpoint (assess's entries), `published` the
+    folder's findings.json (`read`)."""
+    out = ["## Verdict", "", verdicts.RULE, ""]
+    out += [published.no_paper, ""] if published.no_paper else [LACKING, ""] if not published.spec else []
+    found = verdicts.verdicts(rows, spec, found=published) if found is None else found
+    rows = final(rows)  # the notes and checks read the last checkpoint, as the verdicts do
+    if not found:
+        said = published.no_paper or not published.spec
+        return out + ([] if said else ["No published finding is compared by this spec's cells.", ""])
+    out += [*family_lines(found), "",
+              "| metric | a | b | paper | a (mean ± CI) | b (mean ± CI) | a − b | seeds | p | p (Holm) | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in found:
+        f = v["finding"]
+        out.append(f"| {f.metric} | {v['a']} | {v['b']} | {paper_text(f)} | {pm(v['a_mean'], v['a_ci'])} | "
+                   f"{pm(v['b_mean'], v['b_ci'])} | {diff_text(v)} | {v['seeds']} | {p_text(v['p'])} | "
+                   f"{p_text(v['p_holm'])} | {verdict_text(v)} |")
+    out.append("")
+    extra = checks.lines(rows, published.note)
+    out += ["### Notes", "", *extra, ""] if extra else []
+    off = [v for v in found if checked(v)]
+    if off:
+        over = [c for c in verdicts.trajectories(curves or []) if checked(c[-1])]
+        out += [f"### {CHECKED_TITLE}", "", *map(per_seed, off), *(over_line(c) for c in over if len(c) > 1),
+                *checks.lines(rows, published.checked, curve=any(len(c) > 1 for c in over)), ""]
+    return out
+
+
+def over_training(found: list[dict]) -> list[str]:
+    """The report's verdicts at every checkpoint (markdown lines), from one folder's share of `assess`: a
+    row per finding, a column per checkpoint with a − b, its CI and the verdict; nothing for one checkpoint."""
+    curves = verdicts.trajectories(found)
+    steps = sorted({v["train_step"] for c in curves for v in c if v["train_step"] == v["train_step"]})
+    if len(steps) < 2:
+        return []
+    lines = ["### Verdicts over training", "",
+             "Each finding at every checkpoint scored (columns: training step): a − b with its CI, the verdict and "
+             "the Holm-adjusted p that decided it within the checkpoint's family (a disagreement's: its reverse's).",
+             "",
+             "| metric | a | b | " + " | ".join(step_text(s) for s in steps) + " | over training | settled |",
+             "|---|---|---|" + "---|" * len(steps) + "---|---|"]
+    for c in curves:
+        at = {v["train_step"]: v for v in c}
+        cells = [f"{diff_text(at[s])}: {at[s]['verdict']} ({deciding_p(at[s])})" if s in at else "-"
+                 for s in steps]
+        lines.append(f"| {c[-1]['finding'].metric} | {c[-1]['a']} | {c[-1]['b']} | " + " | ".join(cells) +
+                     f" | {trajectory_text(c)} | {settled_cell(c)} |")
+    return lines + [""]
+
+
 def write_report(out_dir) -> Path:
     """out_dir/report.md from the folder alone: rows.csv, summary.csv and axes.json (its axis)."""
     out_dir = Path(out_dir)
@@ -183,9 +239,9 @@ def write_report(out_dir) -> Path:
     parts += metric_tables(at_last, axis) + denoising_tables(at_last, axis) + checkpoint_tables(summary, axis)
     found_in = verdicts.read_all(out_dir.parent)  # each folder's findings.json
     curves = [v for v in verdicts.assess(verdicts.tables(out_dir.parent), found_in) if v["folder"] == out_dir.name]
-    parts += verdicts.section(rows, spec_of(rows), verdicts.last(curves), curves,  # Holm over the whole index
-                              found_in.get(out_dir.name, verdicts.NONE))
-    parts += verdicts.over_training(curves)
+    parts += section(rows, spec_of(rows), verdicts.last(curves), curves,  # Holm over the whole index
+                     found_in.get(out_dir.name, verdicts.NONE))
+    parts += over_training(curves)
     figures = [f for f in FIGURES if (out_dir / f"{f}.png").exists()]
     if figures:
         parts += ["## Figures", ""] + [f"![{f}]({f}.png)" for f in figures] + [""]
