@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablations.grid import spec
+from ablations.grid import checks
 from ablations.grid.axes import AXES, PARAMETERS, SETTING_AXES, keywords
 from ablations.grid.config import TRAIN_FIELDS, Setting, TrainConfig
 from ablations.grid.spec import SpecError, load_spec
@@ -53,8 +53,8 @@ def _spec(tmp_path, sampler="ddim", base="", setting=""):
 
 
 def test_the_spec_choices_are_the_registry():
-    assert spec.CHOICES.keys() == AXES.keys()
-    assert all(spec.CHOICES[name] is axis.choices for name, axis in AXES.items())
+    assert checks.CHOICES.keys() == AXES.keys()
+    assert all(checks.CHOICES[name] is axis.choices for name, axis in AXES.items())
 
 
 def test_the_schema_axes_and_setting_columns_are_registry_fields():

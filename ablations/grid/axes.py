@@ -2,7 +2,7 @@
 
 An axis is its choices (the core registry dict its value is looked up in), the config field that holds
 it (a `TrainConfig` field, or a `Setting` field for the sampler setting), and the core keywords it feeds.
-The spec's `CHOICES` are built from it, `tests/test_spec.py` checks the row schema's axis and setting
+The spec's `CHOICES` (ablations/grid/checks.py) are built from it, `tests/test_spec.py` checks the row schema's axis and setting
 columns and the README's Vocabulary against it, and the training loop and the evaluation pass a config's
 values to `make_schedule`, `UNet`, `loss_terms`, `sample` and `nll_bpd` through `keywords` (not one
 hand-written keyword per field).

@@ -15,39 +15,37 @@ word is a string). `base.*`, `eval.*` and `seeds` form the topmost layer (above 
 table); any other key (`scale.cpu.base.batch`, `grid.lr`, `name`) replaces that key of the file's
 table. Either way each is validated by the same code as the key in the file, and an error names the
 override.
+
+The eval block is checked in ablations/grid/settings.py, the checks every part shares are
+ablations/grid/checks.py.
 """
 import functools
 import itertools
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import tomllib
 import torch
 
 from ablations.grid import findings
-from ablations.grid.checks import known, typed
-from ablations.grid.axes import AXES
-from ablations.grid.config import EVAL_FIELDS, RANGES, SETTING_KEYS, TRAIN_FIELDS, EvalConfig, Setting, TrainConfig
-from ablations.running.data import SHAPES, SIZES
-from ablations.running.training import ARCHITECTURE, architecture, build_model, total_steps
+from ablations.grid.checks import SpecError, check_value, errors, known, maker, rule, typed
+from ablations.grid.config import EVAL_FIELDS, TRAIN_FIELDS, EvalConfig, TrainConfig
+from ablations.grid.settings import eval_config
+from ablations.running.data import SHAPES
+from ablations.running.training import ARCHITECTURE, architecture, build_model
 from core.losses import PARAMS, check_variance, check_weighting
-from core.registry import lookup
-from core.samplers import TAKES_ETA, check_start
-from core.schedules import check_prediction, check_spacing, make_schedule, spaced_timesteps
+from core.schedules import check_prediction, make_schedule
 from core.unet import feature_sides
 
+__all__ = ["SpecError", "Run", "Spec", "load_spec", "load_scales", "parse_override"]
+
 SCALES = Path(__file__).resolve().parent.parent / "scales.toml"
-CHOICES = {name: axis.choices for name, axis in AXES.items()}  # field -> its registry (ablations/grid/axes.py)
 TOP_KEYS = {"name", "description", "seeds", "base", "grid", "eval", "scale", "default_scale", *findings.KEYS}
 SCALE_KEYS = {"base", "eval", "seeds"}
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 NAME_PART = re.compile(r"[A-Za-z0-9_-]+")  # one part of an override's dotted key
 BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")  # an override value taken as a string
-
-
-class SpecError(ValueError):
-    """A malformed spec: names the file, the key, the bad value and the valid choices."""
 
 
 @dataclass(frozen=True)
@@ -72,25 +70,6 @@ class Spec:
     findings: dict | None = None  # its published findings and notes (ablations/grid/findings.py), as collected
 
 
-def _errors(path, overrides=()):
-    """The error factory of a file: an error on a key an override set (or a key above or below it)
-    names the override."""
-    def err(key, msg):
-        given = next((o for o in overrides if _related(o.split("=", 1)[0], key)), None)
-        return SpecError(f"{path}: " + (f"--set {given}: " if given else "") + f"key '{key}': {msg}")
-    return err
-
-
-def _related(override_key, key) -> bool:
-    return any(a == b or a.startswith((b + ".", b + "["))
-               for a, b in ((key, override_key), (override_key, key)))
-
-
-def _maker(where):
-    """An error factory from what a value remembers of where it came from: a file, or a factory."""
-    return where if callable(where) else _errors(where)
-
-
 def parse_override(text: str) -> tuple[list[str], object]:
     """`base.lr=1e-3` -> (["base", "lr"], 0.001): the value parsed as a TOML value, a bare word as a
     string."""
@@ -113,7 +92,7 @@ def _apply(raw, overrides, path) -> tuple[dict, object, object]:
     the file's table `raw` (changed in place). Returns (top layer, its error factory, the file's)."""
     top = {}
     ours = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in SCALE_KEYS]
-    err = _errors(path, [o for o in overrides if o not in ours])
+    err = errors(path, [o for o in overrides if o not in ours])
     for text in overrides:
         parts, value = parse_override(text)
         table = top if parts[0] in SCALE_KEYS else raw
@@ -123,7 +102,7 @@ def _apply(raw, overrides, path) -> tuple[dict, object, object]:
                 raise err(".".join(parts[:i + 1]), f"is {type(table).__name__}, not a table, so it has no key "
                                                    f"{parts[i + 1]!r}")
         table[parts[-1]] = value
-    return top, _errors(path, ours), err
+    return top, errors(path, ours), err
 
 
 def _read(path) -> dict:
@@ -142,7 +121,7 @@ def _read(path) -> dict:
 
 def load_scales(path=SCALES) -> dict:
     """{scale: {"base": {...}, "eval": {...}, "seeds": [...]}} from the shared scale file, validated."""
-    raw, err = _read(path), _errors(path)
+    raw, err = _read(path), errors(path)
     out = {}
     for scale, table in raw.items():
         typed(table, dict, scale, err)
@@ -180,7 +159,7 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES, overrides=()) 
     seeds = next((layer["seeds"] for layer in reversed(layers) if "seeds" in layer), ([0], err, "seeds"))
     grid = typed(raw.get("grid", {}), dict, "grid", err)
     runs = _runs(grid, base, seeds, top, top_err, err)
-    ev = _eval(evals, runs)
+    ev = eval_config(evals, runs)
     return Spec(name if scale is None else f"{name}-{scale}", path, scale, tuple(grid), tuple(runs), ev, overrides,
                 findings.parse(raw, err, tuple(grid)))
 
@@ -254,33 +233,12 @@ def _seeds(seeds, key, err):
     return seeds
 
 
-def _check_value(key, field_name, value, default, err):
-    """Type-check one config value against its field's default, and check names against registries."""
-    if isinstance(default, tuple):
-        kind = str if field_name == "extra_extractors" else int
-        if not isinstance(value, list) or not all(type(v) is kind for v in value):
-            raise err(key, f"expected a list of {'names' if kind is str else 'integers'}, got {value!r}")
-        value = tuple(value)
-    else:
-        if isinstance(default, float) and type(value) is int:
-            value = float(value)
-        typed(value, type(default), key, err)
-    if field_name in CHOICES:
-        try:
-            lookup(CHOICES[field_name], value, field_name)
-        except ValueError as e:
-            raise err(key, str(e)) from None
-    if field_name in RANGES and not RANGES[field_name][0](value):
-        raise err(key, f"{value!r} is out of range; valid: {RANGES[field_name][1]}")
-    return value
-
-
 def _section(table, prefix, err):
     typed(table, dict, prefix, err)
     if "seed" in table:
         raise err(f"{prefix}.seed", "set seeds with the top-level `seeds` list (or a scale's), not per config")
     known(table, TRAIN_FIELDS, prefix + ".", err)
-    return {k: _check_value(f"{prefix}.{k}", k, v, TRAIN_FIELDS[k].default, err) for k, v in table.items()}
+    return {k: check_value(f"{prefix}.{k}", k, v, TRAIN_FIELDS[k].default, err) for k, v in table.items()}
 
 
 def _axis(axis, values, err):
@@ -300,7 +258,7 @@ def _axis(axis, values, err):
             if axis not in TRAIN_FIELDS:
                 raise err(key, f"unknown key {axis!r}; valid keys: {', '.join(sorted(TRAIN_FIELDS))} "
                                "(or give a list of tables to name an axis that sets several fields)")
-            sets = {axis: _check_value(f"{key}[{i}]", axis, v, TRAIN_FIELDS[axis].default, err)}
+            sets = {axis: check_value(f"{key}[{i}]", axis, v, TRAIN_FIELDS[axis].default, err)}
             label = str(sets[axis])
         out.append((label, {k: (x, err, f"{key}[{i}].{k}" if isinstance(v, dict) else f"{key}[{i}]")
                             for k, x in sets.items()}))
@@ -316,10 +274,10 @@ def _resolve(values) -> TrainConfig:
         _, where, key = values.get(field, (None, None, None))
         if where is None:
             return SpecError(f"default of '{field}': {msg}")
-        return _maker(where)(key, msg)
+        return maker(where)(key, msg)
 
-    _rule(err, "variance", check_variance, cfg.variance, cfg.loss)
-    _rule(err, "weighting", check_weighting, cfg.weighting, cfg.loss)
+    rule(err, "variance", check_variance, cfg.variance, cfg.loss)
+    rule(err, "weighting", check_weighting, cfg.weighting, cfg.loss)
     for name, params in PARAMS.items():
         for p in params:
             if p not in PARAMS[cfg.weighting] and getattr(cfg, p) != TRAIN_FIELDS[p].default:
@@ -330,7 +288,7 @@ def _resolve(values) -> TrainConfig:
     if not set(cfg.attention) <= set(sides):
         raise err("attention", f"{list(cfg.attention)} names feature-map sides the model does not have; valid "
                                f"sides for {cfg.dataset} with mults {list(cfg.mults)}: {sides}")
-    _rule(err, "zero_terminal_snr" if "zero_terminal_snr" in values else "prediction", check_prediction,
+    rule(err, "zero_terminal_snr" if "zero_terminal_snr" in values else "prediction", check_prediction,
           cfg.zero_terminal_snr, cfg.prediction)
     problem = _schedule_error(cfg.schedule, cfg.T, cfg.zero_terminal_snr)
     if problem:
@@ -339,15 +297,6 @@ def _resolve(values) -> TrainConfig:
     if problem:
         raise err("heads" if "heads" in problem else "model_channels", problem)
     return cfg
-
-
-def _rule(err, key, check, *args):
-    """A cross-field rule of core (defined once, beside the math it protects): its ValueError becomes
-    the spec's error on `key`, naming the file and the value."""
-    try:
-        check(*args)
-    except ValueError as e:
-        raise err(key, str(e)) from None
 
 
 @functools.cache  # a grid of thousands of runs has a few schedules
@@ -367,152 +316,3 @@ def _model_error(arch: tuple) -> str | None:
     except ValueError as e:
         return str(e)
     return None
-
-
-def _eval(values, runs) -> EvalConfig:
-    """EvalConfig from {field: (value, file, key)}, checked against every run; `setting` expands into
-    the Setting list."""
-    checked = {k: _check_value(key, k, v, EVAL_FIELDS[k].default, _maker(path))
-               for k, (v, path, key) in values.items() if k != "setting"}
-    ev = EvalConfig(**checked)
-
-    def err(field, msg):
-        _, path, key = values.get(field, (None, None, None))
-        return _maker(path)(key, msg) if path else SpecError(f"default of eval '{field}' ({msg})")
-
-    extractors = _extractors(ev, err)
-    _fits_runs(ev, runs, extractors, err)
-    if "inception-v3-compat" in extractors:
-        where = "fid_extractor" if ev.fid_extractor == "inception-v3-compat" else "extra_extractors"
-        _check_inception(ev.inception_weights, lambda msg: err(
-            "inception_weights" if "inception_weights" in values else where, msg))
-    if "setting" not in values:
-        return ev
-    tables, path, key = values["setting"]
-    settings, last_only = _settings(tables, key, _maker(path), ev, runs)
-    return replace(ev, settings=tuple(settings), last_only=tuple(last_only))
-
-
-def _extractors(ev, err) -> tuple:
-    """(fid_extractor, *extra_extractors): known, distinct, and with their weights where they need them."""
-    from ablations.metrics import classifier
-    from ablations.metrics.fidelity import EXTRACTORS, FMNIST_ONLY
-    _rule(err, "fid_extractor", lookup, EXTRACTORS, ev.fid_extractor, "fid_extractor")
-    for name in ev.extra_extractors:
-        _rule(err, "extra_extractors", lookup, EXTRACTORS, name, "extra_extractors")
-    extractors = (ev.fid_extractor, *ev.extra_extractors)
-    for name in extractors:
-        if name in FMNIST_ONLY and not classifier.WEIGHTS[name][0].exists():
-            raise err("fid_extractor" if name == ev.fid_extractor else "extra_extractors",
-                      f"{name!r} needs its weights at {classifier.WEIGHTS[name][0]}, which is missing; restore it "
-                      f"from git or retrain it with `ablate classifier`")
-    if len(set(extractors)) != len(extractors):
-        raise err("extra_extractors", f"{list(ev.extra_extractors)} repeats an extractor of {list(extractors)} "
-                                      f"(fid_extractor first); valid: distinct names of {sorted(EXTRACTORS)}")
-    return extractors
-
-
-def _fits_runs(ev, runs, extractors, err):
-    """The image counts, strata, extractors and eval_at fit every run's dataset, T and training steps."""
-    from ablations.metrics.fidelity import FMNIST_ONLY
-    for run in runs:
-        cfg = run.config
-        for name in extractors:
-            if name in FMNIST_ONLY and cfg.dataset != "fashion_mnist":
-                raise err("fid_extractor" if name == ev.fid_extractor else "extra_extractors",
-                          f"{name!r} features only fit dataset 'fashion_mnist', but run {run.run_id} trains on "
-                          f"{cfg.dataset!r}; valid choice for it: 'inception-v3-compat'")
-        size = SIZES[cfg.dataset]
-        if ev.fid_reference_n > size[ev.fid_reference]:
-            most = size[ev.fid_reference]
-            raise err("fid_reference_n", f"{ev.fid_reference_n} is more than the {most} images of "
-                                         f"{cfg.dataset}'s {ev.fid_reference!r} split; valid: 0..{most}")
-        if ev.nll_images > size["test"]:
-            raise err("nll_images", f"{ev.nll_images} is more than the {size['test']} test images of {cfg.dataset}; "
-                                    f"valid: 1..{size['test']}")
-        if ev.nll_strata > cfg.T:
-            raise err("nll_strata", f"{ev.nll_strata} strata for T={cfg.T} (run {run.run_id}); valid: 0..{cfg.T}")
-        if list(ev.denoise_t) != sorted(set(ev.denoise_t)) or any(not 0 <= t < cfg.T for t in ev.denoise_t):
-            raise err("denoise_t", f"{list(ev.denoise_t)} must be distinct timesteps in ascending order within "
-                                   f"0..{cfg.T - 1} (run {run.run_id} has T={cfg.T}); valid: e.g. [0, {cfg.T // 2}]")
-    if ev.grid_images > ev.fid_samples:
-        raise err("grid_images", f"{ev.grid_images} is more than fid_samples={ev.fid_samples}; "
-                                 f"valid: 1..{ev.fid_samples}")
-    if ev.solver_images > ev.fid_samples:
-        raise err("solver_images", f"{ev.solver_images} is more than fid_samples={ev.fid_samples}; "
-                                   f"valid: 0..{ev.fid_samples}")
-    for run in runs:
-        total = total_steps(run.config, SIZES[run.config.dataset]["train"])
-        if list(ev.eval_at) != sorted(set(ev.eval_at)) or any(not 1 <= s <= total for s in ev.eval_at):
-            raise err("eval_at", f"{list(ev.eval_at)} must be distinct training steps in ascending order within "
-                                 f"1..{total} (run {run.run_id} trains {total} steps); valid: e.g. "
-                                 f"[{max(1, total // 4)}, {max(1, total // 2)}, {total}]")
-
-
-def _settings(tables, key, err, ev, runs) -> tuple[list[Setting], list[Setting]]:
-    """(every setting, those with `curve = false`: scored at the last checkpoint only)."""
-    typed(tables, list, key, err)
-    settings, last_only = [], []
-    for i, s in enumerate(tables):
-        where = f"{key}[{i}]"
-        typed(s, dict, where, err)
-        known(s, SETTING_KEYS, where + ".", err)
-        name = _check_value(f"{where}.sampler", "sampler", s.get("sampler"), "", err)
-        lists = {k: s.get(k, d) for k, d in (("steps", [50]), ("eta", [0.0]), ("clip_x0", [ev.clip_x0]),
-                                              ("spacing", ["leading"]))}
-        lists = {k: v if isinstance(v, list) else [v] for k, v in lists.items()}
-        for axis, kind in (("steps", int), ("eta", float), ("clip_x0", bool), ("spacing", str)):
-            if not lists[axis]:
-                raise err(f"{where}.{axis}", "empty list; give at least one value")
-            lists[axis] = [typed(float(v) if kind is float and type(v) is int else v, kind, f"{where}.{axis}", err)
-                           for v in lists[axis]]
-        for sp in lists["spacing"]:
-            _check_value(f"{where}.spacing", "spacing", sp, "", err)
-        for st in lists["steps"]:
-            bad = [r for r in runs if not 1 <= st <= r.config.T]
-            if bad:
-                raise err(f"{where}.steps", f"steps {st} is outside 1..T={bad[0].config.T} of run {bad[0].run_id}; "
-                                            f"valid choices: 1..{bad[0].config.T}")
-        for eta in lists["eta"]:
-            if not 0.0 <= eta <= 1.0 or (name not in TAKES_ETA and eta != 0):
-                raise err(f"{where}.eta", f"eta {eta!r} is invalid for sampler {name!r}; valid choices: "
-                                          + ("a number in [0, 1]" if name in TAKES_ETA else f"0 ({name} has no eta)"))
-        _zero_snr_rules(name, lists, runs, f"{where}.spacing", err)
-        these = [Setting(name, st, eta, clip, sp) for st in lists["steps"] for eta in lists["eta"]
-                 for clip in lists["clip_x0"] for sp in lists["spacing"]]
-        settings += these
-        if not typed(s.get("curve", True), bool, f"{where}.curve", err):
-            last_only += these
-    if len(set(settings)) != len(settings):
-        raise err(key, f"duplicate sampler settings in {[tuple(s) for s in settings]}")
-    if not settings:
-        raise err(key, "no sampler settings; give at least one [[eval.setting]] table")
-    return settings, last_only
-
-
-def _zero_snr_rules(sampler, lists, runs, key, err):
-    """Core's rules for a setting on a zero terminal SNR run: no spacing that places sigmas
-    (`check_spacing`), and no sampler that runs in sigma from a kept t = T-1 (`check_start`)."""
-    for run in (r for r in runs if r.config.zero_terminal_snr):
-        T = run.config.T
-        for spacing in dict.fromkeys(lists["spacing"]):
-            try:
-                check_spacing(spacing, True)
-                for steps in lists["steps"]:
-                    check_start(sampler, T - 1 in spaced_timesteps(T, steps, spacing))
-            except ValueError as e:
-                raise err(key, f"{e} (spacing {spacing!r}, zero terminal SNR run {run.run_id})") from None
-
-
-def _check_inception(path, err):
-    """The Inception weights must exist and load, or FID fails after training."""
-    from ablations.metrics.fidelity import InceptionWeightsMissing, inception_weights
-    try:
-        found = inception_weights(path or None)
-    except InceptionWeightsMissing as e:
-        raise err(str(e)) from None
-    try:
-        torch.load(found, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to the user
-        raise err(f"{found} is not a loadable weights file ({type(e).__name__}: {e}); "
-                                       f"copy the file again or point inception_weights at a good copy") from None
