@@ -60,7 +60,7 @@ def test_import_direction_in_source(package, forbidden):
 def test_reporting_and_the_run_folder_layout_load_without_torch():
     code = ("import sys; import ablations.reporting.table, ablations.reporting.plots, ablations.reporting.report, "
             "ablations.reporting.bench, ablations.reporting.index, ablations.reporting.verdicts, "
-            "ablations.reporting.wording, ablations.reporting.checks; "
+            "ablations.reporting.wording, ablations.reporting.notes; "
             "import ablations.store.layout, ablations.store.schema, ablations.grid.seeds, ablations.store.io, ablations.store.migrate, "
             "ablations.grid.config, ablations.store.claim; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'core', 'torchvision')); "

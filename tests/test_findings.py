@@ -10,7 +10,7 @@ from conftest import ROOT, tiny_spec
 from ablations.commands.cli import main
 from ablations.grid import findings
 from ablations.grid.spec import SpecError, load_spec
-from ablations.reporting import axes, checks, verdicts, wording
+from ablations.reporting import axes, notes, verdicts, wording
 from ablations.reporting.report import write_report
 from ablations.reporting.table import summarize
 from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
@@ -80,7 +80,7 @@ def test_bad_notes_are_refused_with_file_key_and_choices(tmp_path, extra, key, w
 
 
 def test_the_lines_the_data_names_are_the_lines_the_verdicts_compute():
-    assert tuple(checks.COMPUTED) == findings.COMPUTED
+    assert tuple(notes.COMPUTED) == findings.COMPUTED
     assert set(verdicts.TESTS) == set(findings.EXPECTS)
 
 
@@ -148,16 +148,16 @@ def test_a_typed_lines_numbers_come_from_the_rows():
     tables = [{"text": "x0: {nll} bits/dim", "ad_hoc": False,
                "values": {"nll": {"of": "range", "metric": "nll_bpd", "a": {"prediction": "x0"}, "step": 1}}},
               {"text": "measured elsewhere", "ad_hoc": True, "values": {}}]
-    assert checks.lines(rows, tables) == ["x0: 100-116 bits/dim", "measured elsewhere"]
-    assert checks.lines(rows, tables, curve=True) == ["x0: 100-116 bits/dim"]  # the rows hold the curve
+    assert notes.lines(rows, tables) == ["x0: 100-116 bits/dim", "measured elsewhere"]
+    assert notes.lines(rows, tables, curve=True) == ["x0: 100-116 bits/dim"]  # the rows hold the curve
     empty = [{**tables[0], "values": {"nll": {**tables[0]["values"]["nll"], "a": {"prediction": "v"}}}}]
-    assert checks.lines(rows, empty) == ["x0: - bits/dim"]
+    assert notes.lines(rows, empty) == ["x0: - bits/dim"]
     # a cell's mean over seeds, and a cell named by an x0_rms row's timestep
     rms = pd.DataFrame([{"metric": "x0_rms", "seed": s, "prediction": "x0", "t": t, "value": v}
                         for s, (t, v) in enumerate([(700, 0.52), (700, 0.54), (0, 0.07), (0, 0.09)])])
     mean = [{"text": "x0 at t = 700: {e}", "values": {"e": {"of": "mean", "metric": "x0_rms", "format": ".2f",
                                                                "a": {"prediction": "x0", "t": 700}}}}]
-    assert checks.lines(rms, mean) == ["x0 at t = 700: 0.53"]
+    assert notes.lines(rms, mean) == ["x0 at t = 700: 0.53"]
 
 
 def test_the_committed_folders_hold_their_specs_findings():

@@ -280,7 +280,7 @@ def test_the_index_shows_the_extractor_check_and_reports_show_the_new_metrics(tm
     from ablations.reporting.index import write_index
     from ablations.reporting.report import metric_tables
     from ablations.reporting.table import summarize
-    from ablations.reporting.checks import solver_note
+    from ablations.reporting.notes import solver_note
 
     settings = [("dpmpp_2m", 10), ("dpmpp_2m", 20), ("ddim", 10), ("ddim", 20)]
     by_extractor = {"fmnist-classifier": [10.0, 20.0, 30.0, 40.0], "fmnist-classifier-seed1": [1.0, 3.0, 2.0, 4.0]}

@@ -14,7 +14,7 @@ Top-level keys of a spec:
   its `values` tables (`of = "ratio"`: the mean of cell a over cell b's, in `format`; `of = "range"`: cell
   a's lowest and highest per-seed value, or the metric's where a is empty, floored and ceiled to `step`), with `ad_hoc = true` where it quotes a
   trajectory measured outside the suite (shown only while the rows hold one checkpoint); or `computed`, a
-  line computed from the rows in full (COMPUTED, ablations/reporting/checks.py).
+  line computed from the rows in full (COMPUTED, ablations/reporting/notes.py).
 
 Pure: no torch, no files. Errors come from the spec's error factory (file, key, value, valid choices).
 """
@@ -30,7 +30,7 @@ EXPECTS = ("lower", "higher", "parity", "differs")
 LINE_KEYS = {"text", "values", "ad_hoc", "computed"}
 QUANTITIES = {"ratio": {"of", "metric", "a", "b", "format"}, "range": {"of", "metric", "a", "step"},
               "mean": {"of", "metric", "a", "format"}}
-COMPUTED = ("sampler_identity", "heun", "solver")  # lines ablations/reporting/checks.py computes in full
+COMPUTED = ("sampler_identity", "heun", "solver")  # lines ablations/reporting/notes.py computes in full
 FILE = "findings.json"  # in the results folder
 
 

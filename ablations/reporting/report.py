@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.reporting import axes, checks, verdicts
+from ablations.reporting import axes, notes, verdicts
 from ablations.reporting.plots import with_labels
 from ablations.reporting.table import checkpointed, checkpoints, final, spec_of
 from ablations.reporting.wording import (CHECKED_TITLE, LACKING, checked, deciding_p, diff_text, family_lines, over_line,
@@ -188,13 +188,13 @@ def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None,
                    f"{pm(v['b_mean'], v['b_ci'])} | {diff_text(v)} | {v['seeds']} | {p_text(v['p'])} | "
                    f"{p_text(v['p_holm'])} | {verdict_text(v)} |")
     out.append("")
-    extra = checks.lines(rows, published.note)
+    extra = notes.lines(rows, published.note)
     out += ["### Notes", "", *extra, ""] if extra else []
     off = [v for v in found if checked(v)]
     if off:
         over = [c for c in verdicts.trajectories(curves or []) if checked(c[-1])]
         out += [f"### {CHECKED_TITLE}", "", *map(per_seed, off), *(over_line(c) for c in over if len(c) > 1),
-                *checks.lines(rows, published.checked, curve=any(len(c) > 1 for c in over)), ""]
+                *notes.lines(rows, published.checked, curve=any(len(c) > 1 for c in over)), ""]
     return out
 
 

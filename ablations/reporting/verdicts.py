@@ -25,7 +25,7 @@ the verdicts' family). A finding is settled from the first checkpoint after whic
 changes, unsettled when its last two checkpoints differ (`settled`).
 
 The verdicts in words are ablations/reporting/wording.py; the lines computed from the rows beside them,
-ablations/reporting/checks.py; the report's verdict section, ablations/reporting/report.py.
+ablations/reporting/notes.py; the report's verdict section, ablations/reporting/report.py.
 """
 import json
 from dataclasses import dataclass
