@@ -51,7 +51,7 @@ def _machine(rows: pd.DataFrame) -> str:
 def write_index(results_root) -> Path:
     """results/README.md: every finding of every folder, Holm-adjusted over the whole index, its forest
     plot (results/forest.png), the extractor check where the rows hold two extractors, and the totals."""
-    from ablations.reporting.plots import forest
+    from ablations.reporting.verdict_plots import forest
     root = Path(results_root)
     found_tables = verdicts.tables(root)
     found_in = verdicts.read_all(root)  # each folder's findings.json
