@@ -164,5 +164,6 @@ def test_the_committed_folders_hold_their_specs_findings():
     """results/*/findings.json is what collect writes from today's specs: a spec edit shows in a diff."""
     for path in sorted((ROOT / "results").glob("*/findings.json")):
         name = json.loads(path.read_text())["spec"]
-        spec = load_spec(ROOT / "ablations" / f"{name}.toml")
+        scale = path.parent.name.removeprefix(name).removeprefix("-") or None  # <spec>[-<scale>]
+        spec = load_spec(ROOT / "ablations" / f"{name}.toml", scale)
         assert spec.name == path.parent.name and json.loads(path.read_text()) == spec.findings, path
