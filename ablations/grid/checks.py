@@ -60,8 +60,6 @@ def rule(err, key, check, *args):
         raise err(key, str(e)) from None
 
 
-
-
 def known(table, allowed, prefix, err):
     """Every key of `table` is in `allowed`; else the first unknown one, under `prefix`, with the valid keys."""
     for key in table:
