@@ -17,7 +17,8 @@ import submitit
 from ablations.store import claim
 from ablations.running import ledger, runner
 from ablations.store.io import append_jsonl, read_jsonl
-from ablations.store.layout import DONE, FAILED, INTERRUPTED, RUNNING, read_status, run_folder, slurm_folder, write_status
+from ablations.store.layout import (DONE, FAILED, INTERRUPTED, RUNNING, UNSCORABLE, read_status, run_folder,
+                                    slurm_folder, write_status)
 from ablations.grid.spec import Spec, load_spec
 
 SUBMISSIONS = "submissions.jsonl"
@@ -65,7 +66,7 @@ class RunJob:
         while worker.is_alive():
             worker.join(timeout=0.5)  # short waits keep the main thread free to handle signals
         state = result[0] if result else FAILED
-        if is_main() and state in (DONE, FAILED):
+        if is_main() and state in (DONE, FAILED, UNSCORABLE):
             claim.release(folder)
         return state
 
@@ -122,7 +123,7 @@ def pending_runs(spec: Spec, runs_root) -> list:
     """Runs that are neither complete nor held by a live job."""
     todo = []
     for run in spec.runs:
-        if ledger.is_complete(spec, run, runs_root):
+        if ledger.state(spec, run, runs_root)["state"] in (DONE, UNSCORABLE):
             continue
         held = claim.read(run_folder(runs_root, run.run_id))
         if held is not None and claim.alive(held):
@@ -136,6 +137,7 @@ def submit(spec: Spec, runs_root, *, data_root=None, device=None, max_requeues=3
     todo = pending_runs(spec, runs_root)
     if not todo:
         return []
+    ledger.ask_all(spec, todo, runs_root)
     ex, _ = executor_for(spec, runs_root, max_requeues=max_requeues, **params)
     job = RunJob(spec.path, spec.scale, runs_root, data_root=data_root, max_requeues=max_requeues, device=device,
                  overrides=spec.overrides)

@@ -15,7 +15,7 @@ from ablations.commands.cli import main
 from ablations.grid.config import TrainConfig, eval_steps, scored_at
 from ablations.store.io import write_json
 from ablations.store.layout import checkpoint_step, checkpoints, read_status, run_folder
-from ablations.running.ledger import missing, wanted
+from ablations.running.ledger import missing, state, wanted
 from ablations.running.runner import run_one
 from ablations.store.schema import CURVES, read_rows
 from ablations.grid.spec import SpecError, load_spec
@@ -157,9 +157,12 @@ def test_one_run_serves_a_spec_that_trains_fewer_steps(tmp_path):
                                                                                       "precision", "recall")}
     assert [checkpoint_step(p) for p in checkpoints(folder)] == [2, 4, 6]  # no training: no new checkpoint
     odd = _curve_spec(tmp_path, "odd", steps=4, eval_at="[3]")
-    assert run_one(odd, odd.runs[0], runs, progress=False) == "failed"
-    reason = read_status(folder)["reason"]
-    assert "checkpoint of step 3 was not kept" in reason and "eval_at" in reason
+    status = read_status(folder)
+    assert run_one(odd, odd.runs[0], runs, progress=False) == "unscorable"  # this spec's outcome, not the run's
+    assert read_status(folder) == status
+    reason = state(odd, odd.runs[0], runs)
+    assert reason["state"] == "unscorable" and "step(s) 3" in reason["reason"] and "eval_at" in reason["reason"]
+    assert state(long, long.runs[0], runs)["state"] == "done"
 
 
 def test_a_legacy_folder_moves_to_the_id_without_train_steps(tmp_path):
@@ -183,9 +186,12 @@ def test_a_legacy_folder_moves_to_the_id_without_train_steps(tmp_path):
     for p in new.glob("samples-*-step4*"):
         p.rename(new / p.name.replace("-step4", ""))
     shutil.move(str(new), str(old))
-    out = CliRunner().invoke(main, ["list", str(path), "--runs-root", str(runs)])
+    listed = CliRunner().invoke(main, ["list", str(path), "--runs-root", str(runs)])  # reads: moves nothing
+    assert listed.exit_code == 0, listed.output
+    assert "legacy id" in listed.output and "pending" in listed.output.splitlines()[-1] and old.exists()
+    out = CliRunner().invoke(main, ["run", str(path), "--runs-root", str(runs), "--no-progress"])
     assert out.exit_code == 0, out.output
-    assert f"{old.name} -> {new.name}" in out.output and "done" in out.output.splitlines()[-1]
+    assert f"{old.name} -> {new.name}" in out.output and "0 to run" in out.output
     assert not old.exists() and (new / "samples-ddim-5-eta0-step4-seed0.npz").exists()
     moved, _ = read_rows(new / "rows.jsonl")
     assert {r["run_id"] for r in moved} == {new.name}

@@ -18,7 +18,8 @@ from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_COMMANDS = {"collect", "plot", "report", "results", "export"}
-SPEC_COMMANDS = {"run", "list", "release", "submit", "status", "cancel", "collect", "export"}
+SPEC_COMMANDS = {"run", "list", "release", "submit", "status", "cancel", "collect", "export", "record"}
+RECORDS_COMMANDS = {"run", "list", "collect", "record"}
 
 
 def _ablate(*args, ok=True):
@@ -38,11 +39,12 @@ def test_every_command_takes_the_shared_options_from_one_declaration():
         for command in commands:
             for name in names:
                 assert _option(command, name) is not None, (command, name)
-    for name in ("scale", "runs_root", "results_root"):
+    assert all(_option(c, "records") is not None for c in RECORDS_COMMANDS)
+    for name in ("scale", "runs_root", "results_root", "records"):
         found = [o for c in main.commands for o in [_option(c, name)] if o is not None]
         assert len({(o.help, o.default, o.show_default, type(o.type), tuple(o.opts)) for o in found}) == 1, name
     source = (ROOT / "ablations" / "commands" / "common.py").read_text()
-    for flag in ("--scale", "--runs-root", "--results-root"):
+    for flag in ("--scale", "--runs-root", "--results-root", "--records"):
         assert source.count(f'click.option("{flag}"') == 1, flag
     runs_help = _option("run", "runs_root").help
     assert "RUNS_ROOT/<run_id>/" in runs_help and "<spec>/<run_id>" not in runs_help

@@ -112,7 +112,10 @@ def test_every_command_that_migrates_restores_them(tmp_path):
     spec.write_text(tiny_spec())
     full = _history()
     folder = _folder(tmp_path, full[:2] + full[4:], full[2:4])
-    result = CliRunner().invoke(main, ["list", str(spec), "--runs-root", str(tmp_path / "runs")])
+    listed = CliRunner().invoke(main, ["list", str(spec), "--runs-root", str(tmp_path / "runs")])
+    assert listed.exit_code == 0 and "rows set aside" in listed.output, listed.output  # list reads: it says so
+    assert (folder / "rows.partial.jsonl").exists()
+    result = CliRunner().invoke(main, ["run", str(spec), "--runs-root", str(tmp_path / "runs"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert f"migrate: {RUN_ID}: 2 whole rows" in result.output
     assert Path(folder / "rows.jsonl").read_text() == "".join(line + "\n" for line in full)

@@ -125,3 +125,44 @@ def test_overrides_are_recorded_in_config_json_and_the_results_folder(overridden
     again = CliRunner().invoke(main, ["collect", str(spec.path), "--runs-root", str(runs), "--results-root",
                                       str(results)])
     assert not (results / "set" / "overrides.json").exists(), again.output  # collected without: no stale note
+
+
+@pytest.mark.parametrize("text, words", [
+    ("base.lr=inf", ["base.lr", "inf", "not a finite number"]),
+    ("base.lr=1e400", ["base.lr", "inf", "not a finite number"]),
+    ("base.ema_decay=nan", ["base.ema_decay", "nan", "not a finite number"]),
+    ("base.train_steps=99999999999999999999", ["base.train_steps", "out of range", "at most 100,000,000"]),
+    ("base.model_channels=100000000", ["base.model_channels", "out of range", "at most 4,096"]),
+    ("eval.fid_samples=100000000000", ["eval.fid_samples", "out of range", "at most 10,000,000"]),
+    ("base.mults=[1, 100000]", ["base.mults", "out of range", "at most 64"]),
+])
+def test_non_finite_and_overflowing_values_are_refused_at_dry_run(text, words):
+    """The fault: `--set base.lr=inf` passed --dry-run, trained a step and failed with a non-finite loss;
+    train_steps past int64 and 10^8 channels were accepted."""
+    out = CliRunner().invoke(main, ["run", str(DEMO), "--dry-run", "--set", text])
+    assert out.exit_code != 0 and "Traceback" not in out.output, out.output
+    line = next(line for line in out.output.splitlines() if "Error" in line)
+    assert str(DEMO) in line and f"--set {text}" in line and all(w in line for w in words), line
+
+
+def test_a_key_given_twice_on_the_command_line_names_both():
+    out = CliRunner().invoke(main, ["run", str(DEMO), "--dry-run", "--set", "base.lr=1e-3", "--set", "base.lr=2e-3"])
+    assert out.exit_code != 0, out.output
+    assert "--set base.lr=1e-3 and --set base.lr=2e-3" in out.output and "given twice" in out.output
+
+
+@pytest.mark.parametrize("typo, words", [
+    ('sampler = "ddim"\nstpes = 50', ["eval.setting[0]", "unknown key 'stpes'"]),
+    ('sampler = "ddimm"\nsteps = 50', ["eval.setting[0].sampler", "ddimm"]),
+])
+def test_a_typo_in_an_eval_setting_the_scale_replaces_is_an_error_at_that_scale(tmp_path, typo, words):
+    """The fault: the cpu scale replaces a spec's own [[eval.setting]] tables, so their typo passed --dry-run
+    there and failed only at the smoke scale. Every table is checked at every scale."""
+    text = (ROOT / "ablations" / "prediction.toml").read_text()
+    assert text.count('[[eval.setting]]\nsampler = "ddim"\nsteps = 50\n') == 1
+    path = tmp_path / "prediction.toml"
+    path.write_text(text.replace('[[eval.setting]]\nsampler = "ddim"\nsteps = 50\n', f"[[eval.setting]]\n{typo}\n"))
+    for scale in ("cpu", "curve", "smoke"):
+        out = CliRunner().invoke(main, ["run", str(path), "--scale", scale, "--dry-run"])
+        assert out.exit_code != 0 and "Traceback" not in out.output, (scale, out.output)
+        assert all(w in out.output for w in [str(path), *words]), (scale, out.output)

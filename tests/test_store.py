@@ -13,7 +13,7 @@ from conftest import tiny_spec
 from ablations.commands.cli import main
 from ablations.store.io import read_jsonl
 from ablations.store.layout import checkpoints, read_status, run_folder, run_ids
-from ablations.store.migrate import migrate, old_run_folders, stale_nll
+from ablations.store.migrate import migrate, old_run_folders, set_aside_stale_nll, stale_nll
 from ablations.store.schema import key, label
 from ablations.grid.spec import load_spec
 
@@ -140,9 +140,12 @@ def test_a_runs_root_in_the_first_layout_is_migrated_not_retrained(tmp_path):
     (old_root / "mig" / "submissions.jsonl").write_text('{"run_id": "0123456789", "job_id": "7"}\n')
     ckpt = {p.name: p.read_bytes() for p in checkpoints(old)}
 
-    listing = _ablate("list", path, "--runs-root", old_root)
+    listing = _ablate("list", path, "--runs-root", old_root)  # a command that reads: it says, moves nothing
+    assert "the first layout" in listing and "pending" in listing and old.exists()
+    from ablations.commands.common import migrate_store
+    migrate_store(old_root)  # what `ablate run` and `submit` do first
     folder = run_folder(old_root, run.run_id)
-    assert f"-> {folder}" in listing and "needs-eval" in listing
+    assert "needs-eval" in _ablate("list", path, "--runs-root", old_root)
     assert not (old_root / "mig").exists() and (old_root / "_slurm" / "mig" / "submissions.jsonl").exists()
     assert {p.name: p.read_bytes() for p in checkpoints(folder)} == ckpt
     assert (folder / "migrated" / "metrics.jsonl").exists()  # old eval rows kept aside, not mixed with new
@@ -183,7 +186,9 @@ def test_stale_nll_rows_are_set_aside_and_recomputed(tmp_path, dropped, why):
     (folder / "rows.jsonl").write_text(lines)
     ckpt = {p.name: p.read_bytes() for p in checkpoints(folder)}
 
-    listing = _ablate("list", path, "--runs-root", tmp_path / "runs")
+    said = []
+    set_aside_stale_nll(tmp_path / "runs", echo=said.append)  # what `ablate run` and `submit` do first
+    listing = "\n".join(said) + _ablate("list", path, "--runs-root", tmp_path / "runs")
     assert "needs-eval" in listing and f"NLL rows {why} -> migrated/rows.jsonl" in listing
     aside = read_jsonl(folder / "migrated" / "rows.jsonl")[0]
     assert aside and all(r["strata"] is not None and dropped not in r for r in aside)

@@ -14,9 +14,11 @@ from multiprocessing import get_context
 import click
 
 from ablations.commands import cluster, results
-from ablations.commands.common import (echo_overrides, folder_option, invalid_folders, load, migrate_store,
-                                       print_table, set_option, spec_options, warn_time_blind)
-from ablations.store.layout import DONE, INVALID, last_step, run_folder
+from ablations.commands.common import (RECORDS, echo_overrides, folder_option, invalid_folders, load,
+                                       migrate_store, note_legacy, print_table, set_option, spec_options,
+                                       warn_time_blind)
+from ablations.store.io import os_error
+from ablations.store.layout import DONE, INVALID, UNSCORABLE, last_step, run_folder
 
 def _refuse_emulated_bf16(spec_path, todo, device):
     """Stop before any training when runs to do have bf16 = true and this machine would only emulate it."""
@@ -37,7 +39,18 @@ def _expanded(spec, runs):
             for r in runs]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Commands(click.Group):
+    """The `ablate` group: an OSError a user can cause (a read-only root, no permission, a missing parent)
+    ends any command as one line, the path, the operation and why, with exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            raise click.ClickException(os_error(e)) from None
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main():
     """Declarative DDPM ablations: spec -> runs -> FID / NLL / throughput rows.
 
@@ -63,8 +76,10 @@ def main():
 @click.option("--device", help="torch device; default: cuda when present, else cpu.")
 @click.option("--workers", default=1, show_default=True, help="Local worker processes (each gets cores/N threads).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@RECORDS
 @set_option
-def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device, workers, no_progress, overrides):
+def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device, workers, no_progress, records,
+        overrides):
     """Train and evaluate every run of SPEC locally; complete runs are skipped.
 
     \b
@@ -89,7 +104,9 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
     folder_option(runs_root, "--runs-root")
     migrate_store(runs_root)
     invalid = invalid_folders(spec, runs, runs_root)
-    todo = [r for r in runs if r.run_id not in invalid and not ledger.is_complete(spec, r, runs_root)]
+    todo = [r for r in runs if r.run_id not in invalid
+            and ledger.state(spec, r, ledger.source(spec, r, runs_root, records))["state"] != DONE]
+    ledger.ask_all(spec, todo, runs_root)
     click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo) - len(invalid)} complete, {len(todo)} to run"
                + (f", {len(invalid)} invalid (not run)" if invalid else "") + f" -> {runs_root}")
     _refuse_emulated_bf16(spec_path, todo, device or runner.default_device())
@@ -101,18 +118,24 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
                                  initargs=(workers,)) as pool:
             states = {}
-            job = (spec_path, scale, overrides, [r.run_id for r in todo], runs_root, kw)
+            job = (spec_path, scale, overrides, [r.run_id for r in todo], runs_root, {**kw, "records": records})
             for part in pool.map(_run_in_worker, [job] * workers):
                 states.update(part)
     else:
-        states = runner.run_all(spec, todo, runs_root, echo=click.echo, should_stop=stop.is_set, **kw)
-    failed = [*invalid, *(r.run_id for r in todo if states.get(r.run_id) != DONE)]
-    print_table(ledger.table(spec, runs_root))
+        states = runner.run_all(spec, todo, runs_root, echo=click.echo, should_stop=stop.is_set, records=records,
+                                **kw)
+    unscorable = [r.run_id for r in todo if states.get(r.run_id) == UNSCORABLE]
+    failed = [*invalid, *(r.run_id for r in todo if states.get(r.run_id) not in (DONE, UNSCORABLE))]
+    print_table(ledger.table(spec, runs_root, records))
+    if unscorable:
+        click.echo(f"{len(unscorable)} run(s) unscorable for this spec (done for the specs that trained them; "
+                   f"`ablate list` gives the reason and the way out): {', '.join(unscorable)}", err=True)
     if stop.is_set():
         click.echo(_stopped(todo, states), err=True)
         sys.exit(130)
     if failed:
         click.echo(f"{len(failed)} run(s) did not finish: {', '.join(failed)}", err=True)
+    if failed or unscorable:
         sys.exit(1)
 
 
@@ -146,8 +169,9 @@ def _eta(spec, todo, runs_root, device) -> str:
 @main.command(name="list")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @spec_options
+@RECORDS
 @set_option
-def list_runs(spec_path, scale, runs_root, overrides):
+def list_runs(spec_path, scale, runs_root, records, overrides):
     """Show the runs of SPEC and their status (pending, running, done, needs-eval, failed).
 
     \b
@@ -158,12 +182,46 @@ def list_runs(spec_path, scale, runs_root, overrides):
     from ablations.running import ledger
     spec = load(spec_path, scale, overrides)
     folder_option(runs_root, "--runs-root")
-    migrate_store(runs_root)
-    rows = ledger.table(spec, runs_root)
+    note_legacy(runs_root)
+    rows = ledger.table(spec, runs_root, records)
     print_table(rows)
     invalid = [r["reason"] for r in rows if r["state"] == INVALID]
     for why in invalid:
         click.echo(f"error: {why}", err=True)
+    if invalid:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@spec_options
+@RECORDS
+@set_option
+def record(spec_path, scale, runs_root, records, overrides):
+    """Write the record of every finished run of SPEC in the runs root (config.json, status.json, rows.jsonl and
+    sample grids: no checkpoints) into RECORDS/<run_id>/, where `run`, `list` and `collect` read it with
+    --records. `ablate run --records` writes each as it finishes; this writes those a grid made without it
+    (a SLURM grid, say). A record of another training is replaced whole (ablations/store/records.py).
+
+    
+    Example:
+      ablate record ablations/norm.toml --scale curve --runs-root /scratch/runs --records results/runs
+    """
+    from ablations.store.layout import DONE, read_status
+    from ablations.store.records import write
+    spec = load(spec_path, scale, overrides)
+    if not records:
+        raise click.ClickException("record: give --records (e.g. results/runs) or set ABLATE_RECORDS")
+    folder_option(runs_root, "--runs-root")
+    folder_option(records, "--records")
+    invalid = invalid_folders(spec, spec.runs, runs_root)
+    written = 0
+    for r in spec.runs:
+        folder = run_folder(runs_root, r.run_id)
+        if r.run_id not in invalid and folder.is_dir() and read_status(folder)["state"] == DONE:
+            click.echo(write(folder, records))
+            written += 1
+    click.echo(f"{written} of {len(spec.runs)} runs finished in {runs_root}: their records are in {records}")
     if invalid:
         sys.exit(1)
 

@@ -4,7 +4,7 @@ from dataclasses import replace
 import click
 
 from ablations.commands.common import (echo_overrides, folder_option, invalid_folders, load, migrate_store,
-                                       print_table, set_option, spec_options, warn_time_blind)
+                                       note_legacy, print_table, set_option, spec_options, warn_time_blind)
 
 @click.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
@@ -80,7 +80,7 @@ def status(spec_path, scale, runs_root):
     from slurm.dispatch import status_table
     spec = load(spec_path, scale)
     folder_option(runs_root, "--runs-root")
-    migrate_store(runs_root)
+    note_legacy(runs_root)
     print_table(status_table(spec, runs_root), last=("log",))
 
 

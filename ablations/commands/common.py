@@ -15,6 +15,10 @@ SCALE = click.option("--scale", help="Which scale of the spec (smoke, cpu, paper
 RUNS = click.option("--runs-root", default=RUNS_ROOT, show_default=True, type=click.Path(file_okay=False),
                     help="The run store: each run's folder is RUNS_ROOT/<run_id>/, shared by every spec that "
                          "names the run. Env: ABLATE_RUNS_ROOT.")
+RECORDS = click.option("--records", default=os.environ.get("ABLATE_RECORDS"), type=click.Path(file_okay=False),
+                       help="Finished runs' records (no checkpoints; e.g. results/runs): a run whose record holds "
+                            "every row the spec asks for is done, and `run` writes each run it finishes there. "
+                            "Env: ABLATE_RECORDS.")
 RESULTS = click.option("--results-root", default=RESULTS_ROOT, show_default=True, type=click.Path(file_okay=False),
                        help="Where results folders go: RESULTS_ROOT/<spec>[-<scale>]/. Env: ABLATE_RESULTS_ROOT.")
 
@@ -71,12 +75,25 @@ def invalid_folders(spec, runs, runs_root) -> dict:
 
 
 def migrate_store(runs_root):
+    """Migrate the run store's legacy folders (ablations/store/migrate.py): `run` and `submit` only, which then
+    claim what they train; never a folder a live process holds."""
     from ablations.store.migrate import migrate, restore_whole_rows, set_aside_stale_nll, share_across_steps
     if os.path.isdir(runs_root):
         migrate(runs_root, echo=click.echo)
         share_across_steps(runs_root, echo=click.echo)
         restore_whole_rows(runs_root, echo=click.echo)
         set_aside_stale_nll(runs_root, echo=click.echo)
+
+
+def note_legacy(runs_root):
+    """The commands that read (list, collect, status) change nothing: they say what `ablate run` would migrate."""
+    from ablations.store.migrate import legacy
+    found = legacy(runs_root)
+    for line in found[:5]:
+        click.echo(f"note: {line}", err=True)
+    if found:
+        click.echo(f"note: {len(found)} legacy item(s) under {runs_root}, not read as current runs; the next "
+                   "`ablate run` migrates them", err=True)
 
 
 def print_table(rows: list[dict], last=()):

@@ -7,25 +7,26 @@ from pathlib import Path
 
 import click
 
-from ablations.commands.common import (RESULTS_ROOT, SCALE, folder_option, invalid_folders, load, migrate_store,
-                                       roots, set_option)
+from ablations.commands.common import (RECORDS, RESULTS_ROOT, SCALE, folder_option, invalid_folders, load,
+                                       note_legacy, roots, set_option)
 from ablations.grid.config import TRAIN_FIELDS, TrainConfig, eval_steps, scored_at
 from ablations.store.io import read_json
 from ablations.store.layout import CONFIG, run_folder
 from ablations.store.schema import AXES
 
-def _describe(spec, runs, runs_root) -> list[dict]:
+def _describe(spec, runs, runs_root, records=None) -> list[dict]:
     """What results/ needs to know of each run, as plain values taken from the run itself: its folder, the
     spec and scale, and the seed and axis values of the resolved config its folder's config.json records
     (the grid's axes labelled as the spec labels them, str(value), then the standard axes). A grid axis of
     tables that names no config field keeps the spec's label; a run without a folder yet (a status row
     only) takes the spec's config, the one its id hashes. `until` and `scored` are what this spec asks of
     the run (its training steps; the checkpoints it scores, each with its settings), so that a run shared
-    with a spec that trained it further or scored it otherwise gives this spec only its own rows."""
-    from ablations.running.ledger import run_steps
+    with a spec that trained it further or scored it otherwise gives this spec only its own rows. A run is
+    read from its runs-root folder or from its record, never both (`ledger.source`)."""
+    from ablations.running.ledger import run_steps, source
     out = []
     for r in runs:
-        folder = run_folder(runs_root, r.run_id)
+        folder = run_folder(source(spec, r, runs_root, records), r.run_id)
         cfg = _recorded(folder) or r.config
         axes = {a: str(getattr(cfg, a)) if a in TRAIN_FIELDS else label for a, label in r.axes.items()}
         axes.update({a: getattr(cfg, a) for a in AXES if a not in axes})
@@ -59,8 +60,9 @@ def _results_dir(target, results_root) -> str:
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @SCALE
 @roots
+@RECORDS
 @set_option
-def collect(spec_path, scale, runs_root, results_root, overrides):
+def collect(spec_path, scale, runs_root, results_root, records, overrides):
     """Gather every run's rows into results/<spec>/rows.csv (tidy, long) and summary.csv, the runs'
     identity (the spec, scale, axes and each run's axis values, from its config.json) into axes.json, and
     the spec's findings into findings.json.
@@ -77,10 +79,10 @@ def collect(spec_path, scale, runs_root, results_root, overrides):
     spec = load(spec_path, scale, overrides)
     folder_option(runs_root, "--runs-root")
     folder_option(results_root, "--results-root")
-    migrate_store(runs_root)
+    note_legacy(runs_root)
     out = os.path.join(results_root, spec.name)
     invalid = invalid_folders(spec, spec.runs, runs_root)
-    runs = _describe(spec, [r for r in spec.runs if r.run_id not in invalid], runs_root)
+    runs = _describe(spec, [r for r in spec.runs if r.run_id not in invalid], runs_root, records)
     axes = [*spec.axes, *(a for a in AXES if a not in spec.axes)]
     c = do_collect(runs, out, axes=axes)
     identity.write(out, str(spec.path), spec.name, spec.scale, spec.axes, axes, runs)
@@ -92,9 +94,21 @@ def collect(spec_path, scale, runs_root, results_root, overrides):
     if c["foreign"]:
         click.echo(f"note: rows of metrics this suite does not know, left out (a newer suite wrote them): "
                    f"{', '.join(c['foreign'])}")
+    _say_unscorable(spec, [r for r in spec.runs if r.run_id not in invalid], runs_root, records)
     if invalid:
         click.echo(f"error: {len(invalid)} invalid run folder(s) not collected: {', '.join(invalid)}", err=True)
         sys.exit(1)
+
+
+def _say_unscorable(spec, runs, runs_root, records):
+    """The runs whose rows this spec cannot get as they stand (ledger.unscorable): each with its reason, which
+    names the way out. Collected as they are: their status is the run's, which other specs share."""
+    from ablations.running.ledger import source, state
+    from ablations.store.layout import UNSCORABLE
+    for r in runs:
+        st = state(spec, r, source(spec, r, runs_root, records))
+        if st["state"] == UNSCORABLE:
+            click.echo(f"note: unscorable for this spec: {st['reason']}", err=True)
 
 
 def _write_overrides(out, spec):

@@ -1,9 +1,12 @@
 """The checks every part of a spec shares: each raises the spec's error (`err(key, message)`), which names
 the file, the key and the bad value."""
+import math
+
 from ablations.grid.axes import AXES
-from ablations.grid.config import RANGES
+from ablations.grid.config import LIMITS, RANGES
 from core.registry import lookup
 
+INT_MAX = 2**31 - 1  # any integer field: a C int holds it
 CHOICES = {name: axis.choices for name, axis in AXES.items()}  # field -> its registry (ablations/grid/axes.py)
 
 
@@ -46,6 +49,12 @@ def check_value(key, field_name, value, default, err):
             lookup(CHOICES[field_name], value, field_name)
         except ValueError as e:
             raise err(key, str(e)) from None
+    for v in value if isinstance(value, tuple) else (value,):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise err(key, f"{value!r} is not a finite number; valid: {RANGES.get(field_name, (0, 'a number'))[1]}")
+        top = LIMITS.get(field_name, INT_MAX)
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > top:
+            raise err(key, f"{value!r} is out of range; at most {top:,} (what a run can reach and the machine holds)")
     if field_name in RANGES and not RANGES[field_name][0](value):
         raise err(key, f"{value!r} is out of range; valid: {RANGES[field_name][1]}")
     return value

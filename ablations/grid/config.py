@@ -131,6 +131,14 @@ EVAL_FIELDS = {f.name: f for f in fields(EvalConfig) if f.name not in ("settings
 SETTING_KEYS = set(Setting._fields) | {"curve"}  # curve: scored at every checkpoint of eval_at (default), or last
 
 # Valid values, checked (with the key as the user wrote it) before anything runs: field -> (test, text).
+# The largest value of an integer field a run could reach (steps, channels, batch, images); any other integer
+# field stops at checks.INT_MAX. Past them a value is a typo, and training would overflow or never start.
+LIMITS = {"T": 100_000, "model_channels": 4096, "res_blocks": 64, "heads": 1024, "groups": 4096, "batch": 65_536,
+          "train_steps": 100_000_000, "epochs": 1_000_000, "checkpoint_every": 100_000_000, "warmup": 100_000_000,
+          "bn_stats_batches": 10_000, "mults": 64, "attention": 65_536, "fid_samples": 10_000_000,
+          "fid_reference_n": 10_000_000, "sample_batch": 65_536, "nll_images": 10_000_000, "grid_images": 10_000,
+          "solver_images": 10_000_000, "eval_at": 100_000_000, "denoise_t": 100_000}
+
 RANGES = {
     "T": (lambda v: v >= 2, "an integer >= 2"),
     "vlb_weight": (lambda v: v >= 0, "a number >= 0"),

@@ -135,6 +135,12 @@ def _settings(tables, key, err, ev, runs) -> tuple[list[Setting], list[Setting]]
     return settings, last_only
 
 
+def check_tables(tables, key, err, ev):
+    """A list of [[eval.setting]] tables checked as tables, with no run to check them against (a scale's that
+    is not run, or the spec's that the scale run replaces)."""
+    _settings(tables, key, err, ev, runs=())
+
+
 def _zero_snr_rules(sampler, lists, runs, key, err):
     """Core's rules for a setting on a zero terminal SNR run: no spacing that places sigmas
     (`check_spacing`), and no sampler that runs in sigma from a kept t = T-1 (`check_start`)."""

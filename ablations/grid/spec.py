@@ -31,7 +31,7 @@ import torch
 from ablations.grid import findings
 from ablations.grid.checks import SpecError, check_value, errors, known, maker, rule, typed
 from ablations.grid.config import EVAL_FIELDS, TRAIN_FIELDS, EvalConfig, TrainConfig
-from ablations.grid.settings import eval_config
+from ablations.grid.settings import check_tables, eval_config
 from ablations.running.data import SHAPES
 from ablations.running.training import ARCHITECTURE, architecture, build_model
 from core.losses import PARAMS, check_variance, check_weighting
@@ -90,7 +90,12 @@ def parse_override(text: str) -> tuple[list[str], object]:
 def _apply(raw, overrides, path) -> tuple[dict, object, object]:
     """Split the overrides: `base.*`, `eval.*` and `seeds` into a top layer table; the rest set into
     the file's table `raw` (changed in place). Returns (top layer, its error factory, the file's)."""
-    top = {}
+    top, seen = {}, {}
+    for text in overrides:  # one key, one value: a key given twice is an error that names both
+        k = text.split("=", 1)[0].strip()
+        if k in seen:
+            raise SpecError(f"{path}: --set {seen[k]} and --set {text}: key '{k}' is given twice; give it once")
+        seen[k] = text
     ours = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in SCALE_KEYS]
     err = errors(path, [o for o in overrides if o not in ours])
     for text in overrides:
@@ -160,8 +165,27 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES, overrides=()) 
     grid = typed(raw.get("grid", {}), dict, "grid", err)
     runs = _runs(grid, base, seeds, top, top_err, err)
     ev = eval_config(evals, runs)
+    check_every_table(raw, own, shared, ev, err)
     return Spec(name if scale is None else f"{name}-{scale}", path, scale, tuple(grid), tuple(runs), ev, overrides,
                 findings.parse(raw, err, tuple(grid)))
+
+
+def check_every_table(raw, own, shared, ev, err):
+    """Every table of the spec and of every scale, also those the scale run does not use or replaces: each
+    value checked as a value (type, choices, range), each [[eval.setting]] table as a table (keys, types,
+    samplers, spacings, eta). A typo is an error at any scale. What the scale run uses is also checked
+    against its runs (`eval_config`)."""
+    blocks = [_scale_block({k: raw[k] for k in SCALE_KEYS if k in raw}, "", err, err)]
+    for name, table in own.items():
+        typed(table, dict, f"scale.{name}", err)
+        known(table, SCALE_KEYS, f"scale.{name}.", err)
+        blocks.append(_scale_block(table, f"scale.{name}", err, err))
+    for block in [*blocks, *shared.values()]:
+        for field, (value, path, key) in block["eval"].items():
+            if field == "setting":
+                check_tables(value, key, maker(path), ev)
+            else:
+                check_value(key, field, value, EVAL_FIELDS[field].default, maker(path))
 
 
 def _name(raw, err) -> str:

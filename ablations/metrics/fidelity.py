@@ -24,7 +24,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from ablations.metrics import classifier
 from ablations.running.data import load, to_model
-from ablations.store.io import atomic_write
+from ablations.store.checkpoint import save_torch
 from ablations.store.layout import orphans
 from core.registry import lookup
 
@@ -82,7 +82,7 @@ def _cache_writes_through_io():
     fsync, and a name (`tmp<random>`) no cleanup looked for. While this is open, it saves with
     ablations.store.io.atomic_write instead."""
     own = torch_fidelity.utils.torch_atomic_save
-    torch_fidelity.utils.torch_atomic_save = lambda what, path: atomic_write(path, lambda tmp: torch.save(what, tmp))
+    torch_fidelity.utils.torch_atomic_save = lambda what, path: save_torch(path, what)
     try:
         yield
     finally:

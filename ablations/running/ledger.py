@@ -13,6 +13,7 @@ from ablations.running.training import total_steps
 from ablations.store import claim
 from ablations.store.io import read_json, write_json
 from ablations.store.layout import (
+    ASKED,
     CLAIM,
     CONFIG,
     DONE,
@@ -23,11 +24,15 @@ from ablations.store.layout import (
     ROWS,
     RUNNING,
     STATUS,
+    UNSCORABLE,
+    ask,
+    checkpoint_name,
     last_step,
     orphans,
     pid_alive,
     read_status,
     run_folder,
+    trained_step,
 )
 from ablations.store.schema import DENOISING, key, read_rows, row
 from core.likelihood import STRATA_SPACING
@@ -123,7 +128,7 @@ def check_folder(run: Run, runs_root, overrides=()) -> str | None:
     path = folder / CONFIG
     if not os.path.lexists(path):
         try:
-            others = sorted(p.name for p in folder.iterdir() if p.name not in (CLAIM, STATUS, LOG)
+            others = sorted(p.name for p in folder.iterdir() if p.name not in (CLAIM, STATUS, LOG, ASKED)
                             and p not in orphans(folder))
         except OSError as e:
             return f"{folder}: cannot be read ({e.strerror or e})"
@@ -145,9 +150,37 @@ def check_folder(run: Run, runs_root, overrides=()) -> str | None:
     return None
 
 
+def unscorable(spec: Spec, run: Run, folder) -> str | None:
+    """Why this spec cannot get its rows from the run as it stands, or None when it can: it asks for rows
+    at checkpoints the run trained past without keeping them (no spec that names the run had asked for
+    them, `layout.ask`, before training passed them). A reason of this spec's alone: the run's own
+    status is left as it is, and every other spec sees the run as it is."""
+    trained = trained_step(folder)
+    gone = sorted({at for at, _ in missing(spec, run, folder)
+                   if at <= trained and not (Path(folder) / checkpoint_name(at)).exists()})
+    if not gone:
+        return None
+    if not last_step(folder):
+        return (f"{folder} is a record (no checkpoints) that lacks this spec's rows at step(s) "
+                f"{', '.join(map(str, gone))}: it is trained again, from its seed, by `ablate run SPEC --records "
+                f"{Path(folder).parent}` with a runs root of its own; its new record then replaces this one whole")
+    return (f"this spec scores step(s) {', '.join(map(str, gone))} of run {run.run_id}, which another spec's "
+            f"training passed (to step {trained}) before any spec asked to keep them; the run is as it was for "
+            f"every other spec. Way out: drop {', '.join(map(str, gone))} from eval_at, or train it again in "
+            "another runs root (--runs-root)")
+
+
+def ask_all(spec: Spec, runs, runs_root):
+    """Record, in each run's folder, the checkpoints this spec scores (`layout.ask`), before any of them is
+    claimed: whichever spec then trains a run keeps them."""
+    for run in runs:
+        ask(run_folder(runs_root, run.run_id), eval_steps(spec.eval, run_steps(run)), spec.name)
+
+
 def state(spec: Spec, run: Run, runs_root) -> dict:
     """The run's status, with `state` one of pending, running, interrupted, done, needs-eval, failed,
-    unknown (status.json unreadable) or invalid (`check_folder`; the reason says why)."""
+    unknown (status.json unreadable), invalid (`check_folder`; the reason says why) or, this spec's alone,
+    unscorable (`unscorable`)."""
     folder = run_folder(runs_root, run.run_id)
     bad_folder = check_folder(run, runs_root, spec.overrides)
     if bad_folder:
@@ -157,25 +190,40 @@ def state(spec: Spec, run: Run, runs_root) -> dict:
         holder = claim.read(folder)
         if not pid_alive(st) and not (holder and claim.alive(holder)):
             st = {**st, "state": INTERRUPTED}
-    elif st["state"] == DONE and last_step(folder) < run_steps(run):  # trained for a shorter spec
-        st = {**st, "state": INTERRUPTED, "reason": f"trained {last_step(folder)} of the {run_steps(run)} steps "
-                                                    "this spec asks for; re-run to go on"}
+    if st["state"] in (DONE, INTERRUPTED) and (why := unscorable(spec, run, folder)):
+        st = {**st, "state": UNSCORABLE, "reason": why}
+    elif st["state"] == DONE and trained_step(folder, st) < run_steps(run):  # trained for a shorter spec
+        st = {**st, "state": INTERRUPTED, "reason": f"trained {trained_step(folder, st)} of the {run_steps(run)} "
+                                                    "steps this spec asks for; re-run to go on"}
     elif st["state"] == DONE and missing(spec, run, folder):
         st = {**st, "state": NEEDS_EVAL}
     return st
 
 
-def table(spec: Spec, runs_root) -> list[dict]:
-    """One row per run of the spec: run_id, its axis values, seed, state, step, reason."""
+def source(spec: Spec, run: Run, runs_root, records=None):
+    """The root a spec reads run `run` from: the runs root, or the records (ablations/store/records.py) when
+    the run's record is done for this spec and its runs-root folder is not. Never both: a record and a
+    runs-root folder may hold two trainings, whose rows are not mixed."""
+    if records is None or not os.path.lexists(run_folder(records, run.run_id)):
+        return runs_root
+    if state(spec, run, runs_root)["state"] == DONE or state(spec, run, records)["state"] != DONE:
+        return runs_root
+    return records
+
+
+def table(spec: Spec, runs_root, records=None) -> list[dict]:
+    """One row per run of the spec: run_id, its axis values, seed, state, step, reason; a run read from its
+    record (`source`) says so in its reason."""
     out, now = [], time.time()
     for run in spec.runs:
-        st = state(spec, run, runs_root)
+        root = source(spec, run, runs_root, records)
+        st = state(spec, run, root)
         step = st.get("step", "")
         if st["state"] in (RUNNING, INTERRUPTED):  # a killed run's status lags its checkpoints
-            step = max(step or 0, last_step(run_folder(runs_root, run.run_id)))
+            step = max(step or 0, last_step(run_folder(root, run.run_id)))
+        reason = st.get("reason", "") if root == runs_root else f"its record in {records}"
         out.append({"run_id": run.run_id, **run.axes, "seed": run.config.seed, "state": st["state"],
-                    "step": step, "held_by": held_by(run_folder(runs_root, run.run_id), st, now),
-                    "reason": st.get("reason", "")})
+                    "step": step, "held_by": held_by(run_folder(root, run.run_id), st, now), "reason": reason})
     return out
 
 

@@ -24,11 +24,13 @@ from ablations.running import tracking
 from ablations.running.evaluation import peak_memory_mb
 from ablations.running.hardware import bf16_refusal, cpu_info
 from ablations.running.parallel import from_main, is_main, rank, world
-from ablations.running.scoring import Interrupted, images_of, score_checkpoints
-from ablations.running.ledger import check_folder, config_record, have_keys, is_complete, missing, state
+from ablations.running.scoring import Interrupted, Unscorable, images_of, score_checkpoints
+from ablations.running.ledger import (check_folder, config_record, have_keys, is_complete, missing, run_steps, state,
+                                      unscorable)
 from ablations.running.training import NonFiniteLoss, build_model, memory_format, total_steps, train
 from ablations.store import claim
-from ablations.store.io import DiskFull, append_jsonl, atomic_write, write_json
+from ablations.store.io import DiskFull, append_jsonl, atomic_write, os_error, write_json
+from ablations.store.records import write as write_record
 from ablations.store.layout import (
     CONFIG,
     DONE,
@@ -39,10 +41,15 @@ from ablations.store.layout import (
     PARTIAL,
     ROWS,
     RUNNING,
+    UNSCORABLE,
+    ask,
+    asked,
     compile_cache,
     last_step,
     orphans,
+    process,
     run_folder,
+    read_status,
     write_status,
 )
 from ablations.store.schema import CURVES, WHOLE, key, parse, problem, row
@@ -74,10 +81,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run_all(spec: Spec, runs, runs_root, *, poll_s: float = 2.0, echo=print, **kw) -> dict:
+def run_all(spec: Spec, runs, runs_root, *, poll_s: float = 2.0, echo=print, records=None, **kw) -> dict:
     """Run every incomplete run under its claim. A run claimed by another live process (a second
     `ablate run`, a SLURM job) is skipped and revisited until it is complete or its claim is free, so
     overlapping grids train each run once; a run that another process failed meanwhile is not retried.
+    With `records`, each run done here gets its record there at once (ablations/store/records.py).
     Returns {run_id: final state}."""
     todo, states, waiting, started = list(runs), {}, False, time.time()
     should_stop = kw.get("should_stop") or (lambda: False)
@@ -88,8 +96,11 @@ def run_all(spec: Spec, runs, runs_root, *, poll_s: float = 2.0, echo=print, **k
                 break
             folder = run_folder(runs_root, run.run_id)
             st = state(spec, run, runs_root)
-            if st["state"] in (DONE, INVALID) or (st["state"] == FAILED and st.get("updated", 0) >= started):
-                states[run.run_id] = st["state"]  # done, invalid, or failed by another process since we started
+            if st["state"] in (DONE, INVALID, UNSCORABLE) or (st["state"] == FAILED
+                                                              and st.get("updated", 0) >= started):
+                states[run.run_id] = st["state"]  # done, invalid, unscorable for this spec, or failed by
+                if st["state"] == UNSCORABLE:     # another process since we started
+                    echo(f"run {run.run_id}: {st['reason']}")
                 todo.remove(run)
                 continue
             try:
@@ -99,10 +110,17 @@ def run_all(spec: Spec, runs, runs_root, *, poll_s: float = 2.0, echo=print, **k
                 states[run.run_id] = INVALID
                 todo.remove(run)
                 continue
+            except OSError as e:  # a read-only runs root, a folder without permission
+                echo(f"error: run {run.run_id}: cannot claim it: {os_error(e)}")
+                states[run.run_id] = FAILED
+                todo.remove(run)
+                continue
             if not ok:
                 continue
             try:
                 states[run.run_id] = run_one(spec, run, runs_root, **kw)
+                if records is not None and read_status(folder)["state"] == DONE:
+                    echo(write_record(folder, records))
             finally:
                 claim.release(folder)
             todo.remove(run)
@@ -132,8 +150,15 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
     outcome = from_main(_open_folder(run, runs_root, folder, spec.overrides) if main else None)  # all follow rank 0
     if outcome is not None:
         return outcome
+    if main:
+        ask(folder, eval_steps(spec.eval, run_steps(run)), spec.name)
     if is_complete(spec, run, runs_root):
         return DONE
+    why = from_main(unscorable(spec, run, folder) if main else None)
+    if why:  # this spec's outcome: the run's status stays as it is for every other spec
+        print(f"run {run.run_id}: {why}", file=sys.stderr, flush=True)
+        return UNSCORABLE
+    before = read_status(folder) if main else {}
     refused = bf16_refusal(run.config.bf16, device)  # a SLURM node or worker the CLI's check did not see
     if refused:
         if main:
@@ -149,6 +174,11 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
         return _train_and_score(spec, run, folder, emit, log, status, data_root=data_root, download=download,
                                 device=device, progress=progress, stop_at=stop_at, should_stop=should_stop,
                                 runs_root=runs_root)
+    except Unscorable as e:  # another spec's training passed the step between our check and our claim
+        why, kept = str(e), {k: v for k, v in before.items() if k not in ("state", "updated", *process())}
+        _record(run.run_id, "unscorable", lambda: status(folder, before["state"], **kept),
+                lambda: log(f"run {run.run_id}: {why}"))
+        return UNSCORABLE
     except (Interrupted, KeyboardInterrupt) as e:
         step, name = last_step(folder), type(e).__name__
         reason = "interrupted during evaluation" if isinstance(e, Interrupted) else name
@@ -220,7 +250,8 @@ def _train_and_score(spec, run, folder, emit, log, status, *, data_root, downloa
     """Score the checkpoints a stopped run reached, train (scoring each checkpoint the spec names as it is
     written), score the last, and record the peak memory: DONE, or INTERRUPTED when training stopped."""
     cfg, main = run.config, is_main()
-    status(folder, RUNNING, step=last_step(folder))
+    fresh = {} if last_step(folder) else {"training": uuid.uuid4().hex[:12]}  # a new training, from the seed
+    status(folder, RUNNING, step=last_step(folder), **fresh)
     images = images_of(cfg.dataset, "train", data_root, download)
     if main:
         _tidy_rows(folder, last_step(folder), log)
@@ -238,9 +269,10 @@ def _train_and_score(spec, run, folder, emit, log, status, *, data_root, downloa
                    should_stop=should_stop, log=log, on_log=lambda step, means: emit(
                        [row(run.run_id, m, v, phase="train", train_step=step, n=cfg.batch)
                         for m, v in means.items()]),
-                   keep=eval_steps(spec.eval, total), on_checkpoint=lambda step: score(upto=step))
+                   keep=lambda: {*eval_steps(spec.eval, total), *asked(folder)},
+                   on_checkpoint=lambda step: score(upto=step))
     if result["step"] < result["total"]:
-        status(folder, INTERRUPTED, step=result["step"], total=result["total"])
+        status(folder, INTERRUPTED, step=result["step"])
         log(f"interrupted at step {result['step']}/{result['total']} (checkpoint saved); re-run to resume")
         return INTERRUPTED
     score(upto=result["step"])
@@ -249,7 +281,7 @@ def _train_and_score(spec, run, folder, emit, log, status, *, data_root, downloa
                n=cfg.batch)
     if main and result["steps_timed"] and key(peak) not in have:
         emit([peak])
-    status(folder, DONE, step=result["step"], total=result["total"])
+    status(folder, DONE, step=result["step"])
     log(f"run {run.run_id} done")
     return DONE
 

@@ -38,6 +38,10 @@ class Interrupted(Exception):
     pass
 
 
+class Unscorable(Exception):
+    """A checkpoint this spec scores is gone: the run trained past it unkept (`ledger.unscorable`)."""
+
+
 def score_checkpoints(spec, run, folder, model, emit, log, *, upto, device, data_root, download, runs_root,
                       should_stop=None, progress=False):
     """Evaluate every checkpoint the spec scores, up to step `upto`, that lacks rows: oldest first, each
@@ -55,10 +59,10 @@ def score_checkpoints(spec, run, folder, model, emit, log, *, upto, device, data
             continue
         state = load_step(folder, at, device)
         if state is None:
-            raise FileNotFoundError(
-                f"run {run.run_id}: the checkpoint of step {at} was not kept (the run trained to "
-                f"{last_step(folder)} under a spec whose eval_at did not name {at}), so its rows cannot be made "
-                f"without training again: move {folder} away, or drop {at} from eval_at")
+            raise Unscorable(
+                f"the checkpoint of step {at} was not kept (the run trained to {last_step(folder)} under a spec "
+                f"whose eval_at did not name {at}), so this spec's rows there cannot be made without training "
+                f"again: drop {at} from eval_at, or train it again in another runs root (--runs-root)")
         model["ema"].load_state_dict(state["ema"])
         if is_main() and "cost" in lacking.values():
             emit(cost_rows(run, state))

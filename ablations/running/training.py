@@ -166,9 +166,10 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     `on_log(step, means)` is called every ~1% of training with the means since the previous call,
     {"train_loss": the loss trained on, "train_mse": its unweighted MSE}. `stop_at` ends the call after that step
     (tests use it to interrupt); `should_stop()` is polled each step and, when true, checkpoints and
-    returns early (the SLURM timeout/preemption path). The checkpoints of the steps in `keep` are never
-    pruned; `on_checkpoint(step)` is called on every task after each of them is written (evaluation
-    while training goes on), and its time is not counted as training time.
+    returns early (the SLURM timeout/preemption path). The checkpoints of the steps in `keep` are written
+    and never pruned; `keep` may be a function, asked at every step, when other specs can add steps while
+    the run trains (`layout.asked`). `on_checkpoint(step)` is called on every task after each of them is
+    written (evaluation while training goes on), and its time is not counted as training time.
     """
     device = torch.device(device)
     deterministic(device)
@@ -185,7 +186,7 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
     bar = _progress(total, st.step, progress and is_main())
     st.model.train()
     seg = Segment(st.step, time.perf_counter())
-    save = functools.partial(save_state, cfg, run_dir, st, seg, keep, stats_batches)
+    kept = keep if callable(keep) else (lambda: keep)
     while st.step < total:
         epoch, k = divmod(st.step, per_epoch)
         if epoch != order_epoch:
@@ -198,9 +199,11 @@ def train(cfg, run_dir, images, *, device, on_log=None, stop_at=None, progress=T
         if st.step == seg.start + 1:
             seg.first_s = time.perf_counter() - seg.t0
         record_loss(st, value, mse, last=st.step % log_every == 0 or st.step == total, on_log=on_log)
-        if st.step % cfg.checkpoint_every == 0 or st.step == total or st.step in keep:
+        keep_now = kept()
+        save = functools.partial(save_state, cfg, run_dir, st, seg, keep_now, stats_batches)
+        if st.step % cfg.checkpoint_every == 0 or st.step == total or st.step in keep_now:
             save()
-            if on_checkpoint is not None and st.step in keep:
+            if on_checkpoint is not None and st.step in keep_now:
                 _pause(seg, on_checkpoint, st.step)
         _show(bar, cfg, st, seg, value)
         if stop_at is not None and st.step >= stop_at:

@@ -1,5 +1,8 @@
 """Checkpoint files: written atomically and durably, read back newest first, a torn one set aside.
 Names come from ablations/store/layout.py."""
+import io
+from pathlib import Path
+
 import torch
 
 from ablations.store.io import atomic_write
@@ -10,7 +13,12 @@ KEYS = ("step", "model", "ema", "opt", "lr_sched", "gen")
 
 
 def save_torch(path, obj):
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save through `atomic_write`, serialized in memory first: torch's own file writer turns a full
+    disk into `RuntimeError: [enforce fail at inline_container.cc] unexpected pos`, a plain write into the
+    OSError that becomes the one DiskFull line (ablations/store/io.py)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def save_checkpoint(folder, step: int, state: dict, keep=()):

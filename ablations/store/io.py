@@ -30,7 +30,17 @@ def disk_full(path, error: OSError) -> DiskFull:
                                  "space and re-run", str(path))
 
 
-def _raise_full(path, error):
+def os_error(e: OSError) -> str:
+    """An OSError a user can cause (a read-only root, no permission, a missing parent) as one line: what was
+    done, to which path, and why."""
+    import traceback
+    frames = traceback.extract_tb(e.__traceback__)
+    what = next((f.name for f in reversed(frames) if not f.name.startswith("_")), "write") if frames else "write"
+    where = f" {e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
+    return f"cannot {what}{where}: {e.strerror or e}"
+
+
+def raise_full(path, error):
     """Turn a full disk's OSError into DiskFull (any other error is left to the caller to re-raise)."""
     if isinstance(error, OSError) and error.errno in FULL and not isinstance(error, DiskFull):
         raise disk_full(path, error) from error
@@ -60,7 +70,7 @@ def atomic_write(path, write):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        _raise_full(path, e)
+        raise_full(path, e)
         raise
     os.close(fd)
     try:
@@ -72,7 +82,7 @@ def atomic_write(path, write):
         fsync_dir(path.parent)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        _raise_full(path, e)
+        raise_full(path, e)
         raise
 
 
@@ -101,7 +111,7 @@ def append_jsonl(path, rows):
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as e:
-        _raise_full(path, e)
+        raise_full(path, e)
         raise
     try:
         size = os.fstat(fd).st_size
@@ -112,7 +122,7 @@ def append_jsonl(path, rows):
             view = view[os.write(fd, view):]
         os.fsync(fd)
     except OSError as e:
-        _raise_full(path, e)
+        raise_full(path, e)
         raise
     finally:
         os.close(fd)

@@ -12,6 +12,8 @@
         samples-<setting>-seed<sample_seed>.npz   its generated images (uint8), scored by every metric
         solver-ref-ddim<T>[-noclip]-seed<sample_seed>.npz   DDIM (eta 0, all T steps) endpoints for solver_rms
         log.txt
+        asked/<step:08d>          a checkpoint step some spec that names the run asked for, holding that spec's
+                                name: training keeps these checkpoints whichever spec trains the run (`ask`)
         migrated/               rows (and sample grids) migration set aside, to be computed again
       _slurm/<spec>/            per spec: submissions.jsonl and submitit's job logs (`slurm_folder`)
       _superseded/              run folders migration replaced by another folder of the same run (`superseded`;
@@ -29,13 +31,15 @@ from ablations.store.io import read_json, write_json
 
 CONFIG, STATUS, CLAIM, ROWS, LOG = "config.json", "status.json", "claim.json", "rows.jsonl", "log.txt"
 PARTIAL = "rows.partial.jsonl"
+ASKED = "asked"
 PENDING, RUNNING, INTERRUPTED, DONE, FAILED = "pending", "running", "interrupted", "done", "failed"
 UNKNOWN = "unknown"  # status.json is there but cannot be read
 INVALID = "invalid"  # the folder does not hold the run its id names (ablations/running/ledger.py: `check_folder`)
 NEEDS_EVAL = "needs-eval"  # trained, but the spec asks for rows not yet written
+UNSCORABLE = "unscorable"  # this spec's, not the run's: it asks for a checkpoint the run trained past unkept
 RUN_ID = re.compile(r"[0-9a-f]{10}")
 CHECKPOINT = re.compile(r"ckpt-(\d{8})\.pt")
-COUNTERS = ("requeues", "restarts")  # kept across status updates
+COUNTERS = ("requeues", "restarts", "training")  # kept across status updates; `training` names the training
 
 
 def run_folder(root, run_id: str) -> Path:
@@ -99,9 +103,41 @@ def orphans(folder, older_than_s: float = 0.0) -> list[Path]:
     return sorted(found)
 
 
+def ask(folder, steps, who: str):
+    """Record in the run's folder that spec `who` scores the checkpoints of `steps`, before any process trains
+    it: one file per step, made at once or left as it is, so two specs writing at the same time lose
+    nothing. Training keeps every asked checkpoint (`asked`), so what a spec gets from a shared run does
+    not depend on which spec trained it."""
+    here = Path(folder) / ASKED
+    here.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        try:
+            fd = os.open(here / f"{int(step):08d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(who + "\n")
+
+
+def asked(folder) -> set[int]:
+    """The checkpoint steps the specs that name the run asked for (`ask`)."""
+    try:
+        return {int(p.name) for p in (Path(folder) / ASKED).iterdir() if p.name.isdigit()}
+    except OSError:
+        return set()
+
+
 def last_step(folder) -> int:
     found = checkpoints(folder)
     return checkpoint_step(found[-1]) if found else 0
+
+
+def trained_step(folder, status: dict | None = None) -> int:
+    """How far the run was trained: its newest checkpoint, or the step a finished run's status.json gives (a
+    record keeps no checkpoint: ablations/store/records.py)."""
+    status = read_status(folder) if status is None else status
+    done = status.get("step") if status.get("state") == DONE else 0
+    return max(last_step(folder), done if isinstance(done, int) else 0)
 
 
 def sample_grid_name(sampler: str, steps: int, eta: float, clip_x0: bool, spacing: str = "leading", *,

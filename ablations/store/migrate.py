@@ -96,6 +96,27 @@ def _move_dispatch(root, spec_dir):
         spec_dir.rmdir()
 
 
+def legacy(root) -> list[str]:
+    """What the next `ablate run` would migrate under `root`, one line each, reading no rows file: run folders
+    of the first layout, folders named by their legacy id, and rows set aside in rows.partial.jsonl. The
+    commands that only read (list, collect, status) say it instead of migrating."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [f"{p}: the first layout (<root>/<spec>/<run_id>/)" for p in old_run_folders(root)]
+    for folder in sorted(p for p in root.iterdir() if RUN_ID.fullmatch(p.name) and p.is_dir()):
+        if (folder / PARTIAL).exists():
+            found.append(f"{folder / PARTIAL}: rows set aside that may be whole")
+        record = read_json(folder / CONFIG)
+        try:
+            cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["train"].items()})
+        except (TypeError, KeyError, ValueError, AttributeError):
+            continue
+        if folder.name != cfg.run_id() and folder.name == cfg.legacy_run_id():
+            found.append(f"{folder}: named by its legacy id (run {cfg.run_id()})")
+    return found
+
+
 def stale_nll(r: dict, T: int):
     """Why an NLL pass's row (it has `strata`) is stale, or None when it is current."""
     if r.get("clip_x0") is None:
@@ -144,13 +165,14 @@ SOLVER_REF = re.compile(r"(solver-ref-ddim\d+(?:-noclip)?-seed\d+)(\.npz)")
 def share_across_steps(root, echo=print) -> int:
     """Rename every run folder named by its config's legacy id (train_steps hashed:
     `TrainConfig.legacy_run_id`) to its run id, which leaves train_steps out; returns how many moved.
+    Only `ablate run` and `submit` call it, never a command that reads (`legacy`).
 
     In the folder first (so a kill midway is redone by the next call): rows.jsonl's run_id becomes the
     new id, and eval rows without a train_step get the step of the run's last checkpoint (they scored
     its final weights); config.json's run_id too; kept samples, sample grids and solver references get
     that step in their names. When the new id's folder exists already (the same config trained to
-    another train_steps), the folder trained further keeps the id and the other goes to
-    `_superseded/steps/`. A folder a live process holds is left for a later call."""
+    another train_steps), it stays as it is and the legacy folder goes to `_superseded/steps/`. Nothing moves
+    while a live process holds either folder."""
     from ablations.running.data import SIZES
     from ablations.store.layout import last_step
     root, moved = Path(root), 0
@@ -163,25 +185,25 @@ def share_across_steps(root, echo=print) -> int:
         new = cfg.run_id()
         if folder.name == new or folder.name != cfg.legacy_run_id():
             continue
-        if (h := claim.read(folder)) and claim.alive(h):
-            echo(f"migrate: {folder.name} is held by {claim.describe(h)}; it moves to {new} on a later command")
+        target = run_folder(root, new)
+        held = [(f, h) for f in (folder, target) if (h := claim.read(f)) and claim.alive(h)]
+        if held:
+            echo(f"migrate: {held[0][0]} is held by {claim.describe(held[0][1])}; {folder.name} moves to {new} "
+                 "on a later `ablate run`")
+            continue
+        if target.exists():  # the current suite's folder of the run stays where it is, whatever it holds
+            aside = superseded(root) / "steps" / folder.name
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            folder.rename(aside)
+            echo(f"migrate: {folder.name} is run {new} under its legacy id, and {target} exists: {target} is kept "
+                 f"as it is, the legacy folder goes to {aside}")
+            moved += 1
             continue
         step = last_step(folder) or (cfg.epochs * (SIZES[cfg.dataset]["train"] // cfg.batch) if cfg.epochs
                                      else cfg.train_steps)
         _rename_inside(folder, new, step)
-        target = run_folder(root, new)
-        if target.exists():
-            keep, other = (folder, target) if last_step(folder) > last_step(target) else (target, folder)
-            aside = superseded(root) / "steps" / other.name
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            other.rename(aside)
-            if keep is folder:
-                folder.rename(target)
-            echo(f"migrate: {folder.name} and {new} are one run trained to different train_steps; the one trained "
-                 f"further is {new}, the other is kept in {aside}")
-        else:
-            folder.rename(target)
-            echo(f"migrate: {folder.name} -> {new} (run ids leave train_steps out; its eval rows scored step {step})")
+        folder.rename(target)
+        echo(f"migrate: {folder.name} -> {new} (run ids leave train_steps out; its eval rows scored step {step})")
         moved += 1
     return moved
 
