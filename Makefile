@@ -48,7 +48,7 @@ demo: setup compiler data
 results: setup
 	$(VENV)/bin/ablate results
 
-# Every answer as a curve (README "Every answer as a curve"): the four training questions at the curve scale and
+# Every answer as a curve (results/METHODS.md, "Every answer as a curve"): the four training questions at the curve scale and
 # the sampler question at its own (cpu: 2,200 steps x 192 images, scored along the way). Two one-thread workers
 # share one runs root, the claims give each run to one of them, and they take the questions in opposite orders;
 # stopped, it resumes where it stood (run it again). Then each question's table and the index.

@@ -101,7 +101,7 @@ def _note_start(folder):
 def executor_for(spec: Spec, runs_root, *, cluster=None, partition=None, nodes=1, gpus_per_node=0,
                  tasks_per_node=None, cpus_per_task=None, mem_gb=None, time_min=60, array_parallelism=None,
                  account=None, qos=None, constraint=None, max_requeues=3, signal_delay_s=90):
-    """(a submitit executor, the parameters given to it); the sbatch option mapping is in the README."""
+    """(a submitit executor, the parameters given to it); the sbatch option mapping is in slurm/README.md."""
     folder = slurm_folder(runs_root, spec.name) / "%j"
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=max_requeues)
     params = dict(name=f"ablate-{spec.name}", timeout_min=time_min, nodes=nodes,

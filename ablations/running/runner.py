@@ -148,16 +148,9 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
     folder = run_folder(runs_root, run.run_id)
     main = is_main()  # with several tasks, only rank 0 reads the folder's bookkeeping and writes
     outcome = from_main(_open_folder(run, runs_root, folder, spec.overrides) if main else None)  # all follow rank 0
+    outcome = outcome or _for_this_spec(spec, run, runs_root, folder, main)
     if outcome is not None:
         return outcome
-    if main:
-        ask(folder, eval_steps(spec.eval, run_steps(run)), spec.name)
-    if is_complete(spec, run, runs_root):
-        return DONE
-    why = from_main(unscorable(spec, run, folder) if main else None)
-    if why:  # this spec's outcome: the run's status stays as it is for every other spec
-        print(f"run {run.run_id}: {why}", file=sys.stderr, flush=True)
-        return UNSCORABLE
     before = read_status(folder) if main else {}
     refused = bf16_refusal(run.config.bf16, device)  # a SLURM node or worker the CLI's check did not see
     if refused:
@@ -199,6 +192,21 @@ def run_one(spec: Spec, run: Run, runs_root, *, data_root=None, download=False, 
     finally:
         emit.track(lambda: emit.events.close())
     return FAILED
+
+
+def _for_this_spec(spec, run, runs_root, folder, main) -> str | None:
+    """Record the checkpoints this spec scores in the run (`layout.ask`); then DONE when the run holds every
+    row it asks for, UNSCORABLE when it cannot (this spec's outcome: the run's status stays as it is for
+    every other spec), None when there is work to do."""
+    if main:
+        ask(folder, eval_steps(spec.eval, run_steps(run)), spec.name)
+    if is_complete(spec, run, runs_root):
+        return DONE
+    why = from_main(unscorable(spec, run, folder) if main else None)
+    if why:
+        print(f"run {run.run_id}: {why}", file=sys.stderr, flush=True)
+        return UNSCORABLE
+    return None
 
 
 class Appender:
