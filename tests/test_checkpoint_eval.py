@@ -21,8 +21,8 @@ from ablations.store.schema import CURVES, read_rows
 from ablations.grid.spec import SpecError, load_spec
 from ablations.running.training import train
 
-TIMING = {"sample_img_per_s", "nfe_per_s", "sample_wall_s", "peak_mem_mb", "fid_wall_s", "nll_wall_s",
-          "compile_s", "train_wall_s", "train_img_per_s"}
+TIMING = {"sample_img_per_s", "nfe_per_s", "sample_wall_s", "peak_mem_mb", "fid_wall_s", "nll_wall_s", "prc_wall_s",
+          "denoise_wall_s", "compile_s", "train_wall_s", "train_img_per_s"}
 
 
 def _curve_spec(tmp_path, name="curve", steps=6, eval_at="[2, 4]", every=4):

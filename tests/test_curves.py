@@ -9,7 +9,7 @@ from conftest import spec_findings
 from ablations.grid.spec import load_spec
 from ablations.store.io import write_json
 from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
-from ablations.reporting import axes, stats
+from ablations.reporting import axes, notes, stats
 from ablations.reporting.table import checkpointed, checkpoints, cost, summarize
 from ablations.reporting.verdicts import ALPHA, FILE, assess, last, settled, trajectories
 from ablations.reporting.wording import p_text, settled_text, trajectory_text
@@ -304,7 +304,8 @@ def test_the_report_gives_the_trajectory_from_the_rows_not_typed():
     assert f"1 ± {half:.2g} at 2,800 (3 seeds). Verdict: inconclusive from 350; settled from 350 steps as inconclusive: undecided." in text
     one = _pred([[4.0, -6.0, 1.0]], STEPS[-1:])
     found = assess([("prediction-cpu", "prediction", one)], FOUND)
-    assert typed in "\n".join(section(one, "prediction", last(found), found, published))
+    marked = f"- {notes.AD_HOC} {typed.removeprefix('- ')}"  # kept, and marked as not from these rows
+    assert marked in "\n".join(section(one, "prediction", last(found), found, published))
 
 
 def test_what_a_sampler_finding_would_take_counts_one_run_a_seed():

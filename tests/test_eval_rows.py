@@ -60,7 +60,8 @@ def test_a_new_metric_comes_from_the_kept_samples(tmp_path, monkeypatch):
     again = _rows(folder)
     new = again[len(rows):]
     assert sorted((r["metric"], r["sampler"]) for r in new) == sorted(
-        (m, s) for m in ("fid", "kid", "kid_std", "fid_wall_s", "precision", "recall") for s in ("ddim", "ddpm"))
+        (m, s) for m in ("fid", "kid", "kid_std", "fid_wall_s", "precision", "recall", "prc_wall_s")
+        for s in ("ddim", "ddpm"))
     assert {r["extractor"] for r in new} == {"fmnist-classifier-seed1"}
     assert ledger.state(load_spec(spec_path), run, runs)["state"] == "done"
 

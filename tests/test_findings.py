@@ -148,7 +148,7 @@ def test_a_typed_lines_numbers_come_from_the_rows():
     tables = [{"text": "x0: {nll} bits/dim", "ad_hoc": False,
                "values": {"nll": {"of": "range", "metric": "nll_bpd", "a": {"prediction": "x0"}, "step": 1}}},
               {"text": "measured elsewhere", "ad_hoc": True, "values": {}}]
-    assert notes.lines(rows, tables) == ["x0: 100-116 bits/dim", "measured elsewhere"]
+    assert notes.lines(rows, tables) == ["x0: 100-116 bits/dim", f"{notes.AD_HOC} measured elsewhere"]
     assert notes.lines(rows, tables, curve=True) == ["x0: 100-116 bits/dim"]  # the rows hold the curve
     empty = [{**tables[0], "values": {"nll": {**tables[0]["values"]["nll"], "a": {"prediction": "v"}}}}]
     assert notes.lines(rows, empty) == ["x0: - bits/dim"]
@@ -167,3 +167,25 @@ def test_the_committed_folders_hold_their_specs_findings():
         scale = path.parent.name.removeprefix(name).removeprefix("-") or None  # <spec>[-<scale>]
         spec = load_spec(ROOT / "ablations" / f"{name}.toml", scale)
         assert spec.name == path.parent.name and json.loads(path.read_text()) == spec.findings, path
+
+
+def test_a_folder_of_the_legacy_protocol_leaves_the_holm_family_and_says_so(tmp_path):
+    """Two protocols never share a family: a folder whose FID is against the training split and that holds no
+    precision/recall rows (before the protocol fixes) reads "legacy protocol", unadjusted, and the current
+    folders are corrected without it."""
+    spec, folder = _collect(tmp_path, _spec(tmp_path, FINDING))
+    rows = pd.read_csv(folder / "rows.csv")
+    current = rows.assign(reference="fashion_mnist:test:10000")
+    current = pd.concat([current, current.assign(metric="precision", value=0.5)], ignore_index=True)
+    other = folder.parent / "t-new"
+    other.mkdir()
+    for name in (findings.FILE, "axes.json"):
+        (other / name).write_text((folder / name).read_text())
+    current.to_csv(other / "rows.csv", index=False)
+    rows.assign(reference="fashion_mnist:train:10000").to_csv(folder / "rows.csv", index=False)
+    found = {v["folder"]: v for v in verdicts.assess(verdicts.tables(folder.parent), verdicts.read_all(folder.parent))}
+    old, new = found["t"], found["t-new"]
+    assert old["verdict"] == "legacy protocol" and old["p"] == new["p"] and old["p_holm"] != old["p_holm"]  # NaN
+    assert new["verdict"] == "agrees" and new["family"] == 1 and new["p_holm"] == new["p"]  # alone in its family
+    assert "legacy protocol" in wording.verdict_text(old) and "training split" in wording.verdict_text(old)
+    assert verdicts.legacy(current) is None and verdicts.legacy(rows) is None  # no reference column: can't tell

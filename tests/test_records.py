@@ -16,8 +16,8 @@ from ablations.store.layout import checkpoints, read_status, run_folder
 from ablations.store.records import files
 from ablations.store.schema import read_rows
 
-TIMING = {"sample_img_per_s", "nfe_per_s", "sample_wall_s", "peak_mem_mb", "fid_wall_s", "nll_wall_s",
-          "compile_s", "train_wall_s", "train_img_per_s"}
+TIMING = {"sample_img_per_s", "nfe_per_s", "sample_wall_s", "peak_mem_mb", "fid_wall_s", "nll_wall_s", "prc_wall_s",
+          "denoise_wall_s", "compile_s", "train_wall_s", "train_img_per_s"}
 
 
 def _ablate(*args, ok=True):

@@ -116,7 +116,8 @@ def test_make_results_redraws_everything_from_the_committed_rows_alone(tmp_path)
     index = (copy / "README.md").read_text()
     assert (committed / "README.md").read_text() == index
     assert (copy / "forest.pdf").read_bytes() == (committed / "forest.pdf").read_bytes()
-    for text in ("| p | p (Holm) |", "| **n/a (1 seed)** |", "parity margin ±5 FID", "![forest](forest.png)",
+    for text in ("| p | p (Holm) |", "**legacy protocol** (FID against the training split", "parity margin ±5 FID",
+                 "![forest](forest.png)",
                  "(90% CI)", "counted once"):
         assert text in index, text
     assert all(f"[{name}]({name}/report.md)" in index for name in folders)

@@ -112,12 +112,17 @@ def quantity(rows: pd.DataFrame, q: dict) -> str:
 
 def lines(rows: pd.DataFrame, tables, curve: bool = False) -> list[str]:
     """A folder's note or checked lines (its findings.json tables) as markdown: a typed line with its
-    quoted numbers from the rows; a computed line in full; an ad hoc line only while `curve` is False (the
-    rows hold one checkpoint)."""
+    quoted numbers from the rows; a computed line in full; an ad hoc line, marked as one (`AD_HOC`), only
+    while `curve` is False (the rows hold one checkpoint)."""
     out = []
     for t in tables:
         if "computed" in t:
             out += COMPUTED[t["computed"]](rows)
         elif not (curve and t.get("ad_hoc")):
-            out.append(t["text"].format(**{k: quantity(rows, q) for k, q in t.get("values", {}).items()}))
+            text = t["text"].format(**{k: quantity(rows, q) for k, q in t.get("values", {}).items()})
+            bullet = "- " if text.startswith("- ") else ""
+            out.append(f"{bullet}{AD_HOC} {text.removeprefix(bullet)}" if t.get("ad_hoc") else text)
     return out
+
+
+AD_HOC = "*(ad hoc: a probe's numbers, not in these rows)*"

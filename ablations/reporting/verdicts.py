@@ -187,8 +187,24 @@ def measure(rows: pd.DataFrame, f: Finding, folder: str = "") -> dict | None:
     return v
 
 
+def legacy(rows: pd.DataFrame) -> str | None:
+    """Why a folder's rows predate the current protocol, or None when they follow it (or cannot tell): their
+    FID is against the training split and they hold no precision/recall rows, as before the protocol fixes
+    (the test-split reference, EMA warm-up, the EMA's own BatchNorm statistics, PRC). The index puts one
+    protocol in a Holm family: a legacy folder's findings leave it until the question is rerun."""
+    if "reference" not in rows or "metric" not in rows:
+        return None
+    fid = rows.loc[rows["metric"] == "fid", "reference"].dropna().astype(str)
+    if fid.empty or not fid.str.split(":").str[1].eq("train").all() or rows["metric"].eq("precision").any():
+        return None
+    return ("legacy protocol: FID against the training split, no precision/recall, no EMA warm-up, the live "
+            "model's BatchNorm statistics")
+
+
 def decide(v: dict) -> str:
     """The verdict from a measured finding's Holm-adjusted p-values."""
+    if v.get("legacy"):
+        return "legacy protocol"
     if v["seeds"] == 0:
         return "awaits the rerun"
     if v["seeds"] < 2:
@@ -209,9 +225,9 @@ def assess(tables: list[tuple[str, str, pd.DataFrame]], found_in: dict[str, Publ
     one checkpoint: the distinct findings with two seeds or more that the index scores at the same
     train_step; every question's last checkpoint together is one (the verdicts' family, whatever each
     question's training length)."""
-    found = []
+    found = []  # a legacy folder's findings (`legacy`) are measured, never Holm-adjusted with the current ones
     for folder, spec, rows in tables:
-        rows = checkpointed(rows)
+        rows, old = checkpointed(rows), legacy(rows)
         steps = checkpoints(rows)
         images = cost(rows).groupby("train_step")["train_images"].mean()
         for i, step in enumerate(steps):
@@ -221,14 +237,14 @@ def assess(tables: list[tuple[str, str, pd.DataFrame]], found_in: dict[str, Publ
                 if v is not None and (last or v["seeds"]):  # a cell scored only at the end: no earlier verdict
                     v.update(train_step=step, last=last, train_images=images.get(step, NAN),
                              n_checkpoints=len(steps), checkpoint="last" if last else step,
-                             key=("last" if last else step, *v["key"]))
+                             key=("last" if last else step, *v["key"]), legacy=old)
                     found.append(v)
     first = {}
     for v in found:
         if v["seeds"] >= 2:
             original = first.setdefault(v["key"], v)
             v["same_as"] = None if original is v else original
-    tested = [v for v in found if v["seeds"] >= 2 and v["same_as"] is None]
+    tested = [v for v in found if v["seeds"] >= 2 and v["same_as"] is None and not v["legacy"]]
     size = {}
     for name in dict.fromkeys(_family(v) for v in tested):
         members = [v for v in tested if _family(v) == name]

@@ -49,6 +49,8 @@ def verdict_text(v: dict) -> str:
     text = f"**{v['verdict']}**" + (f" ({deciding_p(v)})" if v["verdict"] == "disagrees" else "")
     if v["verdict"] == "awaits the rerun":
         text += f": {v['finding'].awaits}"
+    if v["verdict"] == "legacy protocol":
+        text += f" ({v['legacy'].split(': ', 1)[1]}): outside the Holm family until the question is rerun"
     if v["same_as"] is not None:
         text += f" (the same numbers as {v['same_as']['a']} vs {v['same_as']['b']}: counted once)"
     return text
@@ -120,6 +122,8 @@ def family_lines(found: list[dict]) -> list[str]:
     out = []
     for name in dict.fromkeys(family_of(v["finding"]) for v in found):
         m = next(v["family"] for v in found if family_of(v["finding"]) == name)
+        if not m:  # its findings are legacy or untested: no family
+            continue
         what = ("distinct published finding{s} with two seeds or more in the results index (results/README.md)"
                 if name == "published" else f"comparison{{s}} of the {name} question without a published direction")
         out.append(f"Holm's family: the {m} {what.format(s='s' if m != 1 else '')}.")
@@ -127,9 +131,11 @@ def family_lines(found: list[dict]) -> list[str]:
 
 
 def checked(v: dict) -> bool:
-    """Whether a verdict gets the "what was checked" section: a published finding that did not reproduce,
-    on seeds enough for a test."""
-    return v["verdict"] in ("disagrees", "inconclusive") and v["finding"].expect != "differs" and v["seeds"] > 1
+    """Whether a verdict gets the "what was checked" section: a published finding that did not reproduce (a
+    legacy folder's: its raw test does not pass), on seeds enough for a test."""
+    legacy_open = v["verdict"] == "legacy protocol" and not v["p"] < ALPHA
+    undecided = v["verdict"] in ("disagrees", "inconclusive") or legacy_open
+    return undecided and v["finding"].expect != "differs" and v["seeds"] > 1
 
 
 def over_line(curve: list[dict]) -> str:

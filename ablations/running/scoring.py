@@ -231,12 +231,15 @@ def _denoise_rows(sc: Scoring, forward, schedule, lacking, first, data_root, dow
     test = images_of(cfg.dataset, "test", data_root, download)[:ev.nll_images]
     lacking = set(lacking)
     ts = sorted({int(k[EVAL_KEY.index("t")]) for k in lacking})
+    t0 = time.perf_counter()
     got = denoising(forward, schedule, cfg, test, ts, seed=ev.sample_seed, device=sc.device,
                     batch=ev.sample_batch, clip_x0=ev.clip_x0)
+    seconds = time.perf_counter() - t0
     cols = dict(phase="eval", n=len(test), sample_seed=ev.sample_seed, clip_x0=ev.clip_x0,
                 reference=reference(cfg.dataset, "test", len(test)), train_step=sc.at)
     rows = [row(sc.run.run_id, m, v, **cols, t=t) for t in ts for m, v in got[t].items()]
-    sc.emit([row(sc.run.run_id, m, v, **cols) for m, v in first] + [r for r in rows if key(r) in lacking])
+    sc.emit([row(sc.run.run_id, m, v, **cols) for m, v in (*first, ("denoise_wall_s", seconds))]
+            + [r for r in rows if key(r) in lacking])
     sc.log("  x0 RMS error by t: " + ", ".join(f"{t}: {got[t]['x0_rms']:.3f}" for t in ts))
 
 
@@ -272,7 +275,9 @@ def _score(kind, extractor, images, solver_ref, run, cols, ev, *, log, s, cache_
         r = prc(images, **kw)
         ref = dict(n=r["n"], extractor=extractor, reference=r["reference"])
         log(f"  {label(*s)}: precision {r['precision']:.3f}, recall {r['recall']:.3f} ({extractor}, n={r['n']})")
-        return [row(run.run_id, m, r[m], **cols, **ref) for m in ("precision", "recall")]  # recall marks it done
+        return [row(run.run_id, m, v, **cols, **ref) for m, v in (
+            ("prc_wall_s", time.perf_counter() - t0), ("precision", r["precision"]),
+            ("recall", r["recall"]))]  # recall last: its presence marks the group done
     r = fid(images, **kw)
     ref = dict(n=r["n"], extractor=extractor, reference=r["reference"])
     log(f"  {label(*s)}: FID {r['fid']:.2f}, KID {r['kid']:.4f} ± {r['kid_std']:.4f} ({extractor}, n={r['n']})")

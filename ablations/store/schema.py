@@ -77,6 +77,8 @@ METRICS = {
     "sample_img_per_s": "generated images/s", "nfe_per_s": "image-model evaluations/s",
     "sample_wall_s": "seconds to generate the n images", "fid_wall_s": "seconds for the FID pass",
     "nll_bpd": "negative log-likelihood bound, bits/dim", "nll_wall_s": "seconds for the NLL pass",
+    "prc_wall_s": "seconds for the precision/recall pass (features and 3-NN balls)",
+    "denoise_wall_s": "seconds for the denoising pass (x0_rms and nll_term_bpd at every t of denoise_t)",
     "x0_rms": "mean per-image RMS error ([-1, 1] units) of the network's x0 estimate from x_t at timestep t "
               "(clipped as the samplers clip it: clip_x0), on the first nll_images test images",
     "nll_term_bpd": "the bound's term at timestep t in bits/dim (the decoder's NLL at t = 0, the step's KL above), "
