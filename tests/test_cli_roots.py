@@ -235,3 +235,34 @@ def test_collect_keeps_only_the_rows_this_spec_asked_of_a_shared_run(tmp_path):
             for m, s, t in zip(got.metric, got.sampler, got.train_step)}
     assert kept == {("train_loss", "-", 2), ("train_loss", "-", 4), ("fid", "ddim", 2), ("fid", "ddim", 4),
                     ("nll_bpd", "-", 2), ("nll_bpd", "-", 4)}
+
+
+def test_make_demo_writes_only_where_git_ignores_and_compares_with_the_committed_demo():
+    """`make demo` leaves `git status` clean: every command of its recipe that writes results names a results
+    root that git ignores, and it ends beside the committed demo's numbers (`make -n` prints the recipe)."""
+    recipe = subprocess.run(["make", "-n", "-o", "setup", "-o", "compiler", "-o", "data", "demo"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    writes = [line for line in recipe if " collect " in line or line.endswith(" results") or " results " in line]
+    assert writes and all("--results-root runs/results" in line for line in writes), recipe
+    paths = ["runs/results/demo/rows.csv", "runs/results/README.md"]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == paths
+    assert any("ablate compare runs/results/demo results/demo" in line for line in recipe), recipe
+
+
+def test_compare_puts_each_number_beside_the_same_cell_and_says_where_the_protocols_differ(tmp_path):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for folder, value, reference in ((ours, 140.0, "fashion_mnist:test:10000"),
+                                     (theirs, 138.2, "fashion_mnist:train:60000")):
+        folder.mkdir()
+        pd.DataFrame([{"ablation": "demo", "scale": None, "norm": "group", "metric": m, "phase": "eval",
+                       "train_step": 1800, "sampler": "ddim", "steps": 10, "eta": 0.0, "clip_x0": True,
+                       "spacing": "leading", "n": 1000, "extractor": "fmnist-classifier", "reference": reference,
+                       "sample_seed": 0, "mean": v, "std": None, "seeds": 1, "ci95": None}
+                      for m, v in (("fid", value), ("sample_wall_s", 9.0))]).to_csv(folder / "summary.csv",
+                                                                                   index=False)
+    out = _ablate("compare", ours, theirs)
+    (line,) = [x for x in out.splitlines() if x.startswith("| fid |")]
+    assert "| 140 | 138.2 | +1.8 |" in line
+    assert "reference: fashion_mnist:test:10000 vs fashion_mnist:train:60000" in line
+    assert "sample_wall_s" not in out  # machine speed, not a result

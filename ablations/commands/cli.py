@@ -308,7 +308,7 @@ def _run_in_worker(args):
 
 
 for command in (cluster.submit, cluster.status, cluster.cancel, results.collect, results.export, results.plot,
-                results.report, results.results_cmd, results.classifier, results.bench):
+                results.report, results.results_cmd, results.compare, results.classifier, results.bench):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ablations.commands.common import (RECORDS, RESULTS_ROOT, SCALE, folder_option, invalid_folders, load,
-                                       note_legacy, roots, set_option)
+from ablations.commands.common import (RECORDS, RESULTS, RESULTS_ROOT, SCALE, folder_option, invalid_folders,
+                                       load, note_legacy, roots, set_option)
 from ablations.grid.config import TRAIN_FIELDS, TrainConfig, eval_steps, scored_at
 from ablations.store.io import read_json
 from ablations.store.layout import CONFIG, run_folder
@@ -217,6 +217,24 @@ def results_cmd(runs_root, results_root):
     from ablations.reporting.index import regenerate
     paths = _from_folder(regenerate, results_root)
     click.echo(f"{len(paths)} files regenerated; index: {paths[-1]}")
+
+
+@click.command()
+@click.argument("ours", metavar="RESULTS_DIR")
+@click.argument("theirs", metavar="OTHER_DIR")
+@RESULTS
+def compare(ours, theirs, results_root):
+    """Each number of RESULTS_DIR beside the same cell of OTHER_DIR (e.g. a fresh `make demo` beside the
+    committed demo): metric, setting and checkpoint, the two means over seeds, and where the two were measured
+    against different references or counts, both.
+
+    
+    Example:
+      ablate compare runs/results/demo results/demo
+    """
+    from ablations.reporting.compare import side_by_side
+    lines = side_by_side(_results_dir(ours, results_root), _results_dir(theirs, results_root))
+    click.echo("\n".join(lines))
 
 
 @click.command()
