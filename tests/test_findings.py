@@ -189,3 +189,17 @@ def test_a_folder_of_the_legacy_protocol_leaves_the_holm_family_and_says_so(tmp_
     assert new["verdict"] == "agrees" and new["family"] == 1 and new["p_holm"] == new["p"]  # alone in its family
     assert "legacy protocol" in wording.verdict_text(old) and "training split" in wording.verdict_text(old)
     assert verdicts.legacy(current) is None and verdicts.legacy(rows) is None  # no reference column: can't tell
+
+
+def test_a_finding_that_leaves_out_a_grid_axis_is_refused_before_it_could_pool_its_values(tmp_path):
+    """The fault: verdicts.select averaged every row of a seed the cell does not name, so a norm finding on a
+    grid crossed with conditioning would pool a t-blind model with a t-aware one. Every varied axis is named."""
+    crossed = tiny_spec(name="x", norms='["group", "layer"]').replace(
+        "[grid]\n", '[grid]\nconditioning = ["add", "scale_shift"]\n')
+    path = tmp_path / "x.toml"
+    path.write_text(crossed + FINDING)
+    with pytest.raises(SpecError, match=r"finding\[0\]\.a.*does not name grid axis 'conditioning'.*pool"):
+        load_spec(path)
+    path.write_text(crossed + FINDING.replace('{ norm = "layer" }', '{ norm = "layer", conditioning = "scale_shift" }')
+                    .replace('{ norm = "group" }', '{ norm = "group", conditioning = "scale_shift" }'))
+    assert load_spec(path).findings["findings"][0]["a"] == {"norm": "layer", "conditioning": "scale_shift"}

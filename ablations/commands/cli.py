@@ -106,12 +106,12 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
     invalid = invalid_folders(spec, runs, runs_root)
     todo = [r for r in runs if r.run_id not in invalid
             and ledger.state(spec, r, ledger.source(spec, r, runs_root, records))["state"] != DONE]
-    ledger.ask_all(spec, todo, runs_root)
     click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo) - len(invalid)} complete, {len(todo)} to run"
                + (f", {len(invalid)} invalid (not run)" if invalid else "") + f" -> {runs_root}")
     _refuse_emulated_bf16(spec_path, todo, device or runner.default_device())
     if todo:
         click.echo(_eta(spec, todo, runs_root, device or runner.default_device()))
+    ledger.ask_all(spec, todo, runs_root)  # before any claim: whichever spec trains a run keeps these checkpoints
     stop = _stop_on_signals()
     kw = dict(data_root=data_root, download=download, device=device, progress=not no_progress)
     if workers > 1:  # every worker walks the whole list; claims give each run to one of them

@@ -39,6 +39,7 @@ def parse(raw: dict, err, axes=()) -> dict:
     collect writes: {"spec": its name, "findings": [...], "no_paper": str, "note": [...], "checked": [...]}."""
     columns = (*dict.fromkeys((*axes, *AXES)), *SETTING, "t")  # t: an x0_rms cell's timestep
     found = [_finding(f, f"finding[{i}]", columns, err) for i, f in enumerate(_list(raw, "finding", err))]
+    _names_every_axis(found, raw.get("grid", {}), err)
     no_paper = raw.get("no_paper", "")
     _text(no_paper, "no_paper", err, empty=True)
     return {"spec": raw.get("name"), "findings": found, "no_paper": no_paper,
@@ -57,6 +58,18 @@ def _text(value, key, err, empty=False) -> str:
     if not isinstance(value, str) or not (empty or value.strip()):
         raise err(key, f"expected {'a' if empty else 'a non-empty'} string, got {value!r}")
     return value
+
+
+def _names_every_axis(found, grid, err):
+    """Each finding's cells name every axis the grid varies: a cell that leaves one out would pool its values
+    (a t-blind model's rows with a t-aware one's), so the spec is refused instead."""
+    varied = [a for a, values in grid.items() if isinstance(values, list) and len(values) > 1]
+    for i, f in enumerate(found):
+        for side in ("a", "b"):
+            for axis in varied:
+                if axis not in f[side]:
+                    raise err(f"finding[{i}].{side}", f"does not name grid axis {axis!r} (values {grid[axis]!r}): "
+                                                      "its verdict would pool them; name one")
 
 
 def _choice(value, choices, key, err):

@@ -1,6 +1,8 @@
 """The verdicts' figures, from the findings `ablations.reporting.verdicts.assess` decides on rows.csv alone:
 each finding's paired difference a − b with its CI, at the last checkpoint (the forest plot, for a folder and
 for the index) and against training images seen (`differences`)."""
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 
 from ablations.reporting import verdicts
@@ -16,7 +18,9 @@ def forest(found: list[dict], out_dir, name="forest"):
     metric, with the paper's direction shaded (a < b: left of 0; parity: inside the margin) and the verdict
     with its raw and Holm-adjusted p. A one-seed finding is a hollow point without a CI."""
     shown = [v for v in found if v["seeds"] >= 1]
-    if not shown:
+    if not shown:  # nothing to draw: a forest drawn before from other rows goes, so no report shows it
+        for ext in ("png", "pdf"):
+            (Path(out_dir) / f"{name}.{ext}").unlink(missing_ok=True)
         return []
     groups = {}
     for v in shown:

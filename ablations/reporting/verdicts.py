@@ -203,10 +203,10 @@ def legacy(rows: pd.DataFrame) -> str | None:
 
 def decide(v: dict) -> str:
     """The verdict from a measured finding's Holm-adjusted p-values."""
-    if v.get("legacy"):
-        return "legacy protocol"
     if v["seeds"] == 0:
         return "awaits the rerun"
+    if v.get("legacy"):
+        return "legacy protocol"
     if v["seeds"] < 2:
         return f"n/a ({v['seeds']} seed)"
     if v["finding"].expect == "differs":
