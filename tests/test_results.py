@@ -299,7 +299,7 @@ def test_the_index_shows_the_extractor_check_and_reports_show_the_new_metrics(tm
     table.to_csv(tmp_path / "sampler-cpu" / "rows.csv", index=False)
     index = write_index(tmp_path).read_text()
     assert ("Spearman rank correlation of FID between `fmnist-classifier` and `fmnist-classifier-seed1` over the 4 "
-            "cells both scored (sampler-cpu; mean over seeds) is 0.800.") in index
+            "cells both scored, each run once (sampler-cpu; mean over seeds) is 0.800.") in index
     text = "\n".join(metric_tables(summarize(table, []), None))
     for title in ("## Precision by sampler setting", "## Recall by sampler setting", "## Solver error by sampler",
                   "## FID by sampler setting (fmnist-classifier-seed1)"):
@@ -392,3 +392,33 @@ def test_the_index_shows_the_sample_set_noise_and_verdicts_keep_the_first_sample
             "|FID(0) − FID(1)| is 2.5 on average (largest 4); the training seeds' std of those cells is 10.3 on "
             "average.") in index
     assert select(table, "fid", {"sampler": "ddim", "steps": 10}).tolist() == [100.0, 110.0]
+
+
+def test_the_extractor_check_ranks_within_a_checkpoint_counts_a_shared_run_once_and_checks_each_seeds_sign():
+    """The fault: the check ranked cells across checkpoints (training progress made the 1.000) and counted a run
+    two folders share twice. Now one correlation per checkpoint over distinct runs, and each FID finding's
+    per-seed sign under both extractors."""
+    from ablations.reporting.index import extractor_check
+    from ablations.reporting import verdicts
+    from ablations.reporting.verdicts import Finding, Published
+    rows = []
+    for folder, arms in (("a-curve", ("x", "y")), ("b-curve", ("x", "z"))):  # run "x" is in both folders
+        for step in (100, 200):
+            for arm in arms:
+                for seed in range(2):
+                    fid = {"x": 300.0, "y": 250.0, "z": 280.0}[arm] - step + seed
+                    for extractor, scale in (("e1", 1.0), ("e2", 2.0 if arm != "z" or step == 100 else 10.0)):
+                        rows.append({"folder": folder, "run_id": f"{arm}{seed}", "arm": arm, "seed": seed,
+                                     "metric": "fid", "phase": "eval", "train_step": step, "sampler": "ddim",
+                                     "steps": 20, "eta": 0.0, "clip_x0": True, "spacing": "leading",
+                                     "extractor": extractor, "value": fid * scale})
+    table = pd.DataFrame(rows)
+    tables = [(f, f.split("-")[0], table[table["folder"] == f].drop(columns="folder")) for f in ("a-curve", "b-curve")]
+    found = verdicts.assess(tables, {"b-curve": Published("b", (Finding("b", "fid", {"arm": "z"}, {"arm": "x"},
+                                                                        "lower", "z beats x"),))})
+    lines = extractor_check(tables, found)
+    assert [line.split(":")[0] for line in lines[:2]] == ["Extractor check at 100 steps", "Extractor check at 200 steps"]
+    assert "over the 3 cells both scored, each run once" in lines[0]  # x, y, z: x not twice
+    assert lines[0].endswith("is 1.000.") and lines[1].endswith("is 0.500.")  # z's e2 rises to the top at 200
+    assert lines[2].startswith("Extractor check, per seed: a − b has the same sign under both extractors on every "
+                               "seed in 1 of 2 (FID finding, checkpoint) pairs; not in b-curve")

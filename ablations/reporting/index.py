@@ -15,7 +15,7 @@ import pandas as pd
 from ablations.store.io import write_text
 from ablations.store.schema import PROVENANCE, SETTING, STATUS_COLUMNS
 from ablations.reporting import verdicts, wording
-from ablations.reporting.table import cost
+from ablations.reporting.table import at_step, checkpointed, cost
 
 WALL = ("train_wall_s", "sample_wall_s", "fid_wall_s", "nll_wall_s")
 
@@ -86,7 +86,7 @@ def write_index(results_root) -> Path:
                   "![forest](forest.png)"]
     spent = cost_lines(found_tables)
     lines += ["", *spent] if spent else []
-    check = extractor_check(found_tables) + sample_seed_check(found_tables)
+    check = extractor_check(found_tables, curves) + sample_seed_check(found_tables)
     totals = _totals([rows for _, _, rows in found_tables])
     lines += ["", *check] if check else []
     lines += ["", *totals] if totals else []
@@ -160,29 +160,63 @@ def cost_lines(found_tables) -> list[str]:
 NOT_CELL = {"value", "extractor", "seed", "run_id", *STATUS_COLUMNS, *PROVENANCE}
 
 
-def extractor_check(found_tables) -> list[str]:
-    """Where rows hold FID for the same cells under two extractors: the Spearman rank correlation of the
-    cells' FIDs (mean over seeds) between them, over every such cell of the index (ranks, then Pearson)."""
-    cells = []
+def extractor_check(found_tables, found=()) -> list[str]:
+    """Where rows hold FID for the same cells under two extractors: per checkpoint, the Spearman rank
+    correlation of the cells' FIDs (mean over seeds; ranks, then Pearson) between them, each run's cell
+    counted once though several folders hold it (a shared run); then, for every finding scored under both
+    (`found`: verdicts.assess's entries), whether its per-seed sign of a − b is the same under both, which is
+    what a verdict rests on. Ranking cells across checkpoints would rank training progress instead."""
+    runs = []
     for name, _, rows in found_tables:
         d = rows[(rows["metric"] == "fid") & rows["value"].notna()]
-        if "extractor" not in d or d["extractor"].nunique() < 2:
-            continue
-        key = [c for c in d.columns if c not in NOT_CELL]
-        cells.append(d.groupby([*key, "extractor"], dropna=False)["value"].mean().unstack("extractor")
-                     .reset_index(drop=True).assign(folder=name))
-    if not cells:
+        if "extractor" in d and d["extractor"].nunique() >= 2:
+            runs.append(d.assign(folder=name))
+    if not runs:
         return []
-    table = pd.concat(cells, ignore_index=True)
+    d = pd.concat(runs, ignore_index=True)
+    d = checkpointed(d) if "train_step" in d else d.assign(train_step=float("nan"))
+    setting = [c for c in (*SETTING, "sample_seed") if c in d]
+    d = d.drop_duplicates(subset=["run_id", "train_step", "extractor", *setting])  # a shared run once
+    axes = [c for c in d.columns if c not in NOT_CELL and c not in ("folder", "ablation", "scale", "train_step")]
     lines = []
-    for x, y in combinations(sorted(c for c in table.columns if c != "folder"), 2):
-        both = table[[x, y, "folder"]].dropna()
-        if len(both) >= 2:
-            rho = both[x].rank().corr(both[y].rank())
-            lines.append(f"Extractor check: the Spearman rank correlation of FID between `{x}` and `{y}` over the "
-                         f"{len(both)} cells both scored ({', '.join(sorted(set(both['folder'])))}; mean over seeds) "
-                         f"is {rho:.3f}.")
-    return lines
+    for step, at in d.groupby("train_step", dropna=False):
+        table = at.groupby([*axes, "extractor"], dropna=False)["value"].mean().unstack("extractor")
+        for x, y in combinations(sorted(table.columns), 2):
+            both = table[[x, y]].dropna()
+            if len(both) >= 2:
+                rho = both[x].rank().corr(both[y].rank())
+                where = "" if step != step else f" at {int(step):,} steps"
+                folders = ", ".join(sorted(set(at["folder"])))
+                lines.append(f"Extractor check{where}: the Spearman rank correlation of FID between `{x}` and `{y}` "
+                             f"over the {len(both)} cells both scored, each run once ({folders}; mean over seeds) "
+                             f"is {rho:.3f}.")
+    return lines + _sign_agreement(found_tables, found)
+
+
+def _sign_agreement(found_tables, found) -> list[str]:
+    """For each FID finding at each checkpoint scored under two extractors: is a − b's sign the same under
+    both on every seed? One line: how many (finding, checkpoint) pairs agree, and the first that does not."""
+    rows_of = {name: checkpointed(rows) for name, _, rows in found_tables}
+    same, differ = 0, []
+    for v in found:
+        rows = rows_of.get(v["folder"])
+        if v["finding"].metric != "fid" or rows is None or "extractor" not in rows or v["seeds"] < 1:
+            continue
+        at = at_step(rows, v["train_step"])
+        kinds = sorted(at.loc[at["metric"] == "fid", "extractor"].dropna().unique())
+        if len(kinds) < 2:
+            continue
+        signs = [verdicts.paired(at[at["extractor"] == k], "fid", v["finding"].a, v["finding"].b) for k in kinds[:2]]
+        seeds = sorted(set(signs[0].index) & set(signs[1].index))
+        if seeds and all((signs[0][s] > 0) == (signs[1][s] > 0) for s in seeds):
+            same += 1
+        elif seeds:
+            differ.append(f"{v['folder']} {v['a']} vs {v['b']} at {v['train_step']:,.0f} steps")
+    if not same and not differ:
+        return []
+    return [f"Extractor check, per seed: a − b has the same sign under both extractors on every seed in {same} of "
+            f"{same + len(differ)} (FID finding, checkpoint) pairs" + (f"; not in {'; '.join(differ)}." if differ
+                                                                         else ".")]
 
 
 def sample_seed_check(found_tables) -> list[str]:
