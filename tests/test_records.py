@@ -147,3 +147,15 @@ def test_a_record_that_lacks_a_specs_rows_is_trained_again_and_replaced_whole(gr
     assert not {r["append_id"] for r in rows} & old_ids  # no row of the old training is left
     assert _values(new) == _values(tmp_path / "runs" / run.run_id)
     assert {k[2] for k in _values(new)} >= {"ddim", "ddpm"}
+
+
+def test_the_committed_records_hold_the_runs_their_ids_name():
+    """results/runs/: every record's config.json hashes to its folder's id, it is finished, and every line of
+    its rows.jsonl is a row of that run."""
+    from ablations.running.ledger import config_id
+    root = Path(__file__).resolve().parent.parent / "results" / "runs"
+    for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.exists() else []:
+        assert config_id(json.loads((folder / "config.json").read_text())) == folder.name
+        assert read_status(folder)["state"] == "done" and not checkpoints(folder)
+        rows, bad = read_rows(folder / "rows.jsonl")
+        assert bad == 0 and rows and {r["run_id"] for r in rows} == {folder.name}
