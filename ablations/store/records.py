@@ -91,8 +91,3 @@ def write(folder, records) -> str:
 def _same(a: Path, b: Path) -> bool:
     return b.exists() and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
-
-def is_record(folder) -> bool:
-    """A finished run's folder that holds no checkpoint: a record, or a run folder whose checkpoints went."""
-    from ablations.store.layout import checkpoints
-    return read_status(folder)["state"] == DONE and not checkpoints(folder)
