@@ -195,9 +195,11 @@ def test_an_inconclusive_verdict_says_what_would_decide_it(tmp_path):
     per_run = (0.5 + 0.6) / 2 * 2800  # each run's train_wall_s at its last checkpoint (b's 0.5 s a step, a's 0.6)
     more = f"{2 * (n - 3)} more runs, ~{2 * (n - 3) * per_run / 3600:.1f} h on one worker at this grid's mean run " \
            f"({per_run / 60:.0f} min)"  # a cell each: eps and x0 are other runs
+    assert "| unsettled | current |" in line and "seeds would decide" not in line  # the report says it
+    report = (tmp_path / "prediction-cpu" / "report.md").read_text()
     assert f"| unsettled: agrees at 1,400 (p {p_text(c[2]['p_holm'])}), inconclusive at 2,800 " \
-           f"(p {p_text(end['p_holm'])}); {text}; {more} |" in line
-    assert text in (tmp_path / "prediction-cpu" / "report.md").read_text()
+           f"(p {p_text(end['p_holm'])}); {text} |" in report  # the over-training table
+    assert f"### What would decide it\n\n- **fid: {end['a']} − {end['b']}**: {text}; {more}." in report
     (nll,) = [x for x in index.splitlines() if x.startswith("| [schedule-cpu]")]
     assert "seeds would decide" not in nll
     far = last(assess([("prediction-cpu", "prediction", _pred(LATE + MIXED))], FOUND))[0]
@@ -248,11 +250,11 @@ def test_old_rows_without_a_train_step_are_one_checkpoint_the_last():
 
 
 def test_the_grid_time_counts_each_runs_last_train_wall_once():
-    from ablations.reporting.index import _hours
+    from ablations.reporting.cost import hours
     rows = _pred(MIXED + LATE)
     train = rows[rows["metric"] == "train_wall_s"]
     ends = train[train["train_step"] == 2800]["value"].sum()
-    assert _hours(rows) == f"{ends / 3600:.2f} h" != f"{train['value'].sum() / 3600:.2f} h"
+    assert hours(rows) == f"{ends / 3600:.2f} h" != f"{train['value'].sum() / 3600:.2f} h"
 
 
 def test_curves_reach_the_figures_the_report_and_the_index(tmp_path):
@@ -270,10 +272,10 @@ def test_curves_reach_the_figures_the_report_and_the_index(tmp_path):
     assert "| inconclusive at 350-700, agrees from 1,400 | settled from 1,400 steps |" in report
     assert "![curves](curves.png)" in report and "![differences](differences.png)" in report
     index = (tmp_path / "README.md").read_text()
-    assert "| over training | settled |" in index
-    assert "| **agrees** | inconclusive at 350-700, agrees from 1,400 | settled from 1,400 steps |" in index
-    # the cost to each checkpoint: 2,800 steps of 32 images, 1e9 FLOPs a step, 0.5 or 0.6 s a step
-    assert "| prediction-cpu | 2,800 | 6 | 89,600 | 2.8 TFLOP | 23.3 min to 28.0 min | 2.57 h |" in index
+    assert "| p (Holm) | verdict | settled | protocol |" in index
+    assert "| **agrees** | from 1,400 steps | current |" in index and "inconclusive at 350-700" not in index
+    # the cost to each checkpoint, in the report: 2,800 steps of 32 images, 1e9 FLOPs a step, 0.5 or 0.6 s a step
+    assert "| 2,800 | 6 | 89,600 | 2.8 TFLOP | 23.3 min to 28.0 min | 2.57 h |" in report and "TFLOP" not in index
 
 
 def test_one_checkpoint_draws_no_curve(tmp_path):
@@ -284,7 +286,7 @@ def test_one_checkpoint_draws_no_curve(tmp_path):
     assert not (tmp_path / "prediction-cpu" / "differences.png").exists()
     report = (tmp_path / "prediction-cpu" / "report.md").read_text()
     assert "## Over training" not in report and "Verdicts over training" not in report
-    assert "| one checkpoint (2,800 steps) | one checkpoint |" in (tmp_path / "README.md").read_text()
+    assert "| one checkpoint (2,800 steps) | current |" in (tmp_path / "README.md").read_text()
 
 
 def test_the_report_gives_the_trajectory_from_the_rows_not_typed():
@@ -292,11 +294,12 @@ def test_the_report_gives_the_trajectory_from_the_rows_not_typed():
     typed trajectory measured outside the suite; with one checkpoint the typed line stays."""
     from ablations.reporting.report import section
     published = FOUND["prediction-cpu"]
-    (typed,) = [x["text"] for x in published.checked if x.get("ad_hoc")]
+    noted = notes.read(ROOT / "results", "prediction", ["prediction"])
+    (typed,) = [x["text"] for x in noted.checked if x.get("ad_hoc")]
     assert typed.startswith("- **Training length")
     rows = _pred(MIXED + [[4.0, -6.0, 1.0], [2.0, -3.0, 4.0]])  # inconclusive throughout
     found = assess([("prediction-cpu", "prediction", rows)], FOUND)
-    text = "\n".join(section(rows, "prediction", last(found), found, published))
+    text = "\n".join(section(rows, "prediction", last(found), found, published, noted))
     assert "what was checked" in text and typed not in text
     assert ("- **fid: prediction=eps, DDIM η=0 · 20 steps − prediction=x0, DDIM η=0 · 20 steps over training** "
             "(95% CI): 0.3333 ± 13 at 350 (3 seeds); ") in text
@@ -305,12 +308,12 @@ def test_the_report_gives_the_trajectory_from_the_rows_not_typed():
     one = _pred([[4.0, -6.0, 1.0]], STEPS[-1:])
     found = assess([("prediction-cpu", "prediction", one)], FOUND)
     marked = f"- {notes.AD_HOC} {typed.removeprefix('- ')}"  # kept, and marked as not from these rows
-    assert marked in "\n".join(section(one, "prediction", last(found), found, published))
+    assert marked in "\n".join(section(one, "prediction", last(found), found, published, noted))
 
 
 def test_what_a_sampler_finding_would_take_counts_one_run_a_seed():
     """Two sampler settings of the same runs: each more seed is one more run; two training configs are two."""
-    from ablations.reporting.index import would_take
+    from ablations.reporting.cost import would_take
     from ablations.reporting.verdicts import Finding
     rows = _pred(MIXED + LATE)
     per_run = (0.5 + 0.6) / 2 * 2800

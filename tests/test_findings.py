@@ -1,6 +1,8 @@
-"""Findings are data: a spec's [[finding]], no_paper, [[note]] and [[checked]] tables are checked like every other
-key, `ablate collect` writes them into the results folder (findings.json), and the verdicts read them there."""
+"""Findings are data: a spec's [[finding]] and no_paper are checked like every other key, `ablate collect` writes
+them into the results folder (findings.json), and the verdicts read them there. A question's [[note]] and
+[[checked]] lines are its notes file's (results/notes/<question>.toml), checked the same way when read."""
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -68,9 +70,26 @@ def test_a_bad_finding_is_refused_with_file_key_and_choices(tmp_path, change, ke
      'a = { norm = "group" }\n',
      "checked[0].values.r.format", "is not a number format"),
     ('[[checked]]\ntext = "x"\nad_hoc = "yes"\n', "checked[0].ad_hoc", "expected true or false"),
-    ('no_paper = 3\n', "no_paper", "expected a string"),
+    ('[[finding]]\nmetric = "fid"\n', "finding", "unknown key 'finding'; valid keys: checked, note"),
 ])
 def test_bad_notes_are_refused_with_file_key_and_choices(tmp_path, extra, key, words):
+    """A question's notes file (results/notes/<question>.toml) is checked as a spec is: the error names the file,
+    the key and the valid choices; its cells name the folder's axes (here the grid's `norm`)."""
+    path = tmp_path / notes.FOLDER / "t.toml"
+    path.parent.mkdir()
+    path.write_text(extra)
+    with pytest.raises(notes.NotesError) as e:
+        notes.read(tmp_path, "t", ["norm"])
+    assert str(e.value).startswith(f"{path}: key '{key}': ") and words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("extra, key, words", [
+    ('[[checked]]\ncomputed = "heun"\n', "checked", "unknown key 'checked'; valid keys: "),
+    ('[[note]]\ntext = "x"\n', "note", "unknown key 'note'; valid keys: "),
+    ('no_paper = 3\n', "no_paper", "expected a string"),
+])
+def test_a_spec_states_its_question_and_findings_not_its_notes(tmp_path, extra, key, words):
+    """Notes and checks are the question's notes file's, not the spec's: a spec that holds them is refused."""
     path = tmp_path / "t.toml"
     tiny = tiny_spec(norms='["group", "layer"]')
     path.write_text(tiny + extra if extra.startswith("[") else extra + tiny)  # a plain key before the tables
@@ -79,8 +98,22 @@ def test_bad_notes_are_refused_with_file_key_and_choices(tmp_path, extra, key, w
     assert str(e.value).startswith(f"{path}: key '{key}': ") and words in str(e.value), str(e.value)
 
 
+def test_the_committed_notes_are_checked_and_each_names_a_question():
+    """Every results/notes/<question>.toml belongs to a spec, reads under that spec's grid axes, and quotes no
+    commit hash (what a probe measured is said in words); no spec holds a note."""
+    found = sorted((ROOT / "results" / notes.FOLDER).glob("*.toml"))
+    assert {p.stem for p in found} == {"norm", "prediction", "sampler", "weighting"}
+    for path in found:
+        spec = load_spec(ROOT / "ablations" / f"{path.stem}.toml")
+        said = notes.read(ROOT / "results", path.stem, spec.axes)
+        assert said.note or said.checked, path
+        assert not re.search(r"\bcommit [0-9a-f]{7}", path.read_text()), path
+    for path in sorted((ROOT / "ablations").glob("*.toml")):
+        assert not re.search(r"^\[\[(note|checked)\]\]|\bcommit [0-9a-f]{7}", path.read_text(), re.M), path
+    assert notes.read(ROOT / "results", "schedule") == notes.NONE  # a question without notes
+
+
 def test_the_lines_the_data_names_are_the_lines_the_verdicts_compute():
-    assert tuple(notes.COMPUTED) == findings.COMPUTED
     assert set(verdicts.TESTS) == set(findings.EXPECTS)
 
 
@@ -125,14 +158,16 @@ def test_a_folder_without_findings_says_so(tmp_path):
     assert wording.LACKING in report and "| **agrees** |" not in report and "No published finding" not in report
 
 
-def test_adding_a_finding_to_a_spec_changes_the_report_with_no_python_edit(tmp_path):
+def test_adding_a_finding_to_a_spec_and_a_note_beside_it_changes_the_report_with_no_python_edit(tmp_path):
     path = _spec(tmp_path)
     _, folder = _collect(tmp_path, path)
     before = write_report(folder).read_text()
     assert "No published finding is compared by this spec's cells." in before and "Nobody 2099" not in before
-    path.write_text(path.read_text() + FINDING + '\n[[note]]\ntext = "- layer over group: {gap} (from the rows)"\n'
-                    '[note.values.gap]\nof = "ratio"\nmetric = "fid"\na = { norm = "layer" }\nb = { norm = "group" }\n'
-                    'format = ".3f"\n')
+    path.write_text(path.read_text() + FINDING)
+    noted = folder.parent / notes.FOLDER / "t.toml"  # the question's notes, beside its results folders
+    noted.parent.mkdir()
+    noted.write_text('[[note]]\ntext = "- layer over group: {gap} (from the rows)"\n[note.values.gap]\nof = "ratio"\n'
+                     'metric = "fid"\na = { norm = "layer" }\nb = { norm = "group" }\nformat = ".3f"\n')
     _, folder = _collect(tmp_path, path)
     after = write_report(folder).read_text()
     assert "| fid | norm=layer, DDIM η=0 · 5 steps | norm=group, DDIM η=0 · 5 steps | layer norm gives worse samples " \

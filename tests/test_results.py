@@ -11,6 +11,7 @@ from ablations.grid.spec import load_spec
 from ablations.store.io import write_json
 from ablations.store.layout import run_folder
 from ablations.store.schema import AXES
+from ablations.reporting import notes
 from ablations.reporting.table import ci95
 from conftest import spec_findings
 
@@ -116,9 +117,8 @@ def test_make_results_redraws_everything_from_the_committed_rows_alone(tmp_path)
     index = (copy / "README.md").read_text()
     assert (committed / "README.md").read_text() == index
     assert (copy / "forest.pdf").read_bytes() == (committed / "forest.pdf").read_bytes()
-    for text in ("| p | p (Holm) |", "**legacy protocol** (FID against the training split", "parity margin ±5 FID",
-                 "![forest](forest.png)",
-                 "(90% CI)", "counted once"):
+    for text in ("| p (Holm) | verdict |", "legacy protocol (FID against the training split", "within ±5 FID",
+                 "![forest](forest.png)", "(90% CI, 3 seeds)", "counted once"):
         assert text in index, text
     assert all(f"[{name}]({name}/report.md)" in index for name in folders)
 
@@ -126,15 +126,15 @@ def test_make_results_redraws_everything_from_the_committed_rows_alone(tmp_path)
 def test_index_counts_a_shared_run_once_and_evaluation_compile_time():
     """Each question's wall time includes its shared baseline; the scale's total counts that run once, and
     evaluation compile seconds (outside train_wall_s) are part of both."""
-    from ablations.reporting.index import _hours, _totals
+    from ablations.reporting.cost import hours, totals
 
     def rows(spec, runs):
         return pd.DataFrame([{"run_id": r, "ablation": spec, "scale": "cpu", "metric": m, "phase": p, "value": v}
                              for r in runs for m, p, v in (("train_wall_s", "train", 1800.0), ("compile_s", "eval", 60.0),
                                                            ("compile_s", "train", 99.0), ("fid", "eval", 5.0))])
     a, b = rows("loss", ["base", "hybrid"]), rows("norm", ["base", "batch"])
-    assert _hours(a) == "1.03 h"  # 2 x (1800 + 60): train-phase compile is inside train_wall_s
-    assert _totals([a, b]) == ["Every question at scale `cpu`: 3 runs, 1.55 h in all (a run shared by several "
+    assert hours(a) == "1.03 h"  # 2 x (1800 + 60): train-phase compile is inside train_wall_s
+    assert totals([a, b]) == ["Every question at scale `cpu`: 3 runs, 1.55 h in all (a run shared by several "
                                "questions counted once)."]
 
 
@@ -315,6 +315,7 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
     differences and the η=1 ≡ DDPM line are computed from the rows, not typed."""
     from ablations.reporting.report import section
     sampler = _found("sampler-cpu")["sampler-cpu"]
+    noted = notes.read(ROOT / "results", "sampler")
 
     def rows(ddim, ddpm, eta1, noclip=()):
         out = []
@@ -326,19 +327,21 @@ def test_a_finding_that_does_not_reproduce_lists_what_was_checked_from_the_rows(
                     for sampler, eta, clip, v in cells for m, k in (("fid", 1.0), ("kid", 0.8))]
         return pd.DataFrame(out)
     disagreeing = rows([75, 80, 78], [70, 72, 71], [70.01, 72, 71.03], noclip=[(60, 70), (61, 72), (62, 71)])
-    worse = "\n".join(section(disagreeing, "sampler", published=sampler))
+    worse = "\n".join(section(disagreeing, "sampler", published=sampler, noted=noted))
     assert "| **disagrees**" in worse and "what was checked" in worse
     assert "| 77.67 ± 6.3 | 71 ± 2.5 |" in worse  # the clipped cells alone
     assert "at 10 steps their FIDs differ by at most 0.03 on any of 3 seeds" in worse
     assert "Without clipping, DDIM-10 − DDPM-10 FID = -10 ± 2.5 over 3 seeds" in worse
     assert "(with clipping: 6.667 ± 3.8): the sign changes." in worse
     assert "(disagrees), per training seed: seed 0: +5, seed 1: +8, seed 2: +7." in worse
-    split = "\n".join(section(rows([75, 62, 78], [70, 72, 71], [70, 72, 71]), "sampler", published=sampler))
+    split = "\n".join(section(rows([75, 62, 78], [70, 72, 71], [70, 72, 71]), "sampler", published=sampler,
+                               noted=noted))
     assert "| **inconclusive**" in split and "what was checked" in split
     assert "(inconclusive), per training seed: seed 0: +5, seed 1: -10, seed 2: +7." in split
-    one = "\n".join(section(rows([75], [70], [70]), "sampler", published=sampler))  # one seed: no test, nothing to investigate
+    one = "\n".join(section(rows([75], [70], [70]), "sampler", published=sampler, noted=noted))  # one seed: no test
     assert "| **n/a (1 seed)**" in one and "what was checked" not in one
-    better = "\n".join(section(rows([60, 62, 61], [70, 72, 71], [70, 72, 71]), "sampler", published=sampler))
+    better = "\n".join(section(rows([60, 62, 61], [70, 72, 71], [70, 72, 71]), "sampler", published=sampler,
+                                noted=noted))
     assert "| **agrees**" in better and "| **disagrees**" not in better and "what was checked" not in better
     # the index links a disagreement to that section
     from ablations.reporting.index import write_index
@@ -422,3 +425,76 @@ def test_the_extractor_check_ranks_within_a_checkpoint_counts_a_shared_run_once_
     assert lines[0].endswith("is 1.000.") and lines[1].endswith("is 0.500.")  # z's e2 rises to the top at 200
     assert lines[2].startswith("Extractor check, per seed: a − b has the same sign under both extractors on every "
                                "seed in 1 of 2 (FID finding, checkpoint) pairs; not in b-curve")
+
+
+ROW_LIMIT, CLAIM_LIMIT, CELL_LIMIT = 250, 160, 45  # rendered characters; see the test below
+
+
+def _rendered(line: str) -> list[str]:
+    """An index row's cells as a reader sees them: link targets and bold marks dropped."""
+    cells = line.strip().strip("|").split(" | ")
+    return [re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", c).replace("**", "").strip() for c in cells]
+
+
+def test_the_index_is_one_short_row_per_finding_under_the_rule_in_five_bullets():
+    """results/README.md reads at a glance: one sentence, the rule as five bullets and a link to METHODS.md,
+    which holds the rule in full; then one row per finding: question, claim (source), a − b with its CI's
+    level named, Holm p, verdict, settled, protocol, what needs more than a word a footnote under the table.
+    A row as rendered is the paper's claim, at most 160 characters (the spec's sentence up to its source; the
+    longest, weighting's, is 147), and six cells of at most 45 (a − b with its CI, level and seeds is 41 at
+    most): at most 250 characters of text in all (239 now), against the 500-585 a row ran to with our cells,
+    cost and machine in it."""
+    from ablations.reporting import verdicts, wording
+    root = ROOT / "results"
+    text = (root / "README.md").read_text()
+    lines = text.splitlines()
+    header = lines.index("| question | claim (source) | a − b ± CI | p (Holm) | verdict | settled | protocol |")
+    preamble = [x for x in lines[1:header] if x]
+    assert preamble[0] == wording.INDEX_INTRO and preamble[1:6] == [f"- {b}" for b in wording.RULE_BRIEF]
+    assert "[METHODS.md](METHODS.md#the-verdict-rule)" in preamble[6]
+    methods = (root / "METHODS.md").read_text()
+    assert "\n### The verdict rule\n" in methods and " ".join(verdicts.RULE.split()) in " ".join(methods.split())
+    family = verdicts.last(verdicts.assess(verdicts.tables(root), verdicts.read_all(root)))
+    rows = [_rendered(x) for x in lines[header + 2:] if x.startswith("| [")]
+    assert len(rows) == len(family) > 10
+    marks = set()
+    for cells, v in zip(rows, family):
+        question, claim, effect, p, verdict, settled, protocol = cells
+        assert question == v["folder"] and claim == wording.claim_text(v["finding"]) and v["finding"].source in claim
+        assert p == wording.p_text(v["p_holm"]) and verdict.startswith(v["verdict"])
+        if v["diff_ci"] == v["diff_ci"]:
+            assert effect.endswith(f"({v['level']:.0%} CI, {v['seeds']} seeds)"), effect
+        assert protocol.startswith("legacy" if v["legacy"] else "current")
+        assert len(claim) <= CLAIM_LIMIT and all(len(c) <= CELL_LIMIT for c in cells if c != claim), cells
+        assert sum(map(len, cells)) <= ROW_LIMIT, cells
+        marks |= set(re.findall("[¹²³⁴⁵⁶⁷⁸⁹]", verdict + protocol))
+    assert {"¹", "²", "³", "⁴"} <= marks  # the legacy protocol, two reasons to await the rerun, a repeat
+    for mark in marks:  # each explained once, under the table
+        (note,) = [x for x in lines if x.startswith(f"- {mark} ")]
+    assert sum(x.startswith("- ¹ legacy protocol (FID against the training split") for x in lines) == 1
+
+
+def test_what_the_index_leaves_out_is_in_each_report():
+    """The index's former columns are each question's report's: our cells, the raw p, the paper's numbers and
+    the margin's reason, the verdict's reasons, the trajectory and whether it is settled, what would decide
+    an inconclusive verdict, the grid's wall time and machine, and the training cost to each checkpoint."""
+    from ablations.reporting import cost, verdicts, wording
+    root = ROOT / "results"
+    tables = verdicts.tables(root)
+    found = verdicts.assess(tables, verdicts.read_all(root))
+    rows_of = {name: rows for name, _, rows in tables}
+    for curve in verdicts.trajectories(found):
+        v, rows = curve[-1], rows_of[curve[-1]["folder"]]
+        report = (root / v["folder"] / "report.md").read_text()
+        for text in (wording.paper_text(v["finding"]), v["a"], v["b"], wording.pm(v["a_mean"], v["a_ci"]),
+                     wording.pm(v["b_mean"], v["b_ci"]), wording.diff_text(v), f"| {wording.p_text(v['p'])} |",
+                     wording.verdict_text(v), wording.to_decide_text(v), cost.would_take(v, rows),
+                     f"Wall time of the grid: {cost.hours(rows)} ", f"on {cost.machine(rows)}."):
+            assert text in report, (v["folder"], text)
+        if len(curve) > 1:
+            assert f"| {wording.trajectory_text(curve)} | {wording.settled_cell(curve)} |" in report
+        else:
+            assert f"checkpoints scored (training step): {wording.step_text(v['train_step'])}" in report
+    for name, rows in rows_of.items():
+        spent = cost.checkpoint_lines(rows)
+        assert spent and all(x in (root / name / "report.md").read_text() for x in spent), name

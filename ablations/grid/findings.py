@@ -1,5 +1,5 @@
-"""A spec's published findings and its notes, as data: parsed and checked here, written by `ablate collect`
-into the results folder (findings.json), read there by the verdicts (ablations/reporting/verdicts.py).
+"""A spec's published findings, as data: parsed and checked here, written by `ablate collect` into the results
+folder (findings.json), read there by the verdicts (ablations/reporting/verdicts.py).
 
 Top-level keys of a spec:
 
@@ -9,42 +9,32 @@ Top-level keys of a spec:
   `source` (the paper) and `table` (its table or figure), `paper` (what the report shows the paper found),
   optional `awaits` (why the committed rows may lack the cells).
 - `no_paper`: what a reader must know when no published table compares the spec's cells.
-- `[[note]]`: what a reader must know beside the verdicts; `[[checked]]`: what was checked where a finding
-  does not reproduce. Each is a markdown line, `text`, whose `{name}` fields are computed from the rows by
-  its `values` tables (`of = "ratio"`: the mean of cell a over cell b's, in `format`; `of = "range"`: cell
-  a's lowest and highest per-seed value, or the metric's where a is empty, floored and ceiled to `step`), with `ad_hoc = true` where it quotes a
-  trajectory measured outside the suite (shown only while the rows hold one checkpoint); or `computed`, a
-  line computed from the rows in full (COMPUTED, ablations/reporting/notes.py).
+
+A spec states its question and what the papers found; what a reader must know beside the verdicts and what
+was checked where a finding does not reproduce are the question's notes, results/notes/<question>.toml
+(ablations/reporting/notes.py), which a spec refuses as unknown keys.
 
 Pure: no torch, no files. Errors come from the spec's error factory (file, key, value, valid choices).
 """
-from string import Formatter
-
 from ablations.grid.checks import known
 from ablations.store.schema import AXES, METRICS, SETTING
 
-KEYS = ("finding", "no_paper", "note", "checked")  # the spec's top-level keys read here
+KEYS = ("finding", "no_paper")  # the spec's top-level keys read here
 FINDING_KEYS = {"metric", "a", "b", "expect", "margin", "why", "source", "table", "paper", "awaits"}
 NEEDS = ("metric", "a", "b", "expect", "source", "paper")
 EXPECTS = ("lower", "higher", "parity", "differs")
-LINE_KEYS = {"text", "values", "ad_hoc", "computed"}
-QUANTITIES = {"ratio": {"of", "metric", "a", "b", "format"}, "range": {"of", "metric", "a", "step"},
-              "mean": {"of", "metric", "a", "format"}}
-COMPUTED = ("sampler_identity", "heun", "solver")  # lines ablations/reporting/notes.py computes in full
 FILE = "findings.json"  # in the results folder
 
 
 def parse(raw: dict, err, axes=()) -> dict:
-    """The findings and notes of a spec's table `raw` (its grid `axes` name cell columns) as the JSON object
-    collect writes: {"spec": its name, "findings": [...], "no_paper": str, "note": [...], "checked": [...]}."""
+    """The findings of a spec's table `raw` (its grid `axes` name cell columns) as the JSON object collect
+    writes: {"spec": its name, "findings": [...], "no_paper": str}."""
     columns = (*dict.fromkeys((*axes, *AXES)), *SETTING, "t")  # t: an x0_rms cell's timestep
     found = [_finding(f, f"finding[{i}]", columns, err) for i, f in enumerate(_list(raw, "finding", err))]
     _names_every_axis(found, raw.get("grid", {}), err)
     no_paper = raw.get("no_paper", "")
     _text(no_paper, "no_paper", err, empty=True)
-    return {"spec": raw.get("name"), "findings": found, "no_paper": no_paper,
-            "note": [_line(x, f"note[{i}]", columns, err) for i, x in enumerate(_list(raw, "note", err))],
-            "checked": [_line(x, f"checked[{i}]", columns, err) for i, x in enumerate(_list(raw, "checked", err))]}
+    return {"spec": raw.get("name"), "findings": found, "no_paper": no_paper}
 
 
 def _list(raw, key, err) -> list:
@@ -110,49 +100,3 @@ def _finding(f, key, columns, err) -> dict:
             "table": _text(f.get("table", ""), f"{key}.table", err, empty=True),
             "paper": _text(f["paper"], f"{key}.paper", err),
             "awaits": _text(f.get("awaits", ""), f"{key}.awaits", err, empty=True)}
-
-
-def _line(x, key, columns, err) -> dict:
-    """One [[note]] or [[checked]] table: {"text", "values", "ad_hoc"} or {"computed"}."""
-    known(x, LINE_KEYS, f"{key}.", err)
-    if ("text" in x) == ("computed" in x):
-        raise err(key, "give exactly one of `text` (a markdown line) or `computed` (one of "
-                       f"{', '.join(map(repr, COMPUTED))})")
-    if "computed" in x:
-        if len(x) > 1:
-            raise err(key, f"a computed line has no other key, got {sorted(x)}")
-        return {"computed": _choice(x["computed"], COMPUTED, f"{key}.computed", err)}
-    text, values = _text(x["text"], f"{key}.text", err), x.get("values", {})
-    if not isinstance(values, dict):
-        raise err(f"{key}.values", f"expected a table of name = {{of = ...}}, got {values!r}")
-    fields = {name for _, name, _, _ in Formatter().parse(text) if name is not None}
-    if fields != set(values):
-        raise err(f"{key}.text", f"its fields {sorted(fields)} must be the names of its values {sorted(values)}")
-    if not isinstance(x.get("ad_hoc", False), bool):
-        raise err(f"{key}.ad_hoc", f"expected true or false, got {x['ad_hoc']!r}")
-    return {"text": text, "ad_hoc": x.get("ad_hoc", False),
-            "values": {n: _quantity(q, f"{key}.values.{n}", columns, err) for n, q in values.items()}}
-
-
-def _quantity(q, key, columns, err) -> dict:
-    """A number a line quotes, computed from the rows: a ratio of two cells' means, a cell's mean, or its range."""
-    if not isinstance(q, dict):
-        raise err(key, f"expected a table with `of`, got {q!r}")
-    of = _choice(q.get("of"), tuple(QUANTITIES), f"{key}.of", err)
-    known(q, QUANTITIES[of], f"{key}.", err)
-    out = {"of": of, "metric": _choice(q.get("metric"), tuple(METRICS), f"{key}.metric", err),
-           "a": _cell(q.get("a", {}), f"{key}.a", columns, err, empty=of == "range")}
-    if of in ("ratio", "mean"):
-        out.update(format=_text(q.get("format", ".3g"), f"{key}.format", err))
-        if of == "ratio":
-            out["b"] = _cell(q.get("b"), f"{key}.b", columns, err)
-        try:
-            format(1.0, out["format"])
-        except ValueError:
-            raise err(f"{key}.format", f"{out['format']!r} is not a number format; valid: e.g. '.2f', '.3g'") from None
-    else:
-        step = q.get("step", 1)
-        if type(step) is not int or step < 1:
-            raise err(f"{key}.step", f"expected an integer >= 1, got {step!r}")
-        out["step"] = step
-    return out

@@ -1,12 +1,146 @@
-"""A folder's notes and checks (findings.json's line tables) as markdown: typed lines with the numbers they
-quote taken from the rows (`quantity`), and the lines computed from the rows in full (COMPUTED)."""
+"""A question's notes as markdown: what a reader must know beside the verdicts (`[[note]]`) and what was
+checked where a finding does not reproduce (`[[checked]]`). They live in one file per question,
+results/notes/<question>.toml, beside the folders they describe, not in the spec (which states the question
+and its published findings): `read` checks it, `lines` renders it. Each line is a typed markdown `text`
+whose `{name}` fields are numbers taken from the rows by its `values` tables (`quantity`: `of = "ratio"`, the
+mean of cell a over cell b's, in `format`; `"mean"`, cell a's mean; `"range"`, cell a's lowest and highest
+per-seed value, or the metric's where a is empty, floored and ceiled to `step`), with `ad_hoc = true` where it
+quotes a trajectory measured outside the suite (shown only while the rows hold one checkpoint); or
+`computed`, a line computed from the rows in full (COMPUTED)."""
 import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from string import Formatter
 
 import pandas as pd
 
 from ablations.reporting.table import ci95
 from ablations.reporting.verdicts import paired, select
 from ablations.reporting.wording import pm
+from ablations.store.schema import AXES, METRICS, SETTING
+
+FOLDER = "notes"  # under the results root: notes/<question>.toml
+KEYS = ("note", "checked")  # a notes file's top-level keys
+LINE_KEYS = {"text", "values", "ad_hoc", "computed"}
+QUANTITIES = {"ratio": {"of", "metric", "a", "b", "format"}, "range": {"of", "metric", "a", "step"},
+              "mean": {"of", "metric", "a", "format"}}
+
+
+class NotesError(ValueError):
+    """A malformed notes file: names the file, the key, the bad value and the valid choices."""
+
+
+@dataclass(frozen=True)
+class Notes:
+    """A question's notes file, checked: its [[note]] and [[checked]] line tables."""
+    note: tuple = ()
+    checked: tuple = ()
+
+
+NONE = Notes()  # a question without a notes file
+
+
+def read(results_root, question: str, axes=()) -> Notes:
+    """results_root/notes/<question>.toml, every line checked; its cells name columns of the question's `axes`
+    (axes.json's), the standard axes, the sampler-setting columns or t (an x0_rms cell's timestep). No
+    question or no file: no notes."""
+    path = Path(results_root) / FOLDER / f"{question}.toml"
+    if not question or not path.is_file():
+        return NONE
+
+    def err(key, msg):
+        return NotesError(f"{path}: key '{key}': {msg}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise NotesError(f"{path}: not a valid TOML text file: {e}") from None
+    _known(raw, KEYS, "", err)
+    columns = (*dict.fromkeys((*axes, *AXES)), *SETTING, "t")
+    return Notes(*(tuple(_line(x, f"{key}[{i}]", columns, err) for i, x in enumerate(_list(raw, key, err)))
+                   for key in KEYS))
+
+
+def _known(table, allowed, prefix, err):
+    for key in table:
+        if key not in allowed:
+            raise err(prefix + key, f"unknown key {key!r}; valid keys: {', '.join(sorted(allowed))}")
+
+
+def _list(raw, key, err) -> list:
+    tables = raw.get(key, [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise err(key, f"expected [[{key}]] tables, got {tables!r}")
+    return tables
+
+
+def _text(value, key, err) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise err(key, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(value, choices, key, err):
+    if value not in choices:
+        raise err(key, f"{value!r} is not one of the valid choices: {', '.join(map(repr, choices))}")
+    return value
+
+
+def _cell_table(cell, key, columns, err, empty=False) -> dict:
+    if not isinstance(cell, dict) or not (cell or empty):
+        raise err(key, f"expected a table of column = value, got {cell!r}")
+    for col, value in cell.items():
+        _choice(col, columns, f"{key}.{col}", err)
+        if isinstance(value, (dict, list)):
+            raise err(f"{key}.{col}", f"expected one value, got {value!r}")
+    return dict(cell)
+
+
+def _line(x, key, columns, err) -> dict:
+    """One [[note]] or [[checked]] table: {"text", "values", "ad_hoc"} or {"computed"}."""
+    _known(x, LINE_KEYS, f"{key}.", err)
+    if ("text" in x) == ("computed" in x):
+        raise err(key, "give exactly one of `text` (a markdown line) or `computed` (one of "
+                       f"{', '.join(map(repr, COMPUTED))})")
+    if "computed" in x:
+        if len(x) > 1:
+            raise err(key, f"a computed line has no other key, got {sorted(x)}")
+        return {"computed": _choice(x["computed"], tuple(COMPUTED), f"{key}.computed", err)}
+    text, values = _text(x["text"], f"{key}.text", err), x.get("values", {})
+    if not isinstance(values, dict):
+        raise err(f"{key}.values", f"expected a table of name = {{of = ...}}, got {values!r}")
+    fields = {name for _, name, _, _ in Formatter().parse(text) if name is not None}
+    if fields != set(values):
+        raise err(f"{key}.text", f"its fields {sorted(fields)} must be the names of its values {sorted(values)}")
+    if not isinstance(x.get("ad_hoc", False), bool):
+        raise err(f"{key}.ad_hoc", f"expected true or false, got {x['ad_hoc']!r}")
+    return {"text": text, "ad_hoc": x.get("ad_hoc", False),
+            "values": {n: _quantity(q, f"{key}.values.{n}", columns, err) for n, q in values.items()}}
+
+
+def _quantity(q, key, columns, err) -> dict:
+    """A number a line quotes, computed from the rows: a ratio of two cells' means, a cell's mean, or its range."""
+    if not isinstance(q, dict):
+        raise err(key, f"expected a table with `of`, got {q!r}")
+    of = _choice(q.get("of"), tuple(QUANTITIES), f"{key}.of", err)
+    _known(q, QUANTITIES[of], f"{key}.", err)
+    out = {"of": of, "metric": _choice(q.get("metric"), tuple(METRICS), f"{key}.metric", err),
+           "a": _cell_table(q.get("a", {}), f"{key}.a", columns, err, empty=of == "range")}
+    if of in ("ratio", "mean"):
+        out.update(format=_text(q.get("format", ".3g"), f"{key}.format", err))
+        if of == "ratio":
+            out["b"] = _cell_table(q.get("b"), f"{key}.b", columns, err)
+        try:
+            format(1.0, out["format"])
+        except ValueError:
+            raise err(f"{key}.format", f"{out['format']!r} is not a number format; valid: e.g. '.2f', '.3g'") from None
+    else:
+        step = q.get("step", 1)
+        if type(step) is not int or step < 1:
+            raise err(f"{key}.step", f"expected an integer >= 1, got {step!r}")
+        out["step"] = step
+    return out
+
 
 DDPM = {"sampler": "ddpm", "spacing": "leading", "clip_x0": True}  # the sampler cells `sampler_identity` reads
 DDIM = {"sampler": "ddim", "eta": 0.0, "spacing": "leading", "clip_x0": True}
@@ -93,7 +227,7 @@ COMPUTED = {"sampler_identity": sampler_identity, "heun": heun_note, "solver": s
 
 
 def quantity(rows: pd.DataFrame, q: dict) -> str:
-    """A number a typed line quotes, from the rows (ablations/grid/findings.py): "ratio", the mean over seeds
+    """A number a typed line quotes, from the rows (`_quantity` checked it): "ratio", the mean over seeds
     of cell a over cell b's, in q's format; "mean", cell a's mean over seeds, likewise; "range", the lowest and
     highest of cell a's per-seed values
     (every value of the metric when a is empty), floored and ceiled to q's step; "-" where the rows lack
@@ -111,7 +245,7 @@ def quantity(rows: pd.DataFrame, q: dict) -> str:
 
 
 def lines(rows: pd.DataFrame, tables, curve: bool = False) -> list[str]:
-    """A folder's note or checked lines (its findings.json tables) as markdown: a typed line with its
+    """A question's note or checked lines (`Notes.note` or `Notes.checked`) as markdown: a typed line with its
     quoted numbers from the rows; a computed line in full; an ad hoc line, marked as one (`AD_HOC`), only
     while `curve` is False (the rows hold one checkpoint)."""
     out = []

@@ -3,12 +3,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.reporting import axes, notes, verdicts
+from ablations.reporting import axes, cost, notes, verdicts
 from ablations.reporting.plots import with_labels
 from ablations.reporting.table import checkpointed, checkpoints, final, spec_of
 from ablations.reporting.wording import (CHECKED_TITLE, LACKING, checked, deciding_p, diff_text, family_lines, over_line,
-                                         p_text, paper_text, per_seed, pm, settled_cell, step_text, trajectory_text,
-                                         verdict_text)
+                                         p_text, paper_text, per_seed, pm, settled_cell, step_text, to_decide_text,
+                                         trajectory_text, verdict_text)
 from ablations.store.io import write_text
 from ablations.store.schema import DENOISING
 
@@ -168,14 +168,15 @@ def checkpoint_tables(summary: pd.DataFrame, axis: str | None) -> list[str]:
 
 
 def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None,
-            curves: list[dict] | None = None, published: verdicts.Published = verdicts.NONE) -> list[str]:
+            curves: list[dict] | None = None, published: verdicts.Published = verdicts.NONE,
+            noted: notes.Notes = notes.NONE) -> list[str]:
     """The report's verdict section (markdown lines); `found` is this folder's share of the index's family
     (its last checkpoint), `curves` its share at every checkpoint (assess's entries), `published` the
-    folder's findings.json (`read`)."""
+    folder's findings.json (`read`), `noted` its question's notes (`notes.read`)."""
     out = ["## Verdict", "", verdicts.RULE, ""]
     out += [published.no_paper, ""] if published.no_paper else [LACKING, ""] if not published.spec else []
     found = verdicts.verdicts(rows, spec, found=published) if found is None else found
-    rows = final(rows)  # the notes and checks read the last checkpoint, as the verdicts do
+    spent, rows = rows, final(rows)  # the notes and checks read the last checkpoint, as the verdicts do
     if not found:
         said = published.no_paper or not published.spec
         return out + ([] if said else ["No published finding is compared by this spec's cells.", ""])
@@ -188,14 +189,24 @@ def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None,
                    f"{pm(v['b_mean'], v['b_ci'])} | {diff_text(v)} | {v['seeds']} | {p_text(v['p'])} | "
                    f"{p_text(v['p_holm'])} | {verdict_text(v)} |")
     out.append("")
-    extra = notes.lines(rows, published.note)
+    out += to_decide_lines(found, spent)
+    extra = notes.lines(rows, noted.note)
     out += ["### Notes", "", *extra, ""] if extra else []
     off = [v for v in found if checked(v)]
     if off:
         over = [c for c in verdicts.trajectories(curves or []) if checked(c[-1])]
         out += [f"### {CHECKED_TITLE}", "", *map(per_seed, off), *(over_line(c) for c in over if len(c) > 1),
-                *notes.lines(rows, published.checked, curve=any(len(c) > 1 for c in over)), ""]
+                *notes.lines(rows, noted.checked, curve=any(len(c) > 1 for c in over)), ""]
     return out
+
+
+def to_decide_lines(found: list[dict], rows: pd.DataFrame) -> list[str]:
+    """What would decide each inconclusive verdict (markdown lines): the seeds (`to_decide_text`) and the runs
+    and worker hours they would add at the folder's mean run (`cost.would_take`, from all of `rows`)."""
+    lines = [f"- **{v['finding'].metric}: {v['a']} − {v['b']}**: " +
+             "; ".join(filter(None, (to_decide_text(v), cost.would_take(v, rows)))) + "."
+             for v in found if to_decide_text(v)]
+    return ["### What would decide it", "", *lines, ""] if lines else []
 
 
 def over_training(found: list[dict]) -> list[str]:
@@ -224,7 +235,8 @@ def write_report(out_dir) -> Path:
     """out_dir/report.md from the folder alone: rows.csv, summary.csv and axes.json (its axis)."""
     out_dir = Path(out_dir)
     rows, summary = checkpointed(pd.read_csv(out_dir / "rows.csv")), pd.read_csv(out_dir / "summary.csv")
-    axis = axes.axis(axes.checked(out_dir, rows))
+    record = axes.checked(out_dir, rows)
+    axis = axes.axis(record)
     name = rows["ablation"].iloc[0]
     runs = rows.drop_duplicates("run_id")
     what = (f"Axis: `{axis}`." if axis else
@@ -233,14 +245,15 @@ def write_report(out_dir) -> Path:
              "with the number of seeds in brackets. Regenerate with `ablate report`.", "", "## Protocol", "",
              *protocol(rows), "", "## Runs", "",
              markdown(runs[["run_id", *([axis] if axis else []), "seed", "status", "reason"]]
-                      .astype(object).fillna("")), ""]
+                      .astype(object).fillna("")), "", *cost.section(rows)]
     steps = checkpoints(rows)
     at_last = summary if len(steps) < 2 else summary[summary["train_step"].isna() | (summary["train_step"] == steps[-1])]
     parts += metric_tables(at_last, axis) + denoising_tables(at_last, axis) + checkpoint_tables(summary, axis)
     found_in = verdicts.read_all(out_dir.parent)  # each folder's findings.json
     curves = [v for v in verdicts.assess(verdicts.tables(out_dir.parent), found_in) if v["folder"] == out_dir.name]
-    parts += section(rows, spec_of(rows), verdicts.last(curves), curves,  # Holm over the whole index
-                     found_in.get(out_dir.name, verdicts.NONE))
+    published = found_in.get(out_dir.name, verdicts.NONE)
+    parts += section(rows, spec_of(rows), verdicts.last(curves), curves, published,  # Holm over the whole index
+                     notes.read(out_dir.parent, published.spec, record["axes"]))
     parts += over_training(curves)
     figures = [f for f in FIGURES if (out_dir / f"{f}.png").exists()]
     if figures:

@@ -24,7 +24,7 @@ checkpoint's family (the findings scored at that train_step; every question's la
 the verdicts' family). A finding is settled from the first checkpoint after which its verdict no longer
 changes, unsettled when its last two checkpoints differ (`settled`).
 
-The verdicts in words are ablations/reporting/wording.py; the lines computed from the rows beside them,
+The verdicts in words are ablations/reporting/wording.py; the question's notes beside them (results/notes/),
 ablations/reporting/notes.py; the report's verdict section, ablations/reporting/report.py.
 """
 import json
@@ -80,12 +80,10 @@ class Finding:
 @dataclass(frozen=True)
 class Published:
     """A results folder's findings.json (ablations/grid/findings.py, written by `ablate collect`): the spec's
-    findings, what to say when no paper compares its cells, and its notes and checks (line tables)."""
+    findings, and what to say when no paper compares its cells."""
     spec: str = ""
     findings: tuple = ()
     no_paper: str = ""
-    note: tuple = ()
-    checked: tuple = ()
 
 
 FILE = "findings.json"  # in each results folder
@@ -95,8 +93,7 @@ NONE = Published()  # a folder without findings.json
 def published(data: dict) -> Published:
     """A Published from findings.json's object."""
     spec = data.get("spec") or ""
-    return Published(spec, tuple(Finding(spec, **f) for f in data.get("findings", ())), data.get("no_paper", ""),
-                     tuple(data.get("note", ())), tuple(data.get("checked", ())))
+    return Published(spec, tuple(Finding(spec, **f) for f in data.get("findings", ())), data.get("no_paper", ""))
 
 
 def read(folder) -> Published:
