@@ -1,5 +1,6 @@
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -136,3 +137,25 @@ def test_flips_change_the_data_deterministically_and_resume_bitwise(tmp_path, im
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(a["model"].conv_in.weight, plain["model"].conv_in.weight)
     assert flipped.run_id() != TINY.run_id()
+
+
+def _idx(path, array):
+    """An uint8 IDX file (magic 0 0 8 ndim, big-endian dims, then the bytes), gzipped."""
+    import gzip
+    import struct
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape) + array.tobytes())
+
+
+def test_a_split_is_decoded_once_per_file_version_and_each_load_owns_its_tensor(tmp_path):
+    import numpy as np
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    _idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    _idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([3, 7], dtype=np.uint8))
+    x, y = data.load("fashion_mnist", "test", root=tmp_path)
+    assert x.shape == (2, 1, 28, 28) and torch.equal(x[:, 0], torch.from_numpy(images)) and y.tolist() == [3, 7]
+    x.zero_()  # a caller's in-place change never reaches the next load
+    assert torch.equal(data.load("fashion_mnist", "test", root=tmp_path)[0][:, 0], torch.from_numpy(images))
+    _idx(tmp_path / "t10k-images-idx3-ubyte.gz", images[::-1].copy())  # a new version of the file is read anew
+    os.utime(tmp_path / "t10k-images-idx3-ubyte.gz", ns=(1, 1))
+    assert torch.equal(data.load("fashion_mnist", "test", root=tmp_path)[0][:, 0], torch.from_numpy(images[::-1].copy()))

@@ -4,6 +4,7 @@
 from a given root; torchvision's download is the fallback when online. `cifar10` comes through
 torchvision (a given root, or a download on a cluster with network).
 """
+import functools
 import gzip
 import os
 from pathlib import Path
@@ -23,7 +24,15 @@ class DatasetMissing(FileNotFoundError):
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """The IDX format (LeCun et al.): magic (2 zero bytes, dtype code, ndim), big-endian dims, then data."""
+    """The IDX format (LeCun et al.): magic (2 zero bytes, dtype code, ndim), big-endian dims, then data.
+    Read-only; decompressed once per process and file version (a run loads its split about ten times)."""
+    st = path.stat()
+    return _decoded(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    path = Path(path)
     with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
         raw = f.read()
     if raw[:2] != b"\0\0" or raw[2] != 0x08:
