@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ablations.metrics.classifier import load_classifier
-from ablations.running.data import load, to_model
+from ablations.run.data import load, to_model
 from ablations.metrics.fidelity import fid
 from bench.conftest import describe
 

@@ -7,9 +7,9 @@ Reports steps/s and what 800k training steps would take, beside the DDPM paper's
 import pytest
 import torch
 
-from ablations.grid.config import TrainConfig
+from ablations.run.config import TrainConfig
 from ablations.grid.spec import load_scales
-from ablations.running.training import build_model
+from ablations.run.model import build_model
 from bench.conftest import describe
 from core.diffusion import q_sample
 from core.losses import loss_terms

@@ -16,10 +16,10 @@ import torch
 from click.testing import CliRunner
 
 from ablations.commands.cli import main
-from ablations.grid.config import eval_steps
+from ablations.run.config import eval_steps
 from ablations.grid.spec import load_spec
-from ablations.running.data import SIZES
-from ablations.running.training import total_steps
+from ablations.run.shapes import SIZES
+from ablations.run.config import total_steps
 from ablations.store.schema import read_rows
 from bench.conftest import describe
 

@@ -1,7 +1,7 @@
 """The house rules: core/ is the math and the model (torch and the standard library only); ablations/ shows
-the specs a researcher edits, with the suite in sub-packages named for their jobs; the reporting package reads
-files (neither torch nor model code); results/ holds results and no code. Checked on the source and in a fresh
-interpreter."""
+the specs a researcher edits, with the suite in sub-packages named for their jobs, stacked in floors that import
+only downwards, with no circle of imports anywhere; the reporting package reads files (neither torch nor model
+code); results/ holds results and no code. Checked on the source and in a fresh interpreter."""
 import ast
 import subprocess
 import sys
@@ -33,7 +33,11 @@ def test_core_holds_only_the_math_and_the_model():
         assert not outside, f"{path.name} imports {sorted(outside)}"
 
 
-SUITE = {"commands", "grid", "metrics", "reporting", "running", "store"}  # ablations/'s sub-packages (README)
+# ablations/'s sub-packages (README), bottom first, core/ under them all: each imports only the floors below it.
+# run: what a run is (config, axes, seeds, dataset shapes, the model build); store: the run folder; metrics: FID;
+# grid: reading a spec into runs; running: training and scoring; reporting: tables and figures; commands: `ablate`.
+FLOORS = ("run", "store", "metrics", "grid", "running", "reporting", "commands")
+SUITE = set(FLOORS)
 
 
 def test_ablations_shows_the_specs_and_the_suite_sits_in_its_sub_packages():
@@ -43,6 +47,55 @@ def test_ablations_shows_the_specs_and_the_suite_sits_in_its_sub_packages():
     assert {p.name for p in top.iterdir() if p.is_dir() and p.name != "__pycache__"} == SUITE
     for package in SUITE:
         assert (top / package / "__init__.py").is_file(), package
+
+
+def _module(path: Path) -> str:
+    """The dotted name of a source file under ROOT: ablations/run/config.py -> ablations.run.config."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _arrows(package: str) -> dict[str, set[str]]:
+    """{module: the modules of `package` (and below) it imports}, at module level or inside a function."""
+    modules = {_module(p): p for p in (ROOT / package).rglob("*.py")}
+    arrows = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path}:{node.lineno}: a relative import"
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        arrows[name] = found & modules.keys() - {name}
+    return arrows
+
+
+def _floor(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in SUITE else None
+
+
+def test_each_floor_of_the_suite_imports_only_the_floors_below_it():
+    back = [f"{a} -> {b}" for a, targets in _arrows("ablations").items() for b in sorted(targets)
+            if _floor(a) and _floor(b) and FLOORS.index(_floor(b)) > FLOORS.index(_floor(a))]
+    assert not back, f"imports that go up the floors {FLOORS}: {back}"
+
+
+@pytest.mark.parametrize("package", ["core", "ablations"])
+def test_no_module_imports_itself_round_a_circle(package):
+    arrows = _arrows(package)
+    circles = set()
+    for start in arrows:
+        seen, todo = set(), list(arrows[start])
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += arrows[m]
+        if start in seen:
+            circles.add(start)
+    assert not circles, f"modules on a circle of imports: {sorted(circles)}"
 
 
 def test_results_holds_results_and_no_code():
@@ -60,9 +113,9 @@ def test_import_direction_in_source(package, forbidden):
 def test_reporting_and_the_run_folder_layout_load_without_torch():
     code = ("import sys; import ablations.reporting.table, ablations.reporting.plots, ablations.reporting.report, "
             "ablations.reporting.bench, ablations.reporting.index, ablations.reporting.verdicts, "
-            "ablations.reporting.wording, ablations.reporting.notes; "
-            "import ablations.store.layout, ablations.store.schema, ablations.grid.seeds, ablations.store.io, ablations.store.migrate, "
-            "ablations.grid.config, ablations.store.claim; "
+            "ablations.reporting.wording, ablations.reporting.notes, ablations.reporting.figures; "
+            "import ablations.store.layout, ablations.store.schema, ablations.run.seeds, ablations.store.io, ablations.store.migrate, "
+            "ablations.run.config, ablations.run.shapes, ablations.store.claim; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'core', 'torchvision')); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

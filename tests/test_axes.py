@@ -1,4 +1,4 @@
-"""The registry of axes (ablations/grid/axes.py) is the one list of named choices: the spec's choices are
+"""The registry of axes (ablations/run/axes.py) is the one list of named choices: the spec's choices are
 built from it; the row schema's axis and setting columns and the README's Vocabulary are checked against
 it; the training loop's core keywords come through it; and a new sampler needs no edit outside core."""
 import re
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from ablations.grid import checks
-from ablations.grid.axes import AXES, PARAMETERS, SETTING_AXES, keywords
-from ablations.grid.config import TRAIN_FIELDS, Setting, TrainConfig
+from ablations.run.axes import AXES, PARAMETERS, SETTING_AXES, keywords
+from ablations.run.config import TRAIN_FIELDS, Setting, TrainConfig
 from ablations.grid.spec import SpecError, load_spec
 from ablations.running import ledger
 from ablations.running.evaluation import generate
-from ablations.running.training import build_model, run_schedule
+from ablations.run.model import build_model, run_schedule
 from ablations.store import schema
 from core import samplers
 from core.diffusion import out_channels

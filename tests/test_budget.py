@@ -5,7 +5,7 @@ import pytest
 from torch import nn
 
 from ablations.running import budget
-from ablations.grid.config import EvalConfig, TrainConfig
+from ablations.run.config import EvalConfig, TrainConfig
 
 TINY = TrainConfig(T=100, model_channels=8, mults=(1, 2), res_blocks=1, groups=4, batch=8)
 COLD_S = 2.0  # a cold process's first call: far slower than a warm step of the tiny net (0.3 s at a load of 8 on 2 cores)

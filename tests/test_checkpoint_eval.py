@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from ablations.running import data
+from ablations.run import data
 from ablations.commands.cli import main
-from ablations.grid.config import TrainConfig, eval_steps, scored_at
+from ablations.run.config import TrainConfig, eval_steps, scored_at
 from ablations.store.io import write_json
 from ablations.store.layout import checkpoint_step, checkpoints, read_status, run_folder
 from ablations.running.ledger import missing, state, wanted
@@ -58,7 +58,7 @@ def test_run_id_leaves_out_where_training_stops():
 
 
 def test_eval_steps_and_settings_scored_at_each():
-    from ablations.grid.config import EvalConfig, Setting
+    from ablations.run.config import EvalConfig, Setting
     ddim, ddpm = Setting("ddim", 5, 0.0, True), Setting("ddpm", 5, 0.0, True)
     ev = EvalConfig(settings=(ddim, ddpm), eval_at=(2, 4), last_only=(ddpm,))
     assert eval_steps(ev, 6) == (2, 4, 6) and eval_steps(EvalConfig(), 6) == (6,)

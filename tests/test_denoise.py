@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from conftest import tiny_spec
 
 from ablations.commands.cli import main
-from ablations.grid.config import TrainConfig
+from ablations.run.config import TrainConfig
 from ablations.grid.spec import SpecError, load_spec
 from ablations.running import ledger, scoring
-from ablations.running.data import to_model
+from ablations.run.data import to_model
 from ablations.running.evaluation import denoising
 from ablations.store.io import read_jsonl
 from ablations.store.layout import run_folder

@@ -5,10 +5,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ablations.running import data
-from ablations.grid.config import TrainConfig
+from ablations.run import data
+from ablations.run.config import TrainConfig
 from ablations.store.layout import checkpoints
-from ablations.running.training import batch_norms, bn_batches, build_model, ema_decay_at, recompute_bn_stats, train
+from ablations.running.training import batch_norms, bn_batches, ema_decay_at, recompute_bn_stats, train
+from ablations.run.model import build_model
 from core.schedules import make_schedule
 
 TINY = TrainConfig(T=100, model_channels=8, mults=(1, 2), res_blocks=1, batch=8, train_steps=7, checkpoint_every=2,

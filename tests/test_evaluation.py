@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ablations.grid.config import Setting, TrainConfig
+from ablations.run.config import Setting, TrainConfig
 from ablations.running.evaluation import generate, nll, sampling_forward
-from ablations.running.training import build_model
+from ablations.run.model import build_model
 from core.schedules import make_schedule
 
 CFG = TrainConfig(T=50, model_channels=8, mults=(1, 2), res_blocks=1, groups=8)

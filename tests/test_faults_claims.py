@@ -20,10 +20,10 @@ from ablations.running import budget
 from ablations.store import claim
 from ablations.grid import spec as spec_module
 from ablations.commands.cli import main
-from ablations.grid.config import TrainConfig
+from ablations.run.config import TrainConfig
 from ablations.store.layout import boot_id, pid_alive, read_status, run_folder, start_time
 from ablations.grid.spec import load_spec
-from ablations.running.training import ARCHITECTURE, build_model
+from ablations.run.model import ARCHITECTURE, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = tiny_spec("faults")
@@ -234,7 +234,7 @@ def test_a_tampered_config_is_reported_and_its_run_not_trained_evaluated_or_coll
     record = json.loads((folder / "config.json").read_text())
     record["train"]["lr"] = 1e-3  # now hashes to another run
     (folder / "config.json").write_text(json.dumps(record))
-    other = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["train"].items()}).run_id()
+    other = TrainConfig.from_record(record).run_id()
     (folder / "rows.jsonl").write_text("")  # the run would need evaluating, were it trusted
     before = _files(folder)
 

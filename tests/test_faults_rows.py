@@ -24,7 +24,7 @@ import ablations.store.io
 from ablations.store import claim
 from ablations.running import ledger, runner
 from ablations.commands.cli import _stopped, main
-from ablations.running.data import load
+from ablations.run.data import load
 from ablations.metrics.fidelity import fid
 from ablations.store.io import write_json
 from ablations.store.layout import orphans, read_status, run_folder

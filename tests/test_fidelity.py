@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ablations.metrics import classifier, fidelity
-from ablations.running.data import load, to_model
+from ablations.run.data import load, to_model
 from ablations.metrics.fidelity import InceptionWeightsMissing, fid
 
 

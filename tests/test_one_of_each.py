@@ -13,10 +13,11 @@ import torch
 from click.testing import CliRunner
 
 from ablations.commands.cli import main
-from ablations.grid.seeds import derive
+from ablations.run.seeds import derive
 from ablations.metrics import classifier
 from ablations.reporting.plots import save_figure
-from ablations.running import data, training
+from ablations.run import data
+from ablations.running import training
 from ablations.store import claim
 from slurm import dispatch
 

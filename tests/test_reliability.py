@@ -14,9 +14,9 @@ import torch
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from ablations.running import data
+from ablations.run import data
 from ablations.commands.cli import main
-from ablations.grid.config import TrainConfig
+from ablations.run.config import TrainConfig
 from ablations.store.io import read_jsonl, write_json
 from ablations.store.layout import checkpoints, read_status, run_folder
 from ablations.store.schema import key

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ablations.grid.config import ALWAYS_HASHED, TRAIN_FIELDS, TrainConfig
+from ablations.run.config import ALWAYS_HASHED, TRAIN_FIELDS, TrainConfig
 from ablations.grid.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,9 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ablations.running import data
+from ablations.run import data
 from ablations.commands.cli import main
-from ablations.grid.config import TrainConfig
+from ablations.run.config import TrainConfig
 from ablations.store.io import read_jsonl
 from ablations.store.layout import checkpoints, read_status, run_folder
 from ablations.store.schema import RUN_COLUMNS

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from ablations.running import data
+from ablations.run import data
 from ablations.commands.cli import main
 from ablations.store.io import read_jsonl
 from ablations.store.layout import checkpoint_step, checkpoints, read_status, run_folder

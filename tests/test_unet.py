@@ -61,9 +61,9 @@ def test_unknown_norm_lists_the_choices():
 def test_paper_scale_has_the_ddpm_cifar10_models_35_7m_parameters():
     """Ho et al. 2020, App. B: 35.7M parameters for CIFAR-10 (nearest upsampling + 3x3 conv, not a
     transposed 4x4 conv, which would give 37.1M)."""
-    from ablations.grid.config import TrainConfig
+    from ablations.run.config import TrainConfig
     from ablations.grid.spec import load_scales
-    from ablations.running.training import build_model
+    from ablations.run.model import build_model
     cfg = TrainConfig(**{k: v[0] for k, v in load_scales()["paper"]["base"].items()})
     n = sum(p.numel() for p in build_model(cfg).parameters())
     assert round(n / 1e6, 1) == 35.7, n

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest import tiny_spec
 
 from ablations.commands.cli import main
-from ablations.grid.config import TRAIN_FIELDS, TrainConfig
+from ablations.run.config import TRAIN_FIELDS, TrainConfig
 from ablations.store.layout import ROWS, run_folder
 from ablations.grid.spec import SpecError, load_spec
 from core.diffusion import coefs, q_sample

@@ -155,9 +155,9 @@ def _stopped(todo, states) -> str:
 
 def _eta(spec, todo, runs_root, device) -> str:
     """The work left: each run's remaining training steps and its evaluations not yet in its rows."""
+    from ablations.run.config import total_steps
+    from ablations.run.shapes import SIZES
     from ablations.running import budget, ledger
-    from ablations.running.data import SIZES
-    from ablations.running.training import total_steps
     work = []
     for r in todo:
         folder = run_folder(runs_root, r.run_id)

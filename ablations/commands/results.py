@@ -9,7 +9,7 @@ import click
 
 from ablations.commands.common import (RECORDS, RESULTS, RESULTS_ROOT, SCALE, folder_option, invalid_folders,
                                        load, note_legacy, roots, set_option)
-from ablations.grid.config import TRAIN_FIELDS, TrainConfig, eval_steps, scored_at
+from ablations.run.config import TRAIN_FIELDS, TrainConfig, eval_steps, scored_at
 from ablations.store.io import read_json
 from ablations.store.layout import CONFIG, run_folder
 from ablations.store.schema import AXES
@@ -42,7 +42,7 @@ def _recorded(folder) -> TrainConfig | None:
     record = read_json(Path(folder) / CONFIG)
     if record is None:
         return None
-    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["train"].items()})
+    return TrainConfig.from_record(record)
 
 
 def _results_dir(target, results_root) -> str:
@@ -184,7 +184,7 @@ def plot(folder, runs_root, results_root):
       ablate plot results/norm-cpu
       ablate plot norm-cpu --results-root /tmp/results
     """
-    from ablations.reporting.plots import plot_all
+    from ablations.reporting.figures import plot_all
     for p in _from_folder(plot_all, _results_dir(folder, results_root)):
         click.echo(p)
 

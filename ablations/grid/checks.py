@@ -2,12 +2,12 @@
 the file, the key and the bad value."""
 import math
 
-from ablations.grid.axes import AXES
-from ablations.grid.config import LIMITS, RANGES
+from ablations.run.axes import AXES
+from ablations.run.config import LIMITS, RANGES
 from core.registry import lookup
 
 INT_MAX = 2**31 - 1  # any integer field: a C int holds it
-CHOICES = {name: axis.choices for name, axis in AXES.items()}  # field -> its registry (ablations/grid/axes.py)
+CHOICES = {name: axis.choices for name, axis in AXES.items()}  # field -> its registry (ablations/run/axes.py)
 
 
 class SpecError(ValueError):

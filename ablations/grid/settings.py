@@ -6,9 +6,8 @@ from dataclasses import replace
 import torch
 
 from ablations.grid.checks import SpecError, check_value, known, maker, rule, typed
-from ablations.grid.config import EVAL_FIELDS, SETTING_KEYS, EvalConfig, Setting
-from ablations.running.data import SIZES
-from ablations.running.training import total_steps
+from ablations.run.config import EVAL_FIELDS, SETTING_KEYS, EvalConfig, Setting, total_steps
+from ablations.run.shapes import SIZES
 from core.registry import lookup
 from core.samplers import TAKES_ETA, check_start
 from core.schedules import check_spacing, spaced_timesteps

@@ -30,10 +30,10 @@ import torch
 
 from ablations.grid import findings
 from ablations.grid.checks import SpecError, check_value, errors, known, maker, rule, typed
-from ablations.grid.config import EVAL_FIELDS, TRAIN_FIELDS, EvalConfig, TrainConfig
+from ablations.run.config import EVAL_FIELDS, TRAIN_FIELDS, EvalConfig, TrainConfig
 from ablations.grid.settings import check_tables, eval_config
-from ablations.running.data import SHAPES
-from ablations.running.training import ARCHITECTURE, architecture, build_model
+from ablations.run.shapes import SHAPES
+from ablations.run.model import ARCHITECTURE, architecture, build_model
 from core.losses import PARAMS, check_variance, check_weighting
 from core.schedules import check_prediction, make_schedule
 from core.unet import feature_sides

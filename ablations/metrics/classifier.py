@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablations.running.data import epoch_order, load, to_model
+from ablations.run.data import epoch_order, load, to_model
 
 FOLDER = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = FOLDER / "fmnist_classifier.pt"

@@ -23,7 +23,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from ablations.metrics import classifier
-from ablations.running.data import load, to_model
+from ablations.run.data import load, to_model
 from ablations.store.checkpoint import save_torch
 from ablations.store.layout import orphans
 from core.registry import lookup

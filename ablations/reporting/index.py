@@ -166,7 +166,7 @@ def regenerate(results_root) -> list[Path]:
     """Every committed summary, figure and report, then this index, from each folder's rows.csv and
     axes.json alone."""
     from ablations.reporting import axes
-    from ablations.reporting.plots import plot_all
+    from ablations.reporting.figures import plot_all
     from ablations.reporting.report import write_report
     from ablations.reporting.table import summarize, write_csv
     written = []

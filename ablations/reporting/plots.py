@@ -15,8 +15,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 from ablations.store.io import atomic_write  # noqa: E402
 from ablations.store.layout import sample_grid_name  # noqa: E402
 from ablations.store.schema import DENOISING, label  # noqa: E402
-from ablations.reporting import axes, verdicts  # noqa: E402
-from ablations.reporting.table import checkpointed, checkpoints, ci95, cost, final  # noqa: E402
+from ablations.reporting.table import checkpointed, checkpoints, ci95, cost  # noqa: E402
 
 def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
     """Adds `setting` (the sampler setting without steps) and `setting_steps` (with steps)."""
@@ -318,20 +317,3 @@ def denoising(rows, axis, out_dir):
     fig.suptitle(f"by noise level{at}", fontsize=8)
     return save_figure(fig, out_dir, "denoising")
 
-
-def plot_all(out_dir) -> list[Path]:
-    """Every figure of one results folder, its axis from the folder's axes.json (ablations/reporting/axes.py);
-    the forest plot's p-values are Holm-adjusted over the whole index (every folder beside this one). The
-    one-checkpoint figures show the last checkpoint; `curves` and `differences` exist where the rows hold two
-    checkpoints or more."""
-    from ablations.reporting.verdict_plots import differences, forest  # they draw with this module's helpers
-    out_dir = Path(out_dir)
-    rows = checkpointed(pd.read_csv(out_dir / "rows.csv"))
-    axis = axes.axis(axes.checked(out_dir, rows))
-    sns.set_theme(style="whitegrid", context="paper")
-    found = [v for v in verdicts.assess(verdicts.tables(out_dir.parent), verdicts.read_all(out_dir.parent))
-             if v["folder"] == out_dir.name]
-    at_last = final(rows)
-    return [*(p for fn in (fid_vs_steps, bars, loss_curves, throughput, sample_grids, denoising)
-              for p in fn(at_last, axis, out_dir)),
-            *forest(verdicts.last(found), out_dir), *curves(rows, axis, out_dir), *differences(found, out_dir)]

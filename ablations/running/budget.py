@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from ablations.running.data import SHAPES, SIZES
-from ablations.grid.config import NOT_SETTINGS, TrainConfig, eval_steps, scored_at
-from ablations.grid.axes import OPTIMIZERS
-from ablations.running.training import ARCHITECTURE, architecture, build_model, total_steps
+from ablations.run.axes import OPTIMIZERS
+from ablations.run.config import NOT_SETTINGS, TrainConfig, eval_steps, scored_at, total_steps
+from ablations.run.model import ARCHITECTURE, architecture, build_model
+from ablations.run.shapes import SHAPES, SIZES
 from core.samplers import nfe
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablations.grid.axes import keywords
-from ablations.grid.config import Setting
-from ablations.running.data import SHAPES, to_model, to_uint8
+from ablations.run.axes import keywords
+from ablations.run.config import Setting
+from ablations.run.data import to_model, to_uint8
+from ablations.run.seeds import derive
+from ablations.run.shapes import SHAPES
 from ablations.running.parallel import gather_objects, rank, world
-from ablations.grid.seeds import derive
 from core.diffusion import coefs, denoiser, q_sample
 from core.distributions import randn
 from core.likelihood import nll_bpd

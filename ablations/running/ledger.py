@@ -6,10 +6,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ablations.grid.config import TrainConfig, eval_steps, scored_at
 from ablations.grid.spec import Run, Spec
-from ablations.running import data as datasets
-from ablations.running.training import total_steps
+from ablations.run.config import TrainConfig, eval_steps, scored_at, total_steps
+from ablations.run.shapes import SIZES
 from ablations.store import claim
 from ablations.store.io import read_json, write_json
 from ablations.store.layout import (
@@ -47,7 +46,7 @@ def nll_spacing(strata: int, T: int):
 
 def reference(dataset: str, split: str, n: int) -> str:
     """The `reference` column: the real images a number is computed against."""
-    return f"{dataset}:{split}:{n or datasets.SIZES[dataset][split]}"
+    return f"{dataset}:{split}:{n or SIZES[dataset][split]}"
 
 
 def wanted(spec: Spec, run: Run) -> dict:
@@ -61,7 +60,7 @@ def wanted(spec: Spec, run: Run) -> dict:
     from ablations.metrics.fidelity import prc_count
     cfg, ev = run.config, spec.eval
     fid_ref = reference(cfg.dataset, ev.fid_reference, ev.fid_reference_n)
-    k = prc_count(ev.fid_samples, ev.fid_reference_n or datasets.SIZES[cfg.dataset][ev.fid_reference])
+    k = prc_count(ev.fid_samples, ev.fid_reference_n or SIZES[cfg.dataset][ev.fid_reference])
     prc_ref = reference(cfg.dataset, ev.fid_reference, k)
     total = run_steps(run)
     out = {}
@@ -88,7 +87,7 @@ def wanted(spec: Spec, run: Run) -> dict:
 
 def run_steps(run: Run) -> int:
     """The training steps the run's spec asks for (train_steps, or epochs of the training set)."""
-    return total_steps(run.config, datasets.SIZES[run.config.dataset]["train"])
+    return total_steps(run.config, SIZES[run.config.dataset]["train"])
 
 
 def missing(spec: Spec, run: Run, folder) -> list:
@@ -104,9 +103,8 @@ def have_keys(folder) -> set:
 
 
 def config_id(record: dict) -> str:
-    """The run id a config.json's `train` table hashes to (ablations/grid/config.py: TrainConfig.run_id)."""
-    train = record["train"]
-    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in train.items()}).run_id()
+    """The run id a config.json's `train` table hashes to (ablations/run/config.py: TrainConfig.run_id)."""
+    return TrainConfig.from_record(record).run_id()
 
 
 def config_record(run: Run, overrides=()) -> dict:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from ablations.grid.config import eval_steps
 from ablations.grid.spec import Run, Spec
+from ablations.run.config import eval_steps, total_steps
+from ablations.run.model import build_model
 from ablations.running import tracking
 from ablations.running.evaluation import peak_memory_mb
 from ablations.running.hardware import bf16_refusal, cpu_info
@@ -27,7 +28,7 @@ from ablations.running.parallel import from_main, is_main, rank, world
 from ablations.running.scoring import Interrupted, Unscorable, images_of, score_checkpoints
 from ablations.running.ledger import (check_folder, config_record, have_keys, is_complete, missing, run_steps, state,
                                       unscorable)
-from ablations.running.training import NonFiniteLoss, build_model, memory_format, total_steps, train
+from ablations.running.training import NonFiniteLoss, memory_format, train
 from ablations.store import claim
 from ablations.store.io import DiskFull, append_jsonl, atomic_write, os_error, write_json
 from ablations.store.records import write as write_record

@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from ablations.grid.config import NOT_SETTINGS, eval_steps
 from ablations.grid.spec import Run
-from ablations.running import data as datasets
+from ablations.run.config import NOT_SETTINGS, eval_steps
+from ablations.run.data import load
+from ablations.run.model import run_schedule
+from ablations.run.shapes import SHAPES
 from ablations.running.evaluation import denoising, generate, nll, peak_memory_mb, sampling_forward
 from ablations.running.parallel import any_true, from_main, is_main
 from ablations.running.ledger import (
@@ -22,7 +24,6 @@ from ablations.running.ledger import (
     solver_reference_label,
     wanted,
 )
-from ablations.running.training import run_schedule
 from ablations.store.io import atomic_write
 from ablations.store.layout import fid_cache, last_step, sample_grid_name
 from ablations.store.schema import EVAL_KEY, key, label, row
@@ -31,7 +32,7 @@ from core.samplers import nfe
 
 @functools.lru_cache(maxsize=4)
 def images_of(name, split, root, download):
-    return datasets.load(name, split, root, download)[0]
+    return load(name, split, root, download)[0]
 
 
 class Interrupted(Exception):
@@ -110,7 +111,7 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, 
     solver_refs, new_refs = _kept_solver_refs(sc, groups)
     first = []
     if (to_sample or new_refs or nll_missing or denoise_missing) and "forward" not in model:
-        model["forward"], compile_s = sampling_forward(ema, cfg, (ev.sample_batch, *datasets.SHAPES[cfg.dataset]),
+        model["forward"], compile_s = sampling_forward(ema, cfg, (ev.sample_batch, *SHAPES[cfg.dataset]),
                                                        device)
         first = [("compile_s", compile_s)] if cfg.compile else []  # with the first rows written
     forward = model.get("forward", ema)

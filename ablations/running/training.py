@@ -4,7 +4,7 @@ Determinism: the data order of epoch e is a permutation seeded by (seed, e), and
 reseeded from (seed, step, rank) every step, so neither needs state; on CUDA only deterministic
 kernels run; t and eps come from one
 generator whose state is checkpointed with the model, EMA, optimizer and lr schedule (every seed
-comes from ablations/grid/seeds.py). A run resumed
+comes from ablations/run/seeds.py). A run resumed
 from any checkpoint therefore ends bitwise identical to an uninterrupted one on the same machine.
 
 With several tasks (torch.distributed), every task draws the whole global batch's t and eps and
@@ -33,15 +33,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ablations.grid.axes import OPTIMIZERS, keywords
+from ablations.run.axes import OPTIMIZERS, keywords
+from ablations.run.config import total_steps
+from ablations.run.data import epoch_order, to_model
+from ablations.run.model import build_model, run_schedule
+from ablations.run.seeds import derive
 from ablations.store.checkpoint import load_latest, save_checkpoint
-from ablations.running.data import SHAPES, epoch_order, to_model
 from ablations.running.parallel import all_mean, any_true, barrier, is_main, rank, world
-from ablations.grid.seeds import derive
-from core.diffusion import out_channels, q_sample
+from core.diffusion import q_sample
 from core.losses import loss_terms
-from core.schedules import make_schedule
-from core.unet import UNet
 
 # cuBLAS needs this before its first handle to be deterministic (CUDA's "Reproducibility" notes)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -62,33 +62,8 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
-# the config fields build_model reads: runs equal in these share a model shape
-ARCHITECTURE = ("dataset", "variance", "model_channels", "mults", "res_blocks", "attention", "heads", "dropout",
-                "norm", "groups", "conditioning")
-
-
-def architecture(cfg) -> tuple:
-    """The values of cfg's ARCHITECTURE fields: a key for what depends only on the model's shape."""
-    return tuple(getattr(cfg, f) for f in ARCHITECTURE)
-
-
-def build_model(cfg) -> UNet:
-    """The run's U-Net: its axes and parameters (`ablations.grid.axes.keywords`), sized for its dataset."""
-    C, H, _ = SHAPES[cfg.dataset]
-    return UNet(channels=C, out_channels=out_channels(C, cfg.variance), resolution=H, **keywords(cfg, UNet))
-
-
-def run_schedule(cfg):
-    """The run's noise schedule, from its axes and parameters (`ablations.grid.axes.keywords`)."""
-    return make_schedule(**keywords(cfg, make_schedule))
-
-
 def memory_format(cfg):
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-
-def total_steps(cfg, n_train: int) -> int:
-    return cfg.epochs * (n_train // cfg.batch) if cfg.epochs > 0 else cfg.train_steps
 
 
 def warm(cfg, step: int) -> float:

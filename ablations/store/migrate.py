@@ -23,10 +23,11 @@ import re
 import shutil
 from pathlib import Path
 
-from ablations.grid.config import TRAIN_FIELDS, TrainConfig
+from ablations.run.config import TRAIN_FIELDS, TrainConfig, total_steps
+from ablations.run.shapes import SIZES
 from ablations.store import claim
 from ablations.store.io import append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_text
-from ablations.store.layout import CONFIG, PARTIAL, ROWS, RUN_ID, run_folder, slurm_folder, superseded
+from ablations.store.layout import CONFIG, PARTIAL, ROWS, RUN_ID, last_step, run_folder, slurm_folder, superseded
 from ablations.store.schema import WHOLE, identity, read_lines, row
 
 RENAMED = {"base": "model_channels", "ema": "ema_decay", "steps": "train_steps"}
@@ -46,9 +47,9 @@ def migrate(root, echo=print) -> int:
     for old in old_run_folders(root):
         spec_dir = old.parent
         cfg = read_json(old / CONFIG, {})
-        train = {RENAMED.get(k, k): v for k, v in cfg.get("train", {}).items()}
-        train = {k: tuple(v) if isinstance(v, list) else v for k, v in train.items() if k in TRAIN_FIELDS}
-        new_id = TrainConfig(**train).run_id()
+        renamed = {RENAMED.get(k, k): v for k, v in cfg.get("train", {}).items()}
+        train = {k: v for k, v in renamed.items() if k in TRAIN_FIELDS}  # as JSON: lists stay lists
+        new_id = TrainConfig.from_record({"train": train}).run_id()
         target = run_folder(root, new_id)
         rows, _ = read_jsonl(old / "metrics.jsonl")
         kept = [_train_row(new_id, r) for r in rows if r.get("metric") in TRAIN_METRICS
@@ -64,8 +65,7 @@ def migrate(root, echo=print) -> int:
             (target / "metrics.jsonl").rename(aside / "metrics.jsonl")
             for png in target.glob("samples-*.png"):
                 png.rename(aside / png.name)
-            write_json(target / CONFIG, {"run_id": new_id, "train": {k: list(v) if isinstance(v, tuple) else v
-                                                                     for k, v in train.items()}})
+            write_json(target / CONFIG, {"run_id": new_id, "train": train})
             if kept:
                 append_jsonl(target / ROWS, kept)
             echo(f"migrate: {old} -> {target}")
@@ -109,7 +109,7 @@ def legacy(root) -> list[str]:
             found.append(f"{folder / PARTIAL}: rows set aside that may be whole")
         record = read_json(folder / CONFIG)
         try:
-            cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["train"].items()})
+            cfg = TrainConfig.from_record(record)
         except (TypeError, KeyError, ValueError, AttributeError):
             continue
         if folder.name != cfg.run_id() and folder.name == cfg.legacy_run_id():
@@ -173,13 +173,11 @@ def share_across_steps(root, echo=print) -> int:
     that step in their names. When the new id's folder exists already (the same config trained to
     another train_steps), it stays as it is and the legacy folder goes to `_superseded/steps/`. Nothing moves
     while a live process holds either folder."""
-    from ablations.running.data import SIZES
-    from ablations.store.layout import last_step
     root, moved = Path(root), 0
     for folder in sorted(p for p in root.iterdir() if RUN_ID.fullmatch(p.name) and p.is_dir()):
         record = read_json(folder / CONFIG)
         try:
-            cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["train"].items()})
+            cfg = TrainConfig.from_record(record)
         except (TypeError, KeyError, ValueError, AttributeError):
             continue  # not a config: `ablate list` reports the folder
         new = cfg.run_id()
@@ -199,8 +197,7 @@ def share_across_steps(root, echo=print) -> int:
                  f"as it is, the legacy folder goes to {aside}")
             moved += 1
             continue
-        step = last_step(folder) or (cfg.epochs * (SIZES[cfg.dataset]["train"] // cfg.batch) if cfg.epochs
-                                     else cfg.train_steps)
+        step = last_step(folder) or total_steps(cfg, SIZES[cfg.dataset]["train"])
         _rename_inside(folder, new, step)
         folder.rename(target)
         echo(f"migrate: {folder.name} -> {new} (run ids leave train_steps out; its eval rows scored step {step})")

@@ -9,8 +9,8 @@ import json
 import math
 from pathlib import Path
 
-# Axes of ablations/grid/axes.py (a registry that imports torch; this module does not): AXES are in every
-# table, grid axis or not; SETTING holds a sampler setting's fields (ablations/grid/config.py `Setting`).
+# Axes of ablations/run/axes.py (a registry that imports torch; this module does not): AXES are in every
+# table, grid axis or not; SETTING holds a sampler setting's fields (ablations/run/config.py `Setting`).
 # tests/test_spec.py checks both against the registry.
 AXES = ("schedule", "prediction", "loss", "variance", "norm")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablations.grid.seeds import derive
+from ablations.run.seeds import derive
 from core.registry import lookup
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -84,8 +84,6 @@ def cifar10(split: str, root=None, download: bool = False):
 
 
 DATASETS = {"fashion_mnist": fashion_mnist, "cifar10": cifar10}
-SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-SIZES = {"fashion_mnist": {"train": 60000, "test": 10000}, "cifar10": {"train": 50000, "test": 10000}}
 
 
 def load(name: str, split: str, root=None, download: bool = False):

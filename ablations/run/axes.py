@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from ablations.running.data import DATASETS
+from ablations.run.data import DATASETS
 from core.diffusion import VARIANCES
 from core.losses import LOSSES, PARAMS, WEIGHTINGS, loss_terms
 from core.parameterizations import PREDICTIONS

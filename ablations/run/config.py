@@ -8,7 +8,7 @@ from typing import NamedTuple
 class Setting(NamedTuple):
     """One sampler setting: an `[[eval.setting]]` entry after its lists are expanded."""
 
-    sampler: str  # a name in core.samplers.SAMPLERS (the registry: ablations/grid/axes.py)
+    sampler: str  # a name in core.samplers.SAMPLERS (the registry: ablations/run/axes.py)
     steps: int  # sampling steps S
     eta: float  # the eta of a sampler in core.samplers.TAKES_ETA (DDIM's); 0 for the others
     clip_x0: bool  # clip the predicted x0 to [-1, 1]
@@ -71,6 +71,12 @@ class TrainConfig:
         of run folders written before, which `ablations.store.migrate` moves to run_id()."""
         return _hash(self, ALWAYS_HASHED)
 
+    @classmethod
+    def from_record(cls, record: dict) -> "TrainConfig":
+        """The config a config.json record's `train` table holds (ablations/store/layout.py); JSON's lists
+        are the tuples they were. An unknown field is a TypeError."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["train"].items()})
+
 
 def _hash(cfg, always) -> str:
     values = {f.name: getattr(cfg, f.name) for f in fields(cfg)}  # asdict's JSON, without its deep copy
@@ -114,6 +120,11 @@ class EvalConfig:
 
 
 NOT_SETTINGS = ("nll", "denoise", "cost")  # the evaluations of a checkpoint that are not a sampler setting's
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    """The optimizer steps a run trains on `n_train` images: epochs * (n_train // batch), or train_steps."""
+    return cfg.epochs * (n_train // cfg.batch) if cfg.epochs > 0 else cfg.train_steps
 
 
 def eval_steps(ev: EvalConfig, total: int) -> tuple:
