@@ -48,6 +48,11 @@ ReturnToService=2
 MpiDefault=none
 JobRequeue=1
 KillWait=10
+# A requeued job may start again only after cred_expire s (default 120): 5 s lets the requeue tests take
+# seconds per requeue, not minutes. The scheduler's loops every 2 s (defaults 60 and 30) start a job as soon
+# as it may start, here where the queue holds a few jobs.
+AuthInfo=cred_expire=5
+SchedulerParameters=sched_interval=2,bf_interval=2
 MinJobAge=300
 JobAcctGatherType=jobacct_gather/none
 NodeName=localhost NodeHostname=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
@@ -67,7 +72,12 @@ up() {
     [ -f /etc/munge/munge.key ] || { mungekey --create 2>/dev/null || create-munge-key -f; chown munge:munge /etc/munge/munge.key; }
     su -s /bin/sh munge -c /usr/sbin/munged
   fi
-  if [ -n "$changed" ] && pgrep -x slurmctld >/dev/null; then pkill -x slurmd || true; pkill -x slurmctld || true; sleep 1; fi
+  if [ -n "$changed" ] && pgrep -x slurmctld >/dev/null; then
+    pkill -x slurmd || true; pkill -x slurmctld || true
+    for _ in $(seq 30); do  # each saves its state before it exits
+      pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 1
+    done
+  fi
   pgrep -x slurmctld >/dev/null || slurmctld
   pgrep -x slurmd >/dev/null || slurmd -N localhost
   for _ in $(seq 60); do

@@ -1,10 +1,20 @@
+import os
 from pathlib import Path
 
-import pytest
-from click.testing import CliRunner
+# One thread for the tests and every process they start (CLI runs, SLURM jobs, killers): their nets are tiny,
+# where a second thread only adds synchronisation, and on a busy machine a thread that waits for a descheduled
+# sibling at every op made a tiny run 5x slower (9.5 s vs 48 s for two tiny runs beside other work). Every run a
+# test compares with another is trained with the same count.
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from ablations.commands.cli import main
-from ablations.grid.spec import load_spec
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from ablations.commands.cli import main  # noqa: E402
+from ablations.grid.spec import load_spec  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = """
@@ -49,9 +59,10 @@ def spec_findings(*folders) -> dict:
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory):
-    """The norm question's smoke grid, run once end to end through the CLI: (spec, runs root, result)."""
+    """The norm question's smoke grid, run once end to end through the CLI, by two worker processes (one a
+    core, as `ablate run --workers 2`): (spec, runs root, result)."""
     runs = tmp_path_factory.mktemp("runs")
     spec_path = str(ROOT / "ablations" / "norm.toml")
     result = CliRunner().invoke(main, ["run", spec_path, "--scale", "smoke", "--runs-root", str(runs),
-                                       "--no-progress"])
+                                       "--no-progress", "--workers", "2"])
     return load_spec(spec_path, "smoke"), runs, result

@@ -2,22 +2,55 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_files_import_and_run_one_quick_round():
-    """Every benchmark runs once (pytest-benchmark disabled), short loops only, so bench/ cannot rot."""
-    quick = "not 50 and not 100 and not paper and not curve"  # the curve scale's scoring bench takes minutes
-    r = subprocess.run([sys.executable, "-m", "pytest", "bench", "--benchmark-disable", "-q", "-p", "no:cacheprovider",
-                        "-k", quick], cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    summary = r.stdout.strip().splitlines()[-1]  # warnings above may contain the word "failed"
-    assert " passed" in summary and " failed" not in summary, summary
+QUICK = "not 50 and not 100 and not paper and not curve"  # the curve scale's scoring bench takes minutes
+# The quick round in parts, each a process of its own, so that no part takes minutes: part -> whether a
+# benchmark (its node id) belongs to it.
+ROUNDS = {"commands": lambda n: "test_commands.py" in n, "fid": lambda n: "test_fid.py" in n,
+          "samplers": lambda n: "test_samplers.py" in n and "diffusers" not in n,
+          "samplers-diffusers": lambda n: "test_samplers.py" in n and "diffusers" in n,
+          "scoring": lambda n: "test_scoring.py" in n,
+          "training": lambda n: "test_training.py::test_train_step" in n and "[compiled]" not in n,
+          "training-compiled": lambda n: "test_training.py::test_train_step[compiled]" in n,  # inductor's compile
+          "forward": lambda n: "test_training.py" in n and "::test_train_step" not in n}  # rooflines, forwards
+
+
+def _bench(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick():
+    """The quick round's benchmarks (node ids), collected once."""
+    r = _bench("bench", "--collect-only", "-q", "-k", QUICK)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return [line for line in r.stdout.splitlines() if "::" in line]
+
+
+def test_the_quick_rounds_cover_every_quick_benchmark_once(quick):
+    """Each benchmark of the quick round belongs to exactly one part below, and every part runs some."""
+    assert len(quick) > 30
+    assert all(sum(belongs(n) for belongs in ROUNDS.values()) == 1 for n in quick), quick
+    assert all(any(belongs(n) for n in quick) for belongs in ROUNDS.values())
     # the paper-scale entries take minutes per step on a CPU: here they are only collected
-    r = subprocess.run([sys.executable, "-m", "pytest", "bench", "--collect-only", "-q", "-p", "no:cacheprovider",
-                        "-k", "paper"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = _bench("bench/test_paper.py", "--collect-only", "-q")
     assert r.returncode == 0, r.stdout[-2000:]
     assert "test_paper.py::test_paper_train_step" in r.stdout and "test_paper.py::test_paper_sampling_step" in r.stdout
+
+
+@pytest.mark.parametrize("part", list(ROUNDS))
+def test_bench_files_import_and_run_one_quick_round(quick, part):
+    """Every benchmark runs once (pytest-benchmark disabled), short loops only, so bench/ cannot rot."""
+    nodes = [n for n in quick if ROUNDS[part](n)]
+    r = _bench(*nodes, "--benchmark-disable", "-q")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = r.stdout.strip().splitlines()[-1]  # warnings above may contain the word "failed"
+    assert " passed" in summary and " failed" not in summary and f"{len(nodes)} passed" in summary, summary
 
 
 def test_loop_ratios_use_the_forward_timed_inside_the_same_loop():

@@ -33,6 +33,16 @@ def _curve_spec(tmp_path, name="curve", steps=6, eval_at="[2, 4]", every=4):
     return load_spec(path)
 
 
+@pytest.fixture(scope="module")
+def curve(tmp_path_factory):
+    """The curve spec's run, trained and scored at steps 2 and 4 while training goes on, then at 6: (spec,
+    runs root). Shared by the tests that only read it; a test that writes to it copies it first."""
+    tmp = tmp_path_factory.mktemp("curve")
+    spec = _curve_spec(tmp)
+    assert run_one(spec, spec.runs[0], tmp / "runs", progress=False) == "done"
+    return spec, tmp / "runs"
+
+
 def _scores(folder) -> dict:
     """{(metric, train_step, sampler): value} of the rows that do not measure time."""
     rows, skipped = read_rows(folder / "rows.jsonl")
@@ -98,13 +108,12 @@ def test_eval_at_checkpoints_are_kept_whatever_the_pruning(tmp_path):
     assert [checkpoint_step(p) for p in checkpoints(tmp_path)] == [2, 3, 6, 7]
 
 
-def test_scoring_while_training_and_after_it_give_the_same_rows(tmp_path):
+def test_scoring_while_training_and_after_it_give_the_same_rows(curve, tmp_path):
     """Run a: scored at steps 2 and 4 while training goes on. Run b: trained to the end first (keeping
     the same checkpoints), then scored. Every number that does not measure time is equal."""
-    spec = _curve_spec(tmp_path)
+    spec, inline = curve
     run = spec.runs[0]
-    inline, after = tmp_path / "inline", tmp_path / "after"
-    assert run_one(spec, run, inline, progress=False) == "done"
+    after = tmp_path / "after"
     folder = run_folder(after, run.run_id)
     folder.mkdir(parents=True)
     write_json(folder / "config.json", {"run_id": run.run_id, "train": asdict(run.config)})
@@ -123,10 +132,10 @@ def test_scoring_while_training_and_after_it_give_the_same_rows(tmp_path):
     assert sorted(wall) == [2, 4, 6] and wall[2] < wall[4] < wall[6]
 
 
-def test_a_run_stopped_during_scoring_resumes_it(tmp_path):
+def test_a_run_stopped_during_scoring_resumes_it(curve, tmp_path):
     """A stop while step 2 is scored: the run is interrupted; run again, it scores what step 2 lacks,
-    trains on and scores the rest, each row once."""
-    spec = _curve_spec(tmp_path)
+    trains on and scores the rest, each row once, as the uninterrupted run (`curve`)."""
+    spec, reference = curve
     run = spec.runs[0]
 
     def stop():  # polled per training step and per sampler setting: true at the first poll of scoring
@@ -136,18 +145,17 @@ def test_a_run_stopped_during_scoring_resumes_it(tmp_path):
     assert [checkpoint_step(p) for p in checkpoints(folder)] == [2]  # stopped while step 2 was scored
     assert not [k for k in _scores(folder) if k[0] == "fid"]
     assert run_one(spec, run, tmp_path / "runs", progress=False) == "done"
-    reference = tmp_path / "ref"
-    assert run_one(spec, run, reference, progress=False) == "done"
     assert _scores(folder) == _scores(run_folder(reference, run.run_id))
 
 
-def test_one_run_serves_a_spec_that_trains_fewer_steps(tmp_path):
-    long = _curve_spec(tmp_path, "long", steps=6, eval_at="[2, 4]")
+def test_one_run_serves_a_spec_that_trains_fewer_steps(curve, tmp_path):
+    long, done = curve  # 6 steps, scored at 2, 4 and 6
     short = _curve_spec(tmp_path, "short", steps=4, eval_at="[2]")
     runs = tmp_path / "runs"
     assert short.runs[0].run_id == long.runs[0].run_id
-    assert run_one(long, long.runs[0], runs, progress=False) == "done"
+    shutil.copytree(done, runs)
     folder = run_folder(runs, long.runs[0].run_id)
+    assert state(long, long.runs[0], runs)["state"] == "done"
     before = _scores(folder)
     assert missing(short, short.runs[0], folder) == [(4, short.eval.settings[1])]  # ddpm at 4: short's last
     assert run_one(short, short.runs[0], runs, progress=False) == "done"
@@ -199,10 +207,9 @@ def test_a_legacy_folder_moves_to_the_id_without_train_steps(tmp_path):
     assert missing(spec, run, new) == []
 
 
-def test_collect_copies_each_checkpoints_sample_grid_and_plots_the_last(tmp_path):
-    spec = _curve_spec(tmp_path)
-    runs, out = tmp_path / "runs", tmp_path / "results"
-    assert run_one(spec, spec.runs[0], runs, progress=False) == "done"
+def test_collect_copies_each_checkpoints_sample_grid_and_plots_the_last(curve, tmp_path):
+    spec, runs = curve
+    out = tmp_path / "results"
     result = CliRunner().invoke(main, ["collect", str(spec.path), "--runs-root", str(runs), "--results-root", str(out)])
     assert result.exit_code == 0, result.output
     copied = sorted(p.name.split("-", 1)[1] for p in (out / spec.name / "samples").glob("*.png"))

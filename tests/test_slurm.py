@@ -5,6 +5,7 @@ reason, when the cluster cannot be started (not root, no apt-get).
 """
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def _wait(spec, runs, predicate, timeout=600):
         states = [read_status(run_folder(runs, r.run_id)) for r in spec.runs]
         if predicate(states):
             return states
-        time.sleep(2)
+        time.sleep(0.5)
     pytest.fail(f"timed out after {timeout}s: {states}\n" + _ablate("status", spec.path, "--runs-root", runs).output)
 
 
@@ -76,24 +77,43 @@ def _weights(folder):
     return {f"{part}.{k}": v for part in ("model", "ema") for k, v in state[part].items()}
 
 
+REFERENCE = """
+import sys
+from pathlib import Path
+
+import torch
+
+from ablations.grid.spec import load_spec
+from ablations.run import data
+from ablations.running.training import train
+
+torch.set_num_threads(1)
+run = load_spec(sys.argv[1]).runs[0]
+train(run.config, Path(sys.argv[2]), data.load(run.config.dataset, "train")[0], device="cpu", progress=False)
+"""
 _REFERENCES = {}
 
 
-def _reference(spec, run, tmp_path):
-    """The same run trained locally without interruption, with the job's thread count (once per run id and
-    train_steps: the id leaves train_steps out)."""
-    if (run.run_id, run.config.train_steps) in _REFERENCES:
-        return _REFERENCES[(run.run_id, run.config.train_steps)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        images = data.load(run.config.dataset, "train")[0]
+def _start_reference(path, tmp_path):
+    """The spec's run trained without interruption, with the job's thread count (1), in a process of its own
+    that runs on the other core while the job runs: once per run id and train_steps (the id leaves
+    train_steps out). Returns what `_reference` reads."""
+    run = load_spec(path).runs[0]
+    at = (run.run_id, run.config.train_steps)
+    if at not in _REFERENCES:
         out = tmp_path / "reference" / run.run_id
-        train(run.config, out, images, device="cpu", progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    _REFERENCES[(run.run_id, run.config.train_steps)] = _weights(out)
-    return _REFERENCES[(run.run_id, run.config.train_steps)]
+        proc = subprocess.Popen([sys.executable, "-c", REFERENCE, str(path), str(out)], cwd=ROOT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _REFERENCES[at] = (proc, out)
+    return _REFERENCES[at]
+
+
+def _reference(started) -> dict:
+    proc, out = started
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    return _weights(out)
 
 
 def test_array_submission_failures_status_and_idempotent_resubmit(cluster, tmp_path):
@@ -132,13 +152,23 @@ def test_complete_grid_submits_zero_jobs(cluster, tmp_path):
     assert not (runs / spec.name / "submissions.jsonl").exists()
 
 
+# 400 steps of the tiny net (about 15-30 s on one thread): a requeue or a cancel lands mid-training, at a
+# checkpoint between 40 and 250, with the 0.5 s polls of `_wait`
+MID_RUN = dict(norms='["group"]', steps=400, every=20)
+
+
+def _mid_training(folder):
+    return lambda s: checkpoints(folder) and 40 <= checkpoint_step(checkpoints(folder)[-1]) < 250
+
+
 def test_scontrol_requeue_resumes_bitwise_identical(cluster, tmp_path):
-    path = _spec(tmp_path, "requeue", norms='["group"]', steps=1500, every=50)
+    path = _spec(tmp_path, "requeue", **MID_RUN)
     spec, runs = load_spec(path), tmp_path / "runs"
+    reference = _start_reference(path, tmp_path)
     out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--runs-root", runs)
     job = out.output.split("submitted 1 job: ")[1].split()[0]
     folder = run_folder(runs, spec.runs[0].run_id)
-    _wait(spec, runs, lambda s: checkpoints(folder) and 100 <= checkpoint_step(checkpoints(folder)[-1]) < 1000)
+    _wait(spec, runs, _mid_training(folder))
     interrupted_at = checkpoint_step(checkpoints(folder)[-1])
     subprocess.run(["scontrol", "requeue", job], check=True)
     during = _status_row(path, runs)
@@ -149,7 +179,7 @@ def test_scontrol_requeue_resumes_bitwise_identical(cluster, tmp_path):
     assert after["state"] == "done" and int(after["requeues"]) >= 1, after
     log = (folder / "log.txt").read_text()
     assert log.count("training on") >= 2, log
-    ref = _reference(spec, spec.runs[0], tmp_path)
+    ref = _reference(reference)
     got = _weights(folder)
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
     print(f"requeued at checkpoint step {interrupted_at}; restarts={states[0]['restarts']}")
@@ -158,16 +188,17 @@ def test_scontrol_requeue_resumes_bitwise_identical(cluster, tmp_path):
 def test_cancelled_job_shows_interrupted_and_a_resubmission_resumes_bitwise_identical(cluster, tmp_path):
     """A job killed from outside (scancel, like a node failure) cannot write its status: `ablate status`
     reports it interrupted with its log's last line; resubmitting takes over the stale claim and resumes."""
-    path = _spec(tmp_path, "cancel", norms='["group"]', steps=1500, every=50)
+    path = _spec(tmp_path, "cancel", **MID_RUN)
     spec, runs = load_spec(path), tmp_path / "runs"
+    reference = _start_reference(path, tmp_path)
     _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--runs-root", runs)
     folder = run_folder(runs, spec.runs[0].run_id)
-    _wait(spec, runs, lambda s: checkpoints(folder) and 100 <= checkpoint_step(checkpoints(folder)[-1]) < 1000)
+    _wait(spec, runs, _mid_training(folder))
     assert _ablate("cancel", path, "--runs-root", runs).output.startswith("cancelled 1 jobs")
     t0 = time.time()
     while "interrupted" not in (table := _ablate("status", path, "--runs-root", runs).output):
         assert time.time() - t0 < 120, table
-        time.sleep(2)
+        time.sleep(0.5)
     assert "job ended without finishing" in table and ("Killed" in table or "CANCELLED" in table), table
     assert (folder / "claim.json").exists()  # left behind by the killed job
     again = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--runs-root", runs)
@@ -175,39 +206,44 @@ def test_cancelled_job_shows_interrupted_and_a_resubmission_resumes_bitwise_iden
     states = _wait(spec, runs, _finished)
     assert states[0]["state"] == "done", states
     assert (folder / "log.txt").read_text().count("training on") == 2
-    ref, got = _reference(spec, spec.runs[0], tmp_path), _weights(folder)
+    ref, got = _reference(reference), _weights(folder)
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
 
 
 def _steps_per_second(tmp_path) -> float:
     """This machine's training speed for the tiny spec on one thread (machines differ by 2-3x)."""
-    spec = load_spec(_spec(tmp_path, "speed", norms='["layer"]', steps=150, every=1000))
+    spec = load_spec(_spec(tmp_path, "speed", norms='["layer"]', steps=60, every=1000))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         t0 = time.time()
         train(spec.runs[0].config, tmp_path / "speed", data.load("fashion_mnist", "train")[0], device="cpu",
               progress=False)
-        return 150 / (time.time() - t0)
+        return 60 / (time.time() - t0)
     finally:
         torch.set_num_threads(threads)
 
 
 def test_timeout_signal_checkpoints_requeues_and_resumes_bitwise_identical(cluster, tmp_path):
-    # The job gets 120 s and the checkpoint signal 60 s before that; size the run to about 1.6 jobs' worth
-    # of training on this machine, so it needs one or two requeues on a fast or a slow machine alike.
-    steps = max(300, int(1.6 * 50 * _steps_per_second(tmp_path)))
+    """The job gets SLURM's shortest limit, 1 min, and the checkpoint signal 30 s before it. slurmctld checks
+    time limits every 30 s (compiled in) and signals at the first check within the delay plus that period,
+    so each job is signalled somewhere in its first 30 s (measured here: 2 s and 9 s). The run is sized to
+    outlast that window (30 s of training on this machine), so its first job is always signalled; each
+    requeue then waits the cluster's cred_expire (slurm/local_cluster.sh). Faster than this, the signal
+    could miss the run and the test would not test the timeout."""
+    steps = max(300, int(30 * _steps_per_second(tmp_path)))
     path = _spec(tmp_path, "timeout", norms='["layer"]', steps=steps, every=1000)
     path.write_text(path.read_text().replace("[eval]\n", f"[eval]\neval_at = [{steps // 3}, {2 * steps // 3}]\n"))
     spec, runs = load_spec(path), tmp_path / "runs"
-    out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--time", "2",
-                  "--signal-delay", "60", "--max-requeues", "6", "--runs-root", runs)
+    reference = _start_reference(path, tmp_path)
+    out = _ablate("submit", path, "--partition", "debug", "--cpus-per-task", "1", "--time", "1",
+                  "--signal-delay", "30", "--max-requeues", "12", "--runs-root", runs)
     assert out.exit_code == 0, out.output
-    states = _wait(spec, runs, _finished, timeout=1500)
+    states = _wait(spec, runs, _finished, timeout=900)
     assert states[0]["state"] == "done" and states[0].get("requeues", 0) >= 1, states
     after = _status_row(path, runs)
     assert after["state"] == "done" and int(after["requeues"]) == states[0]["requeues"], after  # not counted twice
-    ref = _reference(spec, spec.runs[0], tmp_path)
+    ref = _reference(reference)
     got = _weights(run_folder(runs, spec.runs[0].run_id))
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     rows, _ = read_jsonl(run_folder(runs, spec.runs[0].run_id) / "rows.jsonl")
