@@ -177,38 +177,56 @@ def _killer(killer, path, runs, kill_at, log=None):
                           env={**os.environ, "KILL_AT": str(kill_at), "WRITES_LOG": str(log), "PYTHONPATH": str(ROOT)})
 
 
-def test_a_kill_at_every_write_boundary_of_evaluation_resumes_without_duplicates(tmp_path):
-    """Evaluation writes: per setting its sampling rows, a sample grid, its samples and its FID and PRC rows,
-    then the NLL rows and `done`; then the next run starts, trains and writes the same. The uninterrupted run
-    lists every write from the first evaluation on with its class (function, file, what it writes); killing
-    before the first write of each class, then re-running, must give every row once (seeds = 1 per cell) and
-    the uninterrupted run's numbers. A later write of a class (the next setting's grid, the next run's rows) is
-    the same code at the same boundary, so it is not killed again. Two kills run at a time, one a core."""
-    text = _edit("seeds = [0]", "seeds = [0, 1]")
-    path = _write(tmp_path, text)
-    killer = _write(tmp_path, KILLER, "killer.py")
-    reference, log = tmp_path / "reference", tmp_path / "writes.txt"
-    r = _killer(killer, path, reference, 0, log)
+@pytest.fixture(scope="module")
+def writes(tmp_path_factory):
+    """A two-seed spec run once uninterrupted through the killer, which lists every write from the first
+    evaluation on with its class (function, file, what it writes): (tmp folder, spec, killer, the writes'
+    classes in order, each class's first write (1-based), the uninterrupted summary)."""
+    tmp = tmp_path_factory.mktemp("writes")
+    path = _write(tmp, _edit("seeds = [0]", "seeds = [0, 1]"))
+    killer = _write(tmp, KILLER, "killer.py")
+    r = _killer(killer, path, tmp / "reference", 0, tmp / "writes.txt")
     assert r.returncode == 0, r.stdout + r.stderr
-    expected = pd.read_csv(_collect(path, reference, tmp_path / "ref-results") / "summary.csv")
-    kinds = log.read_text().splitlines()
-    first = {k: i + 1 for i, k in reversed(list(enumerate(kinds)))}  # class -> its first write (1-based)
+    expected = pd.read_csv(_collect(path, tmp / "reference", tmp / "ref-results") / "summary.csv")
+    kinds = (tmp / "writes.txt").read_text().splitlines()
+    first = {k: i + 1 for i, k in reversed(list(enumerate(kinds)))}
     assert {"append_jsonl rows.jsonl eval fid_wall_s", "append_jsonl rows.jsonl eval nll_wall_s",
             "write_status status.json done", "atomic_write samples-ddim-N-etaN-stepN.png",
             "append_jsonl rows.jsonl train train_loss"} <= set(first), kinds
+    return tmp, path, killer, kinds, first, expected
+
+
+PARTS = ("the first setting", "the NLL and done", "the next run's start")  # where the first write of a class falls
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_a_kill_at_every_write_boundary_of_evaluation_resumes_without_duplicates(writes, part):
+    """Evaluation writes: per setting its sampling rows, a sample grid, its samples and its FID and PRC rows,
+    then the NLL rows and `done`; then the next run starts, trains and writes the same. Killing before the
+    first write of each class (`writes`), then re-running, must give every row once (seeds = 1 per cell) and
+    the uninterrupted run's numbers. A later write of a class (the next setting's grid, the next run's rows) is
+    the same code at the same boundary, so it is not killed again. The classes are split in three parts: up to
+    the first setting's last rows, up to the first run's `done`, and after it; two kills run at a time, one a
+    core."""
+    tmp, path, killer, kinds, first, expected = writes
+    ends = (first["append_jsonl rows.jsonl eval prc_wall_s"], kinds.index("write_status status.json done") + 1,
+            len(kinds))
+    at = PARTS.index(part)
+    boundaries = sorted(b for b in first.values() if (ends[at - 1] if at else 0) < b <= ends[at])
+    assert boundaries, part
 
     def kill_and_resume(boundary):
-        runs = tmp_path / f"runs{boundary}"
+        runs = tmp / f"runs{boundary}"
         killed = _killer(killer, path, runs, boundary)
         return killed, _run(path, runs, check=False)
 
     with ThreadPoolExecutor(2) as pool:
-        done = dict(zip(sorted(first.values()), pool.map(kill_and_resume, sorted(first.values()))))
-    for boundary, (killed, resumed) in done.items():
+        outcomes = dict(zip(boundaries, pool.map(kill_and_resume, boundaries)))
+    for boundary, (killed, resumed) in outcomes.items():
         assert killed.returncode == 9, (boundary, kinds[boundary - 1], killed.stdout + killed.stderr)
         assert resumed.returncode == 0, (boundary, resumed.stdout + resumed.stderr)
-        runs = tmp_path / f"runs{boundary}"
-        summary = pd.read_csv(_collect(path, runs, tmp_path / f"res{boundary}") / "summary.csv")
+        runs = tmp / f"runs{boundary}"
+        summary = pd.read_csv(_collect(path, runs, tmp / f"res{boundary}") / "summary.csv")
         for run in load_spec(path).runs:
             rows, bad = read_jsonl(run_folder(runs, run.run_id) / "rows.jsonl")
             keys = [key(x) for x in rows if x["phase"] == "eval"]
@@ -217,7 +235,8 @@ def test_a_kill_at_every_write_boundary_of_evaluation_resumes_without_duplicates
         assert (cells["seeds"] == 2).all(), (boundary, cells)
         fid = lambda s: s[s["metric"] == "fid"].sort_values("steps")["mean"].tolist()  # noqa: E731
         assert fid(summary) == fid(expected), boundary  # the same numbers as an uninterrupted run
-    print(f"{len(first)} write classes of {len(kinds)} writes: {sorted(first, key=first.get)}")
+    print(f"{part}: {len(boundaries)} of {len(first)} write classes ({len(kinds)} writes): "
+          f"{[kinds[b - 1] for b in boundaries]}")
 
 
 def _collect(path, runs, results):
