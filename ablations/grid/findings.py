@@ -16,7 +16,7 @@ was checked where a finding does not reproduce are the question's notes, results
 
 Pure: no torch, no files. Errors come from the spec's error factory (file, key, value, valid choices).
 """
-from ablations.grid.checks import known
+from ablations.run.tables import cell, choice, known
 from ablations.store.schema import AXES, METRICS, SETTING
 
 KEYS = ("finding", "no_paper")  # the spec's top-level keys read here
@@ -62,29 +62,13 @@ def _names_every_axis(found, grid, err):
                                                       "its verdict would pool them; name one")
 
 
-def _choice(value, choices, key, err):
-    if value not in choices:
-        raise err(key, f"{value!r} is not one of the valid choices: {', '.join(map(repr, choices))}")
-    return value
-
-
-def _cell(cell, key, columns, err, empty=False) -> dict:
-    if not isinstance(cell, dict) or not (cell or empty):
-        raise err(key, f"expected a table of column = value, got {cell!r}")
-    for col, value in cell.items():
-        _choice(col, columns, f"{key}.{col}", err)
-        if isinstance(value, (dict, list)):
-            raise err(f"{key}.{col}", f"expected one value, got {value!r}")
-    return dict(cell)
-
-
 def _finding(f, key, columns, err) -> dict:
     """One [[finding]] table, checked: {metric, a, b, expect, margin, why, source, table, paper, awaits}."""
     known(f, FINDING_KEYS, f"{key}.", err)
     for k in NEEDS:
         if k not in f:
             raise err(f"{key}.{k}", f"missing; a finding needs {', '.join(NEEDS)}")
-    expect = _choice(f["expect"], EXPECTS, f"{key}.expect", err)
+    expect = choice(f["expect"], EXPECTS, f"{key}.expect", err)
     margin = f.get("margin", 0.0)
     if expect == "parity":
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin <= 0:
@@ -93,8 +77,8 @@ def _finding(f, key, columns, err) -> dict:
     elif "margin" in f or "why" in f:
         raise err(f"{key}.margin" if "margin" in f else f"{key}.why",
                   f"only a parity finding has a margin; expect is {expect!r}")
-    return {"metric": _choice(f["metric"], tuple(METRICS), f"{key}.metric", err),
-            "a": _cell(f["a"], f"{key}.a", columns, err), "b": _cell(f["b"], f"{key}.b", columns, err),
+    return {"metric": choice(f["metric"], tuple(METRICS), f"{key}.metric", err),
+            "a": cell(f["a"], f"{key}.a", columns, err), "b": cell(f["b"], f"{key}.b", columns, err),
             "expect": expect, "margin": float(margin), "why": f.get("why", ""),
             "source": _text(f["source"], f"{key}.source", err),
             "table": _text(f.get("table", ""), f"{key}.table", err, empty=True),

@@ -5,7 +5,8 @@ from dataclasses import replace
 
 import torch
 
-from ablations.grid.checks import SpecError, check_value, known, maker, rule, typed
+from ablations.grid.checks import SpecError, check_value, maker, rule, typed
+from ablations.run.tables import known
 from ablations.run.config import EVAL_FIELDS, SETTING_KEYS, EvalConfig, Setting, total_steps
 from ablations.run.shapes import SIZES
 from core.registry import lookup

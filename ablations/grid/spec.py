@@ -29,7 +29,8 @@ import tomllib
 import torch
 
 from ablations.grid import findings
-from ablations.grid.checks import SpecError, check_value, errors, known, maker, rule, typed
+from ablations.grid.checks import SpecError, check_value, errors, maker, rule, typed
+from ablations.run.tables import known
 from ablations.run.config import EVAL_FIELDS, TRAIN_FIELDS, EvalConfig, TrainConfig
 from ablations.grid.settings import check_tables, eval_config
 from ablations.run.shapes import SHAPES

@@ -18,6 +18,7 @@ import pandas as pd
 from ablations.reporting.table import ci95
 from ablations.reporting.verdicts import paired, select
 from ablations.reporting.wording import pm
+from ablations.run.tables import cell, choice, known
 from ablations.store.schema import AXES, METRICS, SETTING
 
 FOLDER = "notes"  # under the results root: notes/<question>.toml
@@ -55,16 +56,10 @@ def read(results_root, question: str, axes=()) -> Notes:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise NotesError(f"{path}: not a valid TOML text file: {e}") from None
-    _known(raw, KEYS, "", err)
+    known(raw, KEYS, "", err)
     columns = (*dict.fromkeys((*axes, *AXES)), *SETTING, "t")
     return Notes(*(tuple(_line(x, f"{key}[{i}]", columns, err) for i, x in enumerate(_list(raw, key, err)))
                    for key in KEYS))
-
-
-def _known(table, allowed, prefix, err):
-    for key in table:
-        if key not in allowed:
-            raise err(prefix + key, f"unknown key {key!r}; valid keys: {', '.join(sorted(allowed))}")
 
 
 def _list(raw, key, err) -> list:
@@ -80,32 +75,16 @@ def _text(value, key, err) -> str:
     return value
 
 
-def _choice(value, choices, key, err):
-    if value not in choices:
-        raise err(key, f"{value!r} is not one of the valid choices: {', '.join(map(repr, choices))}")
-    return value
-
-
-def _cell_table(cell, key, columns, err, empty=False) -> dict:
-    if not isinstance(cell, dict) or not (cell or empty):
-        raise err(key, f"expected a table of column = value, got {cell!r}")
-    for col, value in cell.items():
-        _choice(col, columns, f"{key}.{col}", err)
-        if isinstance(value, (dict, list)):
-            raise err(f"{key}.{col}", f"expected one value, got {value!r}")
-    return dict(cell)
-
-
 def _line(x, key, columns, err) -> dict:
     """One [[note]] or [[checked]] table: {"text", "values", "ad_hoc"} or {"computed"}."""
-    _known(x, LINE_KEYS, f"{key}.", err)
+    known(x, LINE_KEYS, f"{key}.", err)
     if ("text" in x) == ("computed" in x):
         raise err(key, "give exactly one of `text` (a markdown line) or `computed` (one of "
                        f"{', '.join(map(repr, COMPUTED))})")
     if "computed" in x:
         if len(x) > 1:
             raise err(key, f"a computed line has no other key, got {sorted(x)}")
-        return {"computed": _choice(x["computed"], tuple(COMPUTED), f"{key}.computed", err)}
+        return {"computed": choice(x["computed"], tuple(COMPUTED), f"{key}.computed", err)}
     text, values = _text(x["text"], f"{key}.text", err), x.get("values", {})
     if not isinstance(values, dict):
         raise err(f"{key}.values", f"expected a table of name = {{of = ...}}, got {values!r}")
@@ -122,14 +101,14 @@ def _quantity(q, key, columns, err) -> dict:
     """A number a line quotes, computed from the rows: a ratio of two cells' means, a cell's mean, or its range."""
     if not isinstance(q, dict):
         raise err(key, f"expected a table with `of`, got {q!r}")
-    of = _choice(q.get("of"), tuple(QUANTITIES), f"{key}.of", err)
-    _known(q, QUANTITIES[of], f"{key}.", err)
-    out = {"of": of, "metric": _choice(q.get("metric"), tuple(METRICS), f"{key}.metric", err),
-           "a": _cell_table(q.get("a", {}), f"{key}.a", columns, err, empty=of == "range")}
+    of = choice(q.get("of"), tuple(QUANTITIES), f"{key}.of", err)
+    known(q, QUANTITIES[of], f"{key}.", err)
+    out = {"of": of, "metric": choice(q.get("metric"), tuple(METRICS), f"{key}.metric", err),
+           "a": cell(q.get("a", {}), f"{key}.a", columns, err, empty=of == "range")}
     if of in ("ratio", "mean"):
         out.update(format=_text(q.get("format", ".3g"), f"{key}.format", err))
         if of == "ratio":
-            out["b"] = _cell_table(q.get("b"), f"{key}.b", columns, err)
+            out["b"] = cell(q.get("b"), f"{key}.b", columns, err)
         try:
             format(1.0, out["format"])
         except ValueError:
