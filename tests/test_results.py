@@ -93,30 +93,29 @@ def test_ci95_uses_students_t():
 
 
 def test_make_results_redraws_everything_from_the_committed_rows_alone(tmp_path):
-    """`ablate results` on a copy of the committed results/ (no runs folder, no models) regenerates every
-    summary, figure, report and the index, and changes no committed number."""
-    committed = ROOT / "results"
+    """`ablate results` on a copy of the committed results/ (no runs folder, no models), its figures deleted,
+    regenerates every summary, figure, report and the index byte for byte, PNGs included (a PNG carries no date
+    and a PDF no CreationDate; both name the matplotlib that drew them), and changes no committed number."""
     copy = tmp_path / "results"
-    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("bench"))
-    for f in copy.glob("*/*.png"):
+    shutil.copytree(ROOT / "results", copy, ignore=shutil.ignore_patterns("bench"))
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    drawn = [*copy.glob("*.p[nd][gf]"), *copy.glob("*/*.p[nd][gf]")]
+    assert len(drawn) > 50
+    for f in drawn:
         f.unlink()
     out = _ablate("results", "--results-root", copy)
     assert "index:" in out
-    folders = [p.parent.name for p in committed.glob("*/rows.csv")]
+    after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    assert sorted(after) == sorted(before)
+    changed = [str(f) for f in before if after[f] != before[f]]
+    assert not changed, changed
+    folders = [p.parent.name for p in copy.glob("*/rows.csv")]
     assert folders
     for name in folders:
-        for table in ("rows.csv", "summary.csv"):
-            assert (copy / name / table).read_bytes() == (committed / name / table).read_bytes(), (name, table)
-        assert (copy / name / "report.md").read_text() == (committed / name / "report.md").read_text()
-        for f in FIGURES:  # the PDFs carry no date: a redraw is the same bytes, error bands included
-            assert (copy / name / f"{f}.png").exists()
-            assert (copy / name / f"{f}.pdf").read_bytes() == (committed / name / f"{f}.pdf").read_bytes(), (name, f)
+        for f in FIGURES:
+            assert len(after[Path(name, f"{f}.png")]) > 1000, (name, f)
         assert "## Verdict" in (copy / name / "report.md").read_text()
-        if (committed / name / "forest.pdf").exists():
-            assert (copy / name / "forest.pdf").read_bytes() == (committed / name / "forest.pdf").read_bytes(), name
     index = (copy / "README.md").read_text()
-    assert (committed / "README.md").read_text() == index
-    assert (copy / "forest.pdf").read_bytes() == (committed / "forest.pdf").read_bytes()
     for text in ("| p (Holm) | verdict |", "legacy protocol (FID against the training split", "within ±5 FID",
                  "![forest](forest.png)", "(90% CI, 3 seeds)", "counted once"):
         assert text in index, text
