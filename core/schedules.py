@@ -123,32 +123,35 @@ def check_prediction(schedule: "Schedule | bool", prediction: str) -> None:
                          "at the last step with eps prediction (alpha_bar[T-1] = 0); use 'v' or 'x0'")
 
 
-def leading(T: int, steps: int) -> list[int]:
+def leading(schedule: Schedule, steps: int) -> Schedule:
     """DDIM (Song et al. 2021, Sec. 4.2); Lin et al. 2023, Table 2: t_i = i * (T // steps)."""
-    return [i * (T // steps) for i in range(steps)]
+    T = schedule.T
+    return respace(schedule, [i * (T // steps) for i in range(steps)])
 
 
-def trailing(T: int, steps: int) -> list[int]:
+def trailing(schedule: Schedule, steps: int) -> Schedule:
     """Lin et al. 2023, Table 2: round(T - i * T / steps) - 1, always keeping T - 1.
 
     Bit-for-bit diffusers' `np.round(np.arange(T, 0, -T / steps)) - 1` (numpy's arange adds i times
     its rounded step (T - T/steps) - T); for some (T, steps), e.g. (1000, 61), that arange has one
     extra element, which diffusers turns into a timestep -1; it is not kept here.
     """
+    T = schedule.T
     delta = (T - T / steps) - T
-    return sorted(round(T + i * delta) - 1 for i in range(steps))
+    return respace(schedule, sorted(round(T + i * delta) - 1 for i in range(steps)))
 
 
-def linspace(T: int, steps: int) -> list[int]:
+def linspace(schedule: Schedule, steps: int) -> Schedule:
     """Lin et al. 2023, Table 2: round(linspace(0, T - 1, steps)); bit-for-bit numpy's linspace
     (i * ((T - 1) / (steps - 1)), the last set to T - 1) with round half to even, as diffusers."""
+    T = schedule.T
     if steps == 1:
-        return [0]
+        return respace(schedule, [0])
     step = (T - 1) / (steps - 1)
-    return [round(i * step) for i in range(steps - 1)] + [T - 1]
+    return respace(schedule, [round(i * step) for i in range(steps - 1)] + [T - 1])
 
 
-def karras(schedule: "Schedule", steps: int, rho: float = 7.0) -> "Schedule":
+def karras(schedule: Schedule, steps: int, rho: float = 7.0) -> Schedule:
     """EDM's sigmas (Karras et al. 2022, Eq. 5), sigma_i = (sigma_max^(1/rho) + i/(S-1) (sigma_min^(1/rho) -
     sigma_max^(1/rho)))^rho for i = 0..S-1, rho = 7, between the schedule's own sigma_min = sigma(0) and
     sigma_max = sigma(T-1), sigma = sqrt((1 - alpha_bar) / alpha_bar).
@@ -179,23 +182,9 @@ def check_spacing(spacing: str, zero_terminal_snr: bool) -> None:
                          + ", ".join(repr(k) for k in SPACINGS if k not in SIGMA_SPACINGS))
 
 
+# A spacing is `f(schedule, steps) -> Schedule`: the schedule a sampler runs on at `steps` steps.
 SPACINGS = {"leading": leading, "trailing": trailing, "linspace": linspace, "karras": karras}
-SIGMA_SPACINGS = {"karras"}  # take the schedule and place sigmas; the others keep timesteps of T alone
-
-
-def spaced_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
-    """The `steps` kept original indices, ascending, by `spacing` (one of SPACINGS, not SIGMA_SPACINGS)."""
-    fn = lookup(SPACINGS, spacing, "spacing")
-    if not isinstance(steps, int) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer in [1, T={T}], got {steps!r}")
-    if spacing in SIGMA_SPACINGS:
-        raise ValueError(f"spacing {spacing!r} places sigmas from the schedule, not timesteps of T alone; "
-                         "use spaced_schedule(schedule, steps, spacing)")
-    kept = fn(T, steps)
-    if len(set(kept)) != steps or kept != sorted(kept) or kept[0] < 0 or kept[-1] >= T:
-        raise ValueError(f"spacing {spacing!r} with T={T}, steps={steps} gives {kept}: not {steps} "
-                         f"distinct ascending indices in [0, {T - 1}]")
-    return kept
+SIGMA_SPACINGS = {"karras"}  # place sigmas from the schedule's alpha_bar; the others keep timesteps of T alone
 
 
 def respace(schedule: Schedule, timesteps: list[int]) -> Schedule:
@@ -210,11 +199,24 @@ def respace(schedule: Schedule, timesteps: list[int]) -> Schedule:
 
 
 def spaced_schedule(schedule: Schedule, steps: int, spacing: str = "leading") -> Schedule:
-    """The schedule a sampler runs on at `steps` steps: `schedule` respaced to the kept timesteps of
-    `spacing` (Improved DDPM, Sec. 4), or, for a sigma spacing (karras), on its sigmas."""
+    """The schedule a sampler runs on at `steps` steps: `spacing`'s (one of SPACINGS) of `schedule`, i.e.
+    `schedule` respaced to the kept timesteps (Improved DDPM, Sec. 4), or, for a sigma spacing (karras), on its
+    sigmas."""
     fn = lookup(SPACINGS, spacing, "spacing")
-    if spacing not in SIGMA_SPACINGS:
-        return respace(schedule, spaced_timesteps(schedule.T, steps, spacing))
     if not isinstance(steps, int) or not 1 <= steps <= schedule.T:
         raise ValueError(f"steps must be an integer in [1, T={schedule.T}], got {steps!r}")
     return fn(schedule, steps)
+
+
+def spaced_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
+    """The `steps` kept original indices, ascending, of a spacing that keeps timesteps of T alone (one of
+    SPACINGS, not SIGMA_SPACINGS): its `spaced_schedule` of any T-step schedule, here one whose alpha_bar falls
+    evenly from 1 to 0 (neither end kept)."""
+    lookup(SPACINGS, spacing, "spacing")
+    if spacing in SIGMA_SPACINGS:
+        raise ValueError(f"spacing {spacing!r} places sigmas from the schedule, not timesteps of T alone; "
+                         "use spaced_schedule(schedule, steps, spacing)")
+    if not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    even = Schedule.from_alphas_cumprod(torch.linspace(1, 0, T + 2, dtype=torch.float64)[1:-1])
+    return spaced_schedule(even, steps, spacing).timesteps.tolist()
