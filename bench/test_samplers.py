@@ -43,7 +43,7 @@ def test_one_step(benchmark, schedule, sampler):
     step = plan(schedule, 10, BATCH, "cpu")[3:4]
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        benchmark(SAMPLERS[sampler], denoiser(net, prediction="eps", variance="fixed_small", clip_x0=True), x, step,
+        benchmark(SAMPLERS[sampler].fn, denoiser(net, prediction="eps", variance="fixed_small", clip_x0=True), x, step,
                   prediction="eps", variance="fixed_small", eta=0.0,
                   clip_x0=True, generator=g, callback=None)
 

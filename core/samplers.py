@@ -12,8 +12,12 @@ every image is independent of the batch it is sampled in).
 Each sampler is `f(D, x, plan, *, prediction, variance, eta, clip_x0, generator, callback)`, where
 `D(x_t, t, c)` is the denoiser (`core.diffusion.denoiser`: the model's predicted x0, clipped or not),
 as k-diffusion's samplers take a model that returns the denoised image; `plan` lists (t, coefficients).
+Its registry entry (`SAMPLERS`, a `Sampler`) holds it with all the suite must know of it: whether it is
+deterministic (then it gets solver_rms rows), whether it takes eta, whether it runs in sigma (then it may not
+start at alpha_bar = 0), and its model evaluations per sample.
 """
 import math
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -113,27 +117,47 @@ def heun(D, x, plan, *, prediction, variance, eta, clip_x0, generator, callback)
     return y
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "heun": heun}
-TAKES_ETA = {"ddim"}
-STARTS_IN_SIGMA = {"heun"}  # run in sigma = sqrt((1 - alpha_bar) / alpha_bar): not from alpha_bar = 0
+class Sampler(NamedTuple):
+    """A sampler's registry entry: its function and what the suite must know of it, here and nowhere else."""
+
+    fn: Callable  # f(D, x, plan, *, prediction, variance, eta, clip_x0, generator, callback) -> x0
+    deterministic: bool = False  # draws no noise after x_T (at eta = 0): an ODE solver, so it gets solver_rms rows
+    takes_eta: bool = False  # takes eta in [0, 1]; every other sampler takes eta = 0 only
+    in_sigma: bool = False  # runs in sigma = sqrt((1 - alpha_bar) / alpha_bar): may not start at alpha_bar = 0
+    nfe: Callable = lambda steps: steps  # model evaluations per sample at `steps` steps
+
+
+SAMPLERS = {
+    "ddpm": Sampler(ddpm),
+    "ddim": Sampler(ddim, deterministic=True, takes_eta=True),  # deterministic at eta = 0 (Song et al., Eq. 12)
+    "dpmpp_2m": Sampler(dpmpp_2m, deterministic=True),
+    "heun": Sampler(heun, deterministic=True, in_sigma=True, nfe=lambda steps: 2 * steps - 1),  # no correction last
+}
+
+
+def deterministic(sampler: str, eta: float) -> bool:
+    """Whether `sampler` at `eta` maps x_T to x0 by an ODE solver, drawing no noise after x_T: a deterministic
+    sampler (its registry entry) at eta = 0 (DDIM: Song et al. 2021, Eq. 12 with sigma = 0)."""
+    return lookup(SAMPLERS, sampler, "sampler").deterministic and float(eta) == 0.0
 
 
 def check_start(sampler: str, at_zero_snr: bool) -> None:
-    """Reject a sampler of STARTS_IN_SIGMA whose first kept timestep has alpha_bar = 0 (zero terminal SNR,
-    Lin et al. 2023): its sigma is infinite there (Karras et al. 2022, Alg. 1 starts at a finite sigma_max)."""
-    if sampler in STARTS_IN_SIGMA and at_zero_snr:
+    """Reject a sampler that runs in sigma (its entry's `in_sigma`) whose first kept timestep has alpha_bar = 0
+    (zero terminal SNR, Lin et al. 2023): its sigma is infinite there (Karras et al. 2022, Alg. 1 starts at a
+    finite sigma_max)."""
+    if lookup(SAMPLERS, sampler, "sampler").in_sigma and at_zero_snr:
         raise ValueError(f"sampler {sampler!r} cannot start at alpha_bar = 0 (zero terminal SNR): its sigma = "
                          "sqrt((1 - alpha_bar) / alpha_bar) is infinite there; use a spacing that does not keep "
                          "t = T-1, or valid samplers with it: "
-                         + ", ".join(repr(k) for k in SAMPLERS if k not in STARTS_IN_SIGMA))
+                         + ", ".join(repr(k) for k, v in SAMPLERS.items() if not v.in_sigma))
 
 
 def nfe(sampler: str, steps: int) -> int:
-    """Model evaluations per sample: `steps`, or 2 steps - 1 for heun (no correction at its last step)."""
-    lookup(SAMPLERS, sampler, "sampler")
+    """Model evaluations per sample: its entry's `nfe` of `steps` (`steps`, or 2 steps - 1 for heun)."""
+    entry = lookup(SAMPLERS, sampler, "sampler")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    return 2 * steps - 1 if sampler == "heun" else steps
+    return entry.nfe(steps)
 
 
 def _lambda(a, b):
@@ -174,13 +198,14 @@ def sample(model, schedule: Schedule, shape, *, sampler: str, steps: int, eta: f
     sampling device. `callback(i, t, x, x0)` runs after step i. `spacing` picks the kept timesteps
     (one of `core.schedules.SPACINGS`). Eps prediction with a zero terminal SNR schedule is rejected.
     """
-    loop = lookup(SAMPLERS, sampler, "sampler")
+    entry = lookup(SAMPLERS, sampler, "sampler")
     lookup(PREDICTIONS, prediction, "prediction")
     check_prediction(schedule, prediction)
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
-    if sampler not in TAKES_ETA and eta != 0.0:
-        raise ValueError(f"eta applies to sampler 'ddim' only; got eta={eta!r} with sampler {sampler!r}")
+    if not entry.takes_eta and eta != 0.0:
+        takes = ", ".join(repr(k) for k, v in SAMPLERS.items() if v.takes_eta)
+        raise ValueError(f"eta applies to sampler {takes} only; got eta={eta!r} with sampler {sampler!r}")
     if device is None:
         device = x_T.device if x_T is not None else next(iter(model.parameters())).device
     device = torch.device(device)
@@ -191,5 +216,5 @@ def sample(model, schedule: Schedule, shape, *, sampler: str, steps: int, eta: f
     if tuple(x.shape) != tuple(shape):
         raise ValueError(f"shape mismatch: x_T has shape {tuple(x.shape)}, expected {tuple(shape)}")
     D = denoiser(model, prediction=prediction, variance=variance, clip_x0=clip_x0)
-    return loop(D, x, plan(schedule, steps, x.shape[0], device, spacing), prediction=prediction,
+    return entry.fn(D, x, plan(schedule, steps, x.shape[0], device, spacing), prediction=prediction,
                 variance=variance, eta=float(eta), clip_x0=clip_x0, generator=generator, callback=callback)

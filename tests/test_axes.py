@@ -1,6 +1,7 @@
 """The registry of axes (ablations/run/axes.py) is the one list of named choices: the spec's choices are
-built from it; the row schema's axis and setting columns and the README's Vocabulary are checked against
-it; the training loop's core keywords come through it; and a new sampler needs no edit outside core."""
+built from it; the row schema's setting columns and the README's Vocabulary are checked against it; the
+training loop's and the evaluation's core keywords come through it; a sampler's properties are its registry
+entry's; and a new sampler needs no edit outside core (tests/test_recipes.py follows the README's recipes)."""
 import re
 from pathlib import Path
 
@@ -8,17 +9,18 @@ import pytest
 import torch
 
 from ablations.grid import checks
-from ablations.run.axes import AXES, PARAMETERS, SETTING_AXES, keywords
+from ablations.run.axes import AXES, PARAMETERS, SETTING_AXES, STANDARD, keywords
 from ablations.run.config import TRAIN_FIELDS, Setting, TrainConfig
 from ablations.grid.spec import SpecError, load_spec
 from ablations.running import ledger
 from ablations.running.evaluation import generate
 from ablations.run.model import build_model, run_schedule
+from ablations.reporting.legend import label
 from ablations.store import schema
 from core import samplers
-from core.diffusion import out_channels
+from core.diffusion import denoiser, out_channels
 from core.likelihood import nll_bpd
-from core.losses import loss_terms
+from core.losses import loss_terms, vb_from_denoised
 from core.samplers import sample
 from core.schedules import make_schedule
 from core.unet import UNet
@@ -62,7 +64,8 @@ def test_the_schema_axes_and_setting_columns_are_registry_fields():
     assert set(SETTING_AXES) <= set(Setting._fields)
     assert {AXES[a].field for a in SETTING_AXES} <= set(schema.SETTING)
     assert all(AXES[a].field in TRAIN_FIELDS for a in AXES if a not in SETTING_AXES)
-    assert set(schema.AXES) <= set(AXES) - set(SETTING_AXES)
+    assert set(STANDARD) <= set(AXES) - set(SETTING_AXES)
+    assert not hasattr(schema, "AXES")  # the store keeps no copy of the registry
 
 
 def _vocabulary() -> dict:
@@ -89,6 +92,8 @@ def test_keywords_give_what_the_hand_written_calls_gave():
                                          "vlb_weight": 0.001, "weighting": "p2", "p2_gamma": 1.0, "p2_k": 2.0}
     assert "snr_gamma" not in keywords(cfg, loss_terms)  # only the fields the run's weighting reads
     assert keywords(cfg, sample) == keywords(cfg, nll_bpd) == {"prediction": "v", "variance": "fixed_small"}
+    assert keywords(cfg, denoiser) == {"prediction": "v", "variance": "fixed_small"}  # the evaluation's denoising
+    assert keywords(cfg, vb_from_denoised) == {"variance": "fixed_small"}
     assert torch.equal(run_schedule(cfg).alphas_cumprod, make_schedule("cosine", 50, True).alphas_cumprod)
     torch.manual_seed(0)
     ours = build_model(cfg)
@@ -108,14 +113,14 @@ def toy(model, x, *rest, **kw):
 def test_a_new_sampler_needs_only_its_function_and_registry_entry(tmp_path, monkeypatch):
     with pytest.raises(SpecError, match=r"unknown sampler 'toy'; valid choices: 'ddpm'"):
         _spec(tmp_path, "toy")
-    monkeypatch.setitem(samplers.SAMPLERS, "toy", toy)  # the registry entry: the one edit outside the test
+    monkeypatch.setitem(samplers.SAMPLERS, "toy", samplers.Sampler(toy))  # the registry entry: the one edit
     s = _spec(tmp_path, "toy")
     assert s.eval.settings == (Setting("toy", 3, 0.0, True),)
     assert "'toy'" in str(pytest.raises(SpecError, _spec, tmp_path, "warp").value)  # listed among the choices
     run, setting = s.runs[0], s.eval.settings[0]
     r = schema.row(run.run_id, "fid", 1.0, phase="eval", **setting._asdict(), nfe=samplers.nfe("toy", 3))
     assert schema.problem(r) is None and r["sampler"] == "toy" and r["nfe"] == 3
-    assert schema.label(*setting) == "toy · 3 steps"
+    assert label(*setting) == "toy · 3 steps"
     assert {what for what in ledger.wanted(s, run).values()} >= {(2, setting)}
     torch.manual_seed(0)
     model = build_model(run.config).eval()
@@ -139,6 +144,6 @@ def test_a_cross_field_rule_of_core_is_the_spec_error(tmp_path):
 
 def test_the_spec_calls_cores_rules_not_its_own(tmp_path, monkeypatch):
     """A rule changed in core changes the spec's verdict: the spec holds no copy of it."""
-    monkeypatch.setattr(samplers, "STARTS_IN_SIGMA", {"heun", "ddim"})
+    monkeypatch.setitem(samplers.SAMPLERS, "ddim", samplers.SAMPLERS["ddim"]._replace(in_sigma=True))
     with pytest.raises(SpecError, match=r"sampler 'ddim' cannot start at alpha_bar = 0"):
         _spec(tmp_path, "ddim", 'zero_terminal_snr = true\nprediction = "v"', 'spacing = ["trailing"]')

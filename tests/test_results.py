@@ -10,7 +10,7 @@ from ablations.commands.cli import main
 from ablations.grid.spec import load_spec
 from ablations.store.io import write_json
 from ablations.store.layout import run_folder
-from ablations.store.schema import AXES
+from ablations.run.axes import STANDARD
 from ablations.reporting import notes
 from ablations.reporting.table import ci95
 from conftest import spec_findings
@@ -51,7 +51,7 @@ def test_collect_plot_report_from_the_table_alone(smoke, tmp_path):
     record = json.loads((folder / "axes.json").read_text())  # each run's identity, from its config.json
     assert record["grid"] == list(spec.axes) == ["norm", "conditioning"] and record["scale"] == "smoke"
     assert record["runs"] == {r.run_id: {"seed": r.config.seed, "conditioning": r.config.conditioning,
-                                         **{a: getattr(r.config, a) for a in AXES}} for r in spec.runs}
+                                         **{a: getattr(r.config, a) for a in STANDARD}} for r in spec.runs}
     shutil.rmtree(copy)  # the plots and the report must need nothing but the results folder
     _ablate("plot", spec.name, "--results-root", tmp_path / "res")
     _ablate("report", folder)

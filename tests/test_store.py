@@ -14,7 +14,8 @@ from ablations.commands.cli import main
 from ablations.store.io import read_jsonl
 from ablations.store.layout import checkpoints, read_status, run_folder, run_ids
 from ablations.store.migrate import migrate, old_run_folders, set_aside_stale_nll, stale_nll
-from ablations.store.schema import key, label
+from ablations.reporting.legend import label
+from ablations.store.schema import key
 from ablations.grid.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

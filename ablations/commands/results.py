@@ -12,7 +12,7 @@ from ablations.commands.common import (RECORDS, RESULTS, RESULTS_ROOT, SCALE, fo
 from ablations.run.config import TRAIN_FIELDS, TrainConfig, eval_steps, scored_at
 from ablations.store.io import read_json
 from ablations.store.layout import CONFIG, run_folder
-from ablations.store.schema import AXES
+from ablations.run.axes import STANDARD
 
 def _describe(spec, runs, runs_root, records=None) -> list[dict]:
     """What results/ needs to know of each run, as plain values taken from the run itself: its folder, the
@@ -29,7 +29,7 @@ def _describe(spec, runs, runs_root, records=None) -> list[dict]:
         folder = run_folder(source(spec, r, runs_root, records), r.run_id)
         cfg = _recorded(folder) or r.config
         axes = {a: str(getattr(cfg, a)) if a in TRAIN_FIELDS else label for a, label in r.axes.items()}
-        axes.update({a: getattr(cfg, a) for a in AXES if a not in axes})
+        axes.update({a: getattr(cfg, a) for a in STANDARD if a not in axes})
         until = run_steps(r)
         scored = {at: [s._asdict() for s in scored_at(spec.eval, until, at)] for at in eval_steps(spec.eval, until)}
         out.append({"folder": str(folder), "run_id": r.run_id, "ablation": spec.name, "scale": spec.scale,
@@ -83,7 +83,7 @@ def collect(spec_path, scale, runs_root, results_root, records, overrides):
     out = os.path.join(results_root, spec.name)
     invalid = invalid_folders(spec, spec.runs, runs_root)
     runs = _describe(spec, [r for r in spec.runs if r.run_id not in invalid], runs_root, records)
-    axes = [*spec.axes, *(a for a in AXES if a not in spec.axes)]
+    axes = [*spec.axes, *(a for a in STANDARD if a not in spec.axes)]
     c = do_collect(runs, out, axes=axes)
     identity.write(out, str(spec.path), spec.name, spec.scale, spec.axes, axes, runs)
     _write_overrides(out, spec)

@@ -17,7 +17,7 @@ was checked where a finding does not reproduce are the question's notes, results
 Pure: no torch, no files. Errors come from the spec's error factory (file, key, value, valid choices).
 """
 from ablations.run.tables import cell, choice, known
-from ablations.store.schema import AXES, METRICS, SETTING
+from ablations.store.schema import METRICS, SETTING
 
 KEYS = ("finding", "no_paper")  # the spec's top-level keys read here
 FINDING_KEYS = {"metric", "a", "b", "expect", "margin", "why", "source", "table", "paper", "awaits"}
@@ -27,9 +27,9 @@ FILE = "findings.json"  # in the results folder
 
 
 def parse(raw: dict, err, axes=()) -> dict:
-    """The findings of a spec's table `raw` (its grid `axes` name cell columns) as the JSON object collect
-    writes: {"spec": its name, "findings": [...], "no_paper": str}."""
-    columns = (*dict.fromkeys((*axes, *AXES)), *SETTING, "t")  # t: an x0_rms cell's timestep
+    """The findings of a spec's table `raw` (`axes`, its grid's then the standard axes, name cell columns) as the
+    JSON object collect writes: {"spec": its name, "findings": [...], "no_paper": str}."""
+    columns = (*dict.fromkeys(axes), *SETTING, "t")  # t: an x0_rms cell's timestep
     found = [_finding(f, f"finding[{i}]", columns, err) for i, f in enumerate(_list(raw, "finding", err))]
     _names_every_axis(found, raw.get("grid", {}), err)
     no_paper = raw.get("no_paper", "")

@@ -10,7 +10,7 @@ from ablations.run.tables import known
 from ablations.run.config import EVAL_FIELDS, SETTING_KEYS, EvalConfig, Setting, total_steps
 from ablations.run.shapes import SIZES
 from core.registry import lookup
-from core.samplers import TAKES_ETA, check_start
+from core.samplers import SAMPLERS, check_start
 from core.schedules import check_spacing, spaced_timesteps
 
 
@@ -118,10 +118,11 @@ def _settings(tables, key, err, ev, runs) -> tuple[list[Setting], list[Setting]]
             if bad:
                 raise err(f"{where}.steps", f"steps {st} is outside 1..T={bad[0].config.T} of run {bad[0].run_id}; "
                                             f"valid choices: 1..{bad[0].config.T}")
+        takes_eta = SAMPLERS[name].takes_eta  # its registry entry (core/samplers.py)
         for eta in lists["eta"]:
-            if not 0.0 <= eta <= 1.0 or (name not in TAKES_ETA and eta != 0):
+            if not 0.0 <= eta <= 1.0 or (not takes_eta and eta != 0):
                 raise err(f"{where}.eta", f"eta {eta!r} is invalid for sampler {name!r}; valid choices: "
-                                          + ("a number in [0, 1]" if name in TAKES_ETA else f"0 ({name} has no eta)"))
+                                          + ("a number in [0, 1]" if takes_eta else f"0 ({name} has no eta)"))
         _zero_snr_rules(name, lists, runs, f"{where}.spacing", err)
         these = [Setting(name, st, eta, clip, sp) for st in lists["steps"] for eta in lists["eta"]
                  for clip in lists["clip_x0"] for sp in lists["spacing"]]

@@ -30,6 +30,7 @@ import torch
 
 from ablations.grid import findings
 from ablations.grid.checks import SpecError, check_value, errors, maker, rule, typed
+from ablations.run.axes import STANDARD
 from ablations.run.tables import known
 from ablations.run.config import EVAL_FIELDS, TRAIN_FIELDS, EvalConfig, TrainConfig
 from ablations.grid.settings import check_tables, eval_config
@@ -168,7 +169,7 @@ def load_spec(path, scale: str | None = None, scales_path=SCALES, overrides=()) 
     ev = eval_config(evals, runs)
     check_every_table(raw, own, shared, ev, err)
     return Spec(name if scale is None else f"{name}-{scale}", path, scale, tuple(grid), tuple(runs), ev, overrides,
-                findings.parse(raw, err, tuple(grid)))
+                findings.parse(raw, err, (*grid, *STANDARD)))
 
 
 def check_every_table(raw, own, shared, ev, err):

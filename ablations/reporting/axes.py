@@ -1,7 +1,7 @@
 """axes.json: a results folder's identity, written by `ablate collect` beside rows.csv.
 
 It names the spec and scale the rows answer, the folder's axes in order (the grid's axes first, then the
-standard axes of ablations.store.schema.AXES) and each run's seed and axis values, taken from the run's own
+standard axes, ablations/run/axes.py STANDARD) and each run's seed and axis values, taken from the run's own
 config.json. Figures, reports and the index read the axes here: they never load the spec, and never guess
 an axis from the columns. The axis a figure or a report compares is the grid's first; with no grid axis
 the folder compares sampler settings on one training config.
@@ -77,6 +77,14 @@ def checked(folder, rows: pd.DataFrame) -> dict:
         raise AxesError(f"{Path(folder) / FILE}: key 'axes': {', '.join(missing)} not a column of rows.csv; "
                         f"valid: {', '.join(rows.columns)}")
     return record
+
+
+def as_written(rows: pd.DataFrame, record: dict) -> pd.DataFrame:
+    """`rows` with the folder's axis columns as axes.json writes their values: a number as its config's text
+    (`0.0`, where pandas reads it as a float the report prints `0` and a figure colours on a scale), so each value
+    reads the same in axes.json, the report's tables and the legends."""
+    return rows.assign(**{a: rows[a].map(lambda v: v if isinstance(v, str) or v != v else str(v))
+                          for a in record["axes"] if a in rows})
 
 
 def axis(record: dict) -> str | None:

@@ -1,4 +1,5 @@
 """Every figure of one results folder: the rows' figures (`plots`) and the verdicts' (`verdict_plots`)."""
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -17,11 +18,13 @@ def plot_all(out_dir) -> list[Path]:
     checkpoints or more."""
     out_dir = Path(out_dir)
     rows = checkpointed(pd.read_csv(out_dir / "rows.csv"))
-    axis = axes.axis(axes.checked(out_dir, rows))
+    record = axes.checked(out_dir, rows)
+    rows, axis = axes.as_written(rows, record), axes.axis(record)
     sns.set_theme(style="whitegrid", context="paper")
     found = [v for v in verdicts.assess(verdicts.tables(out_dir.parent), verdicts.read_all(out_dir.parent))
              if v["folder"] == out_dir.name]
     at_last = final(rows)
-    return [*(p for fn in (fid_vs_steps, bars, loss_curves, throughput, sample_grids, denoising)
+    return [*(p for fn in (fid_vs_steps, bars, partial(loss_curves, axes=record["axes"]), throughput, sample_grids,
+                           denoising)
               for p in fn(at_last, axis, out_dir)),
             *forest(verdicts.last(found), out_dir), *curves(rows, axis, out_dir), *differences(found, out_dir)]

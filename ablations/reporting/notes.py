@@ -19,7 +19,7 @@ from ablations.reporting.table import ci95
 from ablations.reporting.verdicts import paired, select
 from ablations.reporting.wording import pm
 from ablations.run.tables import cell, choice, known
-from ablations.store.schema import AXES, METRICS, SETTING
+from ablations.store.schema import METRICS, SETTING
 
 FOLDER = "notes"  # under the results root: notes/<question>.toml
 KEYS = ("note", "checked")  # a notes file's top-level keys
@@ -44,8 +44,8 @@ NONE = Notes()  # a question without a notes file
 
 def read(results_root, question: str, axes=()) -> Notes:
     """results_root/notes/<question>.toml, every line checked; its cells name columns of the question's `axes`
-    (axes.json's), the standard axes, the sampler-setting columns or t (an x0_rms cell's timestep). No
-    question or no file: no notes."""
+    (axes.json's: the grid's and the standard axes), the sampler-setting columns or t (an x0_rms cell's
+    timestep). No question or no file: no notes."""
     path = Path(results_root) / FOLDER / f"{question}.toml"
     if not question or not path.is_file():
         return NONE
@@ -57,7 +57,7 @@ def read(results_root, question: str, axes=()) -> Notes:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise NotesError(f"{path}: not a valid TOML text file: {e}") from None
     known(raw, KEYS, "", err)
-    columns = (*dict.fromkeys((*axes, *AXES)), *SETTING, "t")
+    columns = (*dict.fromkeys(axes), *SETTING, "t")
     return Notes(*(tuple(_line(x, f"{key}[{i}]", columns, err) for i, x in enumerate(_list(raw, key, err)))
                    for key in KEYS))
 

@@ -1,6 +1,6 @@
 """Figures from rows.csv alone (this module never imports torch or model code): PNG and PDF.
 
-Every legend names a sampler setting with `ablations.store.schema.label`, e.g. "DDIM η=0 · 10 steps".
+Every legend names a sampler setting with `ablations.reporting.legend.label`, e.g. "DDIM η=0 · 10 steps".
 """
 from pathlib import Path
 
@@ -14,7 +14,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from ablations.store.io import atomic_write  # noqa: E402
 from ablations.store.layout import sample_grid_name  # noqa: E402
-from ablations.store.schema import DENOISING, label  # noqa: E402
+from ablations.reporting.legend import OWN_SCALE, label  # noqa: E402
+from ablations.store.schema import DENOISING  # noqa: E402
 from ablations.reporting.table import checkpointed, checkpoints, ci95, cost  # noqa: E402
 
 def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
@@ -132,8 +133,9 @@ def bars(rows, axis, out_dir):
 LOSS_NAMES = {"train_loss": "loss trained on", "train_mse": "unweighted MSE"}
 
 
-def loss_curves(rows, axis, out_dir):
-    """Training loss, one panel per training target (`prediction`): eps, x0 and v MSE are not on one scale.
+def loss_curves(rows, axis, out_dir, axes=()):
+    """Training loss, one panel per training target: per value of the first of the folder's `axes` (axes.json)
+    that `legend.OWN_SCALE` names and the rows vary (`prediction`: eps, x0 and v MSE are not on one scale).
     Where the rows hold `train_mse`, it is drawn dashed beside the loss: a weighting whose weights are below 1
     lowers the loss, not the MSE."""
     d = rows[rows["metric"] == "train_loss"]
@@ -143,8 +145,7 @@ def loss_curves(rows, axis, out_dir):
     style = None
     if not mse.empty:
         d, style = pd.concat([d, mse]).assign(curve=lambda x: x["metric"].map(LOSS_NAMES)), "curve"
-    targets = sorted(d["prediction"].dropna().unique()) if "prediction" in d else []
-    col = "prediction" if len(targets) > 1 else None
+    col = next((a for a in axes if a in OWN_SCALE and a in d and d[a].nunique() > 1), None)
     g = sns.relplot(data=d, kind="line", x="train_step", y="value", hue=axis, col=col, errorbar=t_band,
                     style=style, style_order=list(LOSS_NAMES.values()) if style else None,
                     height=3.2, aspect=1.2, facet_kws={"sharey": False})

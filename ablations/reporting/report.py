@@ -177,9 +177,11 @@ def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None,
     out += [published.no_paper, ""] if published.no_paper else [LACKING, ""] if not published.spec else []
     found = verdicts.verdicts(rows, spec, found=published) if found is None else found
     spent, rows = rows, final(rows)  # the notes and checks read the last checkpoint, as the verdicts do
+    extra = notes.lines(rows, noted.note)
+    noted_lines = ["### Notes", "", *extra, ""] if extra else []  # kept with or without a finding decided here
     if not found:
         said = published.no_paper or not published.spec
-        return out + ([] if said else ["No published finding is compared by this spec's cells.", ""])
+        return out + ([] if said else ["No published finding is compared by this spec's cells.", ""]) + noted_lines
     out += [*family_lines(found), "",
               "| metric | a | b | paper | a (mean ± CI) | b (mean ± CI) | a − b | seeds | p | p (Holm) | verdict |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -189,9 +191,7 @@ def section(rows: pd.DataFrame, spec: str, found: list[dict] | None = None,
                    f"{pm(v['b_mean'], v['b_ci'])} | {diff_text(v)} | {v['seeds']} | {p_text(v['p'])} | "
                    f"{p_text(v['p_holm'])} | {verdict_text(v)} |")
     out.append("")
-    out += to_decide_lines(found, spent)
-    extra = notes.lines(rows, noted.note)
-    out += ["### Notes", "", *extra, ""] if extra else []
+    out += to_decide_lines(found, spent) + noted_lines
     off = [v for v in found if checked(v)]
     if off:
         over = [c for c in verdicts.trajectories(curves or []) if checked(c[-1])]
@@ -236,9 +236,9 @@ def write_report(out_dir) -> Path:
     out_dir = Path(out_dir)
     rows, summary = checkpointed(pd.read_csv(out_dir / "rows.csv")), pd.read_csv(out_dir / "summary.csv")
     record = axes.checked(out_dir, rows)
-    axis = axes.axis(record)
+    axis, summary = axes.axis(record), axes.as_written(summary, record)  # its tables: axis values as axes.json's
     name = rows["ablation"].iloc[0]
-    runs = rows.drop_duplicates("run_id")
+    runs = axes.as_written(rows.drop_duplicates("run_id"), record)
     what = (f"Axis: `{axis}`." if axis else
             "No grid axis: the spec compares sampler settings on one training config (one model per seed).")
     parts = [f"# {name}", "", f"{what} Cells are mean ± 95% CI half-width over seeds (Student's t), "

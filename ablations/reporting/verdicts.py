@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.store.schema import label
+from ablations.reporting.legend import label
 from ablations.reporting import stats
 from ablations.reporting.table import at_step, checkpointed, checkpoints, ci95, cost, spec_of
 

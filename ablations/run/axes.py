@@ -1,22 +1,23 @@
 """The registry of axes: every named choice of a run or of a sampler setting, once.
 
 An axis is its choices (the core registry dict its value is looked up in), the config field that holds
-it (a `TrainConfig` field, or a `Setting` field for the sampler setting), and the core keywords it feeds.
-The spec's `CHOICES` (ablations/grid/checks.py) are built from it, `tests/test_spec.py` checks the row schema's axis and setting
-columns and the README's Vocabulary against it, and the training loop and the evaluation pass a config's
-values to `make_schedule`, `UNet`, `loss_terms`, `sample` and `nll_bpd` through `keywords` (not one
-hand-written keyword per field).
+it (a `TrainConfig` field, or a `Setting` field for the sampler setting), and the core keywords it feeds; a
+numeric axis (a config field without named choices) is the core keyword of the same name it feeds
+(`PARAMETERS`). The spec's `CHOICES` (ablations/grid/checks.py) are built from it, `tests/test_axes.py` checks
+the row schema's setting columns and the README's Vocabulary against it, and the training loop and the
+evaluation pass a config's values to `make_schedule`, `UNet`, `loss_terms`, `denoiser`, `vb_from_denoised`,
+`sample` and `nll_bpd` through `keywords` (not one hand-written keyword per field).
 
 Adding a value to an axis is a function and an entry in its core registry; adding an axis is an entry
-here, its config field, a test and a spec (README, "Adding an axis").
+here, its config field, a test and a spec (README, "Adding an axis"; tests/test_recipes.py follows it).
 """
 from typing import NamedTuple
 
 import torch
 
 from ablations.run.data import DATASETS
-from core.diffusion import VARIANCES
-from core.losses import LOSSES, PARAMS, WEIGHTINGS, loss_terms
+from core.diffusion import VARIANCES, denoiser
+from core.losses import LOSSES, PARAMS, WEIGHTINGS, loss_terms, vb_from_denoised
 from core.parameterizations import PREDICTIONS
 from core.likelihood import nll_bpd
 from core.samplers import SAMPLERS, sample
@@ -37,8 +38,9 @@ AXES = {
     "dataset": Axis(DATASETS, "dataset"),
     "schedule": Axis(SCHEDULES, "schedule", ((make_schedule, "name"),)),
     "prediction": Axis(PREDICTIONS, "prediction", ((loss_terms, "prediction"), (sample, "prediction"),
-                                                   (nll_bpd, "prediction"))),
-    "variance": Axis(VARIANCES, "variance", ((loss_terms, "variance"), (sample, "variance"), (nll_bpd, "variance"))),
+                                                   (nll_bpd, "prediction"), (denoiser, "prediction"))),
+    "variance": Axis(VARIANCES, "variance", ((loss_terms, "variance"), (sample, "variance"), (nll_bpd, "variance"),
+                                             (denoiser, "variance"), (vb_from_denoised, "variance"))),
     "loss": Axis(LOSSES, "loss", ((loss_terms, "loss"),)),
     "weighting": Axis(WEIGHTINGS, "weighting", ((loss_terms, "weighting"),), PARAMS),
     "norm": Axis(NORMS, "norm", ((UNet, "norm"),)),
@@ -48,6 +50,9 @@ AXES = {
     "spacing": Axis(SPACINGS, "spacing"),  # a Setting field
 }
 SETTING_AXES = ("sampler", "spacing")  # the axes of a sampler setting; the others are TrainConfig fields
+# The axes every table holds, grid axis or not, in this order (`ablate collect`'s columns after the grid's axes;
+# a finding's or note's cell may name them). Another axis is a column where a spec's grid varies it.
+STANDARD = ("schedule", "prediction", "loss", "variance", "norm")
 
 # The config fields without named choices that feed a core keyword of the same name.
 PARAMETERS = {

@@ -25,7 +25,7 @@ from core.diffusion import coefs, denoiser, q_sample
 from core.distributions import randn
 from core.likelihood import nll_bpd
 from core.losses import vb_from_denoised
-from core.samplers import sample
+from core.samplers import deterministic as core_deterministic, sample
 
 
 def batches(n: int, batch: int):
@@ -71,9 +71,8 @@ def generate(model, schedule, cfg, setting, n: int, *, batch: int, seed: int, de
     C, H, W = SHAPES[cfg.dataset]
     mine, t0 = [], time.perf_counter()
     for lo, hi in batches(n, batch):
-        x = sample(model, schedule, (hi - lo, C, H, W), sampler=setting.sampler, steps=setting.steps,
-                   eta=setting.eta, spacing=setting.spacing, **keywords(cfg, sample),
-                   generator=generators("image", seed, lo, hi, device), clip_x0=setting.clip_x0, device=device)
+        x = sample(model, schedule, (hi - lo, C, H, W), **setting._asdict(), **keywords(cfg, sample),
+                   generator=generators("image", seed, lo, hi, device), device=device)
         mine.append((lo, to_uint8(x).cpu()))
         if progress:
             progress(hi - lo)
@@ -84,13 +83,10 @@ def generate(model, schedule, cfg, setting, n: int, *, batch: int, seed: int, de
     return torch.cat([x for _, x in parts]), max(gather_objects(seconds))
 
 
-DETERMINISTIC = {"dpmpp_2m", "heun"}  # samplers that draw no noise after x_T (DDIM too, at eta 0)
-
-
 def deterministic(setting: Setting) -> bool:
-    """Whether a setting maps x_T to x0 by an ODE solver: DDIM with eta = 0 (Song et al. 2021, Eq. 12
-    with sigma = 0), DPM-Solver++(2M) or Heun."""
-    return setting.sampler in DETERMINISTIC or (setting.sampler == "ddim" and float(setting.eta) == 0.0)
+    """Whether a setting maps x_T to x0 by an ODE solver (its sampler's registry entry, at eta = 0): DDIM with
+    eta = 0 (Song et al. 2021, Eq. 12 with sigma = 0), DPM-Solver++(2M) or Heun."""
+    return core_deterministic(setting.sampler, setting.eta)
 
 
 def solver_reference(T: int, clip_x0: bool) -> Setting:
@@ -159,7 +155,7 @@ def denoising(model, schedule, cfg, images_uint8, ts, *, seed: int, device, batc
     decided. Image i's noise comes from its own generator, seeded by ("denoise", seed, i), the same eps
     at every t."""
     device = torch.device(device)
-    D = denoiser(model, prediction=cfg.prediction, variance=cfg.variance, clip_x0=clip_x0)
+    D = denoiser(model, **keywords(cfg, denoiser), clip_x0=clip_x0)
     rms, term = dict.fromkeys(ts, 0.0), dict.fromkeys(ts, 0.0)
     for lo, hi in batches(len(images_uint8), batch):
         x0 = to_model(images_uint8[lo:hi]).to(device)
@@ -169,7 +165,7 @@ def denoising(model, schedule, cfg, images_uint8, ts, *, seed: int, device, batc
             c, xt = coefs(schedule, tt, like=x0), q_sample(schedule, x0, tt, noise)
             d = D(xt, tt, c)
             rms[t] += (d.x0 - x0).double().pow(2).flatten(1).mean(1).sqrt().sum().item()
-            term[t] += vb_from_denoised(c, d, x0, xt, tt, variance=cfg.variance).double().sum().item()
+            term[t] += vb_from_denoised(c, d, x0, xt, tt, **keywords(cfg, vb_from_denoised)).double().sum().item()
     n, tasks = len(images_uint8), gather_objects((rms, term))  # every task's sums, gathered once
     return {t: {"x0_rms": sum(r[t] for r, _ in tasks) / n, "nll_term_bpd": sum(b[t] for _, b in tasks) / n}
             for t in ts}

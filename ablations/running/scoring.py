@@ -26,8 +26,14 @@ from ablations.running.ledger import (
 )
 from ablations.store.io import atomic_write
 from ablations.store.layout import fid_cache, last_step, sample_grid_name
-from ablations.store.schema import EVAL_KEY, key, label, row
+from ablations.store.schema import EVAL_KEY, key, row
 from core.samplers import nfe
+
+
+def said(s) -> str:
+    """A sampler setting in a log line, in the spec's words: "ddim · 10 steps · eta=0 · leading" (the legends'
+    words are reporting's, ablations/reporting/legend.py)."""
+    return f"{s.sampler} · {s.steps} steps · eta={float(s.eta):g} · {s.spacing}" + ("" if s.clip_x0 else " · no clip")
 
 
 @functools.lru_cache(maxsize=4)
@@ -131,7 +137,7 @@ def evaluate(spec, run, folder, model, emit, log, *, at, have, lacking, device, 
         elif not is_main():
             continue
         else:
-            log(f"  {label(*s)}: scoring the {ev.fid_samples} kept images")
+            log(f"  {said(s)}: scoring the {ev.fid_samples} kept images")
         for kind, extractor in kinds:
             emit(_score(kind, extractor, images, solver_refs.get(s.clip_x0), run, cols, ev, log=log, s=s,
                         cache_root=fid_cache(runs_root), data_root=data_root, progress=progress))
@@ -176,12 +182,12 @@ def _solver_refs(sc: Scoring, forward, schedule, clip_x0):
     from ablations.running.evaluation import solver_reference, write_images
     cfg, ev = sc.run.config, sc.ev
     ref_setting = solver_reference(cfg.T, clip_x0)
-    with _bar(ev.solver_images, f"solver reference {label(*ref_setting)}", sc.progress) as bar:
+    with _bar(ev.solver_images, f"solver reference {said(ref_setting)}", sc.progress) as bar:
         images, seconds = generate(forward, schedule, cfg, ref_setting, ev.solver_images,
                                    batch=ev.sample_batch, seed=ev.sample_seed, device=sc.device, progress=bar)
     if is_main():
         atomic_write(_solver_ref_path(sc, clip_x0), functools.partial(write_images, images_uint8=images))
-    sc.log(f"  solver reference {label(*ref_setting)}: {ev.solver_images} images in {seconds:.0f} s")
+    sc.log(f"  solver reference {said(ref_setting)}: {ev.solver_images} images in {seconds:.0f} s")
     return images
 
 
@@ -191,7 +197,7 @@ def _sample(sc: Scoring, forward, schedule, s, cols, first, have):
     from ablations.running.evaluation import write_images
     from ablations.store.layout import samples_name
     cfg, ev = sc.run.config, sc.ev
-    with _bar(ev.fid_samples, f"sampling {label(*s)}", sc.progress) as bar:
+    with _bar(ev.fid_samples, f"sampling {said(s)}", sc.progress) as bar:
         images, seconds = generate(forward, schedule, cfg, s, ev.fid_samples, batch=ev.sample_batch,
                                    seed=ev.sample_seed, device=sc.device, progress=bar)
     if not is_main():
@@ -205,7 +211,7 @@ def _sample(sc: Scoring, forward, schedule, s, cols, first, have):
     # kept last: a kill before it samples the setting again (its throughput rows are not repeated)
     atomic_write(sc.folder / samples_name(*s, sample_seed=ev.sample_seed, train_step=sc.at),
                  functools.partial(write_images, images_uint8=images))
-    sc.log(f"  {label(*s)}: {ev.fid_samples} images kept, {ev.fid_samples / seconds:.1f} img/s")
+    sc.log(f"  {said(s)}: {ev.fid_samples} images kept, {ev.fid_samples / seconds:.1f} img/s")
     return images
 
 
@@ -265,7 +271,7 @@ def _score(kind, extractor, images, solver_ref, run, cols, ev, *, log, s, cache_
     if kind == "solver":
         m = ev.solver_images
         value = solver_rms(images[:m], solver_ref[:m])
-        log(f"  {label(*s)}: solver_rms {value:.4f} vs DDIM over all {cfg.T} steps (n={m})")
+        log(f"  {said(s)}: solver_rms {value:.4f} vs DDIM over all {cfg.T} steps (n={m})")
         return [row(run.run_id, "solver_rms", value, **cols, n=m, reference=solver_reference_label(cfg.T))]
     kw = dict(dataset=cfg.dataset, extractor=extractor, split=ev.fid_reference, cache_root=cache_root,
               data_root=data_root, reference_n=ev.fid_reference_n or None,
@@ -275,13 +281,13 @@ def _score(kind, extractor, images, solver_ref, run, cols, ev, *, log, s, cache_
     if kind == "prc":
         r = prc(images, **kw)
         ref = dict(n=r["n"], extractor=extractor, reference=r["reference"])
-        log(f"  {label(*s)}: precision {r['precision']:.3f}, recall {r['recall']:.3f} ({extractor}, n={r['n']})")
+        log(f"  {said(s)}: precision {r['precision']:.3f}, recall {r['recall']:.3f} ({extractor}, n={r['n']})")
         return [row(run.run_id, m, v, **cols, **ref) for m, v in (
             ("prc_wall_s", time.perf_counter() - t0), ("precision", r["precision"]),
             ("recall", r["recall"]))]  # recall last: its presence marks the group done
     r = fid(images, **kw)
     ref = dict(n=r["n"], extractor=extractor, reference=r["reference"])
-    log(f"  {label(*s)}: FID {r['fid']:.2f}, KID {r['kid']:.4f} ± {r['kid_std']:.4f} ({extractor}, n={r['n']})")
+    log(f"  {said(s)}: FID {r['fid']:.2f}, KID {r['kid']:.4f} ± {r['kid_std']:.4f} ({extractor}, n={r['n']})")
     return [row(run.run_id, m, v, **cols, **ref) for m, v in (
         ("fid_wall_s", time.perf_counter() - t0), ("kid", r["kid"]), ("kid_std", r["kid_std"]),
         ("fid", r["fid"]))]  # fid last: its presence marks the group done

@@ -1,18 +1,14 @@
 """The row schema: every number the suite produces is one row with these columns. No torch.
 
 A run folder's rows.jsonl holds RUN_COLUMNS; `ablate collect` attaches SPEC_COLUMNS (the spec, its
-scale and the run's axis values) and the run's status. The columns are used by the runner (which
+scale and seed), the run's axis values (the axes are the registry's, ablations/run/axes.py, which imports torch:
+this module does not) and the run's status. The columns are used by the runner (which
 writes them), the table (which groups by them), the plots and the report (which label by them).
 `read_rows` is the one reader of a rows file: the runner and `collect` see the same rows.
 """
 import json
 import math
 from pathlib import Path
-
-# Axes of ablations/run/axes.py (a registry that imports torch; this module does not): AXES are in every
-# table, grid axis or not; SETTING holds a sampler setting's fields (ablations/run/config.py `Setting`).
-# tests/test_spec.py checks both against the registry.
-AXES = ("schedule", "prediction", "loss", "variance", "norm")
 
 COLUMNS = {
     # run identity (in every row)
@@ -46,7 +42,7 @@ COLUMNS = {
     "append_id": "id shared by the rows written in one append (empty in rows from before it existed)",
     "append_rows": "how many rows that append wrote: fewer in the file means the append was cut short",
 }
-SETTING = ("sampler", "steps", "eta", "clip_x0", "spacing")
+SETTING = ("sampler", "steps", "eta", "clip_x0", "spacing")  # a sampler setting's fields (config.py `Setting`; tested)
 PROTOCOL = ("n", "extractor", "reference", "sample_seed", "strata", "t")
 OPTIONAL = ("t",)  # key columns added after rows were first written: a row without one reads it as None
 PROVENANCE = ("device", "torch", "commit", "host", "cpu", "timestamp")
@@ -186,20 +182,3 @@ def _norm(v):
         return v
     return float(v) if v == v else None  # ints and floats compare equal after a CSV round trip
 
-
-# the legend word of a sampler whose name is not its usual spelling; any other sampler is shown by its name
-NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "heun": "Heun"}
-
-
-def label(sampler, steps=None, eta=None, clip_x0=True, spacing="leading") -> str:
-    """The one legend word for a sampler setting, e.g. "DDIM η=0 · 10 steps" or "DDPM · trailing · 100 steps"."""
-    text = NAMES.get(sampler, str(sampler))
-    if sampler == "ddim" and eta is not None and eta == eta:
-        text += f" η={float(eta):g}"
-    if clip_x0 is False or clip_x0 == "False":
-        text += " · no clip"
-    if isinstance(spacing, str) and spacing != "leading":
-        text += f" · {spacing}"
-    if steps is not None and steps == steps:
-        text += f" · {int(steps)} steps"
-    return text
