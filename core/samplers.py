@@ -17,7 +17,8 @@ deterministic (then it gets solver_rms rows), whether it takes eta, whether it r
 start at alpha_bar = 0), and its model evaluations per sample.
 """
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
