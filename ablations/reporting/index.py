@@ -27,14 +27,16 @@ def folders(results_root) -> list[Path]:
     return sorted(p.parent for p in Path(results_root).glob("*/rows.csv"))
 
 
-def write_index(results_root) -> Path:
+def write_index(results_root, assessed: verdicts.Assessed | None = None) -> Path:
     """results/README.md: every finding of every folder, Holm-adjusted over the whole index, its forest
-    plot (results/forest.png), the extractor check where the rows hold two extractors, and the totals."""
+    plot (results/forest.png), the extractor check where the rows hold two extractors, and the totals;
+    from the rows and verdicts `assessed` (`verdicts.assessed`, once per command)."""
     from ablations.reporting.verdict_plots import forest
     root = Path(results_root)
-    found_tables = verdicts.tables(root)
-    found_in = verdicts.read_all(root)  # each folder's findings.json
-    curves = verdicts.assess(found_tables, found_in)
+    assessed = assessed or verdicts.assessed(root)
+    found_tables = assessed.tables
+    found_in = assessed.published  # each folder's findings.json
+    curves = assessed.found
     family = verdicts.last(curves)
     over = {(c[-1]["folder"], id(c[-1]["finding"])): c for c in verdicts.trajectories(curves)}
     footnotes = {}  # text -> its number
@@ -164,14 +166,15 @@ def sample_seed_check(found_tables) -> list[str]:
 
 def regenerate(results_root) -> list[Path]:
     """Every committed summary, figure and report, then this index, from each folder's rows.csv and
-    axes.json alone."""
-    from ablations.reporting import axes
+    axes.json alone. Each rows.csv, findings.json and axes.json is read once, and the verdicts of the whole
+    index are decided once (`verdicts.assessed`): every figure, report and the index share them."""
     from ablations.reporting.figures import plot_all
     from ablations.reporting.report import write_report
     from ablations.reporting.table import summarize, write_csv
+    assessed = verdicts.assessed(results_root)
     written = []
     for folder in folders(results_root):
-        rows = pd.read_csv(folder / "rows.csv")
-        write_csv(summarize(rows, axes.checked(folder, rows)["axes"]), folder / "summary.csv")
-        written += [folder / "summary.csv", *plot_all(folder), write_report(folder)]
-    return written + [write_index(results_root)]
+        rows = assessed.read(folder)
+        write_csv(summarize(rows, assessed.axes(folder, rows)["axes"]), folder / "summary.csv")
+        written += [folder / "summary.csv", *plot_all(folder, assessed), write_report(folder, assessed)]
+    return written + [write_index(results_root, assessed)]

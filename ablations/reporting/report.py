@@ -231,11 +231,14 @@ def over_training(found: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def write_report(out_dir) -> Path:
-    """out_dir/report.md from the folder alone: rows.csv, summary.csv and axes.json (its axis)."""
+def write_report(out_dir, assessed: verdicts.Assessed | None = None) -> Path:
+    """out_dir/report.md from the folder alone: rows.csv, summary.csv and axes.json (its axis); its verdicts are
+    Holm-adjusted over the whole index (`assessed`: read and decided once by `ablate results` for every folder,
+    or here)."""
     out_dir = Path(out_dir)
-    rows, summary = checkpointed(pd.read_csv(out_dir / "rows.csv")), pd.read_csv(out_dir / "summary.csv")
-    record = axes.checked(out_dir, rows)
+    assessed = assessed or verdicts.assessed(out_dir.parent)
+    rows, summary = checkpointed(assessed.read(out_dir)), pd.read_csv(out_dir / "summary.csv")
+    record = assessed.axes(out_dir, rows)
     axis, summary = axes.axis(record), axes.as_written(summary, record)  # its tables: axis values as axes.json's
     name = rows["ablation"].iloc[0]
     runs = axes.as_written(rows.drop_duplicates("run_id"), record)
@@ -249,9 +252,8 @@ def write_report(out_dir) -> Path:
     steps = checkpoints(rows)
     at_last = summary if len(steps) < 2 else summary[summary["train_step"].isna() | (summary["train_step"] == steps[-1])]
     parts += metric_tables(at_last, axis) + denoising_tables(at_last, axis) + checkpoint_tables(summary, axis)
-    found_in = verdicts.read_all(out_dir.parent)  # each folder's findings.json
-    curves = [v for v in verdicts.assess(verdicts.tables(out_dir.parent), found_in) if v["folder"] == out_dir.name]
-    published = found_in.get(out_dir.name, verdicts.NONE)
+    curves = assessed.of(out_dir)
+    published = assessed.published.get(out_dir.name, verdicts.NONE)  # the folder's findings.json
     parts += section(rows, spec_of(rows), verdicts.last(curves), curves, published,  # Holm over the whole index
                      notes.read(out_dir.parent, published.spec, record["axes"]))
     parts += over_training(curves)

@@ -28,13 +28,13 @@ The verdicts in words are ablations/reporting/wording.py; the question's notes b
 ablations/reporting/notes.py; the report's verdict section, ablations/reporting/report.py.
 """
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from ablations.reporting.legend import label
-from ablations.reporting import stats
+from ablations.reporting import axes as identity, stats
 from ablations.reporting.table import at_step, checkpointed, checkpoints, ci95, cost, spec_of
 
 ALPHA = 0.05
@@ -312,10 +312,51 @@ def family_of(f: Finding) -> str:
     return "published" if f.expect != "differs" else f.spec
 
 
-def tables(results_root) -> list[tuple[str, str, pd.DataFrame]]:
-    """(folder name, spec, rows) of every results folder under results_root: the family the index corrects."""
+def tables(results_root, read=pd.read_csv) -> list[tuple[str, str, pd.DataFrame]]:
+    """(folder name, spec, rows) of every results folder under results_root: the family the index corrects.
+    `read` reads a rows.csv (`Assessed` passes the rows it read once)."""
     return [(p.parent.name, spec_of(rows), rows)
-            for p in sorted(Path(results_root).glob("*/rows.csv")) if not (rows := pd.read_csv(p)).empty]
+            for p in sorted(Path(results_root).glob("*/rows.csv")) if not (rows := read(p)).empty]
+
+
+@dataclass(frozen=True)
+class Assessed:
+    """A results root read and decided once, for every figure, report and the index one command writes from it:
+    each folder's rows.csv as read (`rows`: its path -> the table), the non-empty ones as `tables` gives them,
+    each folder's findings.json (`published`: `read_all`), every finding at every checkpoint (`found`:
+    `assess`, Holm-adjusted over the whole index) and each folder's axes.json when first asked for (`axes`)."""
+    rows: dict
+    tables: list
+    published: dict
+    found: list
+    identities: dict = field(default_factory=dict)  # a folder's path -> its axes.json, checked (`axes`)
+
+    def axes(self, folder, rows: pd.DataFrame) -> dict:
+        """The folder's axes.json checked against its rows (`reporting.axes.checked`), read once."""
+        path = Path(folder).resolve()
+        if path not in self.identities:
+            self.identities[path] = identity.checked(folder, rows)
+        return self.identities[path]
+
+    def of(self, folder) -> list[dict]:
+        """The folder's share of `found` (assess's entries: every checkpoint)."""
+        return [v for v in self.found if v["folder"] == Path(folder).name]
+
+    def read(self, folder) -> pd.DataFrame:
+        """The folder's rows.csv: as read for the index when the folder is one of its folders, else read now."""
+        path = (Path(folder) / "rows.csv").resolve()
+        return self.rows[path] if path in self.rows else pd.read_csv(path)
+
+
+def assessed(results_root) -> Assessed:
+    """Every rows.csv and findings.json under results_root read once, and their verdicts decided once."""
+    rows = {}
+
+    def read(path):
+        rows[Path(path).resolve()] = pd.read_csv(path)
+        return rows[Path(path).resolve()]
+    found_tables, published = tables(results_root, read), read_all(results_root)
+    return Assessed(rows, found_tables, published, assess(found_tables, published))
 
 
 def verdicts(rows: pd.DataFrame, spec: str, folder: str = "", family: list[dict] | None = None,
