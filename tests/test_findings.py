@@ -37,7 +37,7 @@ def _spec(tmp_path, extra="", name="t"):
 
 @pytest.mark.parametrize("change, key, words", [
     (("source =", 'colour = "red"\nsource ='), "finding[0].colour",
-     "unknown key 'colour'; valid keys: a, awaits, b, expect, margin, metric, paper, source, table, why"),
+     "unknown key 'colour'; valid keys: a, awaits, b, expect, margin, metric, paper, source, table, untested, why"),
     (('metric = "fid"', 'metric = "fidd"'), "finding[0].metric",
      "'fidd' is not one of the valid choices: 'train_loss'"),
     (('expect = "higher"', 'expect = "better"'), "finding[0].expect",
@@ -238,3 +238,26 @@ def test_a_finding_that_leaves_out_a_grid_axis_is_refused_before_it_could_pool_i
     path.write_text(crossed + FINDING.replace('{ norm = "layer" }', '{ norm = "layer", conditioning = "scale_shift" }')
                     .replace('{ norm = "group" }', '{ norm = "group", conditioning = "scale_shift" }'))
     assert load_spec(path).findings["findings"][0]["a"] == {"norm": "layer", "conditioning": "scale_shift"}
+
+
+def test_a_finding_that_tests_part_of_its_claim_says_which_part(tmp_path):
+    """`untested` names the part of the paper's claim the cells leave out: the verdict agrees with the rest only,
+    and the index's verdict cell carries it as a footnote, the report's paper column in full; without it,
+    neither says anything of the kind."""
+    from ablations.reporting.verdicts import Finding, Published, assess
+    from ablations.reporting.wording import paper_text, verdict_notes
+
+    path = _spec(tmp_path, FINDING + 'untested = "\\"more so at small resolution\\": one resolution here"\n')
+    (f,) = load_spec(path).findings["findings"]
+    assert f["untested"] == '"more so at small resolution": one resolution here'
+    setting = {"sampler": "ddim", "steps": 20, "eta": 0.0, "spacing": "leading", "clip_x0": True}
+    rows = pd.DataFrame([{"metric": "fid", "seed": s, "norm": norm, **setting,
+                          "value": 100.0 + s + 10.0 * (norm == "layer")} for s in range(3) for norm in ("group", "layer")])
+    for untested in (f["untested"], ""):
+        finding = Finding("t", **{**f, "untested": untested})
+        (v,) = assess([("t-cpu", "t", rows)], {"t-cpu": Published("t", (finding,))})
+        assert v["verdict"] == "agrees"
+        said = [n for n in verdict_notes(v) if "not tested here" in n]
+        assert said == ([f"not tested here, so the verdict answers the rest of the claim only: {untested}"]
+                        if untested else [])
+        assert ("more so at small resolution" in paper_text(finding)) == bool(untested)

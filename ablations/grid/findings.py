@@ -7,7 +7,9 @@ Top-level keys of a spec:
   column = value over the spec's axis and sampler-setting columns), `expect` ("lower": a < b, "higher": a > b,
   "parity": |a - b| < `margin` with its reason `why`, "differs": no published direction, tested two-sided),
   `source` (the paper) and `table` (its table or figure), `paper` (what the report shows the paper found),
-  optional `awaits` (why the committed rows may lack the cells).
+  optional `awaits` (why the committed rows may lack the cells) and `untested` (the part of the paper's claim
+  the cells do not test, e.g. "more so at small resolution" on a grid of one resolution: printed beside the
+  verdict, so that an agreement is read as one with the tested part only).
 - `no_paper`: what a reader must know when no published table compares the spec's cells.
 
 A spec states its question and what the papers found; what a reader must know beside the verdicts and what
@@ -20,7 +22,7 @@ from ablations.run.tables import cell, choice, known
 from ablations.store.schema import METRICS, SETTING
 
 KEYS = ("finding", "no_paper")  # the spec's top-level keys read here
-FINDING_KEYS = {"metric", "a", "b", "expect", "margin", "why", "source", "table", "paper", "awaits"}
+FINDING_KEYS = {"metric", "a", "b", "expect", "margin", "why", "source", "table", "paper", "awaits", "untested"}
 NEEDS = ("metric", "a", "b", "expect", "source", "paper")
 EXPECTS = ("lower", "higher", "parity", "differs")
 FILE = "findings.json"  # in the results folder
@@ -63,7 +65,8 @@ def _names_every_axis(found, grid, err):
 
 
 def _finding(f, key, columns, err) -> dict:
-    """One [[finding]] table, checked: {metric, a, b, expect, margin, why, source, table, paper, awaits}."""
+    """One [[finding]] table, checked: {metric, a, b, expect, margin, why, source, table, paper, awaits,
+    untested}."""
     known(f, FINDING_KEYS, f"{key}.", err)
     for k in NEEDS:
         if k not in f:
@@ -83,4 +86,5 @@ def _finding(f, key, columns, err) -> dict:
             "source": _text(f["source"], f"{key}.source", err),
             "table": _text(f.get("table", ""), f"{key}.table", err, empty=True),
             "paper": _text(f["paper"], f"{key}.paper", err),
-            "awaits": _text(f.get("awaits", ""), f"{key}.awaits", err, empty=True)}
+            "awaits": _text(f.get("awaits", ""), f"{key}.awaits", err, empty=True),
+            "untested": _text(f.get("untested", ""), f"{key}.untested", err, empty=True)}

@@ -73,6 +73,7 @@ class Finding:
     margin: float = 0.0  # parity: the largest |a - b| that still counts as equal, in the metric's units
     why: str = ""  # parity: why that margin
     awaits: str = ""  # why the committed rows may lack the cells: shown instead of a verdict until they hold them
+    untested: str = ""  # the part of the paper's claim the cells do not test: shown beside the verdict
     source: str = ""  # the paper
     table: str = ""  # its table or figure
 

@@ -51,7 +51,13 @@ def _unit(metric: str) -> str:
 
 
 def paper_text(f: Finding) -> str:
-    return f.paper + (f"; parity margin ±{f.margin:g} {_unit(f.metric)}: {f.why}" if f.expect == "parity" else "")
+    return (f.paper + (f"; parity margin ±{f.margin:g} {_unit(f.metric)}: {f.why}" if f.expect == "parity" else "")
+            + (f"; {untested_text(f)}" if f.untested else ""))
+
+
+def untested_text(f: Finding) -> str:
+    """The part of the claim the cells leave untested: a verdict answers the rest only."""
+    return f"not tested here, so the verdict answers the rest of the claim only: {f.untested}"
 
 
 def deciding_p(v: dict) -> str:
@@ -80,9 +86,10 @@ def legacy_text(v: dict) -> str:
 
 
 def verdict_notes(v: dict) -> list[str]:
-    """What a verdict needs more than a word for, as the index's footnotes: why it awaits the rerun, or which
-    finding it repeats."""
+    """What a verdict needs more than a word for, as the index's footnotes: why it awaits the rerun, the part of
+    the claim it leaves untested, or which finding it repeats."""
     said = [f"awaits the rerun: {v['finding'].awaits}"] if v["verdict"] == "awaits the rerun" else []
+    said += [untested_text(v["finding"])] if v["finding"].untested else []
     return said + ([f"the same numbers as {v['same_as']['a']} vs {v['same_as']['b']}: counted once"]
                    if v["same_as"] is not None else [])
 
