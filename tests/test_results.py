@@ -497,3 +497,37 @@ def test_what_the_index_leaves_out_is_in_each_report():
     for name, rows in rows_of.items():
         spent = cost.checkpoint_lines(rows)
         assert spent and all(x in (root / name / "report.md").read_text() for x in spent), name
+
+
+def test_every_comparison_of_a_grid_is_reported_two_sided():
+    """Each pair of a grid axis's values, on FID and NLL at the last checkpoint: a − b per seed, two-sided p
+    (Student's t), Holm over the table; a pair a published finding compares is shown in the finding's order
+    and names it, and a finding on other cells (one that names a sampler setting) is not taken for it."""
+    from ablations.reporting import stats
+    from ablations.reporting.comparisons import compare, lines
+    from ablations.reporting.verdicts import Finding
+
+    setting = {"sampler": "ddim", "steps": 20, "eta": 0.0, "spacing": "leading", "clip_x0": True}
+    shift = {"linear": 0.0, "cosine": 30.0, "sigmoid": 5.0}
+    rows = pd.DataFrame([{"metric": m, "seed": s, "schedule": k, "train_step": step, "phase": "eval", **setting,
+                          "value": (100.0 if m == "fid" else 4.0)
+                          + shift[k] * (1 if m == "fid" else -0.01) * (1 + s / 3) * (3 if step == 700 else 1)}
+                         for m in ("fid", "nll_bpd") for s in range(3) for k in shift for step in (700, 1400)])
+    nll = Finding("t", "nll_bpd", {"schedule": "linear"}, {"schedule": "cosine"}, "higher", "paper", source="P")
+    fid_ddpm = Finding("t", "fid", {"schedule": "cosine", **setting, "sampler": "ddpm"}, {"schedule": "linear"},
+                       "lower", "paper", source="P")
+    found = [{"finding": nll}, {"finding": fid_ddpm}]
+    entries = compare(rows, ["schedule"], found)
+    assert [(e["metric"], e["a"]["schedule"], e["b"]["schedule"]) for e in entries] == [
+        ("fid", "cosine", "linear"), ("fid", "sigmoid", "linear"), ("fid", "sigmoid", "cosine"),
+        ("nll_bpd", "linear", "cosine"), ("nll_bpd", "sigmoid", "linear"), ("nll_bpd", "sigmoid", "cosine")]
+    first = entries[0]
+    d = [30.0 * (1 + s / 3) for s in range(3)]  # the last checkpoint's (the 700-step rows' are 3x)
+    assert abs(first["diff"] - sum(d) / 3) < 1e-9 and abs(first["p"] - stats.p_two_sided(d)) < 1e-12
+    assert [e["p_holm"] for e in entries] == stats.holm([e["p"] for e in entries])
+    assert [e["finding"] for e in entries] == [None, None, None, nll, None, None]
+    assert entries[3]["diff"] > 0  # linear − cosine NLL, as the finding reads it
+    table = lines(rows, ["schedule"], found)
+    assert len([t for t in table if t.startswith("| fid") or t.startswith("| nll_bpd")]) == 6
+    assert "| higher (P) |" in table[table.index(next(t for t in table if t.startswith("| nll_bpd")))]
+    assert lines(rows, [], found) == []  # no grid axis: nothing to pair

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.reporting import axes, cost, notes, verdicts
+from ablations.reporting import axes, comparisons, cost, notes, verdicts
 from ablations.reporting.plots import with_labels
 from ablations.reporting.table import checkpointed, checkpoints, final, spec_of
 from ablations.reporting.wording import (CHECKED_TITLE, LACKING, checked, deciding_p, diff_text, family_lines, over_line,
@@ -257,6 +257,7 @@ def write_report(out_dir, assessed: verdicts.Assessed | None = None) -> Path:
     parts += section(rows, spec_of(rows), verdicts.last(curves), curves, published,  # Holm over the whole index
                      notes.read(out_dir.parent, published.spec, record["axes"]))
     parts += over_training(curves)
+    parts += comparisons.lines(rows, record.get("grid", []), verdicts.last(curves))
     figures = [f for f in FIGURES if (out_dir / f"{f}.png").exists()]
     if figures:
         parts += ["## Figures", ""] + [f"![{f}]({f}.png)" for f in figures] + [""]
