@@ -19,6 +19,7 @@ from ablations.running import ledger, runner
 from ablations.store.io import append_jsonl, read_jsonl
 from ablations.store.layout import (DONE, FAILED, INTERRUPTED, RUNNING, UNSCORABLE, read_status, run_folder,
                                     slurm_folder, write_status)
+from ablations.store.reads import Reads
 from ablations.grid.spec import Spec, load_spec
 
 SUBMISSIONS = "submissions.jsonl"
@@ -119,22 +120,24 @@ def executor_for(spec: Spec, runs_root, *, cluster=None, partition=None, nodes=1
     return ex, params
 
 
-def pending_runs(spec: Spec, runs_root) -> list:
-    """Runs that are neither complete nor held by a live job."""
-    todo = []
+def pending_runs(spec: Spec, runs_root, reads: Reads | None = None) -> list:
+    """Runs that are neither complete nor held by a live job (each folder's files through `reads`, the
+    command's one read of them: ablations/store/reads.py)."""
+    todo, reads = [], reads or Reads()
     for run in spec.runs:
-        if ledger.state(spec, run, runs_root)["state"] in (DONE, UNSCORABLE):
+        if ledger.state(spec, run, runs_root, reads)["state"] in (DONE, UNSCORABLE):
             continue
-        held = claim.read(run_folder(runs_root, run.run_id))
+        held = reads.of(run_folder(runs_root, run.run_id)).claim
         if held is not None and claim.alive(held):
             continue
         todo.append(run)
     return todo
 
 
-def submit(spec: Spec, runs_root, *, data_root=None, device=None, max_requeues=3, **params) -> list:
+def submit(spec: Spec, runs_root, *, data_root=None, device=None, max_requeues=3, reads: Reads | None = None,
+           **params) -> list:
     """Submit the pending runs as one job array; returns the submitit jobs (empty when nothing is pending)."""
-    todo = pending_runs(spec, runs_root)
+    todo = pending_runs(spec, runs_root, reads)
     if not todo:
         return []
     ledger.ask_all(spec, todo, runs_root)
@@ -160,13 +163,13 @@ def queue_states(job_ids) -> dict:
     return claim.squeue(job_ids) or {}
 
 
-def status_table(spec: Spec, runs_root) -> list[dict]:
+def status_table(spec: Spec, runs_root, reads: Reads | None = None) -> list[dict]:
     """`ablate list`'s table (ledger.table) with the SLURM columns: requeues, job, queue state, log."""
     subs = submissions(spec, runs_root)
     queue = queue_states([s["job_id"] for s in subs.values()])
-    out = []
-    for run, base in zip(spec.runs, ledger.table(spec, runs_root)):
-        st, sub = read_status(run_folder(runs_root, run.run_id)), subs.get(run.run_id, {})
+    out, reads = [], reads or Reads()
+    for run, base in zip(spec.runs, ledger.table(spec, runs_root, reads=reads)):
+        st, sub = reads.of(run_folder(runs_root, run.run_id)).status, subs.get(run.run_id, {})
         q = queue.get(sub.get("job_id", ""))
         state = base["state"]
         if state == "pending" and sub and q not in claim.ALIVE:

@@ -18,7 +18,8 @@ from ablations.commands.common import (RECORDS, echo_overrides, folder_option, i
                                        migrate_store, note_legacy, print_table, set_option, spec_options,
                                        warn_time_blind)
 from ablations.store.io import os_error
-from ablations.store.layout import DONE, INVALID, UNSCORABLE, last_step, run_folder
+from ablations.store.layout import DONE, INVALID, UNSCORABLE, run_folder
+from ablations.store.reads import Reads, look
 
 def _refuse_emulated_bf16(spec_path, todo, device):
     """Stop before any training when runs to do have bf16 = true and this machine would only emulate it."""
@@ -102,15 +103,16 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
         print_table(_expanded(spec, runs))
         return
     folder_option(runs_root, "--runs-root")
-    migrate_store(runs_root)
-    invalid = invalid_folders(spec, runs, runs_root)
+    reads = Reads()  # each file of a run folder read once, until this command changes the folder
+    migrate_store(runs_root, reads, [run_folder(runs_root, r.run_id) for r in runs])
+    invalid = invalid_folders(spec, runs, runs_root, reads)
     todo = [r for r in runs if r.run_id not in invalid
-            and ledger.state(spec, r, ledger.source(spec, r, runs_root, records))["state"] != DONE]
+            and ledger.state(spec, r, ledger.source(spec, r, runs_root, records, reads), reads)["state"] != DONE]
     click.echo(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo) - len(invalid)} complete, {len(todo)} to run"
                + (f", {len(invalid)} invalid (not run)" if invalid else "") + f" -> {runs_root}")
     _refuse_emulated_bf16(spec_path, todo, device or runner.default_device())
     if todo:
-        click.echo(_eta(spec, todo, runs_root, device or runner.default_device()))
+        click.echo(_eta(spec, todo, runs_root, device or runner.default_device(), reads))
     ledger.ask_all(spec, todo, runs_root)  # before any claim: whichever spec trains a run keeps these checkpoints
     stop = _stop_on_signals()
     kw = dict(data_root=data_root, download=download, device=device, progress=not no_progress)
@@ -126,7 +128,8 @@ def run(spec_path, scale, runs_root, dry_run, only, data_root, download, device,
                                 **kw)
     unscorable = [r.run_id for r in todo if states.get(r.run_id) == UNSCORABLE]
     failed = [*invalid, *(r.run_id for r in todo if states.get(r.run_id) not in (DONE, UNSCORABLE))]
-    print_table(ledger.table(spec, runs_root, records))
+    reads.forget(*(run_folder(root, r.run_id) for r in todo for root in (runs_root, records) if root))  # trained
+    print_table(ledger.table(spec, runs_root, records, reads))
     if unscorable:
         click.echo(f"{len(unscorable)} run(s) unscorable for this spec (done for the specs that trained them; "
                    f"`ablate list` gives the reason and the way out): {', '.join(unscorable)}", err=True)
@@ -153,7 +156,7 @@ def _stopped(todo, states) -> str:
     return "interrupted: " + "; ".join(parts or ["every run finished"]) + "; re-run to resume"
 
 
-def _eta(spec, todo, runs_root, device) -> str:
+def _eta(spec, todo, runs_root, device, reads=None) -> str:
     """The work left: each run's remaining training steps and its evaluations not yet in its rows."""
     from ablations.run.config import total_steps
     from ablations.run.shapes import SIZES
@@ -161,8 +164,8 @@ def _eta(spec, todo, runs_root, device) -> str:
     work = []
     for r in todo:
         folder = run_folder(runs_root, r.run_id)
-        steps_left = max(0, total_steps(r.config, SIZES[r.config.dataset]["train"]) - last_step(folder))
-        work.append(budget.run_flops(r.config, spec.eval, steps_left, ledger.missing(spec, r, folder)))
+        steps_left = max(0, total_steps(r.config, SIZES[r.config.dataset]["train"]) - look(reads, folder).last_step)
+        work.append(budget.run_flops(r.config, spec.eval, steps_left, ledger.missing(spec, r, folder, reads)))
     return budget.eta(work, budget.measured_rates(todo[0].config, spec.eval, device))
 
 
@@ -182,8 +185,9 @@ def list_runs(spec_path, scale, runs_root, records, overrides):
     from ablations.running import ledger
     spec = load(spec_path, scale, overrides)
     folder_option(runs_root, "--runs-root")
-    note_legacy(runs_root)
-    rows = ledger.table(spec, runs_root, records)
+    reads = Reads()  # each file of a run folder read once
+    note_legacy(runs_root, reads, [run_folder(runs_root, r.run_id) for r in spec.runs])
+    rows = ledger.table(spec, runs_root, records, reads)
     print_table(rows)
     invalid = [r["reason"] for r in rows if r["state"] == INVALID]
     for why in invalid:

@@ -36,15 +36,18 @@ def submit(spec_path, scale, runs_root, data_root, dry_run, overrides, **params)
       ablate submit ablations/schedule.toml --scale paper -p gpu --gpus-per-node 1 --time 1440
       ablate submit ablations/norm.toml --scale smoke -p debug --cpus-per-task 1 --dry-run
     """
+    from ablations.store.layout import run_folder
+    from ablations.store.reads import Reads
     from slurm.dispatch import executor_for, pending_runs
     from slurm.dispatch import submit as do_submit
     spec = load(spec_path, scale, overrides)
     folder_option(runs_root, "--runs-root")
     warn_time_blind(spec)
-    migrate_store(runs_root)
-    invalid = invalid_folders(spec, spec.runs, runs_root)  # reported; never submitted
+    reads = Reads()  # each file of a run folder read once
+    migrate_store(runs_root, reads, [run_folder(runs_root, r.run_id) for r in spec.runs])
+    invalid = invalid_folders(spec, spec.runs, runs_root, reads)  # reported; never submitted
     spec = replace(spec, runs=tuple(r for r in spec.runs if r.run_id not in invalid))
-    todo = pending_runs(spec, runs_root)
+    todo = pending_runs(spec, runs_root, reads)
     if dry_run:
         ex, given = executor_for(spec, runs_root, **params)
         click.echo(f"executor: {ex.cluster}")
@@ -58,7 +61,7 @@ def submit(spec_path, scale, runs_root, data_root, dry_run, overrides, **params)
     if not todo:
         click.echo(f"0 jobs submitted: all {len(spec.runs)} runs of {spec.name} are complete or running.")
         return
-    jobs = do_submit(spec, runs_root, data_root=data_root, **params)  # its jobs load the spec with the overrides
+    jobs = do_submit(spec, runs_root, data_root=data_root, reads=reads, **params)  # its jobs load the spec with the overrides
     ids = " ".join(j.job_id for j in jobs)
     if len(jobs) == 1:  # submitit sends a single task as a plain job, not an array
         click.echo(f"submitted 1 job: {ids}")
@@ -77,11 +80,14 @@ def status(spec_path, scale, runs_root):
     Example:
       ablate status ablations/schedule.toml --scale paper
     """
+    from ablations.store.layout import run_folder
+    from ablations.store.reads import Reads
     from slurm.dispatch import status_table
     spec = load(spec_path, scale)
     folder_option(runs_root, "--runs-root")
-    note_legacy(runs_root)
-    print_table(status_table(spec, runs_root), last=("log",))
+    reads = Reads()  # each file of a run folder read once
+    note_legacy(runs_root, reads, [run_folder(runs_root, r.run_id) for r in spec.runs])
+    print_table(status_table(spec, runs_root, reads), last=("log",))
 
 
 @click.command()

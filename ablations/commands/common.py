@@ -61,34 +61,42 @@ def folder_option(path, option):
             return
 
 
-def invalid_folders(spec, runs, runs_root) -> dict:
+def invalid_folders(spec, runs, runs_root, reads=None) -> dict:
     """{run_id: why} for the runs whose folders do not hold the run their id names (ledger.check_folder),
     each reported on one line."""
     from ablations.running import ledger
     found = {}
     for r in runs:
-        why = ledger.check_folder(r, runs_root, spec.overrides)
+        why = ledger.check_folder(r, runs_root, spec.overrides, reads)
         if why:
             found[r.run_id] = why
             click.echo(f"error: {why}", err=True)
     return found
 
 
-def migrate_store(runs_root):
+def migrate_store(runs_root, reads=None, folders=()) -> bool:
     """Migrate the run store's legacy folders (ablations/store/migrate.py): `run` and `submit` only, which then
-    claim what they train; never a folder a live process holds."""
-    from ablations.store.migrate import migrate, restore_whole_rows, set_aside_stale_nll, share_across_steps
-    if os.path.isdir(runs_root):
-        migrate(runs_root, echo=click.echo)
-        share_across_steps(runs_root, echo=click.echo)
-        restore_whole_rows(runs_root, echo=click.echo)
-        set_aside_stale_nll(runs_root, echo=click.echo)
+    claim what they train; never a folder a live process holds. Only when the cheap check finds a legacy item
+    (`migrate.legacy`: the names and config.json files under the runs root, and the rows of `folders`, the
+    command's own runs, all read through the command's `reads`); then every pass runs over the whole store,
+    and `reads` forgets what it read. Whether it migrated."""
+    from ablations.store import migrate
+    if not os.path.isdir(runs_root) or not migrate.legacy(runs_root, reads, folders):
+        return False
+    migrate.migrate(runs_root, echo=click.echo)
+    migrate.share_across_steps(runs_root, echo=click.echo)
+    migrate.restore_whole_rows(runs_root, echo=click.echo)
+    migrate.set_aside_stale_nll(runs_root, echo=click.echo)
+    if reads is not None:
+        reads.clear()
+    return True
 
 
-def note_legacy(runs_root):
-    """The commands that read (list, collect, status) change nothing: they say what `ablate run` would migrate."""
+def note_legacy(runs_root, reads=None, folders=()):
+    """The commands that read (list, collect, status) change nothing: they say what `ablate run` would migrate
+    (`migrate.legacy`, through the command's `reads`, which then reads each file once)."""
     from ablations.store.migrate import legacy
-    found = legacy(runs_root)
+    found = legacy(runs_root, reads, folders)
     for line in found[:5]:
         click.echo(f"note: {line}", err=True)
     if found:

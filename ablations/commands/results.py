@@ -10,11 +10,11 @@ import click
 from ablations.commands.common import (RECORDS, RESULTS, RESULTS_ROOT, SCALE, folder_option, invalid_folders,
                                        load, note_legacy, roots, set_option)
 from ablations.run.config import TRAIN_FIELDS, TrainConfig, eval_steps, scored_at
-from ablations.store.io import read_json
-from ablations.store.layout import CONFIG, run_folder
+from ablations.store.layout import run_folder
+from ablations.store.reads import Reads, look
 from ablations.run.axes import STANDARD
 
-def _describe(spec, runs, runs_root, records=None) -> list[dict]:
+def _describe(spec, runs, runs_root, records=None, reads=None) -> list[dict]:
     """What results/ needs to know of each run, as plain values taken from the run itself: its folder, the
     spec and scale, and the seed and axis values of the resolved config its folder's config.json records
     (the grid's axes labelled as the spec labels them, str(value), then the standard axes). A grid axis of
@@ -22,12 +22,13 @@ def _describe(spec, runs, runs_root, records=None) -> list[dict]:
     only) takes the spec's config, the one its id hashes. `until` and `scored` are what this spec asks of
     the run (its training steps; the checkpoints it scores, each with its settings), so that a run shared
     with a spec that trained it further or scored it otherwise gives this spec only its own rows. A run is
-    read from its runs-root folder or from its record, never both (`ledger.source`)."""
+    read from its runs-root folder or from its record, never both (`ledger.source`). Each folder's files
+    through the command's `reads` (ablations/store/reads.py), which reads them once."""
     from ablations.running.ledger import run_steps, source
     out = []
     for r in runs:
-        folder = run_folder(source(spec, r, runs_root, records), r.run_id)
-        cfg = _recorded(folder) or r.config
+        folder = run_folder(source(spec, r, runs_root, records, reads), r.run_id)
+        cfg = _recorded(folder, reads) or r.config
         axes = {a: str(getattr(cfg, a)) if a in TRAIN_FIELDS else label for a, label in r.axes.items()}
         axes.update({a: getattr(cfg, a) for a in STANDARD if a not in axes})
         until = run_steps(r)
@@ -37,12 +38,10 @@ def _describe(spec, runs, runs_root, records=None) -> list[dict]:
     return out
 
 
-def _recorded(folder) -> TrainConfig | None:
+def _recorded(folder, reads=None) -> TrainConfig | None:
     """The TrainConfig a run folder's config.json records (ablations/store/layout.py), or None without one."""
-    record = read_json(Path(folder) / CONFIG)
-    if record is None:
-        return None
-    return TrainConfig.from_record(record)
+    seen = look(reads, folder)
+    return None if seen.record is None else seen.config
 
 
 def _results_dir(target, results_root) -> str:
@@ -79,12 +78,13 @@ def collect(spec_path, scale, runs_root, results_root, records, overrides):
     spec = load(spec_path, scale, overrides)
     folder_option(runs_root, "--runs-root")
     folder_option(results_root, "--results-root")
-    note_legacy(runs_root)
+    reads = Reads()  # one pass over each run folder: every file read once, shared by every step below
+    note_legacy(runs_root, reads, [run_folder(runs_root, r.run_id) for r in spec.runs])
     out = os.path.join(results_root, spec.name)
-    invalid = invalid_folders(spec, spec.runs, runs_root)
-    runs = _describe(spec, [r for r in spec.runs if r.run_id not in invalid], runs_root, records)
+    invalid = invalid_folders(spec, spec.runs, runs_root, reads)
+    runs = _describe(spec, [r for r in spec.runs if r.run_id not in invalid], runs_root, records, reads)
     axes = [*spec.axes, *(a for a in STANDARD if a not in spec.axes)]
-    c = do_collect(runs, out, axes=axes)
+    c = do_collect(runs, out, axes=axes, reads=reads)
     identity.write(out, str(spec.path), spec.name, spec.scale, spec.axes, axes, runs)
     _write_overrides(out, spec)
     write_findings(out, spec)
@@ -94,19 +94,19 @@ def collect(spec_path, scale, runs_root, results_root, records, overrides):
     if c["foreign"]:
         click.echo(f"note: rows of metrics this suite does not know, left out (a newer suite wrote them): "
                    f"{', '.join(c['foreign'])}")
-    _say_unscorable(spec, [r for r in spec.runs if r.run_id not in invalid], runs_root, records)
+    _say_unscorable(spec, [r for r in spec.runs if r.run_id not in invalid], runs_root, records, reads)
     if invalid:
         click.echo(f"error: {len(invalid)} invalid run folder(s) not collected: {', '.join(invalid)}", err=True)
         sys.exit(1)
 
 
-def _say_unscorable(spec, runs, runs_root, records):
+def _say_unscorable(spec, runs, runs_root, records, reads=None):
     """The runs whose rows this spec cannot get as they stand (ledger.unscorable): each with its reason, which
     names the way out. Collected as they are: their status is the run's, which other specs share."""
     from ablations.running.ledger import source, state
     from ablations.store.layout import UNSCORABLE
     for r in runs:
-        st = state(spec, r, source(spec, r, runs_root, records))
+        st = state(spec, r, source(spec, r, runs_root, records, reads), reads)
         if st["state"] == UNSCORABLE:
             click.echo(f"note: unscorable for this spec: {st['reason']}", err=True)
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from ablations.store.io import atomic_write
-from ablations.store.layout import ROWS, read_status, sample_grid_name
+from ablations.store.layout import sample_grid_name
+from ablations.store.reads import Reads, look
 from ablations.store.schema import (CURVES, IDENTITY, OPTIONAL, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING,
-                                    SPEC_COLUMNS, STATUS_COLUMNS, foreign_metrics, read_lines, rows_of)
+                                    SPEC_COLUMNS, STATUS_COLUMNS, foreign_metrics, rows_of)
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom; 1.96 (the normal's) beyond.
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -43,21 +44,22 @@ def write_csv(df: pd.DataFrame, path):
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
-def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
+def collect(runs: list[dict], out_dir, axes: list[str], reads: Reads | None = None) -> dict:
     """Gather the rows of `runs` (dicts with folder, run_id, ablation, scale, seed and the `axes`) into
     out_dir/rows.csv and summary.csv, and copy their sample grids to out_dir/samples/. Returns counts:
     runs, rows, skipped (lines that are not rows, and rows of a torn append: ablations.store.schema.read_rows),
     duplicates (rows whose IDENTITY an earlier row has, dropped), failed, foreign (the metrics of rows a newer
-    suite wrote, left out: `schema.foreign_metrics`)."""
+    suite wrote, left out: `schema.foreign_metrics`). Each run's status.json and rows.jsonl through `reads`,
+    the command's one read of each run folder (ablations/store/reads.py)."""
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     for stale in (out_dir / "samples").glob("*.png"):  # the folder mirrors the runs collected now
         stale.unlink()
-    rows, skipped, failed, foreign = [], 0, 0, set()
+    rows, skipped, failed, foreign, copied = [], 0, 0, set(), set()
     for run in runs:
         folder = Path(run["folder"])
-        status = read_status(folder)
-        lines = read_lines(folder / ROWS)
+        seen = look(reads, folder)
+        status, lines = seen.status, seen.lines
         got, bad = rows_of(lines)
         foreign |= foreign_metrics(lines)
         skipped += bad
@@ -72,8 +74,10 @@ def collect(runs: list[dict], out_dir, axes: list[str]) -> dict:
             if r.get("metric") == "fid":
                 step = r.get("train_step")  # None in rows from before checkpoints were scored
                 grid = folder / sample_grid_name(*(r[c] for c in SETTING), train_step=step)
-                if grid.exists():
-                    shutil.copyfile(grid, out_dir / "samples" / f"{run['run_id']}-{grid.name}")
+                copy = out_dir / "samples" / f"{run['run_id']}-{grid.name}"
+                if copy not in copied and grid.exists():  # once, though each extractor's FID row names it
+                    shutil.copyfile(grid, copy)
+                    copied.add(copy)
     order = ["run_id", *SPEC_COLUMNS, *axes, "metric", "value", "phase", "train_step", *SETTING, "nfe", *PROTOCOL,
              *STATUS_COLUMNS, *PROVENANCE]
     table = pd.DataFrame(rows, columns=order)

@@ -1,6 +1,8 @@
 """What a run's folder holds and what a spec needs from it: the rows a spec wants at each checkpoint, the
 ones still missing, whether the folder holds the run its id names, and the run's state (`ablate list`).
-Read-only but for one repair: a config.json a killed start never wrote (`check_folder`)."""
+Read-only but for one repair: a config.json a killed start never wrote (`check_folder`). A command passes its
+`Reads` (ablations/store/reads.py) to every call, so that each file of a run folder is read once a command;
+without one, each call reads what it needs once."""
 import os
 import time
 from dataclasses import asdict
@@ -10,7 +12,7 @@ from ablations.grid.spec import Run, Spec
 from ablations.run.config import TrainConfig, eval_steps, scored_at, total_steps
 from ablations.run.shapes import SIZES
 from ablations.store import claim
-from ablations.store.io import read_json, write_json
+from ablations.store.io import write_json
 from ablations.store.layout import (
     ASKED,
     CLAIM,
@@ -26,13 +28,11 @@ from ablations.store.layout import (
     UNSCORABLE,
     ask,
     checkpoint_name,
-    last_step,
     orphans,
     pid_alive,
-    read_status,
     run_folder,
-    trained_step,
 )
+from ablations.store.reads import Reads, look
 from ablations.store.schema import DENOISING, key, read_rows, row
 from core.likelihood import STRATA_SPACING
 
@@ -90,10 +90,10 @@ def run_steps(run: Run) -> int:
     return total_steps(run.config, SIZES[run.config.dataset]["train"])
 
 
-def missing(spec: Spec, run: Run, folder) -> list:
+def missing(spec: Spec, run: Run, folder, reads: Reads | None = None) -> list:
     """(train_step, setting or "nll", "denoise" or "cost") of the rows this spec needs and the run does not have
     yet, each once (a torn append's rows do not count: `read_rows`)."""
-    have = have_keys(folder)
+    have = look(reads, folder).keys
     return list(dict.fromkeys(what for k, what in wanted(spec, run).items() if k not in have))
 
 
@@ -113,7 +113,7 @@ def config_record(run: Run, overrides=()) -> dict:
     return {"run_id": run.run_id, "train": asdict(run.config), "overrides": list(overrides)}
 
 
-def check_folder(run: Run, runs_root, overrides=()) -> str | None:
+def check_folder(run: Run, runs_root, overrides=(), reads: Reads | None = None) -> str | None:
     """Why the run's folder does not hold the run its id names, or None when it does or does not exist
     yet. A missing config.json is written from the spec when the folder holds none of a run's results,
     only its bookkeeping (claim, status, log: a start killed before its first write); otherwise the
@@ -134,12 +134,14 @@ def check_folder(run: Run, runs_root, overrides=()) -> str | None:
             return (f"{folder}: no {CONFIG}, but the folder holds {', '.join(others[:3])}"
                     f"{', ...' if len(others) > 3 else ''}; not touched: restore {CONFIG} or move the folder away")
         write_json(path, config_record(run, overrides))
+        if reads is not None:
+            reads.forget(folder)
         return None
-    record = read_json(path)
-    if record is None:
+    seen = look(reads, folder)
+    if seen.record is None:
         return f"{path}: unreadable (not a JSON object); restore it or move the folder away"
     try:
-        found = config_id(record)
+        found = seen.config.run_id()
     except (TypeError, KeyError, ValueError, AttributeError) as e:  # no `train` table, unknown fields
         return f"{path}: not a run config ({type(e).__name__}: {e}); restore it or move the folder away"
     if found != run.run_id:
@@ -148,17 +150,19 @@ def check_folder(run: Run, runs_root, overrides=()) -> str | None:
     return None
 
 
-def unscorable(spec: Spec, run: Run, folder) -> str | None:
+def unscorable(spec: Spec, run: Run, folder, reads: Reads | None = None) -> str | None:
     """Why this spec cannot get its rows from the run as it stands, or None when it can: it asks for rows
     at checkpoints the run trained past without keeping them (no spec that names the run had asked for
     them, `layout.ask`, before training passed them). A reason of this spec's alone: the run's own
     status is left as it is, and every other spec sees the run as it is."""
-    trained = trained_step(folder)
-    gone = sorted({at for at, _ in missing(spec, run, folder)
+    reads = reads or Reads()
+    seen = reads.of(folder)
+    trained = seen.trained_step
+    gone = sorted({at for at, _ in missing(spec, run, folder, reads)
                    if at <= trained and not (Path(folder) / checkpoint_name(at)).exists()})
     if not gone:
         return None
-    if not last_step(folder):
+    if not seen.last_step:
         return (f"{folder} is a record (no checkpoints) that lacks this spec's rows at step(s) "
                 f"{', '.join(map(str, gone))}: it is trained again, from its seed, by `ablate run SPEC --records "
                 f"{Path(folder).parent}` with a runs root of its own; its new record then replaces this one whole")
@@ -175,70 +179,74 @@ def ask_all(spec: Spec, runs, runs_root):
         ask(run_folder(runs_root, run.run_id), eval_steps(spec.eval, run_steps(run)), spec.name)
 
 
-def state(spec: Spec, run: Run, runs_root) -> dict:
+def state(spec: Spec, run: Run, runs_root, reads: Reads | None = None) -> dict:
     """The run's status, with `state` one of pending, running, interrupted, done, needs-eval, failed,
     unknown (status.json unreadable), invalid (`check_folder`; the reason says why) or, this spec's alone,
     unscorable (`unscorable`)."""
+    reads = reads or Reads()
     folder = run_folder(runs_root, run.run_id)
-    bad_folder = check_folder(run, runs_root, spec.overrides)
+    bad_folder = check_folder(run, runs_root, spec.overrides, reads)
     if bad_folder:
         return {"state": INVALID, "reason": bad_folder}
-    st = read_status(folder)
+    seen = reads.of(folder)
+    st = seen.status
     if st["state"] == RUNNING:
-        holder = claim.read(folder)
+        holder = seen.claim
         if not pid_alive(st) and not (holder and claim.alive(holder)):
             st = {**st, "state": INTERRUPTED}
-    if st["state"] in (DONE, INTERRUPTED) and (why := unscorable(spec, run, folder)):
+    if st["state"] in (DONE, INTERRUPTED) and (why := unscorable(spec, run, folder, reads)):
         st = {**st, "state": UNSCORABLE, "reason": why}
-    elif st["state"] == DONE and trained_step(folder, st) < run_steps(run):  # trained for a shorter spec
-        st = {**st, "state": INTERRUPTED, "reason": f"trained {trained_step(folder, st)} of the {run_steps(run)} "
+    elif st["state"] == DONE and seen.trained_step < run_steps(run):  # trained for a shorter spec
+        st = {**st, "state": INTERRUPTED, "reason": f"trained {seen.trained_step} of the {run_steps(run)} "
                                                     "steps this spec asks for; re-run to go on"}
-    elif st["state"] == DONE and missing(spec, run, folder):
+    elif st["state"] == DONE and missing(spec, run, folder, reads):
         st = {**st, "state": NEEDS_EVAL}
     return st
 
 
-def source(spec: Spec, run: Run, runs_root, records=None):
+def source(spec: Spec, run: Run, runs_root, records=None, reads: Reads | None = None):
     """The root a spec reads run `run` from: the runs root, or the records (ablations/store/records.py) when
     the run's record is done for this spec and its runs-root folder is not. Never both: a record and a
     runs-root folder may hold two trainings, whose rows are not mixed."""
     if records is None or not os.path.lexists(run_folder(records, run.run_id)):
         return runs_root
-    if state(spec, run, runs_root)["state"] == DONE or state(spec, run, records)["state"] != DONE:
+    reads = reads or Reads()
+    if state(spec, run, runs_root, reads)["state"] == DONE or state(spec, run, records, reads)["state"] != DONE:
         return runs_root
     return records
 
 
-def table(spec: Spec, runs_root, records=None) -> list[dict]:
+def table(spec: Spec, runs_root, records=None, reads: Reads | None = None) -> list[dict]:
     """One row per run of the spec: run_id, its axis values, seed, state, step, reason; a run read from its
     record (`source`) says so in its reason."""
-    out, now = [], time.time()
+    out, now, reads = [], time.time(), reads or Reads()
     for run in spec.runs:
-        root = source(spec, run, runs_root, records)
-        st = state(spec, run, root)
+        root = source(spec, run, runs_root, records, reads)
+        st = state(spec, run, root, reads)
         step = st.get("step", "")
         if st["state"] in (RUNNING, INTERRUPTED):  # a killed run's status lags its checkpoints
-            step = max(step or 0, last_step(run_folder(root, run.run_id)))
+            step = max(step or 0, reads.of(run_folder(root, run.run_id)).last_step)
         reason = st.get("reason", "") if root == runs_root else f"its record in {records}"
         out.append({"run_id": run.run_id, **run.axes, "seed": run.config.seed, "state": st["state"],
-                    "step": step, "held_by": held_by(run_folder(root, run.run_id), st, now), "reason": reason})
+                    "step": step, "held_by": held_by(run_folder(root, run.run_id), st, now, reads),
+                    "reason": reason})
     return out
 
 
-def held_by(folder, st: dict, now: float) -> str:
+def held_by(folder, st: dict, now: float, reads: Reads | None = None) -> str:
     """Who holds the run's claim and for how long ('' when nobody does), marked stale when its holder is
     known to be gone (`ablate release` removes a claim by hand)."""
     if st["state"] == INVALID:
         return ""
-    h = claim.read(folder)
+    h = look(reads, folder).claim
     if h is None:
         return ""
     stale = claim.checkable(h) and not claim.alive(h)
     return claim.describe(h, now, folder / CLAIM) + (" (stale)" if stale else "")
 
 
-def is_complete(spec: Spec, run: Run, runs_root) -> bool:
-    return state(spec, run, runs_root)["state"] == DONE
+def is_complete(spec: Spec, run: Run, runs_root, reads: Reads | None = None) -> bool:
+    return state(spec, run, runs_root, reads)["state"] == DONE
 
 
 def solver_reference_label(T: int) -> str:

@@ -132,12 +132,12 @@ def last_step(folder) -> int:
     return checkpoint_step(found[-1]) if found else 0
 
 
-def trained_step(folder, status: dict | None = None) -> int:
-    """How far the run was trained: its newest checkpoint, or the step a finished run's status.json gives (a
-    record keeps no checkpoint: ablations/store/records.py)."""
+def trained_step(folder, status: dict | None = None, last: int | None = None) -> int:
+    """How far the run was trained: its newest checkpoint (`last`, when the caller has it), or the step a
+    finished run's status.json gives (a record keeps no checkpoint: ablations/store/records.py)."""
     status = read_status(folder) if status is None else status
     done = status.get("step") if status.get("state") == DONE else 0
-    return max(last_step(folder), done if isinstance(done, int) else 0)
+    return max(last_step(folder) if last is None else last, done if isinstance(done, int) else 0)
 
 
 def sample_grid_name(sampler: str, steps: int, eta: float, clip_x0: bool, spacing: str = "leading", *,

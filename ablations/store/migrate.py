@@ -19,6 +19,7 @@ go back to rows.jsonl (`restore_whole_rows`).
 """
 import heapq
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -28,6 +29,7 @@ from ablations.run.shapes import SIZES
 from ablations.store import claim
 from ablations.store.io import append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_text
 from ablations.store.layout import CONFIG, PARTIAL, ROWS, RUN_ID, last_step, run_folder, slurm_folder, superseded
+from ablations.store.reads import Reads
 from ablations.store.schema import WHOLE, identity, read_lines, row
 
 RENAMED = {"base": "model_channels", "ema": "ema_decay", "steps": "train_steps"}
@@ -96,24 +98,35 @@ def _move_dispatch(root, spec_dir):
         spec_dir.rmdir()
 
 
-def legacy(root) -> list[str]:
-    """What the next `ablate run` would migrate under `root`, one line each, reading no rows file: run folders
-    of the first layout, folders named by their legacy id, and rows set aside in rows.partial.jsonl. The
-    commands that only read (list, collect, status) say it instead of migrating."""
+def legacy(root, reads: Reads | None = None, folders=()) -> list[str]:
+    """What the next `ablate run` would migrate under `root`, one line each: run folders of the first layout,
+    folders named by their legacy id, and rows set aside in rows.partial.jsonl, found from the names and the
+    config.json files alone; and, of `folders` only (the run folders the command reads anyway), the stale NLL
+    rows (`stale_nll`) in their rows.jsonl. Every file through `reads`, so that the command, which goes on to
+    read these folders, reads each file once. The commands that only read (list, collect, status) say it
+    instead of migrating; `ablate run` and `submit` migrate only when it finds something
+    (ablations/commands/common.py: `migrate_store`), so a store without legacy items costs them no pass over
+    its rows."""
     root = Path(root)
     if not root.is_dir():
         return []
+    reads = reads or Reads()
     found = [f"{p}: the first layout (<root>/<spec>/<run_id>/)" for p in old_run_folders(root)]
     for folder in sorted(p for p in root.iterdir() if RUN_ID.fullmatch(p.name) and p.is_dir()):
         if (folder / PARTIAL).exists():
             found.append(f"{folder / PARTIAL}: rows set aside that may be whole")
-        record = read_json(folder / CONFIG)
         try:
-            cfg = TrainConfig.from_record(record)
+            cfg = reads.of(folder).config
         except (TypeError, KeyError, ValueError, AttributeError):
             continue
         if folder.name != cfg.run_id() and folder.name == cfg.legacy_run_id():
             found.append(f"{folder}: named by its legacy id (run {cfg.run_id()})")
+    for folder in (f for f in folders if os.path.isdir(f)):  # a file where a folder should be: `ledger.check_folder`
+        seen = reads.of(folder)
+        T = (seen.record or {}).get("train", {}).get("T")
+        why = {stale_nll(obj, T) for _, _, obj in seen.lines if isinstance(obj, dict) and obj.get("strata") is not None}
+        if why - {None}:
+            found.append(f"{Path(folder) / ROWS}: NLL rows {' and '.join(sorted(why - {None}))}")
     return found
 
 
