@@ -531,3 +531,27 @@ def test_every_comparison_of_a_grid_is_reported_two_sided():
     assert len([t for t in table if t.startswith("| fid") or t.startswith("| nll_bpd")]) == 6
     assert "| higher (P) |" in table[table.index(next(t for t in table if t.startswith("| nll_bpd")))]
     assert lines(rows, [], found) == []  # no grid axis: nothing to pair
+
+
+def test_a_run_another_spec_holds_reads_done_in_the_rows_of_a_spec_it_has_finished(smoke, tmp_path):
+    """status.json says what the run is (running, for whichever spec holds it); a spec whose every asked row the
+    run already holds collects it as done, and one that still lacks a row as the run's own state."""
+    import os
+
+    spec, runs, _ = smoke
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    held = spec.runs[0].run_id
+    status = json.loads((copy / held / "status.json").read_text())
+    write_json(copy / held / "status.json", {**status, "state": "running", "pid": os.getpid()})
+
+    def collected():
+        _ablate("collect", spec.path, "--scale", "smoke", "--runs-root", copy, "--results-root", tmp_path / "res")
+        rows = pd.read_csv(tmp_path / "res" / spec.name / "rows.csv")
+        return set(rows.loc[rows["run_id"] == held, "status"]), set(rows.loc[rows["run_id"] != held, "status"])
+
+    assert collected() == ({"done"}, {"done"})
+    lines = (copy / held / "rows.jsonl").read_text().splitlines()
+    fid = next(i for i, line in enumerate(lines) if '"metric": "fid"' in line)
+    (copy / held / "rows.jsonl").write_text("\n".join(lines[:fid] + lines[fid + 1:]) + "\n")
+    assert collected() == ({"running"}, {"done"})

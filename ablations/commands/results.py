@@ -28,14 +28,30 @@ def _describe(spec, runs, runs_root, records=None, reads=None) -> list[dict]:
     out = []
     for r in runs:
         folder = run_folder(source(spec, r, runs_root, records, reads), r.run_id)
+        status = _status(spec, r, folder, reads)
         cfg = _recorded(folder, reads) or r.config
         axes = {a: str(getattr(cfg, a)) if a in TRAIN_FIELDS else label for a, label in r.axes.items()}
         axes.update({a: getattr(cfg, a) for a in STANDARD if a not in axes})
         until = run_steps(r)
         scored = {at: [s._asdict() for s in scored_at(spec.eval, until, at)] for at in eval_steps(spec.eval, until)}
         out.append({"folder": str(folder), "run_id": r.run_id, "ablation": spec.name, "scale": spec.scale,
-                    "seed": cfg.seed, **axes, "until": until, "scored": scored})
+                    "seed": cfg.seed, **axes, "until": until, "scored": scored, "status": status})
     return out
+
+
+def _status(spec, run, folder, reads=None) -> dict:
+    """The run's state as this spec's rows should carry it: status.json's (what the run is), except that a run
+    another spec holds (running, or interrupted there) while it already holds every row this spec asks for is
+    done for this spec: its rows were scored and will not change (schedule-curve's linear seeds read
+    `running` on every row, the last checkpoint's included, because prediction was scoring them then)."""
+    from ablations.running.ledger import missing, run_steps
+    from ablations.store.layout import DONE, INTERRUPTED, RUNNING
+    seen = look(reads, folder)
+    st = seen.status
+    if (st["state"] in (RUNNING, INTERRUPTED) and seen.record is not None and seen.trained_step >= run_steps(run)
+            and not missing(spec, run, folder, reads)):
+        return {"state": DONE, "reason": f"every row this spec asks for; the run is {st['state']} for another"}
+    return st
 
 
 def _recorded(folder, reads=None) -> TrainConfig | None:
