@@ -51,20 +51,23 @@ demo: setup compiler data
 results: setup
 	$(VENV)/bin/ablate results
 
-# Every answer as a curve (results/METHODS.md, "Every answer as a curve"): the four training questions at the curve scale and
-# the sampler question at its own (cpu: 2,200 steps x 192 images, scored along the way). Two one-thread workers
-# share one runs root, the claims give each run to one of them, and they take the questions in opposite orders;
-# stopped, it resumes where it stood (run it again). Then each question's table and the index.
+# Every answer as a curve (results/METHODS.md, "Every answer as a curve"): the four training questions and the
+# sampler question (which scores the baseline's runs) at the curve scale. Two one-thread workers share one runs
+# root, the claims give each run to one of them, and they take the questions in opposite orders; a run whose
+# committed record (RECORDS) holds a spec's rows is done for it, and each run a worker finishes is recorded there.
+# Stopped, it resumes where it stood (run it again, on this machine or a fresh one). Then the tables and the index.
 CURVES_ROOT ?= runs-curves
-CURVES      := prediction:curve schedule:curve loss:curve norm:curve sampler:cpu
+CURVES      := prediction:curve schedule:curve loss:curve norm:curve sampler:curve
+RECORDS     ?= results/runs
 curves: setup compiler data
 	( for qs in $(CURVES); do OMP_NUM_THREADS=1 $(VENV)/bin/ablate run ablations/$${qs%:*}.toml --scale $${qs#*:} \
-		--runs-root $(CURVES_ROOT) --no-progress || exit 1; done ) & \
+		--runs-root $(CURVES_ROOT) --records $(RECORDS) --no-progress || exit 1; done ) & \
 	( for qs in $$(echo $(CURVES) | tr ' ' '\n' | tac); do OMP_NUM_THREADS=1 $(VENV)/bin/ablate run \
-		ablations/$${qs%:*}.toml --scale $${qs#*:} --runs-root $(CURVES_ROOT) --no-progress || exit 1; done ) & \
+		ablations/$${qs%:*}.toml --scale $${qs#*:} --runs-root $(CURVES_ROOT) --records $(RECORDS) --no-progress \
+		|| exit 1; done ) & \
 	wait
 	for qs in $(CURVES); do $(VENV)/bin/ablate collect ablations/$${qs%:*}.toml --scale $${qs#*:} \
-		--runs-root $(CURVES_ROOT) || exit 1; done
+		--runs-root $(CURVES_ROOT) --records $(RECORDS) || exit 1; done
 	$(VENV)/bin/ablate results
 
 # Micro-benchmarks (not part of the tests): JSON, tidy table, ratios and a plot under results/bench/.
