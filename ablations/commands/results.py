@@ -12,7 +12,6 @@ from ablations.commands.common import (RECORDS, RESULTS, RESULTS_ROOT, SCALE, fo
 from ablations.run.config import TRAIN_FIELDS, TrainConfig, eval_steps, scored_at
 from ablations.store.layout import run_folder
 from ablations.store.reads import Reads, look
-from ablations.run.axes import STANDARD
 
 def _describe(spec, runs, runs_root, records=None, reads=None) -> list[dict]:
     """What results/ needs to know of each run, as plain values taken from the run itself: its folder, the
@@ -24,6 +23,7 @@ def _describe(spec, runs, runs_root, records=None, reads=None) -> list[dict]:
     with a spec that trained it further or scored it otherwise gives this spec only its own rows. A run is
     read from its runs-root folder or from its record, never both (`ledger.source`). Each folder's files
     through the command's `reads` (ablations/store/reads.py), which reads them once."""
+    from ablations.run.axes import STANDARD  # the registry imports core (torch): collect only, never plot/report
     from ablations.running.ledger import run_steps, source
     out = []
     for r in runs:
@@ -99,6 +99,7 @@ def collect(spec_path, scale, runs_root, results_root, records, overrides):
     out = os.path.join(results_root, spec.name)
     invalid = invalid_folders(spec, spec.runs, runs_root, reads)
     runs = _describe(spec, [r for r in spec.runs if r.run_id not in invalid], runs_root, records, reads)
+    from ablations.run.axes import STANDARD
     axes = [*spec.axes, *(a for a in STANDARD if a not in spec.axes)]
     c = do_collect(runs, out, axes=axes, reads=reads)
     identity.write(out, str(spec.path), spec.name, spec.scale, spec.axes, axes, runs)
