@@ -535,7 +535,8 @@ def test_every_comparison_of_a_grid_is_reported_two_sided():
 
 def test_a_run_another_spec_holds_reads_done_in_the_rows_of_a_spec_it_has_finished(smoke, tmp_path):
     """status.json says what the run is (running, for whichever spec holds it); a spec whose every asked row the
-    run already holds collects it as done, and one that still lacks a row as the run's own state."""
+    run already holds collects and lists it as done (ledger.state), and one that still lacks a row as the run's
+    own state."""
     import os
 
     spec, runs, _ = smoke
@@ -543,11 +544,16 @@ def test_a_run_another_spec_holds_reads_done_in_the_rows_of_a_spec_it_has_finish
     shutil.copytree(runs, copy)
     held = spec.runs[0].run_id
     status = json.loads((copy / held / "status.json").read_text())
-    write_json(copy / held / "status.json", {**status, "state": "running", "pid": os.getpid()})
+    from ablations.store.layout import start_time
+    live = {"state": "running", "pid": os.getpid(), "start": start_time(os.getpid())}  # this process: alive
+    write_json(copy / held / "status.json", {**status, **live})
 
     def collected():
         _ablate("collect", spec.path, "--scale", "smoke", "--runs-root", copy, "--results-root", tmp_path / "res")
         rows = pd.read_csv(tmp_path / "res" / spec.name / "rows.csv")
+        listed = next(line for line in _ablate("list", spec.path, "--scale", "smoke", "--runs-root", copy).splitlines()
+                      if line.startswith(held))
+        assert set(rows.loc[rows["run_id"] == held, "status"]) <= set(listed.split()), listed  # list says the same
         return set(rows.loc[rows["run_id"] == held, "status"]), set(rows.loc[rows["run_id"] != held, "status"])
 
     assert collected() == ({"done"}, {"done"})

@@ -24,11 +24,11 @@ def _describe(spec, runs, runs_root, records=None, reads=None) -> list[dict]:
     read from its runs-root folder or from its record, never both (`ledger.source`). Each folder's files
     through the command's `reads` (ablations/store/reads.py), which reads them once."""
     from ablations.run.axes import STANDARD  # the registry imports core (torch): collect only, never plot/report
-    from ablations.running.ledger import run_steps, source
+    from ablations.running.ledger import run_steps, source, state
     out = []
     for r in runs:
-        folder = run_folder(source(spec, r, runs_root, records, reads), r.run_id)
-        status = _status(spec, r, folder, reads)
+        root = source(spec, r, runs_root, records, reads)
+        folder, status = run_folder(root, r.run_id), state(spec, r, root, reads)
         cfg = _recorded(folder, reads) or r.config
         axes = {a: str(getattr(cfg, a)) if a in TRAIN_FIELDS else label for a, label in r.axes.items()}
         axes.update({a: getattr(cfg, a) for a in STANDARD if a not in axes})
@@ -37,21 +37,6 @@ def _describe(spec, runs, runs_root, records=None, reads=None) -> list[dict]:
         out.append({"folder": str(folder), "run_id": r.run_id, "ablation": spec.name, "scale": spec.scale,
                     "seed": cfg.seed, **axes, "until": until, "scored": scored, "status": status})
     return out
-
-
-def _status(spec, run, folder, reads=None) -> dict:
-    """The run's state as this spec's rows should carry it: status.json's (what the run is), except that a run
-    another spec holds (running, or interrupted there) while it already holds every row this spec asks for is
-    done for this spec: its rows were scored and will not change (schedule-curve's linear seeds read
-    `running` on every row, the last checkpoint's included, because prediction was scoring them then)."""
-    from ablations.running.ledger import missing, run_steps
-    from ablations.store.layout import DONE, INTERRUPTED, RUNNING
-    seen = look(reads, folder)
-    st = seen.status
-    if (st["state"] in (RUNNING, INTERRUPTED) and seen.record is not None and seen.trained_step >= run_steps(run)
-            and not missing(spec, run, folder, reads)):
-        return {"state": DONE, "reason": f"every row this spec asks for; the run is {st['state']} for another"}
-    return st
 
 
 def _recorded(folder, reads=None) -> TrainConfig | None:
@@ -111,21 +96,19 @@ def collect(spec_path, scale, runs_root, results_root, records, overrides):
     if c["foreign"]:
         click.echo(f"note: rows of metrics this suite does not know, left out (a newer suite wrote them): "
                    f"{', '.join(c['foreign'])}")
-    _say_unscorable(spec, [r for r in spec.runs if r.run_id not in invalid], runs_root, records, reads)
+    _say_unscorable(runs)
     if invalid:
         click.echo(f"error: {len(invalid)} invalid run folder(s) not collected: {', '.join(invalid)}", err=True)
         sys.exit(1)
 
 
-def _say_unscorable(spec, runs, runs_root, records, reads=None):
-    """The runs whose rows this spec cannot get as they stand (ledger.unscorable): each with its reason, which
-    names the way out. Collected as they are: their status is the run's, which other specs share."""
-    from ablations.running.ledger import source, state
+def _say_unscorable(runs):
+    """The runs (`_describe`'s) whose rows this spec cannot get as they stand (ledger.unscorable): each with its
+    reason, which names the way out. Collected as they are, with that state in this spec's rows."""
     from ablations.store.layout import UNSCORABLE
     for r in runs:
-        st = state(spec, r, source(spec, r, runs_root, records, reads), reads)
-        if st["state"] == UNSCORABLE:
-            click.echo(f"note: unscorable for this spec: {st['reason']}", err=True)
+        if r["status"]["state"] == UNSCORABLE:
+            click.echo(f"note: unscorable for this spec: {r['status']['reason']}", err=True)
 
 
 def _write_overrides(out, spec):

@@ -59,7 +59,7 @@ def collect(runs: list[dict], out_dir, axes: list[str], reads: Reads | None = No
     for run in runs:
         folder = Path(run["folder"])
         seen = look(reads, folder)
-        status, lines = run.get("status") or seen.status, seen.lines  # this spec's view (commands.results)
+        status, lines = run.get("status") or seen.status, seen.lines  # this spec's (ledger.state, via collect)
         got, bad = rows_of(lines)
         foreign |= foreign_metrics(lines)
         skipped += bad

@@ -180,9 +180,10 @@ def ask_all(spec: Spec, runs, runs_root):
 
 
 def state(spec: Spec, run: Run, runs_root, reads: Reads | None = None) -> dict:
-    """The run's status, with `state` one of pending, running, interrupted, done, needs-eval, failed,
-    unknown (status.json unreadable), invalid (`check_folder`; the reason says why) or, this spec's alone,
-    unscorable (`unscorable`)."""
+    """The run's status for this spec, with `state` one of pending, running, interrupted, done, needs-eval,
+    failed, unknown (status.json unreadable), invalid (`check_folder`; the reason says why) or, this spec's
+    alone, unscorable (`unscorable`). A run another spec holds (or left interrupted) that already holds every
+    row this spec asks for is done for this spec; its status.json still says what the run is."""
     reads = reads or Reads()
     folder = run_folder(runs_root, run.run_id)
     bad_folder = check_folder(run, runs_root, spec.overrides, reads)
@@ -194,6 +195,9 @@ def state(spec: Spec, run: Run, runs_root, reads: Reads | None = None) -> dict:
         holder = seen.claim
         if not pid_alive(st) and not (holder and claim.alive(holder)):
             st = {**st, "state": INTERRUPTED}
+    if st["state"] in (RUNNING, INTERRUPTED) and seen.trained_step >= run_steps(run) and \
+            not missing(spec, run, folder, reads):  # held, or left, by another spec: this one has all its rows
+        return {**st, "state": DONE, "reason": f"every row this spec asks for (the run: {st['state']})"}
     if st["state"] in (DONE, INTERRUPTED) and (why := unscorable(spec, run, folder, reads)):
         st = {**st, "state": UNSCORABLE, "reason": why}
     elif st["state"] == DONE and seen.trained_step < run_steps(run):  # trained for a shorter spec
