@@ -126,13 +126,15 @@ class Sampler(NamedTuple):
     takes_eta: bool = False  # takes eta in [0, 1]; every other sampler takes eta = 0 only
     in_sigma: bool = False  # runs in sigma = sqrt((1 - alpha_bar) / alpha_bar): may not start at alpha_bar = 0
     nfe: Callable = lambda steps: steps  # model evaluations per sample at `steps` steps
+    word: str = ""  # its legend word, "{eta}" where the legend shows its eta; "": its registry name
 
 
 SAMPLERS = {
-    "ddpm": Sampler(ddpm),
-    "ddim": Sampler(ddim, deterministic=True, takes_eta=True),  # deterministic at eta = 0 (Song et al., Eq. 12)
-    "dpmpp_2m": Sampler(dpmpp_2m, deterministic=True),
-    "heun": Sampler(heun, deterministic=True, in_sigma=True, nfe=lambda steps: 2 * steps - 1),  # no correction last
+    "ddpm": Sampler(ddpm, word="DDPM"),
+    "ddim": Sampler(ddim, deterministic=True, takes_eta=True, word="DDIM η={eta}"),  # deterministic at eta = 0
+    "dpmpp_2m": Sampler(dpmpp_2m, deterministic=True, word="DPM-Solver++(2M)"),
+    "heun": Sampler(heun, deterministic=True, in_sigma=True, nfe=lambda steps: 2 * steps - 1,  # no correction last
+                    word="Heun"),
 }
 
 

@@ -57,6 +57,19 @@ def spec_findings(*folders) -> dict:
             for name in folders}
 
 
+def registry_words(rows) -> dict:
+    """The legend words of the samplers `rows` name, from their registry entries: what `ablate collect` writes
+    into a folder's axes.json (`words`)."""
+    from ablations.commands.results import words
+    return words(rows["sampler"].dropna().unique()) if "sampler" in rows else {}
+
+
+def worded(rows):
+    """`rows` as reporting reads a collected folder's: each sampler's legend word beside it (`axes.with_words`)."""
+    from ablations.reporting.axes import with_words
+    return with_words(rows, {"words": registry_words(rows)})
+
+
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory):
     """The norm question's smoke grid, run once end to end through the CLI, by two worker processes (one a

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import spec_findings
+from conftest import registry_words, spec_findings, worded
 from ablations.grid.spec import load_spec
 from ablations.store.io import write_json
 from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
@@ -42,7 +42,7 @@ def _runs(spec, axis, a, b, diffs, steps, metric="fid", base=200.0, setting=DDIM
                                       ("train_wall_s", slow * step), ("train_img_per_s", BATCH / slow))]
                 rows.append({**run, "metric": "train_loss", "phase": "train", "train_step": step, "n": BATCH,
                              "value": 1.0 / step})
-    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+    return worded(pd.DataFrame(rows).reindex(columns=COLUMNS))
 
 
 def _pred(diffs, steps=STEPS):
@@ -60,8 +60,9 @@ NLL = [[-0.5, -0.52, -0.55]] * 4
 def _folder(root, name, rows, axis) -> Path:
     """A results folder of these rows: rows.csv, and axes.json naming `axis` as the grid's."""
     (root / name).mkdir()
-    rows.to_csv(root / name / "rows.csv", index=False)
-    axes.write(root / name, **axes.from_rows(rows, f"ablations/{axis}.toml", [axis]))
+    rows.drop(columns="word", errors="ignore").to_csv(root / name / "rows.csv", index=False)
+    axes.write(root / name, **{**axes.from_rows(rows.drop(columns="word", errors="ignore"), f"ablations/{axis}.toml",
+                                                [axis]), "words": registry_words(rows)})
     write_json(root / name / FILE, load_spec(ROOT / "ablations" / f"{axis}.toml").findings)  # as collect writes it
     return root / name
 
@@ -213,7 +214,7 @@ def test_a_cell_scored_only_at_the_last_checkpoint_has_one_verdict():
     more = pd.concat([rows, ddpm, ddpm.assign(sampler="ddim", steps=10), ddpm.assign(steps=10)],
                      ignore_index=True).drop(columns="prediction").assign(ablation="sampler-cpu")
     more = more[more["run_id"].str.contains("eps")]
-    found = assess([("sampler-cpu", "sampler", more)], FOUND)
+    found = assess([("sampler-cpu", "sampler", worded(more))], FOUND)
     ten = [v for v in found if v["a"] == "DDIM η=0 · 10 steps" and v["b"] == "DDPM · 10 steps"
            and v["finding"].metric == "fid"]
     assert len(ten) == 1 and ten[0]["last"] and ten[0]["train_step"] == 2800

@@ -7,7 +7,7 @@ import re
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT, tiny_spec
+from conftest import ROOT, registry_words, tiny_spec
 
 from ablations.commands.cli import main
 from ablations.grid import findings
@@ -134,7 +134,8 @@ def _collect(tmp_path, spec_path):
     rows = rows.reindex(columns=list(dict.fromkeys([*RUN_COLUMNS, *SPEC_COLUMNS, "norm", *STATUS_COLUMNS])))
     rows.to_csv(folder / "rows.csv", index=False)
     summarize(rows, ["norm"]).to_csv(folder / "summary.csv", index=False)
-    axes.write(folder, **axes.from_rows(rows, str(spec_path), ["norm"]))  # these rows' runs, not collect's
+    axes.write(folder, **{**axes.from_rows(rows, str(spec_path), ["norm"]),  # these rows' runs, not collect's
+                          "words": registry_words(rows)})
     return spec, folder
 
 

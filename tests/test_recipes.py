@@ -43,7 +43,7 @@ def toy(D, x, plan, *, prediction, variance, eta, clip_x0, generator, callback):
                 callback=callback)
 
 
-SAMPLERS["toy"] = Sampler(toy, deterministic=True)
+SAMPLERS["toy"] = Sampler(toy, deterministic=True, word="Toy-DDIM")
 ''')],
     "README.md": [("| `sampler` | ", "| `sampler` | `toy` (DDIM at eta 0 by another name), ")],
 }
@@ -167,15 +167,16 @@ def _check(out: dict, folder: Path):
     assert set(rows.loc[rows["sampler"] == "toy", "nfe"].dropna()) == {3}
     solver = rows[rows["metric"] == "solver_rms"]
     assert sorted(solver["sampler"]) == ["ddim", "ddim", "toy", "toy"]
-    # the table, the legends and the report: one text per value of the numeric axis, the sampler by its name
+    # the table, the legends and the report: one text per value of the numeric axis, the sampler by its entry's word
     record = json.loads((folder / "axes.json").read_text())
     assert record["grid"] == ["toy_gain"] and {v["toy_gain"] for v in record["runs"].values()} == {"1.0", "2.0"}
     assert set(pd.read_csv(folder / "summary.csv")["sampler"].dropna()) == {"toy", "ddim"}
     words = [w for texts in out["legends"].values() for w in texts]
-    assert "toy" in words and "DDIM η=0" in words
+    assert "Toy-DDIM" in words and "DDIM η=0" in words and "toy" not in words
+    assert record["words"] == {"toy": "Toy-DDIM", "ddim": "DDIM η={eta}"}
     assert any("2.0" in w for w in words) and not any(re.search(r"(?<![\d.])2(?![\d.])", w) for w in words), words
     report = (folder / "report.md").read_text()
-    assert "Axis: `toy_gain`." in report and "toy · 3 steps" in report
+    assert "Axis: `toy_gain`." in report and "Toy-DDIM · 3 steps" in report
     assert re.search(r"\| \w+ \| 2\.0 \| 0 \| done \|", report)  # the runs table
     lines = report.splitlines()  # every other table's axis column too
     assert any(x.startswith("| 2.0 | ") for x in lines) and not any(re.match(r"\| [12] \| ", x) for x in lines)

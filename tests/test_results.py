@@ -13,7 +13,7 @@ from ablations.store.layout import run_folder
 from ablations.run.axes import STANDARD
 from ablations.reporting import notes
 from ablations.reporting.table import ci95
-from conftest import spec_findings
+from conftest import spec_findings, worded
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,7 +164,7 @@ def _index(cells):
     for spec, group in cells.items():
         rows = [{"metric": metric, "seed": seed, "value": v, **cell} for metric, cell, values in group
                 for seed, v in enumerate(values)]
-        out.append((f"{spec}-cpu", spec, pd.DataFrame(rows)))
+        out.append((f"{spec}-cpu", spec, worded(pd.DataFrame(rows))))
     return out
 
 
@@ -262,10 +262,10 @@ def test_the_loss_fid_finding_reads_ancestral_ddpm_and_awaits_it():
     cells = [("ddim", 20), ("ddpm", 100)]
 
     def rows(settings):
-        return pd.DataFrame([{"metric": "fid", "seed": s, "loss": loss, "sampler": sampler, "steps": steps, "eta": 0.0,
+        return worded(pd.DataFrame([{"metric": "fid", "seed": s, "loss": loss, "sampler": sampler, "steps": steps, "eta": 0.0,
                               "spacing": "leading", "clip_x0": True, "value": 250.0 + s + (9.0 * (sampler == "ddim") if
                                                                                           loss == "hybrid" else 0.0)}
-                             for s in range(3) for loss in ("hybrid", "simple") for sampler, steps in settings])
+                             for s in range(3) for loss in ("hybrid", "simple") for sampler, steps in settings]))
     committed = _found("loss-cpu")
     (waiting,) = assess([("loss-cpu", "loss", rows(cells[:1]))], committed)
     assert waiting["verdict"] == "awaits the rerun" and "never reads the learned variance" in waiting["finding"].awaits
@@ -362,7 +362,7 @@ def test_the_sample_figure_has_a_row_per_setting_and_a_column_per_seed():
     from ablations.reporting.plots import LABEL_IN, PANEL_IN, grid_cells
     folder = ROOT / "results" / "sampler-cpu"
     rows = pd.read_csv(folder / "rows.csv")
-    names, seeds, found = grid_cells(rows, None, folder)
+    names, seeds, found = grid_cells(worded(rows), None, folder)
     fid = rows[rows["metric"] == "fid"]
     assert len(names) == len(fid.drop_duplicates(["sampler", "steps", "eta", "clip_x0", "spacing"])) == 23
     assert seeds == [0, 1, 2] and len(found) == 69

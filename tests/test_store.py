@@ -158,10 +158,12 @@ def test_a_runs_root_in_the_first_layout_is_migrated_not_retrained(tmp_path):
     assert fid == expected  # same model, same per-image seeds: the same number as a fresh run
 
 
-def test_one_label_for_a_sampler_setting():
-    assert label("ddim", 10, 0.0) == "DDIM η=0 · 10 steps"
-    assert label("ddpm", 100, 0.0) == "DDPM · 100 steps"
-    assert label("ddim", eta=0.5, clip_x0=False) == "DDIM η=0.5 · no clip"
+def test_one_label_for_a_sampler_setting_its_word_from_its_registry_entry():
+    from core.samplers import SAMPLERS
+    assert label("ddim", 10, 0.0, word=SAMPLERS["ddim"].word) == "DDIM η=0 · 10 steps"
+    assert label("ddpm", 100, 0.0, word=SAMPLERS["ddpm"].word) == "DDPM · 100 steps"
+    assert label("ddim", eta=0.5, clip_x0=False, word=SAMPLERS["ddim"].word) == "DDIM η=0.5 · no clip"
+    assert label("ddpm", 100, 0.0, spacing="trailing") == "ddpm · trailing · 100 steps"  # no word: its name
 
 
 def test_exact_nll_rows_are_current_whatever_their_spacing():

@@ -87,7 +87,8 @@ def collect(spec_path, scale, runs_root, results_root, records, overrides):
     from ablations.run.axes import STANDARD
     axes = [*spec.axes, *(a for a in STANDARD if a not in spec.axes)]
     c = do_collect(runs, out, axes=axes, reads=reads)
-    identity.write(out, str(spec.path), spec.name, spec.scale, spec.axes, axes, runs)
+    identity.write(out, str(spec.path), spec.name, spec.scale, spec.axes, axes, runs,
+                   words(s.sampler for s in spec.eval.settings))
     _write_overrides(out, spec)
     write_findings(out, spec)
     click.echo(f"{out}/rows.csv: {c['rows']} rows from {c['runs']} runs ({c['failed']} failed); "
@@ -100,6 +101,13 @@ def collect(spec_path, scale, runs_root, results_root, records, overrides):
     if invalid:
         click.echo(f"error: {len(invalid)} invalid run folder(s) not collected: {', '.join(invalid)}", err=True)
         sys.exit(1)
+
+
+def words(samplers) -> dict:
+    """sampler -> its legend word (its registry entry's `word`), for those of `samplers` that have one:
+    axes.json carries them to the figures and reports, which import no registry."""
+    from core.samplers import SAMPLERS  # torch: collect only, never plot/report
+    return {s: SAMPLERS[s].word for s in samplers if SAMPLERS[s].word}
 
 
 def _say_unscorable(runs):

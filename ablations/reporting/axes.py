@@ -2,9 +2,10 @@
 
 It names the spec and scale the rows answer, the folder's axes in order (the grid's axes first, then the
 standard axes, ablations/run/axes.py STANDARD) and each run's seed and axis values, taken from the run's own
-config.json. Figures, reports and the index read the axes here: they never load the spec, and never guess
-an axis from the columns. The axis a figure or a report compares is the grid's first; with no grid axis
-the folder compares sampler settings on one training config.
+config.json, and the legend word of each sampler its rows name (`words`, from the sampler's registry entry:
+core/samplers.py `Sampler.word`). Figures, reports and the index read the axes here: they never load the spec,
+and never guess an axis from the columns. The axis a figure or a report compares is the grid's first; with no
+grid axis the folder compares sampler settings on one training config.
 """
 import json
 import math
@@ -18,17 +19,20 @@ from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
 FILE = "axes.json"
 NOT_AXES = {*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS}
 KEYS = {"spec": str, "ablation": str, "scale": (str, type(None)), "grid": list, "axes": list, "runs": dict}
+LATER = {"words": dict}  # keys a folder collected before them lacks: read as empty
 
 
 class AxesError(ValueError):
     """A results folder without a readable axes.json: names the file, the key, the value and the fix."""
 
 
-def write(out_dir, spec: str, ablation: str, scale, grid, axes, runs: list[dict]) -> Path:
-    """out_dir/axes.json from `runs` (dicts with run_id, seed and a value per axis)."""
+def write(out_dir, spec: str, ablation: str, scale, grid, axes, runs: list[dict], words: dict | None = None) -> Path:
+    """out_dir/axes.json from `runs` (dicts with run_id, seed and a value per axis) and `words` (sampler ->
+    legend word, for the samplers the folder's rows name)."""
     path = Path(out_dir) / FILE
     write_json(path, {"spec": spec, "ablation": ablation, "scale": scale, "grid": list(grid), "axes": list(axes),
-                      "runs": {r["run_id"]: {"seed": r["seed"], **{a: r[a] for a in axes}} for r in runs}})
+                      "runs": {r["run_id"]: {"seed": r["seed"], **{a: r[a] for a in axes}} for r in runs},
+                      "words": dict(words or {})})
     return path
 
 
@@ -45,11 +49,15 @@ def read(folder) -> dict:
         raise AxesError(f"{path}: not JSON ({e}); make it again with `ablate collect SPEC`") from None
     if not isinstance(record, dict):
         raise AxesError(f"{path}: expected a JSON object with keys {', '.join(KEYS)}, got {type(record).__name__}")
-    for key, kind in KEYS.items():
+    record = {**{key: kind() for key, kind in LATER.items()}, **record}
+    for key, kind in {**KEYS, **LATER}.items():
         if key not in record:
             raise AxesError(f"{path}: key '{key}' missing; valid keys: {', '.join(KEYS)}")
         if not isinstance(record[key], kind):
             raise AxesError(f"{path}: key '{key}': expected {_kind(kind)}, got {record[key]!r}")
+    if not all(isinstance(w, str) for w in record["words"].values()):
+        raise AxesError(f"{path}: key 'words': expected an object of sampler -> legend word (a string), got "
+                        f"{record['words']!r}")
     grid, axes = record["grid"], record["axes"]
     for key in ("grid", "axes"):
         if not all(isinstance(a, str) for a in record[key]):
@@ -69,9 +77,9 @@ def _kind(kind) -> str:
     return " or ".join(names[k] for k in (kind if isinstance(kind, tuple) else (kind,)))
 
 
-def checked(folder, rows: pd.DataFrame) -> dict:
-    """`read`, and each of its axes a column of the folder's rows.csv."""
-    record = read(folder)
+def checked(folder, rows: pd.DataFrame, record: dict | None = None) -> dict:
+    """`read` (or the `record` it gave), and each of its axes a column of the folder's rows.csv."""
+    record = record or read(folder)
     missing = [a for a in record["axes"] if a not in rows.columns]
     if missing:
         raise AxesError(f"{Path(folder) / FILE}: key 'axes': {', '.join(missing)} not a column of rows.csv; "
@@ -83,8 +91,15 @@ def as_written(rows: pd.DataFrame, record: dict) -> pd.DataFrame:
     """`rows` with the folder's axis columns as axes.json writes their values: a number as its config's text
     (`0.0`, where pandas reads it as a float the report prints `0` and a figure colours on a scale), so each value
     reads the same in axes.json, the report's tables and the legends."""
-    return rows.assign(**{a: rows[a].map(lambda v: v if isinstance(v, str) or v != v else str(v))
-                          for a in record["axes"] if a in rows})
+    return with_words(rows.assign(**{a: rows[a].map(lambda v: v if isinstance(v, str) or v != v else str(v))
+                                     for a in record["axes"] if a in rows}), record)
+
+
+def with_words(rows: pd.DataFrame, record: dict) -> pd.DataFrame:
+    """`rows` with a `word` column, each row's sampler's legend word (the record's `words`), which
+    `legend.label` shows; the rows as they are where the record has no words or the rows no sampler."""
+    words = record.get("words") or {}
+    return rows.assign(word=rows["sampler"].map(words)) if words and "sampler" in rows else rows
 
 
 def axis(record: dict) -> str | None:
@@ -103,7 +118,7 @@ def from_rows(rows: pd.DataFrame, spec: str, grid) -> dict:
     first = rows.drop_duplicates("run_id")
     runs = [{c: _plain(r[c]) for c in ("run_id", "seed", *axes)} for _, r in first.iterrows()]
     return {"spec": spec, "ablation": str(first["ablation"].iloc[0]), "scale": _plain(first["scale"].iloc[0]),
-            "grid": list(grid), "axes": axes, "runs": runs}
+            "grid": list(grid), "axes": axes, "runs": runs, "words": {}}
 
 
 def _plain(v):

@@ -19,11 +19,12 @@ from ablations.store.schema import DENOISING  # noqa: E402
 from ablations.reporting.table import checkpointed, checkpoints, ci95, cost  # noqa: E402
 
 def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
-    """Adds `setting` (the sampler setting without steps) and `setting_steps` (with steps)."""
+    """Adds `setting` (the sampler setting without steps) and `setting_steps` (with steps), each sampler by its
+    `word` (axes.json's, `axes.with_words`) where the rows carry one."""
     d = rows.assign(**{c: rows[c] if c in rows else default for c, default in (("clip_x0", True),
-                                                                                ("spacing", "leading"))})
-    cols = list(zip(d["sampler"], d["steps"], d["eta"], d["clip_x0"], d["spacing"]))
-    return d.assign(setting=[label(s, None, e, c, sp) for s, _, e, c, sp in cols],
+                                                                                ("spacing", "leading"), ("word", None))})
+    cols = list(zip(d["sampler"], d["steps"], d["eta"], d["clip_x0"], d["spacing"], d["word"]))
+    return d.assign(setting=[label(s, None, e, c, sp, w) for s, _, e, c, sp, w in cols],
                     setting_steps=[label(*c) for c in cols])
 
 

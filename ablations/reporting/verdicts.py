@@ -131,13 +131,14 @@ def select(rows: pd.DataFrame, metric: str, cell: dict) -> pd.Series:
 def describe_cell(rows: pd.DataFrame, metric: str, cell: dict) -> str:
     d = rows[(rows["metric"] == metric)]
     parts = [f"{k}={v}" for k, v in cell.items() if k not in ("sampler", "steps", "eta", "spacing", "clip_x0")]
+    words = d.drop_duplicates("sampler").set_index("sampler")["word"] if "word" in d else {}
     if "sampler" in cell:
         parts.insert(0, label(cell["sampler"], cell.get("steps"), cell.get("eta"), cell.get("clip_x0", True),
-                              cell.get("spacing")))
+                              cell.get("spacing"), words.get(cell["sampler"])))
     elif metric in ("fid", "kid") and not d.empty:
         first = d.iloc[0]
         parts.append(label(first["sampler"], first["steps"], first["eta"], first.get("clip_x0", True),
-                           first.get("spacing", "leading")))
+                           first.get("spacing", "leading"), first.get("word")))
     return ", ".join(parts)
 
 
@@ -313,11 +314,20 @@ def family_of(f: Finding) -> str:
     return "published" if f.expect != "differs" else f.spec
 
 
-def tables(results_root, read=pd.read_csv) -> list[tuple[str, str, pd.DataFrame]]:
-    """(folder name, spec, rows) of every results folder under results_root: the family the index corrects.
-    `read` reads a rows.csv (`Assessed` passes the rows it read once)."""
-    return [(p.parent.name, spec_of(rows), rows)
+def tables(results_root, read=pd.read_csv, identify=None) -> list[tuple[str, str, pd.DataFrame]]:
+    """(folder name, spec, rows) of every results folder under results_root: the family the index corrects,
+    each sampler's legend word beside its rows (`axes.with_words`). `read` reads a rows.csv and `identify` a
+    folder's axes.json (`Assessed` passes those it read once); a folder without a readable one has no words."""
+    return [(p.parent.name, spec_of(rows), identity.with_words(rows, (identify or _identity)(p.parent)))
             for p in sorted(Path(results_root).glob("*/rows.csv")) if not (rows := read(p)).empty]
+
+
+def _identity(folder) -> dict:
+    """The folder's axes.json, or {} where it has none readable (the figures then say why)."""
+    try:
+        return identity.read(folder)
+    except identity.AxesError:
+        return {}
 
 
 @dataclass(frozen=True)
@@ -325,19 +335,18 @@ class Assessed:
     """A results root read and decided once, for every figure, report and the index one command writes from it:
     each folder's rows.csv as read (`rows`: its path -> the table), the non-empty ones as `tables` gives them,
     each folder's findings.json (`published`: `read_all`), every finding at every checkpoint (`found`:
-    `assess`, Holm-adjusted over the whole index) and each folder's axes.json when first asked for (`axes`)."""
+    `assess`, Holm-adjusted over the whole index) and each folder's axes.json as read (`identities`), checked
+    against its rows when asked for (`axes`)."""
     rows: dict
     tables: list
     published: dict
     found: list
-    identities: dict = field(default_factory=dict)  # a folder's path -> its axes.json, checked (`axes`)
+    identities: dict = field(default_factory=dict)  # a folder's path -> its axes.json ({}: none readable)
 
     def axes(self, folder, rows: pd.DataFrame) -> dict:
-        """The folder's axes.json checked against its rows (`reporting.axes.checked`), read once."""
-        path = Path(folder).resolve()
-        if path not in self.identities:
-            self.identities[path] = identity.checked(folder, rows)
-        return self.identities[path]
+        """The folder's axes.json checked against its rows (`reporting.axes.checked`), read once: a folder
+        without a readable one is read again here, to say why."""
+        return identity.checked(folder, rows, self.identities.get(Path(folder).resolve()) or None)
 
     def of(self, folder) -> list[dict]:
         """The folder's share of `found` (assess's entries: every checkpoint)."""
@@ -356,8 +365,13 @@ def assessed(results_root) -> Assessed:
     def read(path):
         rows[Path(path).resolve()] = pd.read_csv(path)
         return rows[Path(path).resolve()]
-    found_tables, published = tables(results_root, read), read_all(results_root)
-    return Assessed(rows, found_tables, published, assess(found_tables, published))
+    identities = {}
+
+    def identify(folder):
+        identities[Path(folder).resolve()] = _identity(folder)
+        return identities[Path(folder).resolve()]
+    found_tables, published = tables(results_root, read, identify), read_all(results_root)
+    return Assessed(rows, found_tables, published, assess(found_tables, published), identities)
 
 
 def verdicts(rows: pd.DataFrame, spec: str, folder: str = "", family: list[dict] | None = None,
