@@ -10,7 +10,7 @@ from ablations.running import evaluation, ledger, scoring
 from ablations.commands.cli import main
 from ablations.running.evaluation import load_images
 from ablations.store.io import read_jsonl
-from ablations.store.layout import run_folder, samples_name, solver_reference_name
+from ablations.store.layout import run_folder, sample_grid_name, samples_name, solver_reference_name
 from ablations.grid.spec import SpecError, load_spec
 
 EXTRA = '[eval]\nextra_extractors = ["fmnist-classifier-seed1"]\n'
@@ -26,6 +26,22 @@ def _ablate(*args):
 
 def _rows(folder):
     return read_jsonl(Path(folder) / "rows.jsonl")[0]
+
+
+def test_a_second_sample_seed_adds_its_rows_and_its_own_grid_beside_the_first(tmp_path):
+    """Scoring the same weights again with --set eval.sample_seed=1 (the sample-set noise check) adds FID rows
+    at sample seed 1 and writes its grid beside seed 0's, which the figures show and which stays as it was."""
+    spec_path, runs = tmp_path / "s.toml", tmp_path / "runs"
+    spec_path.write_text(tiny_spec("s"))
+    _ablate("run", spec_path, "--runs-root", runs, "--no-progress")
+    folder = run_folder(runs, load_spec(spec_path).runs[0].run_id)
+    first = (folder / sample_grid_name("ddim", 5, 0.0, True, train_step=4)).read_bytes()
+    _ablate("run", spec_path, "--runs-root", runs, "--no-progress", "--set", "eval.sample_seed=1")
+    fid = {(r["sample_seed"], r["train_step"]): r["value"] for r in _rows(folder) if r["metric"] == "fid"}
+    assert {(0, 4), (1, 4)} <= set(fid) and fid[(0, 4)] != fid[(1, 4)]
+    assert (folder / sample_grid_name("ddim", 5, 0.0, True, train_step=4)).read_bytes() == first
+    second = folder / sample_grid_name("ddim", 5, 0.0, True, train_step=4, sample_seed=1)
+    assert second.name.endswith("-step4-sampleseed1.png") and second.read_bytes() != first
 
 
 def test_a_new_metric_comes_from_the_kept_samples(tmp_path, monkeypatch):

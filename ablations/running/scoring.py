@@ -206,7 +206,7 @@ def _sample(sc: Scoring, forward, schedule, s, cols, first, have):
         *first, ("sample_img_per_s", ev.fid_samples / seconds),
         ("nfe_per_s", ev.fid_samples * cols["nfe"] / seconds), ("sample_wall_s", seconds),
         ("peak_mem_mb", peak_memory_mb(sc.device)))) if key(r) not in have])
-    atomic_write(sc.folder / sample_grid_name(*s, train_step=sc.at),
+    atomic_write(sc.folder / sample_grid_name(*s, train_step=sc.at, sample_seed=ev.sample_seed),
                  lambda tmp: _save_grid(tmp, images[:ev.grid_images]))
     # kept last: a kill before it samples the setting again (its throughput rows are not repeated)
     atomic_write(sc.folder / samples_name(*s, sample_seed=ev.sample_seed, train_step=sc.at),

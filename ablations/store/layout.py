@@ -8,7 +8,7 @@
         ckpt-<step:08d>.pt      the last two checkpoints
         rows.jsonl              one JSON row per number (ablations/store/schema.py)
         rows.partial.jsonl      lines set aside on resume: rows of a torn append, lines that are not rows
-        samples-<setting>.png   a sample grid per sampler setting
+        samples-<setting>.png   a sample grid per sampler setting (-sampleseed<n>: of a second sample set)
         samples-<setting>-seed<sample_seed>.npz   its generated images (uint8), scored by every metric
         solver-ref-ddim<T>[-noclip]-seed<sample_seed>.npz   DDIM (eta 0, all T steps) endpoints for solver_rms
         log.txt
@@ -141,12 +141,14 @@ def trained_step(folder, status: dict | None = None, last: int | None = None) ->
 
 
 def sample_grid_name(sampler: str, steps: int, eta: float, clip_x0: bool, spacing: str = "leading", *,
-                     train_step: int | None = None) -> str:
-    """The sample grid PNG of a setting at checkpoint `train_step` (None: the name before checkpoints were scored)."""
+                     train_step: int | None = None, sample_seed: int = 0) -> str:
+    """The sample grid PNG of a setting at checkpoint `train_step` (None: the name before checkpoints were scored);
+    a second sample set (`sample_seed` > 0) has its own grid beside sample seed 0's, the one the figures show."""
     spaced = "" if spacing in (None, "leading") or spacing != spacing else f"-{spacing}"
     at = "" if train_step is None else f"-step{int(train_step)}"
+    seed = f"-sampleseed{int(sample_seed)}" if sample_seed else ""
     return (f"samples-{sampler}-{int(steps)}-eta{float(eta):g}" + ("" if clip_x0 else "-noclip") + spaced + at
-            + ".png")
+            + seed + ".png")
 
 
 def samples_name(sampler: str, steps: int, eta: float, clip_x0: bool, spacing: str = "leading", *,
