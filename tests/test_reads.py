@@ -158,3 +158,45 @@ def test_results_reads_each_folder_once_and_decides_the_verdicts_once(tmp_path, 
     for name in ("demo", "loss-cpu"):
         folder = (tmp_path / name).resolve()
         assert [opened[folder / f] for f in ("rows.csv", "findings.json", "axes.json")] == [1, 1, 1], opened
+
+
+def test_a_state_finds_a_runs_missing_rows_once(tmp_path, monkeypatch):
+    """`ledger.state` asks `missing` once a run whatever the state: the held-run rule (a run another spec holds or
+    left, with every row this spec asks for, is done for it), `unscorable` and needs-eval share its answer (was
+    two passes over the spec's wanted rows for a done or interrupted run)."""
+    import os
+    import socket
+
+    from ablations.running import ledger
+    from ablations.store.layout import checkpoint_name, start_time
+
+    _, spec, runs = _complete(tmp_path)
+    finished, held = spec.runs
+    calls, real = [], ledger.missing
+    monkeypatch.setattr(ledger, "missing", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def state(run):
+        calls.clear()
+        return ledger.state(spec, run, runs, Reads())["state"], len(calls)
+
+    folder, steps = run_folder(runs, held.run_id), run_steps(held)
+    (folder / checkpoint_name(steps)).touch()  # trained through: its last checkpoint
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "start": start_time(os.getpid())}
+    for start, seen in ((me["start"], "running"), (me["start"] + 1, "interrupted")):  # +1: another process's pid
+        (folder / STATUS).write_text(json.dumps({"state": "running", "step": steps, **me, "start": start}))
+        assert state(held) == ("done", 1), seen  # every row this spec asks for
+
+    def drop_the_last_fid(run):
+        rows = run_folder(runs, run.run_id) / ROWS
+        lines = rows.read_text().splitlines()
+        kept = [x for x in lines if not (json.loads(x)["metric"] == "fid" and json.loads(x)["train_step"] == steps)]
+        assert len(kept) < len(lines)
+        rows.write_text("".join(x + "\n" for x in kept))
+
+    drop_the_last_fid(held)
+    assert state(held) == ("interrupted", 1)  # a row to score, at a checkpoint it kept: not unscorable
+    assert state(finished) == ("done", 1)
+    drop_the_last_fid(finished)
+    assert state(finished) == ("unscorable", 1)  # no checkpoint to score it from (as a record)
+    (run_folder(runs, finished.run_id) / checkpoint_name(steps)).touch()
+    assert state(finished) == ("needs-eval", 1)

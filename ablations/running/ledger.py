@@ -150,15 +150,17 @@ def check_folder(run: Run, runs_root, overrides=(), reads: Reads | None = None) 
     return None
 
 
-def unscorable(spec: Spec, run: Run, folder, reads: Reads | None = None) -> str | None:
+def unscorable(spec: Spec, run: Run, folder, reads: Reads | None = None, lacking=None) -> str | None:
     """Why this spec cannot get its rows from the run as it stands, or None when it can: it asks for rows
     at checkpoints the run trained past without keeping them (no spec that names the run had asked for
     them, `layout.ask`, before training passed them). A reason of this spec's alone: the run's own
-    status is left as it is, and every other spec sees the run as it is."""
+    status is left as it is, and every other spec sees the run as it is. `lacking`: `missing`'s answer, when
+    the caller has it."""
     reads = reads or Reads()
     seen = reads.of(folder)
     trained = seen.trained_step
-    gone = sorted({at for at, _ in missing(spec, run, folder, reads)
+    lacking = missing(spec, run, folder, reads) if lacking is None else lacking
+    gone = sorted({at for at, _ in lacking
                    if at <= trained and not (Path(folder) / checkpoint_name(at)).exists()})
     if not gone:
         return None
@@ -195,15 +197,16 @@ def state(spec: Spec, run: Run, runs_root, reads: Reads | None = None) -> dict:
         holder = seen.claim
         if not pid_alive(st) and not (holder and claim.alive(holder)):
             st = {**st, "state": INTERRUPTED}
-    if st["state"] in (RUNNING, INTERRUPTED) and seen.trained_step >= run_steps(run) and \
-            not missing(spec, run, folder, reads):  # held, or left, by another spec: this one has all its rows
+    lacking = missing(spec, run, folder, reads) if st["state"] in (RUNNING, DONE, INTERRUPTED) else []
+    if st["state"] in (RUNNING, INTERRUPTED) and seen.trained_step >= run_steps(run) and not lacking:
+        # held, or left, by another spec: this one has all its rows
         return {**st, "state": DONE, "reason": f"every row this spec asks for (the run: {st['state']})"}
-    if st["state"] in (DONE, INTERRUPTED) and (why := unscorable(spec, run, folder, reads)):
+    if st["state"] in (DONE, INTERRUPTED) and (why := unscorable(spec, run, folder, reads, lacking)):
         st = {**st, "state": UNSCORABLE, "reason": why}
     elif st["state"] == DONE and seen.trained_step < run_steps(run):  # trained for a shorter spec
         st = {**st, "state": INTERRUPTED, "reason": f"trained {seen.trained_step} of the {run_steps(run)} "
                                                     "steps this spec asks for; re-run to go on"}
-    elif st["state"] == DONE and missing(spec, run, folder, reads):
+    elif st["state"] == DONE and lacking:
         st = {**st, "state": NEEDS_EVAL}
     return st
 
