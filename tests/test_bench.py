@@ -16,7 +16,9 @@ ROUNDS = {"commands": lambda n: "test_commands.py" in n, "fid": lambda n: "test_
           "scoring": lambda n: "test_scoring.py" in n,
           "training": lambda n: "test_training.py::test_train_step" in n and "[compiled]" not in n,
           "training-compiled": lambda n: "test_training.py::test_train_step[compiled]" in n,  # inductor's compile
-          "forward": lambda n: "test_training.py" in n and "::test_train_step" not in n}  # rooflines, forwards
+          "forward": lambda n: "test_training.py" in n and "::test_train_step" not in n,  # rooflines, forwards
+          "reading": lambda n: "test_reading.py::test_store_command" in n,  # collect, list, run on a 30-run store
+          "results": lambda n: "test_reading.py::test_results" in n}  # every committed figure and report redrawn
 
 
 def _bench(*args, timeout=900):
