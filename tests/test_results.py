@@ -557,6 +557,11 @@ def test_a_run_another_spec_holds_reads_done_in_the_rows_of_a_spec_it_has_finish
         return set(rows.loc[rows["run_id"] == held, "status"]), set(rows.loc[rows["run_id"] != held, "status"])
 
     assert collected() == ({"done"}, {"done"})
+    table = tmp_path / "res" / spec.name / "rows.csv"
+    while_held = table.read_bytes()
+    write_json(copy / held / "status.json", status)  # done, and held by no one
+    assert collected() == ({"done"}, {"done"}) and table.read_bytes() == while_held  # whoever holds the run
+    write_json(copy / held / "status.json", {**status, **live})
     lines = (copy / held / "rows.jsonl").read_text().splitlines()
     fid = next(i for i, line in enumerate(lines) if '"metric": "fid"' in line)
     (copy / held / "rows.jsonl").write_text("\n".join(lines[:fid] + lines[fid + 1:]) + "\n")

@@ -199,8 +199,9 @@ def state(spec: Spec, run: Run, runs_root, reads: Reads | None = None) -> dict:
             st = {**st, "state": INTERRUPTED}
     lacking = missing(spec, run, folder, reads) if st["state"] in (RUNNING, DONE, INTERRUPTED) else []
     if st["state"] in (RUNNING, INTERRUPTED) and seen.trained_step >= run_steps(run) and not lacking:
-        # held, or left, by another spec: this one has all its rows
-        return {**st, "state": DONE, "reason": f"every row this spec asks for (the run: {st['state']})"}
+        # held, or left, by another spec: this one has all its rows. No reason of its own, so that this spec's
+        # rows read the same whoever holds the run when they are collected (`list` shows the holder)
+        return {**st, "state": DONE, "reason": ""}
     if st["state"] in (DONE, INTERRUPTED) and (why := unscorable(spec, run, folder, reads, lacking)):
         st = {**st, "state": UNSCORABLE, "reason": why}
     elif st["state"] == DONE and seen.trained_step < run_steps(run):  # trained for a shorter spec
