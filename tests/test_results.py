@@ -385,6 +385,11 @@ def test_the_index_shows_the_sample_set_noise_and_verdicts_keep_the_first_sample
              "metric": "fid", "sampler": sampler, "steps": steps, "eta": 0.0, "clip_x0": True, "spacing": "leading",
              "n": 1000, "extractor": "fmnist-classifier", "sample_seed": k, "value": v}
             for (sampler, steps), by_seed in fids.items() for seed, pair in by_seed.items() for k, v in enumerate(pair)]
+    # a cell scored at sample seed 0 only (its spread is not the check's) and a training row (no sample seed)
+    rows += [{**rows[0], "run_id": f"r{seed}", "seed": seed, "steps": 50, "sample_seed": 0, "value": v}
+             for seed, v in ((0, 10.0), (1, 90.0))]
+    rows.append({"run_id": "r0", "ablation": "sampler-cpu", "scale": "cpu", "seed": 0, "phase": "train",
+                 "metric": "train_loss", "value": 1.0})
     from ablations.store.schema import RUN_COLUMNS, SPEC_COLUMNS, STATUS_COLUMNS
     table = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys([*RUN_COLUMNS, *SPEC_COLUMNS, *STATUS_COLUMNS])))
     (tmp_path / "sampler-cpu").mkdir()
@@ -478,10 +483,11 @@ def test_what_the_index_leaves_out_is_in_each_report():
     the margin's reason, the verdict's reasons, the trajectory and whether it is settled, what would decide
     an inconclusive verdict, the grid's wall time and machine, and the training cost to each checkpoint."""
     from ablations.reporting import cost, verdicts, wording
+    from ablations.reporting.table import first_sample_set
     root = ROOT / "results"
     tables = verdicts.tables(root)
     found = verdicts.assess(tables, verdicts.read_all(root))
-    rows_of = {name: rows for name, _, rows in tables}
+    rows_of = {name: first_sample_set(rows) for name, _, rows in tables}  # a report's cost: the grid's own sample set
     for curve in verdicts.trajectories(found):
         v, rows = curve[-1], rows_of[curve[-1]["folder"]]
         report = (root / v["folder"] / "report.md").read_text()
@@ -566,3 +572,31 @@ def test_a_run_another_spec_holds_reads_done_in_the_rows_of_a_spec_it_has_finish
     fid = next(i for i, line in enumerate(lines) if '"metric": "fid"' in line)
     (copy / held / "rows.jsonl").write_text("\n".join(lines[:fid] + lines[fid + 1:]) + "\n")
     assert collected() == ({"running"}, {"done"})
+
+
+def test_a_second_sample_set_leaves_the_tables_figures_and_verdicts_as_they_were(smoke, tmp_path):
+    """The same weights scored again at sample seed 1 (the sample-set noise check) join the folder's rows; the
+    report's tables, its cost and verdicts, and every figure read sample seed 0 as before (the same bytes), and the
+    protocol names both sets."""
+    from ablations.reporting.table import summarize, write_csv
+    spec, runs, _ = smoke
+    _ablate("collect", spec.path, "--scale", "smoke", "--runs-root", runs, "--results-root", tmp_path)
+    folder = tmp_path / spec.name
+
+    def drawn():
+        _ablate("plot", folder)
+        _ablate("report", folder)
+        return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}, (folder / "report.md").read_text()
+    figures, report = drawn()
+    rows = pd.read_csv(folder / "rows.csv")
+    again = rows[rows["sample_seed"].notna()].assign(sample_seed=1, value=lambda d: d["value"] + 1000.0)
+    both = pd.concat([rows, again], ignore_index=True)
+    write_csv(both, folder / "rows.csv")
+    write_csv(summarize(pd.read_csv(folder / "rows.csv"), json.loads((folder / "axes.json").read_text())["axes"]),
+              folder / "summary.csv")
+    figures_after, report_after = drawn()
+    assert figures_after == figures
+    old, new = report.splitlines(), report_after.splitlines()
+    changed = [(a, b) for a, b in zip(old, new) if a != b]
+    assert len(old) == len(new) and len(changed) == 1, changed
+    assert "sample seed (x_T and noise, per image): 0, 1 (the tables, figures and verdicts read the lowest" in changed[0][1]

@@ -6,7 +6,7 @@ import seaborn as sns
 
 from ablations.reporting import axes, verdicts
 from ablations.reporting.plots import bars, curves, denoising, fid_vs_steps, loss_curves, sample_grids, throughput
-from ablations.reporting.table import checkpointed, final
+from ablations.reporting.table import checkpointed, final, first_sample_set
 from ablations.reporting.verdict_plots import differences, forest
 
 
@@ -18,7 +18,7 @@ def plot_all(out_dir, assessed: verdicts.Assessed | None = None) -> list[Path]:
     more."""
     out_dir = Path(out_dir)
     assessed = assessed or verdicts.assessed(out_dir.parent)
-    rows = checkpointed(assessed.read(out_dir))
+    rows = first_sample_set(checkpointed(assessed.read(out_dir)))
     record = assessed.axes(out_dir, rows)
     rows, axis = axes.as_written(rows, record), axes.axis(record)
     sns.set_theme(style="whitegrid", context="paper")

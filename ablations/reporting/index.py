@@ -150,13 +150,13 @@ def sample_seed_check(found_tables) -> list[str]:
         if "extractor" in d and d["extractor"].nunique() > 1:
             d = d[d["extractor"] == d["extractor"].iloc[0]]
         key = [c for c in d.columns if c not in NOT_CELL and c != "sample_seed"]
-        by = d.groupby([*key, "seed"], dropna=False)["value"]
         two = d.groupby([*key, "seed", "sample_seed"], dropna=False)["value"].mean().unstack("sample_seed").dropna()
         if two.shape[1] < 2 or two.empty:
             continue
         a, b = sorted(two.columns)[:2]
         gap = (two[a] - two[b]).abs()
-        spread = by.mean().groupby(key, dropna=False).std().dropna()
+        spread = two[[a, b]].mean(axis=1).groupby(key, dropna=False).std().dropna()  # the paired cells' only
+        a, b = f"{a:g}", f"{b:g}"
         train = f"; the training seeds' std of those cells is {spread.mean():.3g} on average" if len(spread) else ""
         lines.append(f"Sample-set noise ({name}): over the {len(gap)} (model, cell) pairs scored at sample seeds "
                      f"{a} and {b}, |FID({a}) − FID({b})| is {gap.mean():.3g} on average (largest {gap.max():.3g})"

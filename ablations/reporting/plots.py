@@ -263,8 +263,6 @@ def curves(rows, axis, out_dir):
     panels = []
     for metric in CURVE_METRICS:
         m = first_extractor(d[d["metric"] == metric])
-        if "sample_seed" in m and m["sample_seed"].nunique() > 1:
-            m = m[m["sample_seed"] == m["sample_seed"].min()]
         along = m.groupby("setting_steps")["train_step"].nunique()
         m = m[m["setting_steps"].isin(along[along >= 2].index)]
         if not m.empty:

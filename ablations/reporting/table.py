@@ -93,6 +93,15 @@ def collect(runs: list[dict], out_dir, axes: list[str], reads: Reads | None = No
             "failed": failed, "foreign": sorted(foreign)}
 
 
+def first_sample_set(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows a table or figure shows: those of the lowest sample seed, and those without one (training rows).
+    A second sample set of the same weights (`--set eval.sample_seed=1`) is the sample-set noise check, which
+    the index reads from the whole table; verdicts read the lowest seed too (`verdicts.select`)."""
+    if "sample_seed" not in rows or rows["sample_seed"].nunique() < 2:
+        return rows
+    return rows[rows["sample_seed"].isna() | (rows["sample_seed"] == rows["sample_seed"].min())]
+
+
 def asked(r: dict, run: dict) -> bool:
     """Whether the spec being collected asked for row `r` of `run`. Run ids leave out train_steps, so one run
     serves every spec with its config: one that trained it further, or scored other checkpoints or
