@@ -149,13 +149,13 @@ def test_a_folder_the_command_changes_is_read_again():
 
 def test_results_reads_each_folder_once_and_decides_the_verdicts_once(tmp_path, opened, monkeypatch):
     from ablations.reporting.index import regenerate
-    for name in ("demo", "loss-cpu", "notes"):
+    for name in ("demo", "loss-curve", "notes"):
         shutil.copytree(ROOT / "results" / name, tmp_path / name)
     calls, real = [], verdicts.assess
     monkeypatch.setattr(verdicts, "assess", lambda *a, **k: calls.append(1) or real(*a, **k))
     regenerate(tmp_path)
     assert len(calls) == 1  # was 2N + 1: every figure set, every report and the index decided them again
-    for name in ("demo", "loss-cpu"):
+    for name in ("demo", "loss-curve"):
         folder = (tmp_path / name).resolve()
         assert [opened[folder / f] for f in ("rows.csv", "findings.json", "axes.json")] == [1, 1, 1], opened
 
