@@ -17,6 +17,10 @@ model, steps, batch, threads, torch), and the ratios are computed from those col
 Every row also carries the machine's rooflines (matmul_gflops, conv_gflops, bf16_matmul_gflops) from the
 same run, and every benchmark the CPU's model and bf16 flags (cpu_model, avx512f, avx512_bf16, amx_bf16).
 """
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -25,6 +29,15 @@ from core.schedules import make_schedule
 from core.unet import UNet
 
 BATCH = 64
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ablate(*args) -> str:
+    """`ablate ARGS` as a user runs it, in its own process from the repository root: its stdout."""
+    r = subprocess.run([sys.executable, "-m", "ablations.commands.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r.stdout
 
 
 class Stub(torch.nn.Module):

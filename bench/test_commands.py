@@ -15,9 +15,8 @@ import pytest
 from ablations.store.layout import CONFIG, ROWS, STATUS, run_folder
 from ablations.store.schema import row
 from ablations.grid.spec import load_spec
-from bench.conftest import describe
+from bench.conftest import ROOT, ablate, describe
 
-ROOT = Path(__file__).resolve().parent.parent
 GRIDS = {"small-grid": (5, 5), "large-grid": (25, 20)}  # (learning rates, seeds) per norm: 100 and 2,000 runs
 SPEC = """name = "{name}"
 seeds = {seeds}
@@ -70,13 +69,6 @@ def grids(tmp_path_factory):
     return get
 
 
-def _ablate(*args):
-    r = subprocess.run([sys.executable, "-m", "ablations.commands.cli", *map(str, args)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return r.stdout
-
-
 COMMANDS = {"dry-run": lambda p, runs, res: ("run", p, "--dry-run"),
             "list": lambda p, runs, res: ("list", p, "--runs-root", runs),
             "collect": lambda p, runs, res: ("collect", p, "--runs-root", runs, "--results-root", res)}
@@ -87,7 +79,7 @@ COMMANDS = {"dry-run": lambda p, runs, res: ("run", p, "--dry-run"),
 def test_command(benchmark, grids, command, grid):
     path, runs, results, n = grids(grid)
     describe(benchmark, kind="command", implementation="ours", variant=command, batch=n)
-    out = benchmark.pedantic(_ablate, args=COMMANDS[command](path, runs, results), rounds=3, iterations=1)
+    out = benchmark.pedantic(ablate, args=COMMANDS[command](path, runs, results), rounds=3, iterations=1)
     assert out.count("\n") >= n if command != "collect" else f"from {n} runs" in out
 
 

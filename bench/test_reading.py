@@ -16,8 +16,6 @@ import json
 import resource
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,9 +24,8 @@ from ablations.grid.spec import load_spec
 from ablations.running.ledger import config_record, run_steps, wanted
 from ablations.store.layout import CONFIG, ROWS, STATUS, run_folder
 from ablations.store.schema import EVAL_KEY, row
-from bench.conftest import describe
+from bench.conftest import ROOT, ablate, describe
 
-ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (f"seeds={list(range(33))}",)
 EVERY = 25  # the training rows' logging interval, as the curve scale's runs log them
 
@@ -70,20 +67,13 @@ def results(tmp_path_factory):
     return tmp
 
 
-def _ablate(*args):
-    r = subprocess.run([sys.executable, "-m", "ablations.commands.cli", *map(str, args)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return r.stdout
-
-
 def _timed(benchmark, args) -> str:
     """`ablate ARGS` in 3 rounds, its wall time by pytest-benchmark and its process's CPU time in `cpu_s`."""
     cpu = []
 
     def call():
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out = _ablate(*args)
+        out = ablate(*args)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         return out
