@@ -66,6 +66,10 @@ curves: setup compiler data
 		ablations/$${qs%:*}.toml --scale $${qs#*:} --runs-root $(CURVES_ROOT) --records $(RECORDS) --no-progress \
 		|| exit 1; done ) & \
 	wait
+	# the sample-set noise check the parity margins cite: prediction's runs scored again at their last
+	# checkpoint with sample seed 1 (DDIM-20 and the NLL; the same weights, other x_T and noise)
+	OMP_NUM_THREADS=1 $(VENV)/bin/ablate run ablations/prediction.toml --scale curve --set eval.sample_seed=1 \
+		--set 'eval.eval_at=[]' --set 'eval.denoise_t=[]' --runs-root $(CURVES_ROOT) --records $(RECORDS) --no-progress
 	for qs in $(CURVES); do $(VENV)/bin/ablate collect ablations/$${qs%:*}.toml --scale $${qs#*:} \
 		--runs-root $(CURVES_ROOT) --records $(RECORDS) || exit 1; done
 	$(VENV)/bin/ablate results

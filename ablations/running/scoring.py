@@ -31,8 +31,8 @@ from core.samplers import nfe
 
 
 def said(s) -> str:
-    """A sampler setting in a log line, in the spec's words: "ddim · 10 steps · eta=0 · leading" (the legends'
-    words are its registry entry's `word`, ablations/reporting/legend.py)."""
+    """A sampler setting in a log line, in the spec's words: "ddim · 10 steps · eta=0 · leading" (a legend shows
+    the sampler's registry `word` instead: ablations/reporting/legend.py)."""
     return f"{s.sampler} · {s.steps} steps · eta={float(s.eta):g} · {s.spacing}" + ("" if s.clip_x0 else " · no clip")
 
 
