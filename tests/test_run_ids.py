@@ -14,14 +14,12 @@ from ablations.grid.spec import load_spec
 ROOT = Path(__file__).resolve().parent.parent
 NEW = {k: f.default for k, f in TRAIN_FIELDS.items() if k not in ALWAYS_HASHED}  # fields added after b90d786
 # computed at b90d786, before any field was added (the smoke scale's ids have changed since: it sets groups = 4)
-PINNED = {("demo", None): ["77629df2c0"],
-          ("sampler", "cpu"): ["e352fc776d", "2dce979507", "d8d23806bd"],
+PINNED = {("sampler", "cpu"): ["e352fc776d", "2dce979507", "d8d23806bd"],
           ("schedule", "cpu"): ["f108fe52ff", "7795afb246", "e8bddc3fb7", "1d8b9790f1", "3cbdfc3beb", "a0b7414e02"]}
 
 
 # the same configs under the current rule (computed when train_steps left the hash)
-CURRENT = {("demo", None): ["43508f222d"],
-                ("sampler", "cpu"): ["8fad2882ed"],
+CURRENT = {("sampler", "cpu"): ["8fad2882ed"],
            ("schedule", "cpu"): ["11e478b788"]}
 # the specs' runs as they stand, in grid order: the curve grid's (issue 25), as its runs root holds them
 AS_SPECIFIED = {("prediction", "curve"): ["fa01109050", "2c84c50a29", "ec4eada6aa", "3dc90e62b2", "e68b470fc4",
@@ -29,7 +27,8 @@ AS_SPECIFIED = {("prediction", "curve"): ["fa01109050", "2c84c50a29", "ec4eada6a
                 ("norm", "curve"): ["fa01109050", "2c84c50a29", "ec4eada6aa", "f4a1aad6ad", "5054d08e16", "179648dce5"],
                 ("schedule", "curve"): ["fa01109050", "2c84c50a29", "ec4eada6aa", "87a06da578", "7361d0ce2e", "2f81bcc5b0"],
                 ("loss", "curve"): ["fa01109050", "2c84c50a29", "ec4eada6aa", "7200fb9534", "72271e8888", "7be5779392"],
-                ("sampler", "cpu"): ["8fad2882ed", "2ed2018459", "26050e6c79"]}
+                ("sampler", "cpu"): ["8fad2882ed", "2ed2018459", "26050e6c79"],
+                ("demo", None): ["22a66eb677", "43283aae18", "e52f73b62d"]}
 
 
 def at_defaults(cfg):
