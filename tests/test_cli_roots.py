@@ -207,7 +207,9 @@ def test_collect_keeps_only_the_rows_this_spec_asked_of_a_shared_run(tmp_path):
     """Run ids leave out train_steps, so a 4-step spec shares its run with an 8-step one that also scored a
     DDPM setting at its last checkpoint: collecting the 4-step spec keeps the rows up to step 4, of its own
     checkpoints (2 and 4) and setting (DDIM-10), and drops the 8-step spec's (before, its table's last
-    checkpoint would have been step 8, which this spec never trained to)."""
+    checkpoint would have been step 8, which this spec never trained to), and of its own checkpoints and
+    setting only the measurements it asks for (before, the sampler spec's solver_rms of a shared run reached
+    the prediction question's table once the sampler spec had scored it)."""
     from ablations.grid.spec import load_spec
     from ablations.running.ledger import config_record
     from ablations.store.io import append_jsonl, write_json
@@ -228,6 +230,11 @@ def test_collect_keeps_only_the_rows_this_spec_asked_of_a_shared_run(tmp_path):
     rows += [row(run.run_id, "fid", 100.0 - s, train_step=s, **ddim) for s in (2, 4, 8)]
     rows += [row(run.run_id, "fid", 90.0, train_step=s, **ddpm) for s in (4, 8)]
     rows += [row(run.run_id, "nll_bpd", 5.0, train_step=s, **nll) for s in (2, 3, 4, 8)]
+    # what other specs measured at this spec's own checkpoint and setting: solver_rms (this spec's
+    # solver_images is 0), a FID under an extractor it does not name, denoising rows at a t it does not score
+    rows += [row(run.run_id, "solver_rms", 0.1, train_step=4, **ddim),
+             row(run.run_id, "fid", 80.0, train_step=4, **ddim, extractor="fmnist-classifier-seed1"),
+             row(run.run_id, "x0_rms", 0.3, train_step=4, phase="eval", n=10, t=100)]
     append_jsonl(folder / "rows.jsonl", rows)
     _ablate("collect", spec_path, "--runs-root", tmp_path / "runs", "--results-root", tmp_path / "res")
     got = pd.read_csv(tmp_path / "res" / "short" / "rows.csv")
@@ -235,6 +242,7 @@ def test_collect_keeps_only_the_rows_this_spec_asked_of_a_shared_run(tmp_path):
             for m, s, t in zip(got.metric, got.sampler, got.train_step)}
     assert kept == {("train_loss", "-", 2), ("train_loss", "-", 4), ("fid", "ddim", 2), ("fid", "ddim", 4),
                     ("nll_bpd", "-", 2), ("nll_bpd", "-", 4)}
+    assert (got["metric"] == "fid").sum() == 2  # not the other extractor's FID at step 4
 
 
 def test_make_demo_writes_only_where_git_ignores_and_compares_with_the_committed_demo():
@@ -252,17 +260,18 @@ def test_make_demo_writes_only_where_git_ignores_and_compares_with_the_committed
 
 def test_compare_puts_each_number_beside_the_same_cell_and_says_where_the_protocols_differ(tmp_path):
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    for folder, value, reference in ((ours, 140.0, "fashion_mnist:test:10000"),
-                                     (theirs, 138.2, "fashion_mnist:train:60000")):
+    for folder, value, reference, seeds in ((ours, 140.0, "fashion_mnist:test:10000", 1),
+                                            (theirs, 138.2, "fashion_mnist:train:60000", 3)):
         folder.mkdir()
         pd.DataFrame([{"ablation": "demo", "scale": None, "norm": "group", "metric": m, "phase": "eval",
                        "train_step": 1800, "sampler": "ddim", "steps": 10, "eta": 0.0, "clip_x0": True,
                        "spacing": "leading", "n": 1000, "extractor": "fmnist-classifier", "reference": reference,
-                       "sample_seed": 0, "mean": v, "std": None, "seeds": 1, "ci95": None}
+                       "sample_seed": 0, "mean": v, "std": None, "seeds": seeds, "ci95": None}
                       for m, v in (("fid", value), ("sample_wall_s", 9.0))]).to_csv(folder / "summary.csv",
                                                                                    index=False)
     out = _ablate("compare", ours, theirs)
     (line,) = [x for x in out.splitlines() if x.startswith("| fid |")]
     assert "| 140 | 138.2 | +1.8 |" in line
     assert "reference: fashion_mnist:test:10000 vs fashion_mnist:train:60000" in line
+    assert "seeds: 1 vs 3" in line  # make demo's one seed beside the committed demo's three
     assert "sample_wall_s" not in out  # machine speed, not a result

@@ -19,12 +19,16 @@ def _describe(spec, runs, runs_root, records=None, reads=None) -> list[dict]:
     (the grid's axes labelled as the spec labels them, str(value), then the standard axes). A grid axis of
     tables that names no config field keeps the spec's label; a run without a folder yet (a status row
     only) takes the spec's config, the one its id hashes. `until` and `scored` are what this spec asks of
-    the run (its training steps; the checkpoints it scores, each with its settings), so that a run shared
-    with a spec that trained it further or scored it otherwise gives this spec only its own rows. A run is
+    the run (its training steps; the checkpoints it scores, each with its settings), and `extractors`,
+    `solver` and `denoise_t` the measurements it asks for, so that a run shared with a spec that trained it
+    further or scored it otherwise gives this spec only its own rows. A run is
     read from its runs-root folder or from its record, never both (`ledger.source`). Each folder's files
     through the command's `reads` (ablations/store/reads.py), which reads them once."""
     from ablations.run.axes import STANDARD  # the registry imports core (torch): collect only, never plot/report
     from ablations.running.ledger import run_steps, source, state
+    ev = spec.eval
+    measures = {"extractors": [ev.fid_extractor, *ev.extra_extractors], "solver": ev.solver_images > 0,
+                "denoise_t": list(ev.denoise_t)}
     out = []
     for r in runs:
         root = source(spec, r, runs_root, records, reads)
@@ -35,7 +39,7 @@ def _describe(spec, runs, runs_root, records=None, reads=None) -> list[dict]:
         until = run_steps(r)
         scored = {at: [s._asdict() for s in scored_at(spec.eval, until, at)] for at in eval_steps(spec.eval, until)}
         out.append({"folder": str(folder), "run_id": r.run_id, "ablation": spec.name, "scale": spec.scale,
-                    "seed": cfg.seed, **axes, "until": until, "scored": scored, "status": status})
+                    "seed": cfg.seed, **axes, "until": until, "scored": scored, "status": status, **measures})
     return out
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 from ablations.store.schema import SETTING
 
 TIMING = ("_s", "_per_s", "peak_mem_mb")  # how fast the machine was, not what the model is
-MEASURED = ("n", "reference", "sample_seed", "strata")  # shown beside the means when the two differ
+MEASURED = ("n", "reference", "sample_seed", "strata", "seeds")  # shown beside the means when the two differ
 
 
 def side_by_side(ours, theirs) -> list[str]:

@@ -19,7 +19,7 @@ import pandas as pd
 from ablations.store.io import atomic_write
 from ablations.store.layout import sample_grid_name
 from ablations.store.reads import Reads, look
-from ablations.store.schema import (CURVES, IDENTITY, OPTIONAL, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING,
+from ablations.store.schema import (CURVES, DENOISING, IDENTITY, OPTIONAL, PROTOCOL, PROVENANCE, RUN_COLUMNS, SETTING,
                                     SPEC_COLUMNS, STATUS_COLUMNS, foreign_metrics, rows_of)
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom; 1.96 (the normal's) beyond.
@@ -107,8 +107,10 @@ def asked(r: dict, run: dict) -> bool:
     serves every spec with its config: one that trained it further, or scored other checkpoints or
     settings, left rows this spec did not ask for. Kept: rows up to the run's `until` (its training steps
     for this spec); of the eval rows, those at a checkpoint of `scored` ({train_step: [setting dicts]}) with
-    one of its settings (NLL rows name none). Rows without a train_step (before checkpoints were scored)
-    and runs described without `until` are kept."""
+    one of its settings (NLL rows name none), and of the measurements it asks for: an extractor of its own
+    (`extractors`), solver_rms only where it asks for it (`solver`), the denoising rows at its own timesteps
+    (`denoise_t`). So another spec's scoring of a shared run never changes this spec's table. Rows without a
+    train_step (before checkpoints were scored) and runs described without `until` are kept."""
     step = r.get("train_step")
     if "until" not in run or step is None:
         return True
@@ -117,9 +119,18 @@ def asked(r: dict, run: dict) -> bool:
     if r.get("phase") != "eval":
         return True
     settings = run["scored"].get(step)
-    if settings is None:
+    if settings is None or not measured(r, run):
         return False
     return r.get("sampler") is None or any(all(r.get(k) == v for k, v in s.items()) for s in settings)
+
+
+def measured(r: dict, run: dict) -> bool:
+    """Whether eval row `r` is a measurement the spec described in `run` asks for (see `asked`)."""
+    if r.get("extractor") and r["extractor"] not in run.get("extractors", (r["extractor"],)):
+        return False
+    if r.get("metric") == "solver_rms":
+        return run.get("solver", True)
+    return r.get("metric") not in DENOISING or r.get("t") in run.get("denoise_t", (r.get("t"),))
 
 
 def cell_columns(axes: list[str]) -> list[str]:
