@@ -431,6 +431,26 @@ def test_the_extractor_check_ranks_within_a_checkpoint_counts_a_shared_run_once_
                                "seed in 1 of 2 (FID finding, checkpoint) pairs; not in b-curve")
 
 
+def test_the_extractor_check_reads_one_sample_set_a_second_of_the_same_weights_is_not_a_cell():
+    """The fault: rows scored again at sample seed 1 (the sample-set noise check) became cells of their own in
+    the extractor check, so one model was ranked twice and the 1,400-step correlation moved (0.891 -> 0.867)
+    when the last seed-1 run landed. Now the check reads the lowest sample seed, as the tables do."""
+    from ablations.reporting.index import extractor_check
+    rows = []
+    for arm, fid in (("x", 300.0), ("y", 250.0), ("z", 280.0)):
+        for seed in range(2):
+            for extractor, scale in (("e1", 1.0), ("e2", 1.0 if arm != "z" else 0.8)):
+                rows.append({"run_id": f"{arm}{seed}", "arm": arm, "seed": seed, "metric": "fid", "phase": "eval",
+                             "train_step": 100, "sampler": "ddim", "steps": 20, "eta": 0.0, "clip_x0": True,
+                             "spacing": "leading", "extractor": extractor, "sample_seed": 0, "value": fid * scale + seed})
+    first = pd.DataFrame(rows)
+    again = first[first["arm"] == "x"].assign(sample_seed=1)  # the same weights, another x_T: e2 ranks it lowest
+    again = again.assign(value=again["value"].where(again["extractor"] == "e1", 100.0))
+    alone, both = (extractor_check([("a-curve", "a", t)]) for t in (first, pd.concat([first, again])))
+    assert alone == both
+    assert "over the 3 cells both scored" in both[0] and both[0].endswith("is 0.500.")
+
+
 ROW_LIMIT, CLAIM_LIMIT, CELL_LIMIT = 250, 160, 45  # rendered characters; see the test below
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from ablations.store.io import write_text
 from ablations.store.schema import PROVENANCE, SETTING, STATUS_COLUMNS
 from ablations.reporting import cost, verdicts, wording
-from ablations.reporting.table import at_step, checkpointed
+from ablations.reporting.table import at_step, checkpointed, first_sample_set
 
 MARKS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")  # footnote numbers as superscripts
 
@@ -84,10 +84,11 @@ def extractor_check(found_tables, found=()) -> list[str]:
     correlation of the cells' FIDs (mean over seeds; ranks, then Pearson) between them, each run's cell
     counted once though several folders hold it (a shared run); then, for every finding scored under both
     (`found`: verdicts.assess's entries), whether its per-seed sign of a − b is the same under both, which is
-    what a verdict rests on. Ranking cells across checkpoints would rank training progress instead."""
+    what a verdict rests on. Ranking cells across checkpoints would rank training progress instead, and a
+    second sample set of the same weights (the sample-set noise check) would count one model as two cells."""
     runs = []
     for name, _, rows in found_tables:
-        d = rows[(rows["metric"] == "fid") & rows["value"].notna()]
+        d = first_sample_set(rows[(rows["metric"] == "fid") & rows["value"].notna()])
         if "extractor" in d and d["extractor"].nunique() >= 2:
             runs.append(d.assign(folder=name))
     if not runs:
