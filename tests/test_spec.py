@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import tomllib
@@ -205,7 +206,8 @@ def test_karras_spacing_and_the_new_fields_are_accepted(tmp_path):
 
 def test_a_spec_without_a_grid_compares_eval_settings_on_one_config():
     spec = load_spec(ROOT / "ablations" / "demo.toml")
-    assert spec.axes == () and len(spec.runs) == 1 and spec.runs[0].axes == {}
+    assert spec.axes == () and [r.config.seed for r in spec.runs] == [0, 1, 2]  # one config, once per seed
+    assert all(r.axes == {} and replace(r.config, seed=0) == spec.runs[0].config for r in spec.runs)
     assert {s.sampler for s in spec.eval.settings} == {"ddpm", "ddim"}
 
 
