@@ -52,25 +52,26 @@ results: setup
 	$(VENV)/bin/ablate results
 
 # Every answer as a curve (results/METHODS.md, "Every answer as a curve"): the four training questions and the
-# sampler question (which scores the baseline's runs) at the curve scale. Two one-thread workers share one runs
+# sampler question (which scores the baseline's runs) at the curve scale, and the demo's three seeds (its own scale). Two one-thread workers share one runs
 # root, the claims give each run to one of them, and they take the questions in opposite orders; a run whose
 # committed record (RECORDS) holds a spec's rows is done for it, and each run a worker finishes is recorded there.
 # Stopped, it resumes where it stood (run it again, on this machine or a fresh one). Then the tables and the index.
 CURVES_ROOT ?= runs-curves
-CURVES      := prediction:curve schedule:curve loss:curve norm:curve sampler:curve
+CURVES      := prediction:curve schedule:curve loss:curve norm:curve sampler:curve demo:
+SCALE_OF     = $$(s=$${qs\#*:}; [ -z "$$s" ] || echo --scale $$s)
 RECORDS     ?= results/runs
 curves: setup compiler data
-	( for qs in $(CURVES); do OMP_NUM_THREADS=1 $(VENV)/bin/ablate run ablations/$${qs%:*}.toml --scale $${qs#*:} \
+	( for qs in $(CURVES); do OMP_NUM_THREADS=1 $(VENV)/bin/ablate run ablations/$${qs%:*}.toml $(SCALE_OF) \
 		--runs-root $(CURVES_ROOT) --records $(RECORDS) --no-progress || exit 1; done ) & \
 	( for qs in $$(echo $(CURVES) | tr ' ' '\n' | tac); do OMP_NUM_THREADS=1 $(VENV)/bin/ablate run \
-		ablations/$${qs%:*}.toml --scale $${qs#*:} --runs-root $(CURVES_ROOT) --records $(RECORDS) --no-progress \
+		ablations/$${qs%:*}.toml $(SCALE_OF) --runs-root $(CURVES_ROOT) --records $(RECORDS) --no-progress \
 		|| exit 1; done ) & \
 	wait
 	# the sample-set noise check the parity margins cite: prediction's runs scored again at their last
 	# checkpoint with sample seed 1 (DDIM-20 and the NLL; the same weights, other x_T and noise)
 	OMP_NUM_THREADS=1 $(VENV)/bin/ablate run ablations/prediction.toml --scale curve --set eval.sample_seed=1 \
 		--set 'eval.eval_at=[]' --set 'eval.denoise_t=[]' --runs-root $(CURVES_ROOT) --records $(RECORDS) --no-progress
-	for qs in $(CURVES); do $(VENV)/bin/ablate collect ablations/$${qs%:*}.toml --scale $${qs#*:} \
+	for qs in $(CURVES); do $(VENV)/bin/ablate collect ablations/$${qs%:*}.toml $(SCALE_OF) \
 		--runs-root $(CURVES_ROOT) --records $(RECORDS) || exit 1; done
 	$(VENV)/bin/ablate results
 
