@@ -52,10 +52,11 @@ results: setup
 	$(VENV)/bin/ablate results
 
 # Every answer as a curve (results/METHODS.md, "Every answer as a curve"): the four training questions and the
-# sampler question (which scores the baseline's runs) at the curve scale, and the demo's three seeds (its own scale). Two one-thread workers share one runs
-# root, the claims give each run to one of them, and they take the questions in opposite orders; a run whose
-# committed record (RECORDS) holds a spec's rows is done for it, and each run a worker finishes is recorded there.
-# Stopped, it resumes where it stood (run it again, on this machine or a fresh one). Then the tables and the index.
+# sampler question (which scores the baseline's runs) at the curve scale, and the demo's three seeds (its own
+# recipe, no scale). Two one-thread workers share one runs root, the claims give each run to one of them, and
+# they take the questions in opposite orders; a run whose committed record (RECORDS) holds a spec's rows is done
+# for it, and each run a worker finishes is recorded there. Stopped, it resumes where it stood (run it again, on
+# this machine or a fresh one). Then the tables and the index.
 CURVES_ROOT ?= runs-curves
 CURVES      := prediction:curve schedule:curve loss:curve norm:curve sampler:curve demo:
 SCALE_OF     = $$(s=$${qs\#*:}; [ -z "$$s" ] || echo --scale $$s)

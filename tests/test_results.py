@@ -442,7 +442,8 @@ def test_the_extractor_check_reads_one_sample_set_a_second_of_the_same_weights_i
             for extractor, scale in (("e1", 1.0), ("e2", 1.0 if arm != "z" else 0.8)):
                 rows.append({"run_id": f"{arm}{seed}", "arm": arm, "seed": seed, "metric": "fid", "phase": "eval",
                              "train_step": 100, "sampler": "ddim", "steps": 20, "eta": 0.0, "clip_x0": True,
-                             "spacing": "leading", "extractor": extractor, "sample_seed": 0, "value": fid * scale + seed})
+                             "spacing": "leading", "extractor": extractor, "sample_seed": 0,
+                             "value": fid * scale + seed})
     first = pd.DataFrame(rows)
     again = first[first["arm"] == "x"].assign(sample_seed=1)  # the same weights, another x_T: e2 ranks it lowest
     again = again.assign(value=again["value"].where(again["extractor"] == "e1", 100.0))
@@ -495,7 +496,8 @@ def test_the_index_is_one_short_row_per_finding_under_the_rule_in_five_bullets()
     assert {"¹", "²", "³", "⁴"} <= marks  # the legacy protocol, two reasons to await the rerun, a repeat
     for mark in marks:  # each explained once, under the table
         (note,) = [x for x in lines if x.startswith(f"- {mark} ")]
-    assert sum(bool(re.match("- [¹²³⁴⁵⁶⁷⁸⁹] legacy protocol \\(FID against the training split", x)) for x in lines) == 1
+    legacy = re.compile("- [¹²³⁴⁵⁶⁷⁸⁹] legacy protocol \\(FID against the training split")
+    assert sum(bool(legacy.match(x)) for x in lines) == 1
 
 
 def test_what_the_index_leaves_out_is_in_each_report():

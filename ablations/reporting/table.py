@@ -126,11 +126,11 @@ def asked(r: dict, run: dict) -> bool:
 
 def measured(r: dict, run: dict) -> bool:
     """Whether eval row `r` is a measurement the spec described in `run` asks for (see `asked`)."""
-    if r.get("extractor") and r["extractor"] not in run.get("extractors", (r["extractor"],)):
+    if r.get("extractor") and r["extractor"] not in run["extractors"]:
         return False
     if r.get("metric") == "solver_rms":
-        return run.get("solver", True)
-    return r.get("metric") not in DENOISING or r.get("t") in run.get("denoise_t", (r.get("t"),))
+        return run["solver"]
+    return r.get("metric") not in DENOISING or r.get("t") in run["denoise_t"]
 
 
 def cell_columns(axes: list[str]) -> list[str]:
