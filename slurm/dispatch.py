@@ -78,8 +78,14 @@ class RunJob:
             self._stop.set()
             self._worker.join()  # the loop saves a checkpoint at the next step boundary, then returns
         status = read_status(folder)
+        if status["state"] in (DONE, FAILED, UNSCORABLE):
+            return None  # nothing to resume
         if status["state"] not in (RUNNING, INTERRUPTED):
-            return None  # done or failed: nothing to resume
+            # signalled before its run started (importing torch, waiting on the claim): nothing to save and no
+            # status to count requeues in, so the job's restarts (ours included) as SLURM counts them
+            if int(os.environ.get("SLURM_RESTART_COUNT", "0")) >= self.max_requeues:
+                return None
+            return submitit.helpers.DelayedSubmission(RunJob(**self.args), run_id)
         requeues = status.get("requeues", 0) + 1
         if requeues > self.max_requeues:
             write_status(folder, FAILED, step=status.get("step"), requeues=requeues - 1,

@@ -292,3 +292,24 @@ def test_debug_executor_runs_the_same_code_as_ablate_run(tmp_path):
     assert [j.result() for j in jobs] == ["done"]
     local, debug = (_weights(run_folder(tmp_path / r, spec.runs[0].run_id)) for r in ("local", "debug"))
     assert local.keys() == debug.keys() and all(torch.equal(local[k], debug[k]) for k in local)
+
+
+def test_a_job_signalled_before_its_run_starts_is_requeued_not_lost(tmp_path, monkeypatch):
+    """The fault (seen in CI at a2757c9): SLURM's timeout signal reached a job still importing torch, before
+    its run had a status; `checkpoint` read that as nothing to resume and returned None, so submitit did not
+    requeue it and the run was lost. Now it is requeued, up to max_requeues of the job's restarts; a finished
+    run still is not."""
+    import submitit
+    from ablations.store.layout import DONE, write_status
+    from slurm.dispatch import RunJob
+    job = RunJob(tmp_path / "spec.toml", None, tmp_path / "runs", max_requeues=2)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    again = job.checkpoint("0123456789")  # no run folder yet
+    assert isinstance(again, submitit.helpers.DelayedSubmission) and again.args == ("0123456789",)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert job.checkpoint("0123456789") is None  # as many restarts as allowed
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    folder = run_folder(tmp_path / "runs", "abcdef0123")
+    folder.mkdir(parents=True)
+    write_status(folder, DONE)
+    assert job.checkpoint("abcdef0123") is None
